@@ -1,0 +1,1 @@
+"""Pure renderers: spec in, artifact out (scripts, templates, policies), no network."""

@@ -1,0 +1,42 @@
+"""The runner's configuration file (`<shared>/.mpicloud/runner.json`), rendered from the spec."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mpicloud.spec.model import ClusterSpec
+
+RUNNER_CONFIG_VERSION = 1
+
+
+def node_names(spec: ClusterSpec) -> list[str]:
+    """Host names of the nodes, in order; node 0 is the head node."""
+    prefix = "N" if spec.os == "windows" else "node"
+    return [f"{prefix}{i}" for i in range(spec.nodes)]
+
+
+def runner_root(shared_path: str) -> str:
+    """Where the runner keeps its queue on the shared storage."""
+    separator = "\\" if "\\" in shared_path or shared_path[1:2] == ":" else "/"
+    return shared_path.rstrip("/\\") + separator + ".mpicloud"
+
+
+def runner_config(spec: ClusterSpec, stop_command: list[str] | None,
+                  env: dict[str, str] | None = None, names: list[str] | None = None) -> dict[str, Any]:
+    """The runner configuration: nodes and slots, launcher, idle shutdown and the stop action."""
+    return {
+        "version": RUNNER_CONFIG_VERSION,
+        "cluster": spec.name,
+        "os": spec.os,
+        "launcher": "mpiexec" if spec.os == "windows" else "mpirun",
+        "nodes": [{"name": n, "slots": spec.slots_per_node} for n in (names or node_names(spec))],
+        "idle_shutdown_minutes": spec.idle_shutdown_minutes,
+        "stop_command": stop_command,
+        "env": dict(env or {}),
+    }
+
+
+def runner_config_json(config: dict[str, Any]) -> str:
+    """Deterministic JSON text of a runner configuration."""
+    return json.dumps(config, sort_keys=True, indent=2) + "\n"

@@ -1,0 +1,291 @@
+"""The cluster spec: one frozen pydantic model describing a whole cluster on any cloud."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPEC_VERSION = 1
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Model):
+    """Where a secret comes from at the moment it is needed; the spec never holds the value."""
+
+    env: str = Field(description="name of the environment variable that holds the secret")
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not _ENV_RE.match(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+
+class Admin(_Model):
+    """The administrator account created on every node."""
+
+    username: str = "mpiadmin"
+    ssh_public_key: str | None = Field(default=None, description="OpenSSH public key line")
+    password: SecretRef | None = Field(default=None, description="e.g. {env: MPICLOUD_ADMIN_PASSWORD}")
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]{0,19}$", value):
+            raise ValueError("must be 1-20 letters, digits, '_', '.', '-' and start with a letter")
+        if value.lower() in {"administrator", "admin", "user", "test", "root", "guest", "owner"}:
+            raise ValueError(f"{value!r} is reserved by the clouds; pick another name")
+        return value
+
+    @field_validator("ssh_public_key")
+    @classmethod
+    def _pubkey(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", value):
+            raise ValueError("must be an OpenSSH public key line such as 'ssh-ed25519 AAAA...'")
+        return value
+
+
+class Access(_Model):
+    """Who may reach the cluster from outside."""
+
+    allowed_cidrs: list[str] = Field(default_factory=list, description="source networks for SSH/RDP")
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a network such as 203.0.113.0/24") from None
+        return values
+
+    @property
+    def open_to_world(self) -> bool:
+        """True when the spec explicitly opens access to every address."""
+        return any(ipaddress.ip_network(c, strict=False).prefixlen == 0 for c in self.allowed_cidrs)
+
+
+class Shared(_Model):
+    """Storage every node sees at the same path."""
+
+    kind: Literal["smb", "nfs", "local"] = "smb"
+    path: str = "/shared"
+
+
+class Installer(_Model):
+    """A downloaded installer run at creation (verified by SHA-256 before it runs)."""
+
+    url: str
+    sha256: str
+    args: list[str] = Field(default_factory=list)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, value: str) -> str:
+        if not re.match(r"^[0-9a-fA-F]{64}$", value):
+            raise ValueError("must be 64 hex digits")
+        return value.lower()
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("must be an https:// URL")
+        return value
+
+
+class Software(_Model):
+    """Software installed on every node when the cluster is created."""
+
+    packages: list[str] = Field(default_factory=list, description="distribution packages (Linux)")
+    pip: list[str] = Field(default_factory=list, description="Python packages")
+    installers: list[Installer] = Field(default_factory=list)
+
+    @field_validator("packages", "pip")
+    @classmethod
+    def _names(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+<>=!~,-]*$", value):
+                raise ValueError(f"{value!r} is not a package name")
+        return values
+
+
+class Bucket(_Model):
+    """The customer's own bucket: inputs read-only, outputs read-write."""
+
+    name: str
+    input_prefix: str = "input/"
+    output_prefix: str = "output/"
+    region: str | None = None
+    grant: Literal["instance_role", "iam_user", "cross_account_role"] | None = None
+    kms_key_arn: str | None = None
+    role_arn: str | None = Field(default=None, description="cross_account_role: the role to assume")
+    external_id: str | None = Field(default=None, description="cross_account_role: the agreed ExternalId")
+    trusted_account_id: str | None = Field(default=None, description="cross_account_role: cluster account")
+
+    @field_validator("name")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value):
+            raise ValueError("must be a valid S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
+        return value
+
+    @field_validator("input_prefix", "output_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or "*" in value:
+            raise ValueError("must be a key prefix such as 'input/' (no leading '/', no '*')")
+        return value if value.endswith("/") else value + "/"
+
+    @model_validator(mode="after")
+    def _prefixes_disjoint(self) -> Bucket:
+        a, b = self.input_prefix, self.output_prefix
+        if a.startswith(b) or b.startswith(a):
+            raise ValueError("input_prefix and output_prefix must not contain one another")
+        if self.grant == "cross_account_role" and not (self.external_id and self.trusted_account_id):
+            raise ValueError("grant cross_account_role needs external_id and trusted_account_id")
+        return self
+
+
+class AzureOptions(_Model):
+    """Options only the Azure program and ARM template read."""
+
+    windows_version: Literal["2022", "2025"] = "2022"
+    public_ip: Literal["per_node", "head_nat"] = "per_node"
+    accelerated_networking: bool = True
+    proximity_placement_group: bool = True
+    vnet_cidr: str = "10.0.0.0/16"
+    subnet_cidr: str = "10.0.0.0/24"
+    resource_group: str | None = None
+
+
+class AwsOptions(_Model):
+    """Options only the AWS program and CloudFormation template read."""
+
+    ami_ssm_parameter: str = "/aws/service/debian/release/12/latest/amd64"
+    vpc_id: str | None = None
+    subnet_id: str | None = None
+    vpc_cidr: str = "10.0.0.0/16"
+    subnet_cidr: str = "10.0.0.0/24"
+    efa: bool = False
+    placement_group: bool = True
+    root_volume_gb: int = Field(default=30, ge=8, le=16384)
+    key_name: str | None = None
+
+
+class LocalOptions(_Model):
+    """Options for the embedded local cluster (real sshd nodes on loopback addresses)."""
+
+    address_base: str = Field(default="127.0.77.1", description="first node's loopback address")
+    port: int = Field(default=0, ge=0, le=65535, description="sshd port on every node; 0 picks a free one")
+
+    @field_validator("address_base")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        try:
+            address = ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 address") from None
+        if not address.is_loopback:
+            raise ValueError("must be a loopback address in 127.0.0.0/8")
+        return value
+
+
+class ClusterSpec(_Model):
+    """A whole cluster: where, what OS, how many nodes, who may reach it, storage, software, bucket."""
+
+    version: int = SPEC_VERSION
+    name: str
+    cloud: Literal["local", "azure", "aws"]
+    os: Literal["linux", "windows"] = "linux"
+    nodes: int = Field(ge=1, le=256)
+    slots_per_node: int = Field(default=1, ge=1, le=1024)
+    size: str | None = None
+    region: str | None = None
+    admin: Admin = Field(default_factory=Admin)
+    access: Access = Field(default_factory=Access)
+    shared: Shared | None = None
+    software: Software = Field(default_factory=Software)
+    idle_shutdown_minutes: int | None = Field(default=None, ge=1, le=10080)
+    bucket: Bucket | None = None
+    azure: AzureOptions | None = None
+    aws: AwsOptions | None = None
+    local: LocalOptions | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("must be 2-32 lower-case letters, digits and '-', starting with a letter")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterSpec:
+        pairs = {"local": "linux", "aws": "linux", "azure": "windows"}
+        if pairs[self.cloud] != self.os:
+            raise ValueError(f"cloud {self.cloud!r} runs os {pairs[self.cloud]!r}, not {self.os!r}")
+        for section in ("azure", "aws", "local"):
+            if getattr(self, section) is not None and section != self.cloud:
+                raise ValueError(f"section {section!r} is only allowed with cloud: {section}")
+        if self.cloud != "local" and not self.size:
+            raise ValueError(f"cloud {self.cloud!r} needs 'size' (the VM or instance type)")
+        if self.cloud != "local" and not self.region:
+            raise ValueError(f"cloud {self.cloud!r} needs 'region'")
+        if self.os == "windows" and self.admin.password is None:
+            raise ValueError("os windows needs admin.password (e.g. {env: MPICLOUD_ADMIN_PASSWORD}): "
+                             "MS-MPI launches ranks with the password")
+        if self.os == "linux" and self.cloud != "local" and not self.admin.ssh_public_key:
+            raise ValueError("os linux needs admin.ssh_public_key")
+        return self
+
+    @property
+    def shared_storage(self) -> Shared:
+        """The shared storage with defaults filled in per cloud and OS."""
+        if self.shared is not None:
+            return self.shared
+        if self.cloud == "local":
+            return Shared(kind="local", path="shared")
+        if self.os == "windows":
+            return Shared(kind="smb", path="C:\\shared")
+        return Shared(kind="smb", path="/shared")
+
+    @property
+    def bucket_grant(self) -> str | None:
+        """The bucket grant mode, defaulting to an instance role on AWS and an IAM user elsewhere."""
+        if self.bucket is None:
+            return None
+        if self.bucket.grant:
+            return self.bucket.grant
+        return "instance_role" if self.cloud == "aws" else "iam_user"
+
+    @property
+    def azure_options(self) -> AzureOptions:
+        """Azure options with defaults."""
+        return self.azure or AzureOptions()
+
+    @property
+    def aws_options(self) -> AwsOptions:
+        """AWS options with defaults."""
+        return self.aws or AwsOptions()
+
+    @property
+    def local_options(self) -> LocalOptions:
+        """Local cluster options with defaults."""
+        return self.local or LocalOptions()
+
+    @property
+    def total_slots(self) -> int:
+        """Slots over all nodes."""
+        return self.nodes * self.slots_per_node
