@@ -1,0 +1,83 @@
+"""The transport interface jobs talk to: run a command, and file operations on the cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+OutputCallback = Callable[[bytes], None]
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Outcome of a remote command."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        """Stdout decoded as UTF-8 (replacement for invalid bytes)."""
+        return self.stdout.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What the cluster says about a path."""
+
+    size: int
+    mtime: float
+    is_dir: bool
+
+
+class Transport(Protocol):
+    """A connection to one cluster node: commands plus SFTP-style file access (POSIX-style paths)."""
+
+    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None) -> RunResult:
+        """Run a shell command on the node; stream output to the callbacks; return exit code and output."""
+        ...
+
+    def read_bytes(self, path: str) -> bytes:
+        """Read a whole remote file."""
+        ...
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a whole remote file (not atomic: write to a temporary name and rename)."""
+        ...
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename atomically on the cluster (POSIX rename semantics where the server offers them)."""
+        ...
+
+    def makedirs(self, path: str) -> None:
+        """Create a directory and its parents; no error if it exists."""
+        ...
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in a remote directory."""
+        ...
+
+    def stat(self, path: str) -> FileStat | None:
+        """Stat a remote path; None when it does not exist."""
+        ...
+
+    def remove(self, path: str) -> None:
+        """Remove a remote file."""
+        ...
+
+    def put(self, local: Path, remote: str, progress: ProgressCallback | None = None) -> None:
+        """Upload a local file."""
+        ...
+
+    def get(self, remote: str, local: Path, progress: ProgressCallback | None = None) -> None:
+        """Download a remote file."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...

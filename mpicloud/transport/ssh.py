@@ -1,0 +1,282 @@
+"""paramiko SSH + SFTP transport with pinned host keys, jump hosts and one reused connection per node."""
+
+from __future__ import annotations
+
+import select
+import socket
+import stat as stat_mod
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from mpicloud.errors import ConnectError, TransportError
+from mpicloud.secret import Secret
+from mpicloud.transport.base import FileStat, OutputCallback, ProgressCallback, RunResult
+from mpicloud.transport.hostkeys import changed_key_error, unknown_key_error
+
+SocketFactory = Callable[[str, int, float], Any]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one node: address, user, credentials, pinned keys, and the hops in between."""
+
+    host: str
+    port: int
+    user: str
+    known_hosts: Path
+    cluster: str = "cluster"
+    key_file: Path | None = None
+    password: Secret | None = field(default=None, compare=False)
+    jump: Endpoint | None = None
+    sock_factory: SocketFactory | None = field(default=None, compare=False)
+    connect_timeout: float = 15.0
+
+    @property
+    def label(self) -> str:
+        """user@host:port, for messages."""
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+class SSHTransport:
+    """One SSH connection to one node, with a lazily opened, shared SFTP session."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._jump: SSHTransport | None = None
+        self._client = self._connect()
+        self._sftp: paramiko.SFTPClient | None = None
+        self._sftp_lock = threading.RLock()
+
+    def _open_socket(self) -> Any:
+        ep = self.endpoint
+        if ep.jump is not None:
+            self._jump = SSHTransport(ep.jump)
+            outer = self._jump._client.get_transport()
+            assert outer is not None
+            try:
+                return outer.open_channel("direct-tcpip", (ep.host, ep.port), ("127.0.0.1", 0),
+                                          timeout=ep.connect_timeout)
+            except paramiko.ChannelException as exc:
+                raise ConnectError(f"jump host {ep.jump.label} could not reach {ep.host}:{ep.port}: "
+                                   f"{exc.text}") from None
+        if ep.sock_factory is not None:
+            return ep.sock_factory(ep.host, ep.port, ep.connect_timeout)
+        try:
+            return socket.create_connection((ep.host, ep.port), timeout=ep.connect_timeout)
+        except OSError as exc:
+            raise ConnectError(f"cannot reach {ep.host}:{ep.port} ({exc.strerror or exc}); is the cluster "
+                               f"{ep.cluster!r} running?") from None
+
+    def _connect(self) -> paramiko.SSHClient:
+        ep = self.endpoint
+        client = paramiko.SSHClient()
+        if ep.known_hosts.is_file():
+            client.load_host_keys(str(ep.known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        sock = self._open_socket()
+        try:
+            client.connect(
+                ep.host, port=ep.port, username=ep.user, sock=sock,
+                key_filename=str(ep.key_file) if ep.key_file else None,
+                password=ep.password.reveal() if ep.password else None,
+                look_for_keys=False, allow_agent=ep.key_file is None and ep.password is None,
+                timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout, auth_timeout=ep.connect_timeout)
+        except paramiko.BadHostKeyException:
+            raise changed_key_error(ep.host, ep.port, ep.known_hosts, ep.cluster) from None
+        except paramiko.AuthenticationException:
+            how = "password" if ep.password else f"key {ep.key_file}" if ep.key_file else "agent keys"
+            raise ConnectError(f"{ep.label} rejected the login ({how}); check the user and credentials "
+                               f"registered for cluster {ep.cluster!r}") from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise unknown_key_error(ep.host, ep.port, ep.known_hosts, ep.cluster) from None
+            raise ConnectError(f"SSH to {ep.label} failed: {exc}") from None
+        except OSError as exc:
+            raise ConnectError(f"SSH to {ep.label} failed: {exc.strerror or exc}") from None
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(30)
+        return client
+
+    @property
+    def alive(self) -> bool:
+        """True while the underlying SSH connection is up."""
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None) -> RunResult:
+        """Run a command; stream its output; return exit code and collected output."""
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectError(f"connection to {self.endpoint.label} was lost")
+        try:
+            channel = transport.open_session(timeout=self.endpoint.connect_timeout)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError) as exc:
+            raise TransportError(f"cannot start a command on {self.endpoint.label}: {exc}") from None
+        if stdin is not None:
+            channel.sendall(stdin)
+        channel.shutdown_write()
+        return _collect(channel, timeout, on_stdout, on_stderr, self.endpoint.label)
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """The shared SFTP session of this connection (opened on first use)."""
+        with self._sftp_lock:
+            if self._sftp is None:
+                try:
+                    self._sftp = self._client.open_sftp()
+                except paramiko.SSHException as exc:
+                    raise TransportError(f"{self.endpoint.label} offers no SFTP: {exc}") from None
+            return self._sftp
+
+    def read_bytes(self, path: str) -> bytes:
+        """Read a whole remote file."""
+        with self._sftp_lock, self._io(path), self.sftp().open(path, "rb") as handle:
+            handle.prefetch()
+            return handle.read()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a whole remote file."""
+        with self._sftp_lock, self._io(path), self.sftp().open(path, "wb") as handle:
+            handle.set_pipelined(True)
+            handle.write(data)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Atomic rename (posix-rename@openssh.com when offered)."""
+        with self._sftp_lock, self._io(src):
+            self.sftp().posix_rename(src, dst)
+
+    def makedirs(self, path: str) -> None:
+        """mkdir -p over SFTP."""
+        with self._sftp_lock:
+            sftp = self.sftp()
+            parts = path.split("/")
+            for i in range(1, len(parts) + 1):
+                current = "/".join(parts[:i])
+                if not current or current.endswith(":"):
+                    continue
+                try:
+                    sftp.mkdir(current)
+                except OSError:
+                    if self.stat(current) is None:
+                        raise TransportError(f"cannot create directory {current} on {self.endpoint.label}") \
+                            from None
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in a remote directory."""
+        with self._sftp_lock, self._io(path):
+            return self.sftp().listdir(path)
+
+    def stat(self, path: str) -> FileStat | None:
+        """Stat a remote path, None when missing."""
+        with self._sftp_lock:
+            try:
+                attrs = self.sftp().stat(path)
+            except FileNotFoundError:
+                return None
+            return FileStat(size=attrs.st_size or 0, mtime=float(attrs.st_mtime or 0),
+                            is_dir=stat_mod.S_ISDIR(attrs.st_mode or 0))
+
+    def remove(self, path: str) -> None:
+        """Remove a remote file."""
+        with self._sftp_lock, self._io(path):
+            self.sftp().remove(path)
+
+    def put(self, local: Path, remote: str, progress: ProgressCallback | None = None) -> None:
+        """Upload a local file (pipelined)."""
+        with self._sftp_lock, self._io(remote):
+            self.sftp().put(str(local), remote, callback=progress, confirm=True)
+
+    def get(self, remote: str, local: Path, progress: ProgressCallback | None = None) -> None:
+        """Download a remote file (prefetched)."""
+        with self._sftp_lock, self._io(remote):
+            self.sftp().get(remote, str(local), callback=progress)
+
+    def close(self) -> None:
+        """Close SFTP, the connection and any jump connection."""
+        if self._sftp is not None:
+            self._sftp.close()
+        self._client.close()
+        if self._jump is not None:
+            self._jump.close()
+
+    def _io(self, path: str) -> _SftpErrors:
+        return _SftpErrors(path, self.endpoint.label)
+
+
+class _SftpErrors:
+    """Turn SFTP I/O errors into TransportError naming the path; FileNotFoundError passes through."""
+
+    def __init__(self, path: str, label: str) -> None:
+        self.path, self.label = path, label
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, FileNotFoundError):
+            return False
+        if isinstance(exc, OSError | paramiko.SSHException):
+            raise TransportError(f"{self.label}: {self.path}: {exc}") from None
+        return False
+
+
+def _collect(channel: paramiko.Channel, timeout: float | None, on_stdout: OutputCallback | None,
+             on_stderr: OutputCallback | None, label: str) -> RunResult:
+    out: list[bytes] = []
+    err: list[bytes] = []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        progressed = False
+        while channel.recv_ready():
+            chunk = channel.recv(65536)
+            out.append(chunk)
+            if on_stdout:
+                on_stdout(chunk)
+            progressed = True
+        while channel.recv_stderr_ready():
+            chunk = channel.recv_stderr(65536)
+            err.append(chunk)
+            if on_stderr:
+                on_stderr(chunk)
+            progressed = True
+        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            channel.close()
+            raise TransportError(f"command on {label} did not finish within {timeout:.0f} s")
+        if not progressed:
+            select.select([channel], [], [], 0.2)
+    code = channel.recv_exit_status()
+    channel.close()
+    return RunResult(exit_code=code, stdout=b"".join(out), stderr=b"".join(err))
+
+
+_POOL: dict[Endpoint, SSHTransport] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def connect(endpoint: Endpoint) -> SSHTransport:
+    """The process-wide connection to this endpoint (opened on first use, reopened when it dropped)."""
+    with _POOL_LOCK:
+        existing = _POOL.get(endpoint)
+        if existing is not None and existing.alive:
+            return existing
+        transport = SSHTransport(endpoint)
+        _POOL[endpoint] = transport
+        return transport
+
+
+def close_all() -> None:
+    """Close every pooled connection."""
+    with _POOL_LOCK:
+        for transport in _POOL.values():
+            transport.close()
+        _POOL.clear()
