@@ -62,6 +62,10 @@ class Transport(Protocol):
         """Names in a remote directory."""
         ...
 
+    def walk(self, path: str) -> list[tuple[str, int]]:
+        """(relative path, size) of every file below a remote directory; FileNotFoundError if missing."""
+        ...
+
     def stat(self, path: str) -> FileStat | None:
         """Stat a remote path; None when it does not exist."""
         ...

@@ -174,6 +174,23 @@ class SSHTransport:
         with self._sftp_lock, self._io(path):
             return self.sftp().listdir(path)
 
+    def walk(self, path: str) -> list[tuple[str, int]]:
+        """(relative path, size) of every file below a remote directory."""
+        out: list[tuple[str, int]] = []
+        pending = [""]
+        with self._sftp_lock:
+            while pending:
+                rel = pending.pop()
+                with self._io(path):
+                    entries = self.sftp().listdir_attr(f"{path}/{rel}" if rel else path)
+                for entry in entries:
+                    child = f"{rel}/{entry.filename}" if rel else entry.filename
+                    if stat_mod.S_ISDIR(entry.st_mode or 0):
+                        pending.append(child)
+                    else:
+                        out.append((child, entry.st_size or 0))
+        return sorted(out)
+
     def stat(self, path: str) -> FileStat | None:
         """Stat a remote path, None when missing."""
         with self._sftp_lock:

@@ -1,0 +1,190 @@
+"""The embedded local cluster: one real OpenSSH sshd per node on its own loopback address, real Open MPI."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from mpicloud.cluster import registry
+from mpicloud.cluster.keys import generate_keypair, load_public
+from mpicloud.cluster.processes import MARKER, stop_marked
+from mpicloud.cluster.registry import ClusterRecord, Node
+from mpicloud.errors import ClusterError
+from mpicloud.render.runner_config import node_names, runner_config, runner_config_json
+from mpicloud.render.templating import render_template
+from mpicloud.spec.model import ClusterSpec
+from mpicloud.transport.hostkeys import pin_host_key
+
+SSHD = "/usr/sbin/sshd"
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def require_tools() -> None:
+    """Fail with the package to install when sshd or Open MPI is missing."""
+    if not Path(SSHD).is_file():
+        raise ClusterError("the local cluster needs OpenSSH's sshd: apt-get install openssh-server")
+    if shutil.which("mpirun") is None:
+        raise ClusterError("the local cluster needs Open MPI: apt-get install openmpi-bin")
+    if shutil.which("ssh") is None:
+        raise ClusterError("Open MPI launches ranks with ssh: apt-get install openssh-client")
+
+
+def _addresses(spec: ClusterSpec) -> list[str]:
+    base = ipaddress.IPv4Address(spec.local_options.address_base)
+    return [str(base + i) for i in range(spec.nodes)]
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_port(spec: ClusterSpec, addresses: list[str]) -> int:
+    wanted = spec.local_options.port
+    if wanted:
+        taken = [a for a in addresses if not _port_free(a, wanted)]
+        if taken:
+            raise ClusterError(f"port {wanted} on {taken[0]} is already taken by another process; "
+                               "stop it or set local.port to another port (0 picks a free one)")
+        return wanted
+    for port in range(22220, 23000):
+        if all(_port_free(a, port) for a in addresses):
+            return port
+    raise ClusterError(f"no free port between 22220 and 23000 on {addresses[0]}; set local.port")
+
+
+def _node_env(spec: ClusterSpec, name: str, cluster_id: str, ssh_config: Path) -> dict[str, str]:
+    env = {
+        MARKER: cluster_id, "MPICLOUD_NODE": name, "MPICLOUD_CLUSTER": spec.name,
+        "OMPI_MCA_plm_rsh_agent": f"ssh -F {ssh_config}", "OMPI_MCA_plm_rsh_no_tree_spawn": "1",
+        "OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "lo",
+        "OMPI_MCA_btl_vader_single_copy_mechanism": "none", "OMPI_MCA_rmaps_base_oversubscribe": "0",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return env
+
+
+def up(spec: ClusterSpec) -> ClusterRecord:
+    """Start the cluster's nodes and register it; on any failure stop what was started and remove it."""
+    if spec.cloud != "local":
+        raise ClusterError(f"`mpicloud up` starts local clusters; {spec.cloud} clusters are deployed with "
+                           "`pulumi up` or the generated template, then `mpicloud attach`")
+    require_tools()
+    directory = registry.cluster_dir(spec.name)
+    if (directory / "cluster.json").exists():
+        raise ClusterError(f"cluster {spec.name!r} already exists; `mpicloud down {spec.name}` first")
+    cluster_id = uuid.uuid4().hex
+    try:
+        record = _create(spec, directory, cluster_id)
+        _wait_ready(record)
+    except BaseException:
+        stop_marked(cluster_id)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return record
+
+
+def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecord:
+    addresses = _addresses(spec)
+    port = _pick_port(spec, addresses)
+    names = node_names(spec)
+    user = _user()
+    directory.mkdir(parents=True)
+    identity = directory / "id_ed25519"
+    (directory / "authorized_keys").write_text(generate_keypair(identity, f"mpicloud-{spec.name}") + "\n")
+    nodes = [Node(name=n, host=a, port=port) for n, a in zip(names, addresses, strict=True)]
+    ssh_config = directory / "ssh_config"
+    ssh_config.write_text(render_template(
+        "local/ssh_config.j2", nodes=nodes, user=user, identity=identity,
+        known_hosts=directory / "known_hosts_nodes"))
+    shared_raw = Path(spec.shared_storage.path)
+    shared = shared_raw if shared_raw.is_absolute() else directory / shared_raw
+    (shared / ".mpicloud").mkdir(parents=True, exist_ok=True)
+    record = ClusterRecord(
+        name=spec.name, provider="local", os="linux", user=user, nodes=nodes,
+        slots_per_node=spec.slots_per_node, shared_path=str(shared), python=[sys.executable],
+        runner=str(directory / "runner.py"), key_file=str(identity),
+        teardown=f"mpicloud down {spec.name}", idle_shutdown_minutes=spec.idle_shutdown_minutes,
+        local={"cluster_id": cluster_id, "ssh_config": str(ssh_config)})
+    shutil.copyfile(_runner_file(), record.runner)
+    stop = ["env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m", "mpicloud.cli", "down", spec.name]
+    (shared / ".mpicloud" / "runner.json").write_text(runner_config_json(runner_config(spec, stop)))
+    record.save()
+    known_nodes: list[str] = []
+    for node in nodes:
+        known_nodes.append(_start_node(spec, record, node, cluster_id))
+    (directory / "known_hosts_nodes").write_text("".join(known_nodes))
+    return record
+
+
+def _runner_file() -> Path:
+    from mpicloud.assets import runner_path
+
+    return runner_path()
+
+
+def _start_node(spec: ClusterSpec, record: ClusterRecord, node: Node, cluster_id: str) -> str:
+    """Write the node's sshd config and host key, start sshd, pin its key; return known_hosts lines."""
+    node_dir = record.dir / node.name
+    host_key = node_dir / "ssh_host_ed25519_key"
+    public = generate_keypair(host_key, f"{node.name}@{spec.name}").split()[:2]
+    config = node_dir / "sshd_config"
+    config.write_text(render_template(
+        "local/sshd_config.j2", node=node.name, address=node.host, port=node.port, host_key=host_key,
+        pid_file=node_dir / "sshd.pid", authorized_keys=record.dir / "authorized_keys", user=record.user,
+        env=_node_env(spec, node.name, cluster_id, Path(record.local["ssh_config"]))))
+    pin_host_key(record.known_hosts, node.host, node.port, load_public(host_key))
+    argv = [SSHD, "-D", "-e", "-f", str(config)]
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        if shutil.which("unshare"):  # a distinct host name per node, where the OS allows it
+            argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', node.name, *argv]
+    log = open(node_dir / "sshd.log", "ab")  # noqa: SIM115 - handed to the child
+    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                     env={**os.environ, MARKER: cluster_id})
+    log.close()
+    key_text = " ".join(public)
+    return f"{node.name},[{node.host}]:{node.port} {key_text}\n"
+
+
+def _wait_ready(record: ClusterRecord, timeout: float = 15.0) -> None:
+    for node in record.nodes:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection((node.host, node.port), timeout=1.0) as sock:
+                    if sock.recv(4).startswith(b"SSH-"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                log = (record.dir / node.name / "sshd.log").read_text(errors="replace").strip()
+                raise ClusterError(f"sshd of {node.name} did not start on {node.host}:{node.port}"
+                                   + (f": {log.splitlines()[-1]}" if log else ""))
+            time.sleep(0.05)
+
+
+def down(record: ClusterRecord) -> list[int]:
+    """Stop every process the cluster started (sshds, sessions, runner, jobs, ranks); forget it."""
+    survivors = stop_marked(record.local["cluster_id"])
+    if not survivors:
+        registry.forget(record.name)
+    return survivors

@@ -1,0 +1,125 @@
+"""Job state, listing, waiting, live logs and cancel, read from the runner's files on the cluster."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mpicloud.errors import JobError
+from mpicloud.jobs.remote import QueueHandle
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job's state as the runner recorded it."""
+
+    id: str
+    state: str
+    cores: int | None = None
+    name: str | None = None
+    exit_code: int | None = None
+    post_exit_code: int | None = None
+    reason: str | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    sweep: str | None = None
+    hosts: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def done(self) -> bool:
+        """True once the job reached a final state."""
+        return self.state in TERMINAL
+
+    @classmethod
+    def from_state(cls, data: dict[str, Any]) -> JobInfo:
+        """Build from a state.json document."""
+        fields = {k: data.get(k) for k in ("cores", "name", "exit_code", "post_exit_code", "reason",
+                                            "submitted_at", "started_at", "ended_at", "sweep")}
+        hosts = tuple((str(h), int(n)) for h, n in data.get("hosts") or [])
+        return cls(id=data["id"], state=data["state"], hosts=hosts, **fields)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def job_info(queue: QueueHandle, job_id: str) -> JobInfo:
+    """The current state of one job; JobError when the cluster has no such job."""
+    try:
+        return JobInfo.from_state(json.loads(queue.transport.read_bytes(queue.job_path(job_id, "state.json"))))
+    except FileNotFoundError:
+        pass
+    if queue.transport.stat(queue.path("queue", job_id)) is not None:
+        return JobInfo(id=job_id, state="submitted")
+    if queue.transport.stat(queue.job_path(job_id)) is not None:  # accepted, state being written
+        return JobInfo(id=job_id, state="queued")
+    raise JobError(f"cluster {queue.cluster!r} has no job {job_id!r}; `mpicloud jobs {queue.cluster}` lists them")
+
+
+def list_jobs(queue: QueueHandle) -> list[JobInfo]:
+    """Every job in FIFO order (one command on the head node)."""
+    return [JobInfo.from_state(d) for d in queue.runner_json("list")]
+
+
+def runner_status(queue: QueueHandle) -> dict[str, Any]:
+    """Slots busy/free, queue length, idle time, heartbeat."""
+    data: dict[str, Any] = queue.runner_json("status")
+    return data
+
+
+def wait(queue: QueueHandle, job_id: str, timeout: float | None = None, poll: float = 0.2) -> JobInfo:
+    """Block until the job ends; JobError on timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        info = job_info(queue, job_id)
+        if info.done:
+            return info
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobError(f"job {job_id} still {info.state} after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def read_log(queue: QueueHandle, job_id: str, stream: str = "stdout", offset: int = 0) -> bytes:
+    """Bytes of a job log from offset (empty when the log does not exist yet)."""
+    path = queue.job_path(job_id, f"{stream}.log")
+    try:
+        data = queue.transport.read_bytes(path)
+    except FileNotFoundError:
+        return b""
+    return data[offset:]
+
+
+def follow_logs(queue: QueueHandle, job_id: str, emit: Callable[[str, bytes], None],
+                follow: bool = True, poll: float = 0.3) -> JobInfo:
+    """Emit stdout/stderr as they grow; with follow, until the job ends."""
+    offsets = {"stdout": 0, "stderr": 0}
+    while True:
+        info = job_info(queue, job_id)
+        for stream in offsets:
+            chunk = read_log(queue, job_id, stream, offsets[stream])
+            if chunk:
+                offsets[stream] += len(chunk)
+                emit(stream, chunk)
+        if not follow or info.done:
+            return info
+        time.sleep(poll)
+
+
+def cancel(queue: QueueHandle, job_id: str) -> JobInfo:
+    """Ask the runner to cancel a queued or running job (every rank on every node)."""
+    info = job_info(queue, job_id)
+    if info.done:
+        return info
+    if info.state == "submitted":
+        deadline = time.monotonic() + 10
+        while info.state == "submitted" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            info = job_info(queue, job_id)
+    queue.transport.write_bytes(queue.job_path(job_id, "cancel"), b"cancel\n")
+    return info

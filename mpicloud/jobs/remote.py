@@ -1,0 +1,65 @@
+"""How the job layer reaches a cluster's queue: a transport plus where the runner lives."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mpicloud.errors import JobError
+from mpicloud.render.quoting import posix_join, windows_join
+from mpicloud.transport.base import Transport
+
+
+def sftp_path(os_name: str, path: str) -> str:
+    r"""The SFTP form of a cluster path (`C:\shared` -> `/C:/shared` on Windows)."""
+    if os_name == "windows":
+        path = path.replace("\\", "/")
+        return path if path.startswith("/") else "/" + path
+    return path
+
+
+@dataclass
+class QueueHandle:
+    """A cluster's queue as the job layer sees it."""
+
+    transport: Transport
+    os: str
+    root: str  # cluster-side path of the runner root
+    python: list[str]
+    runner: str
+    cluster: str
+
+    @property
+    def sroot(self) -> str:
+        """SFTP path of the runner root."""
+        return sftp_path(self.os, self.root)
+
+    def path(self, *parts: str) -> str:
+        """SFTP path below the runner root."""
+        return "/".join([self.sroot, *parts])
+
+    def job_path(self, job_id: str, *parts: str) -> str:
+        """SFTP path inside an accepted job's directory."""
+        return self.path("jobs", job_id, *parts)
+
+    def command(self, *args: str) -> str:
+        """A runner command line for the cluster's shell."""
+        argv = [*self.python, self.runner, *args, "--root", self.root]
+        return windows_join(argv) if self.os == "windows" else posix_join(argv)
+
+    def runner_json(self, *args: str) -> Any:
+        """Run a runner report command (list, status) and parse its JSON."""
+        result = self.transport.run(self.command(*args), timeout=120)
+        if result.exit_code != 0:
+            detail = result.stderr.decode(errors="replace").strip().splitlines()
+            raise JobError(f"the runner on cluster {self.cluster!r} failed to answer `{args[0]}`"
+                           + (f": {detail[-1]}" if detail else ""))
+        return json.loads(result.stdout)
+
+    def ensure_runner(self) -> None:
+        """Start the runner on the head node unless it is alive (safe to repeat: one runner holds a lock)."""
+        result = self.transport.run(self.command("start"), timeout=60)
+        if result.exit_code != 0:
+            raise JobError(f"cannot start the runner on cluster {self.cluster!r}: "
+                           f"{result.stderr.decode(errors='replace').strip()}")

@@ -1,0 +1,117 @@
+"""Submit a job: inputs into the content-addressed store, job dir written in the spool, renamed into the queue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpicloud.errors import JobError, TransportError
+from mpicloud.jobs.remote import QueueHandle
+
+JOB_VERSION = 2
+ARCHIVES = (".zip", ".tar.gz", ".tgz", ".tar", ".tar.zst", ".tzst")
+
+InputEvent = Callable[[str, str], None]  # (name, "uploaded" | "reused")
+
+
+def new_job_id() -> str:
+    """A unique id that sorts in submission time order."""
+    stamp = time.time()
+    micro = int((stamp % 1) * 1_000_000)
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(stamp))}-{micro:06d}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class JobRequest:
+    """What to run: argv, cores, MPI or not, inputs in overlay order, an optional post command."""
+
+    argv: list[str]
+    cores: int = 1
+    mpi: bool = False
+    inputs: Sequence[str | Path] = ()
+    name: str | None = None
+    post: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    output_to: str | None = None
+    sweep: str | None = None
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # written into the job dir (e.g. run.sh)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _local_files(item: Path) -> list[tuple[Path, str]]:
+    if item.is_dir():
+        return [(p, p.relative_to(item.parent).as_posix()) for p in sorted(item.rglob("*")) if p.is_file()]
+    return [(item, item.name)]
+
+
+def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path],
+                  on_event: InputEvent | None = None) -> list[dict[str, Any]]:
+    """Put each input into the store once (by SHA-256); return the job's input entries in order."""
+    entries: list[dict[str, Any]] = []
+    for raw in inputs:
+        text = str(raw)
+        if text.startswith("s3://"):
+            name = text.rstrip("/").rsplit("/", 1)[-1]
+            entries.append({"source": "s3", "url": text, "name": name, "unpack": name.lower().endswith(ARCHIVES)})
+            continue
+        item = Path(text)
+        if not item.exists() or not os.access(item, os.R_OK):
+            raise JobError(f"input {text}: no such readable file or directory")
+        for path, name in _local_files(item):
+            digest = sha256_file(path)
+            target = queue.path("store", digest)
+            existing = queue.transport.stat(target)
+            if existing is not None and existing.size == path.stat().st_size:
+                event = "reused"
+            else:
+                temp = queue.path("store", f".{digest}.{secrets.token_hex(4)}.part")
+                queue.transport.put(path, temp)
+                queue.transport.rename(temp, target)
+                event = "uploaded"
+            if on_event:
+                on_event(name, event)
+            entries.append({"source": "store", "sha256": digest, "name": name,
+                            "unpack": item.is_file() and name.lower().endswith(ARCHIVES)})
+    return entries
+
+
+def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None = None,
+           job_id: str | None = None) -> str:
+    """Queue a job and return its id; idempotent for a given job_id."""
+    if not request.argv:
+        raise JobError("no command given: put it after `--`, e.g. `mpicloud submit NAME -- hostname`")
+    if request.cores < 1:
+        raise JobError(f"--cores must be at least 1, not {request.cores}")
+    inputs = upload_inputs(queue, request.inputs, on_event)
+    job_id = job_id or new_job_id()
+    job = {"version": JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
+           "cores": request.cores, "mpi": request.mpi, "inputs": inputs, "post": request.post,
+           "env": request.env, "output_to": request.output_to, "sweep": request.sweep,
+           "submitted_at": time.time()}
+    spool = queue.path("spool", job_id)
+    queue.transport.makedirs(spool)
+    for name, data in request.extra_files.items():
+        queue.transport.write_bytes(f"{spool}/{name}", data)
+    queue.transport.write_bytes(f"{spool}/job.json", json.dumps(job, indent=1).encode())
+    try:
+        queue.transport.rename(spool, queue.path("queue", job_id))
+    except TransportError:
+        if queue.transport.stat(queue.path("queue", job_id)) is None and \
+                queue.transport.stat(queue.job_path(job_id)) is None:
+            raise
+    return job_id
