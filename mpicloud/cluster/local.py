@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mpicloud.cluster import registry
 from mpicloud.cluster.keys import generate_keypair, load_public
-from mpicloud.cluster.processes import MARKER, stop_marked
+from mpicloud.cluster.processes import MARKER, stop_cluster_processes
 from mpicloud.cluster.registry import ClusterRecord, Node
 from mpicloud.errors import ClusterError
 from mpicloud.render.runner_config import node_names, runner_config, runner_config_json
@@ -96,7 +96,7 @@ def up(spec: ClusterSpec) -> ClusterRecord:
         record = _create(spec, directory, cluster_id)
         _wait_ready(record)
     except BaseException:
-        stop_marked(cluster_id)
+        stop_cluster_processes(cluster_id, str(directory))
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return record
@@ -184,7 +184,7 @@ def _wait_ready(record: ClusterRecord, timeout: float = 15.0) -> None:
 
 def down(record: ClusterRecord) -> list[int]:
     """Stop every process the cluster started (sshds, sessions, runner, jobs, ranks); forget it."""
-    survivors = stop_marked(record.local["cluster_id"])
+    survivors = stop_cluster_processes(record.local["cluster_id"], str(record.dir))
     if not survivors:
         registry.forget(record.name)
     return survivors

@@ -10,26 +10,37 @@ from pathlib import Path
 MARKER = "MPICLOUD_LOCAL_CLUSTER_ID"
 
 
-def marked_processes(cluster_id: str) -> list[int]:
-    """PIDs whose environment carries MARKER=cluster_id (sshds, sessions, runner, jobs, MPI ranks)."""
+def cluster_processes(cluster_id: str, directory: str) -> list[int]:
+    """PIDs of a local cluster: its sshds (by config path in the command line), everything below them, and
+    every process whose environment carries MARKER=cluster_id (runner, jobs, MPI ranks that left the tree).
+    sshd overwrites its own environment with its process title, hence the two ways."""
     needle = f"{MARKER}={cluster_id}".encode()
-    found = []
+    parents: dict[int, int] = {}
+    found: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        pid = int(entry.name)
         try:
+            parents[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
             environ = (entry / "environ").read_bytes()
-        except OSError:
+        except (OSError, IndexError, ValueError):
             continue
-        if needle in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
+        if needle in environ.split(b"\0") or (b"sshd" in cmdline and directory.encode() in cmdline):
+            found.add(pid)
+    grew = True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in found and pid != os.getpid()}
+        grew = not below <= found
+        found |= below
+    return sorted(found)
 
 
-def stop_marked(cluster_id: str, grace: float = 3.0) -> list[int]:
-    """TERM every marked process, KILL what is left after `grace` seconds; return the PIDs still alive."""
+def stop_cluster_processes(cluster_id: str, directory: str, grace: float = 3.0) -> list[int]:
+    """TERM every cluster process, KILL what is left after `grace` seconds; return the PIDs still alive."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        pids = marked_processes(cluster_id)
+        pids = cluster_processes(cluster_id, directory)
         if not pids:
             return []
         for pid in pids:
@@ -40,7 +51,7 @@ def stop_marked(cluster_id: str, grace: float = 3.0) -> list[int]:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and _alive(pids):
             time.sleep(0.05)
-    return _alive(marked_processes(cluster_id))
+    return _alive(cluster_processes(cluster_id, directory))
 
 
 def _alive(pids: list[int]) -> list[int]:

@@ -27,6 +27,8 @@ from typing import Any
 JOB_VERSION = 2
 RUNNER_VERSION = 2
 TERMINAL = ("succeeded", "failed", "cancelled")
+JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB_DIR", "MPICLOUD_WORK_DIR",
+            "MPICLOUD_HOSTS", "MPICLOUD_SWEEP_ID")
 WINDOWS = os.name == "nt"
 
 
@@ -294,7 +296,7 @@ def run_job(root: Path, job_id: str) -> int:
         return _finish(jobdir, result)
     argv = list(job["argv"])
     if job.get("mpi"):
-        exported = {k: env[k] for k in env if k.startswith("MPICLOUD_")}
+        exported = {k: env[k] for k in env if k in JOB_VARS or k in job.get("env", {})}
         argv = launch_argv(config["launcher"], hosts, int(job["cores"]), str(jobdir / "hostfile"),
                            str(work), exported, argv)
     out, err, post = jobdir / "stdout.log", jobdir / "stderr.log", jobdir / "post.log"

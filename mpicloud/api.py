@@ -1,0 +1,145 @@
+"""The Python API: clusters and jobs, the layer the CLI is a thin shell over.
+
+    from mpicloud import Cluster
+    cluster = Cluster.up("examples/local.yaml")
+    job = cluster.submit(["python3", "-c", "print(42)"], cores=1)
+    print(job.wait().state, job.stdout())
+    job.get("results/")
+    cluster.down()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mpicloud.cluster import connect as cluster_connect
+from mpicloud.cluster import local, registry
+from mpicloud.cluster.connect import AttachRequest
+from mpicloud.cluster.registry import ClusterRecord
+from mpicloud.errors import ClusterError
+from mpicloud.jobs import fetch, query
+from mpicloud.jobs.query import JobInfo
+from mpicloud.jobs.remote import QueueHandle
+from mpicloud.jobs.submit import InputEvent, JobRequest, submit
+from mpicloud.spec import ClusterSpec, load_spec
+from mpicloud.transport.base import ProgressCallback
+
+
+class Cluster:
+    """A registered cluster (local or attached)."""
+
+    def __init__(self, record: ClusterRecord) -> None:
+        self.record = record
+        self._queue: QueueHandle | None = None
+
+    @property
+    def name(self) -> str:
+        """The cluster's name."""
+        return self.record.name
+
+    @classmethod
+    def up(cls, spec: ClusterSpec | str | Path) -> Cluster:
+        """Start a local cluster from a spec (object or YAML path) and start its runner."""
+        spec = spec if isinstance(spec, ClusterSpec) else load_spec(spec)
+        cluster = cls(local.up(spec))
+        try:
+            cluster.queue.ensure_runner()
+        except BaseException:
+            cluster.down()
+            raise
+        return cluster
+
+    @classmethod
+    def get(cls, name: str) -> Cluster:
+        """A registered cluster by name."""
+        return cls(registry.load(name))
+
+    @classmethod
+    def attach(cls, request: AttachRequest) -> tuple[Cluster, list[str]]:
+        """Register an existing cluster (pinning its host key); returns notes on what was trusted."""
+        record, notes = cluster_connect.attach(request)
+        return cls(record), notes
+
+    @staticmethod
+    def all() -> list[Cluster]:
+        """Every registered cluster."""
+        return [Cluster(r) for r in registry.all_records()]
+
+    @property
+    def queue(self) -> QueueHandle:
+        """The cluster's job queue (connects on first use)."""
+        if self._queue is None:
+            r = self.record
+            self._queue = QueueHandle(transport=cluster_connect.head_transport(r), os=r.os, root=r.runner_root,
+                                      python=r.python, runner=r.runner, cluster=r.name)
+        return self._queue
+
+    def down(self) -> None:
+        """Stop a local cluster and everything it started; forget an attached one."""
+        from mpicloud.transport.ssh import close_all
+
+        close_all()
+        if self.record.provider != "local":
+            registry.forget(self.name)
+            return
+        survivors = local.down(self.record)
+        if survivors:
+            raise ClusterError(f"cluster {self.name!r}: processes {survivors} would not stop")
+
+    def submit(self, argv: Sequence[str], cores: int = 1, mpi: bool = False, inputs: Sequence[str | Path] = (),
+               name: str | None = None, post: Sequence[str] | None = None, output_to: str | None = None,
+               on_input: InputEvent | None = None, **extra: Any) -> Job:
+        """Queue a job; inputs are uploaded once (content-addressed) and overlaid in order."""
+        request = JobRequest(argv=list(argv), cores=cores, mpi=mpi, inputs=inputs, name=name,
+                             post=list(post) if post else None, output_to=output_to, **extra)
+        return Job(self, submit(self.queue, request, on_input))
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job."""
+        return Job(self, job_id)
+
+    def jobs(self) -> list[JobInfo]:
+        """Every job in FIFO order."""
+        return query.list_jobs(self.queue)
+
+    def status(self) -> dict[str, Any]:
+        """Runner status: slots, queue length, idle time, heartbeat."""
+        return query.runner_status(self.queue)
+
+
+class Job:
+    """A job on a cluster."""
+
+    def __init__(self, cluster: Cluster, job_id: str) -> None:
+        self.cluster = cluster
+        self.id = job_id
+
+    def info(self) -> JobInfo:
+        """Current state."""
+        return query.job_info(self.cluster.queue, self.id)
+
+    def wait(self, timeout: float | None = None) -> JobInfo:
+        """Block until the job ends."""
+        return query.wait(self.cluster.queue, self.id, timeout)
+
+    def stdout(self) -> str:
+        """The job's standard output so far."""
+        return query.read_log(self.cluster.queue, self.id).decode(errors="replace")
+
+    def stderr(self) -> str:
+        """The job's standard error so far."""
+        return query.read_log(self.cluster.queue, self.id, "stderr").decode(errors="replace")
+
+    def logs(self, emit: Callable[[str, bytes], None], follow: bool = False) -> JobInfo:
+        """Stream logs to emit(stream, bytes); with follow, until the job ends."""
+        return query.follow_logs(self.cluster.queue, self.id, emit, follow)
+
+    def cancel(self) -> JobInfo:
+        """Cancel the job (queued or running, every rank)."""
+        return query.cancel(self.cluster.queue, self.id)
+
+    def get(self, dest: str | Path, only: Sequence[str] = (), progress: ProgressCallback | None = None) -> list[Path]:
+        """Download the job's work dir (or only the named files) into dest."""
+        return fetch.get_files(self.cluster.queue, self.id, Path(dest), only, progress)

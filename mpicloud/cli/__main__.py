@@ -1,0 +1,5 @@
+"""`python -m mpicloud.cli`."""
+
+from mpicloud.cli.app import main
+
+main()

@@ -1,0 +1,108 @@
+"""Cluster commands: validate, up, down, clusters, attach, status."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mpicloud.api import Cluster
+from mpicloud.cli.app import app, out
+from mpicloud.cluster.connect import AttachRequest
+from mpicloud.spec import load_spec
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
+
+
+@app.command()
+def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")]) -> None:
+    """Check a spec; report every problem with its field path."""
+    parsed = load_spec(spec)
+    out.print(f"{spec}: valid ({parsed.cloud}, {parsed.os}, {parsed.nodes} nodes x {parsed.slots_per_node} slots)")
+
+
+@app.command()
+def up(spec: Annotated[Path, typer.Argument(help="cluster spec with cloud: local")]) -> None:
+    """Start a local cluster (real sshd nodes on loopback, Open MPI) and its job runner."""
+    started = time.monotonic()
+    cluster = Cluster.up(spec)
+    record = cluster.record
+    nodes = ", ".join(f"{n.name}={n.host}:{n.port}" for n in record.nodes)
+    out.print(f"cluster {record.name} up in {time.monotonic() - started:.1f} s: {nodes}")
+    if record.idle_shutdown_minutes:
+        out.print(f"idle shutdown after {record.idle_shutdown_minutes} min without jobs")
+    out.print(f"tear down with: {record.teardown}")
+
+
+@app.command()
+def down(name: str) -> None:
+    """Stop a local cluster and every process it started (or forget an attached cluster)."""
+    Cluster.get(name).down()
+    out.print(f"cluster {name} is down")
+
+
+@app.command()
+def clusters(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List registered clusters with uptime and the teardown command."""
+    rows = []
+    for cluster in Cluster.all():
+        r = cluster.record
+        rows.append({"name": r.name, "provider": r.provider, "os": r.os, "nodes": len(r.nodes),
+                     "head": f"{r.head.host}:{r.head.port}", "uptime_seconds": round(time.time() - r.created_at),
+                     "teardown": r.teardown, "idle_shutdown_minutes": r.idle_shutdown_minutes})
+    if as_json:
+        out.print(json.dumps(rows, indent=1), markup=False)
+        return
+    if not rows:
+        out.print("no clusters; start one with `mpicloud up examples/local.yaml`")
+    for row in rows:
+        out.print(f"{row['name']:<16} {row['provider']:<9} {row['os']:<8} {row['nodes']} nodes  {row['head']:<22} "
+                  f"up {_age(row['uptime_seconds'])}  teardown: {row['teardown']}", markup=False)
+
+
+@app.command()
+def attach(
+    name: str,
+    host: Annotated[str, typer.Option(help="head node address or ~/.ssh/config alias")],
+    user: Annotated[str | None, typer.Option(help="SSH user (default from ~/.ssh/config)")] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    key: Annotated[str | None, typer.Option(help="private key file")] = None,
+    password_env: Annotated[str | None, typer.Option(help="environment variable holding the password")] = None,
+    os: Annotated[str, typer.Option("--os", help="linux or windows")] = "linux",
+    slots: Annotated[int, typer.Option(help="slots per node")] = 1,
+    shared: Annotated[str | None, typer.Option(help="cluster-side shared path")] = None,
+    host_key_fingerprint: Annotated[str | None, typer.Option(help="expected SHA256:... of the head node")] = None,
+    jump: Annotated[str | None, typer.Option(help="jump host user@host:port")] = None,
+    rekey: Annotated[bool, typer.Option(help="re-pin the host key of an already registered cluster")] = False,
+) -> None:
+    """Register an existing cluster (made by `pulumi up` or a Deploy button) and pin its host key."""
+    request = AttachRequest(name=name, host=host, user=user, port=port, key_file=key, password_env=password_env,
+                            os=os, slots_per_node=slots, shared_path=shared,
+                            host_key_fingerprint=host_key_fingerprint, jump=jump, rekey=rekey)
+    cluster, notes = Cluster.attach(request)
+    for note in notes:
+        out.print(note, markup=False)
+    out.print(f"cluster {cluster.name} attached", markup=False)
+
+
+@app.command()
+def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Slots busy/free, queue length, idle time and the runner's heartbeat."""
+    cluster = Cluster.get(name)
+    data = cluster.status()
+    if as_json:
+        out.print(json.dumps(data, indent=1), markup=False)
+        return
+    if not data.get("alive"):
+        out.print(f"cluster {name}: runner not alive (last heartbeat {data.get('heartbeat', 'never')})")
+        return
+    free = data["slots_total"] - data["slots_busy"]
+    out.print(f"cluster {name}: {data['slots_busy']} slots busy, {free} free; {data['queued']} queued, "
+              f"{data['running']} running; idle {_age(data['idle_seconds'])}; "
+              f"up {_age(time.time() - cluster.record.created_at)}; teardown: {cluster.record.teardown}")

@@ -1,0 +1,104 @@
+"""Job commands: submit, jobs, logs, wait, get, cancel."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mpicloud.api import Cluster
+from mpicloud.cli.app import app, err, out
+from mpicloud.jobs.query import JobInfo
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+@app.command()
+def submit(
+    name: str,
+    command: Annotated[list[str], typer.Argument(help="the command, after --")],
+    cores: Annotated[int, typer.Option(help="cores (MPI ranks) for the job")] = 1,
+    mpi: Annotated[bool, typer.Option("--mpi", help="wrap with mpirun/mpiexec and a per-job hostfile")] = False,
+    inputs: Annotated[list[str] | None, typer.Option("--input", help="file, dir, archive or s3:// URL")] = None,
+    label: Annotated[str | None, typer.Option("--name", help="a label for the job")] = None,
+    post: Annotated[str | None, typer.Option(help="command run after the main one (exit code kept apart)")] = None,
+    output_to: Annotated[str | None, typer.Option(help="s3://bucket/prefix/ the cluster uploads outputs to")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Queue a job; prints the job id as the last line."""
+    import shlex
+
+    cluster = Cluster.get(name)
+
+    def on_input(item: str, event: str) -> None:
+        if not as_json:
+            err.print(f"input {item}: {event}", markup=False)
+
+    job = cluster.submit(command, cores=cores, mpi=mpi, inputs=inputs or [], name=label,
+                         post=shlex.split(post) if post else None, output_to=output_to, on_input=on_input)
+    out.print(json.dumps({"id": job.id, "cluster": name}) if as_json else job.id, markup=False)
+
+
+@app.command()
+def jobs(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every job in FIFO order: state, cores, submit/start/end times, exit code."""
+    infos = Cluster.get(name).jobs()
+    if as_json:
+        out.print(json.dumps([i.as_dict() for i in infos], indent=1), markup=False)
+        return
+    out.print(f"{'ID':<30} {'STATE':<10} {'CORES':>5} {'SUBMIT':>8} {'START':>8} {'END':>8} {'EXIT':>4}  NAME",
+              markup=False)
+    for i in infos:
+        code = "-" if i.exit_code is None else str(i.exit_code)
+        out.print(f"{i.id:<30} {i.state:<10} {i.cores or '-':>5} {_when(i.submitted_at):>8} {_when(i.started_at):>8} "
+                  f"{_when(i.ended_at):>8} {code:>4}  {i.name or ''}", markup=False)
+
+
+def _emit(stream: str, data: bytes) -> None:
+    target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+    target.write(data)
+    target.flush()
+
+
+@app.command()
+def logs(name: str, job: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
+    """Print a job's output; with --follow, live until it ends."""
+    Cluster.get(name).job(job).logs(_emit, follow=follow)
+
+
+def _exit_for(info: JobInfo) -> int:
+    if info.state == "succeeded":
+        return 0
+    return info.exit_code if info.exit_code not in (None, 0) else 1  # type: ignore[return-value]
+
+
+@app.command()
+def wait(name: str, job: str, timeout: Annotated[float | None, typer.Option()] = None) -> None:
+    """Wait for a job to end; the exit status is the job's."""
+    info = Cluster.get(name).job(job).wait(timeout)
+    err.print(f"job {job} {info.state}" + (f": {info.reason}" if info.reason else ""), markup=False)
+    raise typer.Exit(_exit_for(info))
+
+
+@app.command()
+def cancel(name: str, job: str) -> None:
+    """Cancel a queued or running job (every rank on every node)."""
+    info = Cluster.get(name).job(job).cancel()
+    out.print(f"job {job} was already {info.state}" if info.done else f"job {job}: cancel requested", markup=False)
+
+
+@app.command()
+def get(
+    name: str, job: str,
+    dest: Annotated[Path, typer.Option(help="local directory")] = Path("."),
+    only: Annotated[list[str] | None, typer.Option("--only", help="fetch just this file (repeatable)")] = None,
+) -> None:
+    """Download the files a job left in its work dir."""
+    files = Cluster.get(name).job(job).get(dest / job, only or [])
+    out.print(f"{len(files)} files into {dest / job}", markup=False)

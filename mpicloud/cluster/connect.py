@@ -1,0 +1,148 @@
+"""Turn a registry record into transport endpoints; attach existing clusters (with ~/.ssh/config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from mpicloud.cluster import registry
+from mpicloud.cluster.registry import ClusterRecord, Node
+from mpicloud.errors import ClusterError, HostKeyError
+from mpicloud.secret import secret_from_env
+from mpicloud.transport.hostkeys import fingerprint, pin_host_key, scan_host_key
+from mpicloud.transport.ssh import Endpoint, SSHTransport, connect
+
+DEFAULTS = {
+    "linux": {"python": ["python3"], "runner": "/opt/mpicloud/runner.py", "shared": "/shared"},
+    "windows": {"python": ["C:\\ProgramData\\mpicloud\\python\\python.exe"],
+                "runner": "C:\\ProgramData\\mpicloud\\runner.py", "shared": "C:\\shared"},
+}
+
+
+def endpoint(record: ClusterRecord, node: Node | None = None) -> Endpoint:
+    """How to reach a node of the cluster (the head node by default)."""
+    node = node or record.head
+    password = secret_from_env(record.password_env, f"password of cluster {record.name!r}") \
+        if record.password_env else None
+    jump = None
+    if record.jump is not None:
+        jump = Endpoint(host=record.jump.host, port=record.jump.port, user=record.jump_user or record.user,
+                        known_hosts=record.known_hosts, cluster=record.name,
+                        key_file=Path(record.key_file) if record.key_file else None)
+    return Endpoint(host=node.host, port=node.port, user=record.user, known_hosts=record.known_hosts,
+                    cluster=record.name, key_file=Path(record.key_file) if record.key_file else None,
+                    password=password, jump=jump, sock_factory=_proxy_factory(record))
+
+
+def _proxy_factory(record: ClusterRecord) -> None:
+    """Proxy hops are added with the proxy module; a direct connection otherwise."""
+    return None
+
+
+def head_transport(record: ClusterRecord) -> SSHTransport:
+    """The pooled connection to the head node."""
+    return connect(endpoint(record))
+
+
+@dataclass
+class AttachRequest:
+    """What `mpicloud attach` was told about an existing cluster."""
+
+    name: str
+    host: str
+    user: str | None = None
+    port: int | None = None
+    key_file: str | None = None
+    password_env: str | None = None
+    os: str = "linux"
+    nodes: int = 1
+    slots_per_node: int = 1
+    shared_path: str | None = None
+    python: list[str] | None = None
+    runner: str | None = None
+    host_key_fingerprint: str | None = None
+    jump: str | None = None
+    rekey: bool = False
+
+
+def resolve_ssh_config(host: str, config_path: Path | None = None) -> dict[str, str | list[str]]:
+    """HostName, Port, User, IdentityFile, ProxyJump for an alias from ~/.ssh/config (empty if none)."""
+    path = config_path or Path.home() / ".ssh" / "config"
+    if not path.is_file():
+        return {}
+    config = paramiko.SSHConfig.from_path(str(path))
+    found = config.lookup(host)
+    return {k: v for k, v in found.items() if k in ("hostname", "port", "user", "identityfile", "proxyjump")}
+
+
+def attach(request: AttachRequest, config_path: Path | None = None) -> tuple[ClusterRecord, list[str]]:
+    """Register an existing cluster: pin its host key (verified against a fingerprint when given)."""
+    if request.os not in DEFAULTS:
+        raise ClusterError(f"--os must be linux or windows, not {request.os!r}")
+    existing = (registry.cluster_dir(request.name) / "cluster.json").is_file()
+    if existing and not request.rekey:
+        raise ClusterError(f"cluster {request.name!r} is already registered; use --rekey to re-pin its host key")
+    ssh = resolve_ssh_config(request.host, config_path)
+    host = str(ssh.get("hostname", request.host))
+    port = int(request.port or int(str(ssh.get("port", 22))))
+    user = request.user or str(ssh.get("user", "")) or None
+    if user is None:
+        raise ClusterError(f"no user for {request.host}: pass --user or set User in ~/.ssh/config")
+    identity = ssh.get("identityfile")
+    key_file = request.key_file or (str(Path(identity[0]).expanduser()) if isinstance(identity, list) else None)
+    if not key_file and not request.password_env:
+        raise ClusterError("give --key FILE or --password-env VAR (the password itself is never an argument)")
+    if key_file and not Path(key_file).is_file():
+        raise ClusterError(f"--key {key_file}: no such file")
+    defaults = DEFAULTS[request.os]
+    jump_spec = request.jump or (str(ssh["proxyjump"]) if "proxyjump" in ssh else None)
+    record = ClusterRecord(
+        name=request.name, provider="attached", os=request.os, user=user,
+        nodes=[Node(name="N0" if request.os == "windows" else "node0", host=host, port=port)],
+        slots_per_node=request.slots_per_node, shared_path=request.shared_path or str(defaults["shared"]),
+        python=request.python or list(defaults["python"]), runner=request.runner or str(defaults["runner"]),
+        key_file=key_file, password_env=request.password_env, jump=_jump_node(jump_spec),
+        jump_user=_jump_user(jump_spec) or user, teardown="pulumi destroy (or delete the resource group/stack)")
+    notes = _pin(record, request.host_key_fingerprint)
+    record.save()
+    return record, notes
+
+
+def _jump_node(spec: str | None) -> Node | None:
+    if not spec:
+        return None
+    hostport = spec.rsplit("@", 1)[-1]
+    host, _, port = hostport.partition(":")
+    return Node(name="jump", host=host, port=int(port or 22))
+
+
+def _jump_user(spec: str | None) -> str | None:
+    return spec.split("@", 1)[0] if spec and "@" in spec else None
+
+
+def _pin(record: ClusterRecord, expected: str | None) -> list[str]:
+    """Pin the jump host's and head node's keys; return human notes on what was trusted."""
+    record.dir.mkdir(parents=True, exist_ok=True)
+    if record.known_hosts.exists():
+        record.known_hosts.unlink()
+    notes = []
+    targets = ([record.jump] if record.jump else []) + [record.head]
+    for node in targets:
+        sock = None
+        if node is record.head and record.jump is not None:
+            jump = SSHTransport(endpoint(record, record.head).jump)  # type: ignore[arg-type]
+            outer = jump._client.get_transport()
+            assert outer is not None
+            sock = outer.open_channel("direct-tcpip", (node.host, node.port), ("127.0.0.1", 0))
+        key = scan_host_key(node.host, node.port, sock=sock)  # type: ignore[arg-type]
+        seen = fingerprint(key)
+        if node is record.head and expected and seen != expected:
+            raise HostKeyError(f"{node.host}:{node.port} presented {seen}, not the expected {expected}; "
+                               "nothing was registered")
+        pin_host_key(record.known_hosts, node.host, node.port, key)
+        how = "verified against --host-key-fingerprint" if (node is record.head and expected) else \
+            "trusted on first use"
+        notes.append(f"pinned {node.host}:{node.port} {seen} ({how})")
+    return notes
