@@ -1,0 +1,41 @@
+# mpicloud: `make demo` and `make test` are all a newcomer needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench render sysdeps clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.base: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+sysdeps:
+	bash scripts/install-sysdeps.sh
+
+demo: sysdeps $(VENV)/.base
+	bash scripts/demo.sh
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check mpicloud provision infra tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: sysdeps $(VENV)/.dev lint
+	$(BIN)/python -m pytest -q -ra tests
+
+bench: sysdeps $(VENV)/.dev
+	$(BIN)/python benchmarks/run_all.py
+
+render: $(VENV)/.dev
+	$(BIN)/python -m mpicloud.render.generated
+
+clean:
+	rm -rf $(VENV) .demo-home demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the Debian packages mpicloud's local cluster and tests need (only what is missing; root only).
+set -euo pipefail
+want=(openssh-server openssh-client openmpi-bin libopenmpi-dev samba smbclient cifs-utils squid dante-server
+      pigz pbzip2 zstd iproute2 procps util-linux)
+missing=()
+for pkg in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: ${missing[*]}" >&2
+  echo "install them with: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Debian starts the services it installs; mpicloud's tests run their own instances.
+for svc in smbd nmbd squid danted ssh; do
+  (command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1) || true
+  (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
+done
