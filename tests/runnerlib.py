@@ -1,0 +1,80 @@
+"""Test helpers: the runner module itself, and a runner served from a temporary root without SSH."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+RUNNER = Path(__file__).resolve().parents[1] / "provision" / "runner" / "runner.py"
+
+
+def runner_module() -> ModuleType:
+    """Import provision/runner/runner.py as a module."""
+    spec = importlib.util.spec_from_file_location("mpicloud_runner", RUNNER)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class LocalQueue:
+    """A runner root on local disk, with the runner served as a real subprocess."""
+
+    def __init__(self, root: Path, slots: list[int], **config: Any) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        nodes = [{"name": f"n{i}", "slots": s} for i, s in enumerate(slots)]
+        conf = {"version": 1, "cluster": "t", "os": "linux", "launcher": "mpirun", "nodes": nodes,
+                "idle_shutdown_minutes": None, "stop_command": None, "env": {}, **config}
+        (root / "runner.json").write_text(json.dumps(conf))
+        for name in ("queue", "spool"):
+            (root / name).mkdir(exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.count = 0
+
+    def serve(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(RUNNER), "serve", "--root", str(self.root)],
+                                     stderr=subprocess.PIPE)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            (self.root / "stop-runner").touch()
+            self.proc.wait(10)
+
+    def submit(self, argv: list[str], cores: int = 1, **extra: Any) -> str:
+        self.count += 1
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{self.count:06d}"
+        spool = self.root / "spool" / job_id
+        spool.mkdir()
+        job = {"version": 2, "id": job_id, "argv": argv, "cores": cores, "mpi": False, "inputs": [],
+               "post": None, **extra}
+        (spool / "job.json").write_text(json.dumps(job))
+        spool.rename(self.root / "queue" / job_id)
+        return job_id
+
+    def state(self, job_id: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.root / "jobs" / job_id / "state.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"state": "submitted"}
+        return data
+
+    def wait(self, job_id: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.state(job_id)
+            if state["state"] in ("succeeded", "failed", "cancelled"):
+                return state
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not finish: {self.state(job_id)}")

@@ -1,0 +1,85 @@
+"""Spec validation: every problem reported with its field path, "did you mean", examples valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mpicloud.errors import SpecError
+from mpicloud.secret import Secret
+from mpicloud.spec import load_spec, parse_spec, spec_from_dict
+from mpicloud.spec.versions import upgrade
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")))
+def test_examples_validate(example: Path) -> None:
+    spec = load_spec(example)
+    assert spec.name and spec.nodes >= 1
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(text, "s.yaml")
+    return caught.value.problems
+
+
+def test_every_problem_has_its_field_path_and_did_you_mean() -> None:
+    found = problems("name: ok1\ncloud: local\nnodes: 0\nnodez: 3\nadmin: {usernme: a}\n")
+    assert "nodes: Input should be greater than or equal to 1" in found
+    assert "nodez: unknown field; did you mean 'nodes'?" in found
+    assert "admin.usernme: unknown field; did you mean 'username'?" in found
+
+
+def test_unknown_key_without_close_match_lists_known_fields() -> None:
+    found = problems("name: ok1\ncloud: local\nnodes: 1\nlocal: {zzz: 1}\n")
+    assert found[0].startswith("local.zzz: unknown field; known fields: address_base, port")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("name: a1\ncloud: gcp\nnodes: 1\n", "cloud: Input should be 'local', 'azure' or 'aws'"),
+    ("name: a1\ncloud: azure\nos: linux\nnodes: 1\nsize: x\nregion: y\n", "cloud 'azure' runs os 'windows'"),
+    ("name: a1\ncloud: aws\nnodes: 1\nregion: y\nadmin: {ssh_public_key: 'ssh-ed25519 AAAA'}\n", "needs 'size'"),
+    ("name: a1\ncloud: azure\nos: windows\nnodes: 1\nsize: x\nregion: y\n", "needs admin.password"),
+    ("name: a1\ncloud: local\nnodes: 1\nadmin: {password: hunter2}\n", "admin.password: Input should be"),
+    ("name: a1\ncloud: local\nnodes: 1\naccess: {allowed_cidrs: [10.0.0.0/33]}\n", "allowed_cidrs"),
+    ("name: A_1\ncloud: local\nnodes: 1\n", "name: must be 2-32 lower-case"),
+    ("name: a1\ncloud: local\nnodes: 1\nlocal: {address_base: 10.0.0.1}\n", "must be a loopback address"),
+    ("name: a1\ncloud: local\nnodes: 1\nbucket: {name: b-1, input_prefix: data/, output_prefix: data/out/}\n",
+     "must not contain one another"),
+    ("name: a1\ncloud: local\nnodes: 1\nversion: 9\n", "version: 9 is newer than this mpicloud"),
+    ("- just a list\n", "must be a mapping"),
+    ("name: [unclosed\n", "not valid YAML"),
+])
+def test_bad_specs_name_the_field(text: str, expected: str) -> None:
+    assert any(expected in p for p in problems(text)), problems(text)
+
+
+def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read the file"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_password_is_a_reference_never_a_value() -> None:
+    spec = spec_from_dict({"name": "w1", "cloud": "azure", "os": "windows", "nodes": 2, "size": "x",
+                           "region": "y", "admin": {"password": {"env": "PW_VAR"}}})
+    assert spec.admin.password is not None and spec.admin.password.env == "PW_VAR"
+    assert "***" == str(Secret("hunter2")) and "hunter2" not in repr(Secret("hunter2"))
+
+
+def test_defaults_per_cloud() -> None:
+    local = spec_from_dict({"name": "l1", "cloud": "local", "nodes": 1})
+    assert local.shared_storage.kind == "local"
+    win = load_spec(ROOT / "examples" / "azure-windows.yaml")
+    assert win.shared_storage.path == "C:\\shared" and win.bucket_grant is None
+    aws = load_spec(ROOT / "examples" / "aws-linux.yaml")
+    assert aws.bucket_grant == "instance_role" and aws.total_slots == 32
+
+
+def test_version_chain_applies_each_step_in_order() -> None:
+    chain = {1: lambda d: {**d, "a": 1}, 2: lambda d: {**d, "b": d["a"] + 1}}
+    assert upgrade({"version": 1}, chain, current=3) == {"version": 3, "a": 1, "b": 2}
+    with pytest.raises(ValueError, match="newer"):
+        upgrade({"version": 4}, chain, current=3)
