@@ -63,7 +63,7 @@ def clusters(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         out.print("no clusters; start one with `mpicloud up examples/local.yaml`")
     for row in rows:
         out.print(f"{row['name']:<16} {row['provider']:<9} {row['os']:<8} {row['nodes']} nodes  {row['head']:<22} "
-                  f"up {_age(row['uptime_seconds'])}  teardown: {row['teardown']}", markup=False)
+                  f"up {_age(float(str(row['uptime_seconds'])))}  teardown: {row['teardown']}", markup=False)
 
 
 @app.command()

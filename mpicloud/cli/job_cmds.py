@@ -75,7 +75,7 @@ def logs(name: str, job: str, follow: Annotated[bool, typer.Option("--follow", "
 def _exit_for(info: JobInfo) -> int:
     if info.state == "succeeded":
         return 0
-    return info.exit_code if info.exit_code not in (None, 0) else 1  # type: ignore[return-value]
+    return info.exit_code if info.exit_code not in (None, 0) else 1
 
 
 @app.command()

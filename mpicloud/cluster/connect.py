@@ -33,12 +33,7 @@ def endpoint(record: ClusterRecord, node: Node | None = None) -> Endpoint:
                         key_file=Path(record.key_file) if record.key_file else None)
     return Endpoint(host=node.host, port=node.port, user=record.user, known_hosts=record.known_hosts,
                     cluster=record.name, key_file=Path(record.key_file) if record.key_file else None,
-                    password=password, jump=jump, sock_factory=_proxy_factory(record))
-
-
-def _proxy_factory(record: ClusterRecord) -> None:
-    """Proxy hops are added with the proxy module; a direct connection otherwise."""
-    return None
+                    password=password, jump=jump)
 
 
 def head_transport(record: ClusterRecord) -> SSHTransport:

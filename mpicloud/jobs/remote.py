@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mpicloud.errors import JobError
@@ -29,6 +29,14 @@ class QueueHandle:
     python: list[str]
     runner: str
     cluster: str
+    _prepared: bool = field(default=False, repr=False)
+
+    def prepare(self) -> None:
+        """Make sure the queue directories exist (once per handle; the runner creates them too)."""
+        if not self._prepared:
+            for name in ("spool", "queue", "store", "jobs", "sweeps"):
+                self.transport.makedirs(self.path(name))
+            self._prepared = True
 
     @property
     def sroot(self) -> str:

@@ -97,6 +97,7 @@ def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None 
         raise JobError("no command given: put it after `--`, e.g. `mpicloud submit NAME -- hostname`")
     if request.cores < 1:
         raise JobError(f"--cores must be at least 1, not {request.cores}")
+    queue.prepare()
     inputs = upload_inputs(queue, request.inputs, on_event)
     job_id = job_id or new_job_id()
     job = {"version": JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,

@@ -7,7 +7,8 @@ import socket
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,25 +225,19 @@ class SSHTransport:
         if self._jump is not None:
             self._jump.close()
 
-    def _io(self, path: str) -> _SftpErrors:
-        return _SftpErrors(path, self.endpoint.label)
+    def _io(self, path: str) -> AbstractContextManager[None]:
+        return _sftp_errors(path, self.endpoint.label)
 
 
-class _SftpErrors:
+@contextmanager
+def _sftp_errors(path: str, label: str) -> Iterator[None]:
     """Turn SFTP I/O errors into TransportError naming the path; FileNotFoundError passes through."""
-
-    def __init__(self, path: str, label: str) -> None:
-        self.path, self.label = path, label
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        if isinstance(exc, FileNotFoundError):
-            return False
-        if isinstance(exc, OSError | paramiko.SSHException):
-            raise TransportError(f"{self.label}: {self.path}: {exc}") from None
-        return False
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (OSError, paramiko.SSHException) as exc:
+        raise TransportError(f"{label}: {path}: {exc}") from None
 
 
 def _collect(channel: paramiko.Channel, timeout: float | None, on_stdout: OutputCallback | None,

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from mpicloud.render.quoting import posix_join, powershell_quote, windows_arg, windows_join
+from mpicloud.render.quoting import posix_join, powershell_quote, windows_join
 
 HOSTILE = ["plain", "with space", "it's", 'dq"x', "$(rm -rf /)", "`id`", "a;b|c&d", "", "back\\slash\\", "*?[]",
            "tab\there", "new\nline", "uni\u2019code"]

@@ -66,7 +66,7 @@ def test_password_is_a_reference_never_a_value() -> None:
     spec = spec_from_dict({"name": "w1", "cloud": "azure", "os": "windows", "nodes": 2, "size": "x",
                            "region": "y", "admin": {"password": {"env": "PW_VAR"}}})
     assert spec.admin.password is not None and spec.admin.password.env == "PW_VAR"
-    assert "***" == str(Secret("hunter2")) and "hunter2" not in repr(Secret("hunter2"))
+    assert str(Secret("hunter2")) == "***" and "hunter2" not in repr(Secret("hunter2"))
 
 
 def test_defaults_per_cloud() -> None:

@@ -1,0 +1,1 @@
+"""Clusters: registry, the local provider, attach."""

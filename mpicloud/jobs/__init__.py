@@ -1,0 +1,1 @@
+"""Jobs: submit, queue state, logs, cancel, fetch, sweeps."""

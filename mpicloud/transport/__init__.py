@@ -1,0 +1,1 @@
+"""Transport: paramiko SSH/SFTP behind a small interface."""
