@@ -19,7 +19,7 @@ from mpicloud.cluster import local, registry
 from mpicloud.cluster.connect import AttachRequest
 from mpicloud.cluster.registry import ClusterRecord
 from mpicloud.errors import ClusterError
-from mpicloud.jobs import fetch, query
+from mpicloud.jobs import fetch, query, sweep
 from mpicloud.jobs.query import JobInfo
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, submit
@@ -95,6 +95,22 @@ class Cluster:
         request = JobRequest(argv=list(argv), cores=cores, mpi=mpi, inputs=inputs, name=name,
                              post=list(post) if post else None, output_to=output_to, **extra)
         return Job(self, submit(self.queue, request, on_input))
+
+    def sweep(self, runs_csv: str | Path, template: str | Path, cores_per_run: int = 1,
+              inputs: Sequence[str | Path] = (), name: str | None = None,
+              on_input: InputEvent | None = None) -> tuple[str, list[Job]]:
+        """Queue one job per CSV row (template rendered per row) as one sweep; checked whole first."""
+        sweep_id, ids = sweep.submit_sweep(self.queue, Path(runs_csv), Path(template), cores_per_run, inputs, name,
+                                           on_input)
+        return sweep_id, [Job(self, i) for i in ids]
+
+    def sweep_status(self, sweep_id: str) -> dict[str, Any]:
+        """Aggregated progress of a sweep and its failed runs."""
+        return sweep.sweep_status(self.queue, sweep_id)
+
+    def cancel_sweep(self, sweep_id: str) -> int:
+        """Cancel every unfinished run of a sweep."""
+        return sweep.cancel_sweep(self.queue, sweep_id)
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job."""

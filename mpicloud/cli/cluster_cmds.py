@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ import typer
 from mpicloud.api import Cluster
 from mpicloud.cli.app import app, out
 from mpicloud.cluster.connect import AttachRequest
+from mpicloud.errors import MpicloudError
 from mpicloud.spec import load_spec
 
 
@@ -47,15 +49,36 @@ def down(name: str) -> None:
     out.print(f"cluster {name} is down")
 
 
+IDLE_FLAG_SECONDS = 30 * 60
+
+
+def _activity(cluster: Cluster) -> dict[str, object]:
+    """Idle time and a flag for a cluster that keeps running (billing) with no recent jobs."""
+    try:
+        status = cluster.status()
+    except MpicloudError as exc:
+        return {"reachable": False, "flag": f"unreachable: {exc}"}
+    idle = float(status.get("idle_seconds", 0)) if status.get("alive") else None
+    flag = ""
+    if idle is None:
+        flag = "runner not alive"
+    elif idle >= IDLE_FLAG_SECONDS:
+        flag = f"IDLE {_age(idle)} with no jobs: tear it down?"
+    return {"reachable": True, "idle_seconds": idle, "flag": flag}
+
+
 @app.command()
 def clusters(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List registered clusters with uptime and the teardown command."""
+    """List registered clusters with uptime, idle time and the teardown command; flag idle ones."""
     rows = []
-    for cluster in Cluster.all():
+    known = Cluster.all()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        activity = list(pool.map(_activity, known))
+    for cluster, active in zip(known, activity, strict=True):
         r = cluster.record
         rows.append({"name": r.name, "provider": r.provider, "os": r.os, "nodes": len(r.nodes),
                      "head": f"{r.head.host}:{r.head.port}", "uptime_seconds": round(time.time() - r.created_at),
-                     "teardown": r.teardown, "idle_shutdown_minutes": r.idle_shutdown_minutes})
+                     "teardown": r.teardown, "idle_shutdown_minutes": r.idle_shutdown_minutes, **active})
     if as_json:
         out.print(json.dumps(rows, indent=1), markup=False)
         return
@@ -63,7 +86,8 @@ def clusters(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         out.print("no clusters; start one with `mpicloud up examples/local.yaml`")
     for row in rows:
         out.print(f"{row['name']:<16} {row['provider']:<9} {row['os']:<8} {row['nodes']} nodes  {row['head']:<22} "
-                  f"up {_age(float(str(row['uptime_seconds'])))}  teardown: {row['teardown']}", markup=False)
+                  f"up {_age(float(str(row['uptime_seconds'])))}  teardown: {row['teardown']}  {row['flag']}",
+                  markup=False)
 
 
 @app.command()

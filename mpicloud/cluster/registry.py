@@ -63,7 +63,7 @@ class ClusterRecord:
     password_env: str | None = None
     created_at: float = field(default_factory=time.time)
     teardown: str = ""
-    idle_shutdown_minutes: int | None = None
+    idle_shutdown_minutes: float | None = None
     jump: Node | None = None
     jump_user: str | None = None
     proxy: ProxySettings | None = None

@@ -10,6 +10,8 @@ from mpicloud.errors import JobError
 from mpicloud.render.quoting import posix_join, windows_join
 from mpicloud.transport.base import Transport
 
+CLIENT_JOB_VERSION = 2  # the job.json format this client writes
+
 
 def sftp_path(os_name: str, path: str) -> str:
     r"""The SFTP form of a cluster path (`C:\shared` -> `/C:/shared` on Windows)."""
@@ -32,11 +34,21 @@ class QueueHandle:
     _prepared: bool = field(default=False, repr=False)
 
     def prepare(self) -> None:
-        """Make sure the queue directories exist (once per handle; the runner creates them too)."""
-        if not self._prepared:
-            for name in ("spool", "queue", "store", "jobs", "sweeps"):
-                self.transport.makedirs(self.path(name))
-            self._prepared = True
+        """Once per handle: refuse a runner too old for this client, make sure the queue directories exist."""
+        if self._prepared:
+            return
+        try:
+            status = json.loads(self.transport.read_bytes(self.path("status.json")))
+        except FileNotFoundError:
+            status = {}
+        runner_version = int(status.get("job_version", CLIENT_JOB_VERSION))
+        if runner_version < CLIENT_JOB_VERSION:
+            raise JobError(f"the runner on cluster {self.cluster!r} reads job format v{runner_version}, this "
+                           f"mpicloud writes v{CLIENT_JOB_VERSION}: update the runner on the cluster (`mpicloud "
+                           f"up` for local clusters, re-run the bootstrap or re-deploy for cloud clusters)")
+        for name in ("spool", "queue", "store", "jobs", "sweeps"):
+            self.transport.makedirs(self.path(name))
+        self._prepared = True
 
     @property
     def sroot(self) -> str:

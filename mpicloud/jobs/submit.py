@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mpicloud.errors import JobError, TransportError
-from mpicloud.jobs.remote import QueueHandle
+from mpicloud.jobs.remote import CLIENT_JOB_VERSION, QueueHandle
 
-JOB_VERSION = 2
 ARCHIVES = (".zip", ".tar.gz", ".tgz", ".tar", ".tar.zst", ".tzst")
 
 InputEvent = Callable[[str, str], None]  # (name, "uploaded" | "reused")
@@ -91,16 +90,16 @@ def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path],
 
 
 def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None = None,
-           job_id: str | None = None) -> str:
-    """Queue a job and return its id; idempotent for a given job_id."""
+           job_id: str | None = None, preuploaded: Sequence[dict[str, Any]] = ()) -> str:
+    """Queue a job and return its id; idempotent for a given job_id. `preuploaded` input entries go first."""
     if not request.argv:
         raise JobError("no command given: put it after `--`, e.g. `mpicloud submit NAME -- hostname`")
     if request.cores < 1:
         raise JobError(f"--cores must be at least 1, not {request.cores}")
     queue.prepare()
-    inputs = upload_inputs(queue, request.inputs, on_event)
+    inputs = [*preuploaded, *upload_inputs(queue, request.inputs, on_event)]
     job_id = job_id or new_job_id()
-    job = {"version": JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
+    job = {"version": CLIENT_JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
            "cores": request.cores, "mpi": request.mpi, "inputs": inputs, "post": request.post,
            "env": request.env, "output_to": request.output_to, "sweep": request.sweep,
            "submitted_at": time.time()}

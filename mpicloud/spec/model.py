@@ -217,7 +217,8 @@ class ClusterSpec(_Model):
     access: Access = Field(default_factory=Access)
     shared: Shared | None = None
     software: Software = Field(default_factory=Software)
-    idle_shutdown_minutes: int | None = Field(default=None, ge=1, le=10080)
+    idle_shutdown_minutes: float | None = Field(default=None, ge=0.05, le=10080,
+                                                description="stop the cluster after this long with no jobs")
     bucket: Bucket | None = None
     azure: AzureOptions | None = None
     aws: AwsOptions | None = None
