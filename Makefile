@@ -32,7 +32,7 @@ test: sysdeps $(VENV)/.dev lint
 	$(BIN)/python -m pytest -q -ra tests
 
 bench: sysdeps $(VENV)/.dev
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m benchmarks.run_all
 
 render: $(VENV)/.dev
 	$(BIN)/python -m mpicloud.render.generated

@@ -1,0 +1,14 @@
+"""`make bench`: every benchmark, each printing ratios against OpenSSH measured in the same run."""
+
+from __future__ import annotations
+
+from benchmarks import queue_bench
+
+
+def main() -> None:
+    print("== queue ==", flush=True)
+    queue_bench.main()
+
+
+if __name__ == "__main__":
+    main()
