@@ -23,8 +23,8 @@ from mpicloud.jobs import fetch, query, sweep
 from mpicloud.jobs.query import JobInfo
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, submit
+from mpicloud.jobs.transfer import Progress, Summary
 from mpicloud.spec import ClusterSpec, load_spec
-from mpicloud.transport.base import ProgressCallback
 
 
 class Cluster:
@@ -156,6 +156,9 @@ class Job:
         """Cancel the job (queued or running, every rank)."""
         return query.cancel(self.cluster.queue, self.id)
 
-    def get(self, dest: str | Path, only: Sequence[str] = (), progress: ProgressCallback | None = None) -> list[Path]:
-        """Download the job's work dir (or only the named files) into dest."""
-        return fetch.get_files(self.cluster.queue, self.id, Path(dest), only, progress)
+    def get(self, dest: str | Path, only: Sequence[str] = (), globs: Sequence[str] = (), filters: Sequence[str] = (),
+            compress: str = "auto", streams: int = 4, progress: Progress | None = None) -> Summary:
+        """Download the job's work dir (all, by glob or substring, or only the named files) into dest: packed and
+        compressed on the cluster, large files in parallel ranges, SHA-256 verified, resumable."""
+        return fetch.fetch_job(self.cluster.queue, self.id, Path(dest), only, globs, filters, compress, streams,
+                               progress)

@@ -12,6 +12,8 @@ import typer
 
 from mpicloud.api import Cluster
 from mpicloud.cli.app import app, err, out
+from mpicloud.cli.progress import transfer_bar
+from mpicloud.errors import JobError
 from mpicloud.jobs.query import JobInfo
 
 
@@ -96,9 +98,23 @@ def cancel(name: str, job: str) -> None:
 @app.command()
 def get(
     name: str, job: str,
-    dest: Annotated[Path, typer.Option(help="local directory")] = Path("."),
+    dest: Annotated[Path, typer.Option(help="local directory (files land in DEST/JOB/)")] = Path("."),
     only: Annotated[list[str] | None, typer.Option("--only", help="fetch just this file (repeatable)")] = None,
+    filters: Annotated[list[str] | None, typer.Option("--filter", help="paths containing this text")] = None,
+    globs: Annotated[list[str] | None, typer.Option("--glob", help="paths or names matching this pattern")] = None,
+    compress: Annotated[str, typer.Option(help="auto|none|zstd|gzip|bzip2 (compressed on the cluster)")] = "auto",
+    streams: Annotated[int, typer.Option(help="parallel streams")] = 4,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Download the files a job left in its work dir."""
-    files = Cluster.get(name).job(job).get(dest / job, only or [])
-    out.print(f"{len(files)} files into {dest / job}", markup=False)
+    """Download a job's outputs: packed and compressed on the cluster, verified, resumable."""
+    if compress not in ("auto", "none", "zstd", "gzip", "bzip2"):
+        raise JobError(f"--compress must be auto, none, zstd, gzip or bzip2, not {compress!r}")
+    with transfer_bar(f"job {job}", quiet=as_json) as bar:
+        summary = Cluster.get(name).job(job).get(dest / job, only or [], globs or [], filters or [], compress,
+                                                 streams, bar)
+    if as_json:
+        out.print(json.dumps({"job": job, "dest": str(dest / job), **summary.as_dict()}), markup=False)
+        return
+    codec = "/".join(sorted(set(summary.codecs))) or "-"
+    out.print(f"{summary.files} files, {summary.bytes} bytes into {dest / job} in {summary.seconds:.1f} s "
+              f"({summary.skipped} already there; wire {summary.wire_bytes} bytes, {codec})", markup=False)

@@ -121,10 +121,10 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
     record = ClusterRecord(
         name=spec.name, provider="local", os="linux", user=user, nodes=nodes,
         slots_per_node=spec.slots_per_node, shared_path=str(shared), python=[sys.executable],
-        runner=str(directory / "runner.py"), key_file=str(identity),
+        runner=str(directory / "runner" / "runner.py"), key_file=str(identity),
         teardown=f"mpicloud down {spec.name}", idle_shutdown_minutes=spec.idle_shutdown_minutes,
         local={"cluster_id": cluster_id, "ssh_config": str(ssh_config)})
-    shutil.copyfile(_runner_file(), record.runner)
+    shutil.copytree(_runner_file().parent, directory / "runner", ignore=shutil.ignore_patterns("__pycache__"))
     stop = ["env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m", "mpicloud.cli", "down", spec.name]
     (shared / ".mpicloud" / "runner.json").write_text(runner_config_json(runner_config(spec, stop)))
     record.save()

@@ -63,9 +63,25 @@ class QueueHandle:
         """SFTP path inside an accepted job's directory."""
         return self.path("jobs", job_id, *parts)
 
+    @property
+    def sep(self) -> str:
+        """The cluster's path separator."""
+        return "\\" if self.os == "windows" else "/"
+
+    def cluster_path(self, *parts: str) -> str:
+        """Cluster-side path below the runner root (what commands on the node take)."""
+        return self.sep.join([self.root, *parts])
+
     def command(self, *args: str) -> str:
         """A runner command line for the cluster's shell."""
-        argv = [*self.python, self.runner, *args, "--root", self.root]
+        return self._join([*self.python, self.runner, *args, "--root", self.root])
+
+    def helper(self, *args: str) -> str:
+        """A transfer-helper command line (transfer.py beside runner.py)."""
+        folder = self.runner.rsplit(self.sep, 1)[0]
+        return self._join([*self.python, f"{folder}{self.sep}transfer.py", *args])
+
+    def _join(self, argv: list[str]) -> str:
         return windows_join(argv) if self.os == "windows" else posix_join(argv)
 
     def runner_json(self, *args: str) -> Any:

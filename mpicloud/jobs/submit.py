@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mpicloud.errors import JobError, TransportError
+from mpicloud.jobs import transfer
 from mpicloud.jobs.remote import CLIENT_JOB_VERSION, QueueHandle
 
 ARCHIVES = (".zip", ".tar.gz", ".tgz", ".tar", ".tar.zst", ".tzst")
@@ -58,8 +59,8 @@ def _local_files(item: Path) -> list[tuple[Path, str]]:
     return [(item, item.name)]
 
 
-def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path],
-                  on_event: InputEvent | None = None) -> list[dict[str, Any]]:
+def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path], on_event: InputEvent | None = None,
+                  progress: transfer.Progress | None = None) -> list[dict[str, Any]]:
     """Put each input into the store once (by SHA-256); return the job's input entries in order."""
     entries: list[dict[str, Any]] = []
     for raw in inputs:
@@ -78,9 +79,9 @@ def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path],
             if existing is not None and existing.size == path.stat().st_size:
                 event = "reused"
             else:
-                temp = queue.path("store", f".{digest}.{secrets.token_hex(4)}.part")
-                queue.transport.put(path, temp)
-                queue.transport.rename(temp, target)
+                part = f".{digest}.part"  # deterministic: an interrupted upload resumes, ranges verified
+                transfer.upload(queue, path, queue.cluster_path("store", part), progress=progress)
+                queue.transport.rename(queue.path("store", part), target)
                 event = "uploaded"
             if on_event:
                 on_event(name, event)

@@ -34,12 +34,40 @@ class FileStat:
     is_dir: bool
 
 
+class Stream(Protocol):
+    """A running remote command with binary stdin/stdout, for bulk transfers."""
+
+    def read(self, size: int) -> bytes:
+        """Up to size bytes of stdout; b"" at the end."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the command's stdin."""
+        ...
+
+    def close_input(self) -> None:
+        """Signal end of stdin."""
+        ...
+
+    def finish(self) -> tuple[int, bytes]:
+        """Wait for the command; its exit code and stderr."""
+        ...
+
+    def abort(self) -> None:
+        """Close the stream at once (the remote command sees a broken pipe)."""
+        ...
+
+
 class Transport(Protocol):
     """A connection to one cluster node: commands plus SFTP-style file access (POSIX-style paths)."""
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
             on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None) -> RunResult:
         """Run a shell command on the node; stream output to the callbacks; return exit code and output."""
+        ...
+
+    def open_stream(self, command: str) -> Stream:
+        """Start a command whose stdin/stdout carry bulk data."""
         ...
 
     def read_bytes(self, path: str) -> bytes:

