@@ -19,7 +19,7 @@ from mpicloud.cluster import local, registry
 from mpicloud.cluster.connect import AttachRequest
 from mpicloud.cluster.registry import ClusterRecord
 from mpicloud.errors import ClusterError
-from mpicloud.jobs import fetch, query, sweep
+from mpicloud.jobs import fetch, query, sweep, watch
 from mpicloud.jobs.query import JobInfo
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, submit
@@ -111,6 +111,13 @@ class Cluster:
     def cancel_sweep(self, sweep_id: str) -> int:
         """Cancel every unfinished run of a sweep."""
         return sweep.cancel_sweep(self.queue, sweep_id)
+
+    def watch_once(self, dest: str | Path, max_age_days: float | None = None, filters: Sequence[str] = (),
+                   delete_after_verify: bool = False, on_fetched: Callable[[str, Summary], None] | None = None,
+                   progress: Progress | None = None) -> list[str]:
+        """Download every finished job not downloaded before into dest/<job>/; returns the job ids."""
+        return watch.watch_once(self.queue, Path(dest), max_age_days, filters, delete_after_verify, on_fetched,
+                                progress)
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job."""

@@ -15,6 +15,7 @@ from mpicloud.cli.app import app, err, out
 from mpicloud.cli.progress import transfer_bar
 from mpicloud.errors import JobError
 from mpicloud.jobs.query import JobInfo
+from mpicloud.jobs.transfer import Summary
 
 
 def _when(stamp: float | None) -> str:
@@ -118,3 +119,27 @@ def get(
     codec = "/".join(sorted(set(summary.codecs))) or "-"
     out.print(f"{summary.files} files, {summary.bytes} bytes into {dest / job} in {summary.seconds:.1f} s "
               f"({summary.skipped} already there; wire {summary.wire_bytes} bytes, {codec})", markup=False)
+
+
+@app.command("watch")
+def watch_cmd(
+    name: str,
+    dest: Annotated[Path, typer.Option(help="local directory; each job lands in DEST/JOB/")],
+    max_age_days: Annotated[float | None, typer.Option(help="skip jobs that ended longer ago")] = None,
+    filters: Annotated[list[str] | None, typer.Option("--filter", help="only paths containing this text")] = None,
+    once: Annotated[bool, typer.Option("--once", help="one pass, then exit")] = False,
+    delete_after_verify: Annotated[bool, typer.Option(help="delete outputs on the cluster once verified")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between passes")] = 10.0,
+) -> None:
+    """Download each finished job not downloaded yet (remembers what it fetched; safe to stop and restart)."""
+    cluster = Cluster.get(name)
+
+    def fetched(job_id: str, summary: Summary) -> None:
+        out.print(f"{job_id}: {summary.files} files, {summary.bytes} bytes -> {dest / job_id}", markup=False)
+
+    while True:
+        with transfer_bar(f"watch {name}") as bar:
+            cluster.watch_once(dest, max_age_days, filters or [], delete_after_verify, fetched, bar)
+        if once:
+            return
+        time.sleep(interval)

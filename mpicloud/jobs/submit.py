@@ -80,9 +80,9 @@ def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path], on_event: In
                 event = "reused"
             else:
                 part = f".{digest}.part"  # deterministic: an interrupted upload resumes, ranges verified
-                transfer.upload(queue, path, queue.cluster_path("store", part), progress=progress)
+                sent = transfer.upload(queue, path, queue.cluster_path("store", part), progress=progress)
                 queue.transport.rename(queue.path("store", part), target)
-                event = "uploaded"
+                event = "uploaded" if sent == path.stat().st_size else "resumed"
             if on_event:
                 on_event(name, event)
             entries.append({"source": "store", "sha256": digest, "name": name,

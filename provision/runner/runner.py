@@ -559,6 +559,19 @@ def status(root: Path) -> dict[str, Any]:
     return data
 
 
+def purge(root: Path, job_id: str) -> int:
+    """Delete an ended job's work dir (after the client verified its download); keep its state and logs."""
+    jobdir = root / "jobs" / job_id
+    state = read_json(jobdir / "state.json")
+    if state["state"] not in TERMINAL:
+        print(f"job {job_id} is {state['state']}; only ended jobs can be purged", file=sys.stderr)
+        return 2
+    shutil.rmtree(jobdir / "work", ignore_errors=True)
+    state["purged_at"] = now()
+    write_json(jobdir / "state.json", state)
+    return 0
+
+
 def lock(root: Path) -> Any:
     """Hold the runner lock (one runner per cluster); None when another runner has it."""
     handle = open(root / "runner.lock", "a+b")  # noqa: SIM115
@@ -581,13 +594,15 @@ def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="runner.py", description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("command", choices=["serve", "exec", "list", "status", "start"])
+    parser.add_argument("command", choices=["serve", "exec", "list", "status", "start", "purge"])
     parser.add_argument("job", nargs="?")
     parser.add_argument("--root", required=True, type=Path)
     args = parser.parse_args(argv)
     root: Path = args.root
     if args.command == "exec":
         return run_job(root, args.job)
+    if args.command == "purge":
+        return purge(root, args.job)
     if args.command == "list":
         print(json.dumps(list_jobs(root)))
         return 0

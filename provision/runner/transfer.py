@@ -120,6 +120,7 @@ def send(base: Path, rel: str, offset: int, length: int, codec: str) -> int:
     """Stream a byte range of one file; the range's SHA-256 goes to stderr at the end."""
     digest = hashlib.sha256()
     out = sys.stdout.buffer
+    codec = choose_codec(base, [rel], codec)
     with open(base / rel, "rb") as handle, Compressed(out, codec) as sink:
         handle.seek(offset)
         left = length
