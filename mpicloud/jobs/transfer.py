@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import queue as queue_mod
 import tarfile
 import threading
 import time
@@ -124,8 +125,8 @@ def download(queue: QueueHandle, base: str, dest: Path, globs: list[str] | None 
     small = [e for e in todo if e[1] < BIG]
     large = [e for e in todo if e[1] >= BIG]
     tasks: list[Callable[[], None]] = []
-    if small:
-        tasks.append(lambda: _unpack(queue, base, small, dest, compress, state, meter, summary))
+    for group in _groups(small, streams):
+        tasks.append(lambda group=group: _unpack(queue, base, group, dest, compress, state, meter, summary))
     for rel, size, mtime in large:
         have = state.ranges(rel, size, mtime)
         for index in range(max(1, -(-size // RANGE))):
@@ -145,6 +146,16 @@ def download(queue: QueueHandle, base: str, dest: Path, globs: list[str] | None 
     summary.seconds = time.monotonic() - started
     state.path.unlink(missing_ok=True)
     return summary
+
+
+def _groups(files: list[tuple[str, int, float]], streams: int) -> list[list[tuple[str, int, float]]]:
+    """Small files split into packs of similar size (at least 8 MiB each), one stream per pack."""
+    total = sum(f[1] for f in files)
+    count = max(1, min(streams, total // (8 << 20), len(files)))
+    groups: list[list[tuple[str, int, float]]] = [[] for _ in range(count)]
+    for index, entry in enumerate(sorted(files, key=lambda f: -f[1])):
+        groups[index % count].append(entry)
+    return [g for g in groups if g]
 
 
 def _safe(dest: Path, rel: str) -> None:
@@ -214,6 +225,38 @@ def _write(source: Any, target: Path, offset: int, meter: _Meter) -> str:
     return digest.hexdigest()
 
 
+def _drain(reader: Any, part: Path, offset: int, meter: _Meter) -> Any:
+    """Read the stream in this thread while another hashes and writes, so the channel never waits on the disk."""
+    blocks: queue_mod.Queue[bytes | None] = queue_mod.Queue(maxsize=8)
+    digest = hashlib.sha256()
+    failure: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with open(part, "r+b") as out:
+                out.seek(offset)
+                while (block := blocks.get()) is not None:
+                    digest.update(block)
+                    out.write(block)
+                    meter.add(len(block))
+        except BaseException as exc:  # surfaced in the reading thread
+            failure.append(exc)
+            while blocks.get() is not None:
+                pass
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        while block := reader.read(1 << 20):
+            blocks.put(block)
+    finally:
+        blocks.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
+    return digest
+
+
 def _verify(rel: str, got: str, expected: str, cluster: str) -> None:
     if got != expected.strip():
         raise TransportError(f"{rel}: checksum mismatch after transfer from cluster {cluster!r} "
@@ -238,13 +281,7 @@ def _range_task(queue: QueueHandle, base: str, entry: tuple[str, int, float], in
         stream.close_input()
         raw = StreamReader(stream)
         reader, codec = decoded(io.BufferedReader(raw, 1 << 20))
-        with open(part, "r+b") as out:
-            out.seek(offset)
-            digest = hashlib.sha256()
-            while block := reader.read(1 << 20):
-                digest.update(block)
-                out.write(block)
-                meter.add(len(block))
+        digest = _drain(reader, part, offset, meter)
         code, err = stream.finish()
         text = err.decode(errors="replace")
         if code != 0 or "sha256 " not in text:

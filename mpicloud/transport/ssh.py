@@ -21,6 +21,7 @@ from mpicloud.transport.base import FileStat, OutputCallback, ProgressCallback, 
 from mpicloud.transport.hostkeys import changed_key_error, unknown_key_error
 
 SocketFactory = Callable[[str, int, float], Any]
+STREAM_WINDOW = 2 << 20
 
 
 class _FastTransport(paramiko.Transport):
@@ -28,6 +29,15 @@ class _FastTransport(paramiko.Transport):
 
     _preferred_ciphers = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr",
                           "aes256-ctr")
+
+
+    def __init__(self, sock: Any, **options: Any) -> None:
+        super().__init__(sock, **options)
+        # paramiko's own rekey (client-initiated every 512 MiB) races with a busy session channel and fails with
+        # "Key-exchange timed out" (paramiko issue #822); leave rekeying to the server (OpenSSH rekeys by its
+        # RekeyLimit, for AES after 2^32 blocks), which paramiko handles correctly.
+        self.packetizer.REKEY_BYTES = 1 << 62
+        self.packetizer.REKEY_PACKETS = 1 << 62
 
 
 def _fast_transport(sock: Any, **options: Any) -> paramiko.Transport:
@@ -144,8 +154,8 @@ class SSHTransport:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise ConnectError(f"connection to {self.endpoint.label} was lost")
-        try:
-            channel = transport.open_session(timeout=self.endpoint.connect_timeout)
+        try:  # a large window keeps data flowing while the client writes to disk
+            channel = transport.open_session(window_size=STREAM_WINDOW, timeout=self.endpoint.connect_timeout)
             channel.exec_command(command)
         except (paramiko.SSHException, OSError) as exc:
             raise TransportError(f"cannot start a transfer on {self.endpoint.label}: {exc}") from None
