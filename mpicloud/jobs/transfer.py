@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def download(queue: QueueHandle, base: str, dest: Path, globs: list[str] | None 
     large = [e for e in todo if e[1] >= BIG]
     tasks: list[Callable[[], None]] = []
     for group in _groups(small, streams):
-        tasks.append(lambda group=group: _unpack(queue, base, group, dest, compress, state, meter, summary))
+        tasks.append(partial(_unpack, queue, base, group, dest, compress, state, meter, summary))
     for rel, size, mtime in large:
         have = state.ranges(rel, size, mtime)
         for index in range(max(1, -(-size // RANGE))):
