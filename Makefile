@@ -24,7 +24,7 @@ demo: sysdeps $(VENV)/.base
 	bash scripts/demo.sh
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check mpicloud provision infra tests benchmarks
+	$(BIN)/ruff check mpicloud provision infra tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
