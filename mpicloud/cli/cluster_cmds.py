@@ -104,11 +104,14 @@ def attach(
     host_key_fingerprint: Annotated[str | None, typer.Option(help="expected SHA256:... of the head node")] = None,
     jump: Annotated[str | None, typer.Option(help="jump host user@host:port")] = None,
     rekey: Annotated[bool, typer.Option(help="re-pin the host key of an already registered cluster")] = False,
+    python: Annotated[str | None, typer.Option(help="Python on the head node (default per OS)")] = None,
+    runner: Annotated[str | None, typer.Option(help="runner.py path on the head node (default per OS)")] = None,
 ) -> None:
     """Register an existing cluster (made by `pulumi up` or a Deploy button) and pin its host key."""
     request = AttachRequest(name=name, host=host, user=user, port=port, key_file=key, password_env=password_env,
                             os=os, slots_per_node=slots, shared_path=shared,
-                            host_key_fingerprint=host_key_fingerprint, jump=jump, rekey=rekey)
+                            host_key_fingerprint=host_key_fingerprint, jump=jump, rekey=rekey,
+                            python=[python] if python else None, runner=runner)
     cluster, notes = Cluster.attach(request)
     for note in notes:
         out.print(note, markup=False)
