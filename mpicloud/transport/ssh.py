@@ -356,9 +356,21 @@ def connect(endpoint: Endpoint) -> SSHTransport:
         existing = _POOL.get(endpoint)
         if existing is not None and existing.alive:
             return existing
-        transport = SSHTransport(endpoint)
+        transport = _connect_with_retries(endpoint)
         _POOL[endpoint] = transport
         return transport
+
+
+def _connect_with_retries(endpoint: Endpoint, attempts: int = 3, delay: float = 0.5) -> SSHTransport:
+    """Connecting changes nothing, so it is retried (unreachable host only: never auth or host-key errors)."""
+    for attempt in range(attempts - 1):
+        try:
+            return SSHTransport(endpoint)
+        except ConnectError as exc:
+            if "cannot reach" not in str(exc):
+                raise
+            time.sleep(delay * 2**attempt)
+    return SSHTransport(endpoint)
 
 
 def close_all() -> None:
