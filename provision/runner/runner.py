@@ -188,6 +188,15 @@ def launch_argv(launcher: str, hosts: list[tuple[str, int]], np: int, hostfile: 
     return out + argv
 
 
+def launcher_program(name: str) -> str:
+    """The launcher's path: on PATH, or MS-MPI's bin folder (sessions started before its install lack PATH)."""
+    found = shutil.which(name)
+    if found is None and os.environ.get("MSMPI_BIN"):
+        candidate = Path(os.environ["MSMPI_BIN"]) / f"{name}.exe"
+        found = str(candidate) if candidate.is_file() else None
+    return found or name
+
+
 # ---------------------------------------------------------------- the job wrapper (one per job)
 def unpack(archive: Path, dest: Path) -> None:
     """Unpack .zip, .tar.gz/.tgz, .tar.zst into dest, refusing members that escape it."""
@@ -299,6 +308,7 @@ def run_job(root: Path, job_id: str) -> int:
         exported = {k: env[k] for k in env if k in JOB_VARS or k in job.get("env", {})}
         argv = launch_argv(config["launcher"], hosts, int(job["cores"]), str(jobdir / "hostfile"),
                            str(work), exported, argv)
+        argv[0] = launcher_program(argv[0])
     out, err, post = jobdir / "stdout.log", jobdir / "stderr.log", jobdir / "post.log"
     result["exit_code"], result["reason"] = _run(argv, work, env, out, err)
     if job.get("post") and not (jobdir / "cancel").exists():
