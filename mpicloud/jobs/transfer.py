@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import os
-import queue as queue_mod
 import tarfile
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mpicloud.errors import TransportError
+from mpicloud.jobs.ranges import RangeJob, run_ranges, verify
 from mpicloud.jobs.remote import QueueHandle, sftp_path
 from mpicloud.jobs.streams import StreamReader, decoded
 
@@ -125,19 +125,32 @@ def download(queue: QueueHandle, base: str, dest: Path, globs: list[str] | None 
     meter = _Meter(sum(e[1] for e in todo), progress)
     small = [e for e in todo if e[1] < BIG]
     large = [e for e in todo if e[1] >= BIG]
-    tasks: list[Callable[[], None]] = []
-    for group in _groups(small, streams):
-        tasks.append(partial(_unpack, queue, base, group, dest, compress, state, meter, summary))
-    for rel, size, mtime in large:
-        have = state.ranges(rel, size, mtime)
-        for index in range(max(1, -(-size // RANGE))):
-            if index not in have:
-                tasks.append(_range_task(queue, base, (rel, size, mtime), index, dest, compress, state, meter,
-                                         summary))
+    ranges = [RangeJob("get", index, index * RANGE, min(RANGE, size - index * RANGE), str(_part(dest, rel)), base,
+                       rel, compress)
+              for rel, size, mtime in large for index in range(-(-size // RANGE))
+              if index not in state.ranges(rel, size, mtime)]
+    entries_by_rel = {e[0]: e for e in large}
+    for rel, size, _ in large:
+        part = _part(dest, rel)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        if not part.exists():
+            with open(part, "wb") as handle:
+                handle.truncate(size)
     try:
-        _run_all(tasks, streams)
+        packs: list[Callable[[], None]] = [partial(_unpack, queue, base, group, dest, compress, state, meter,
+                                                   summary) for group in _groups(small, streams)]
+        with ThreadPoolExecutor(max_workers=1) as side:
+            packed = side.submit(_run_all, packs, streams) if packs else None
+            for moved in run_ranges(queue, ranges, streams, meter.add):
+                rel = moved.job.rel
+                state.mark_range(rel, *entries_by_rel[rel][1:], moved.job.index)
+                with meter.lock:
+                    summary.wire_bytes += moved.wire_bytes
+                    summary.codecs.append(moved.codec)
+            if packed is not None:
+                packed.result()
         for rel, size, mtime in large:
-            if len(state.ranges(rel, size, mtime)) == max(1, -(-size // RANGE)):
+            if len(state.ranges(rel, size, mtime)) == -(-size // RANGE):
                 os.replace(_part(dest, rel), dest / rel)
                 state.mark_file(rel, size, mtime)
     finally:
@@ -197,7 +210,7 @@ def _unpack(queue: QueueHandle, base: str, files: list[tuple[str, int, float]], 
                     continue
                 if member.name.startswith(SHA_DIR + "/"):
                     rel = member.name[len(SHA_DIR) + 1:]
-                    _verify(rel, digests.pop(rel, ""), source.read().decode(), queue.cluster)
+                    verify(rel, digests.pop(rel, ""), source.read().decode(), queue.cluster)
                     os.replace(_part(dest, rel), dest / rel)
                     state.mark_file(rel, *meta[rel][1:])
                     continue
@@ -226,77 +239,6 @@ def _write(source: Any, target: Path, offset: int, meter: _Meter) -> str:
     return digest.hexdigest()
 
 
-def _drain(reader: Any, part: Path, offset: int, meter: _Meter) -> Any:
-    """Read the stream in this thread while another hashes and writes, so the channel never waits on the disk."""
-    blocks: queue_mod.Queue[bytes | None] = queue_mod.Queue(maxsize=8)
-    digest = hashlib.sha256()
-    failure: list[BaseException] = []
-
-    def writer() -> None:
-        try:
-            with open(part, "r+b") as out:
-                out.seek(offset)
-                while (block := blocks.get()) is not None:
-                    digest.update(block)
-                    out.write(block)
-                    meter.add(len(block))
-        except BaseException as exc:  # surfaced in the reading thread
-            failure.append(exc)
-            while blocks.get() is not None:
-                pass
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    try:
-        while block := reader.read(1 << 20):
-            blocks.put(block)
-    finally:
-        blocks.put(None)
-        thread.join()
-    if failure:
-        raise failure[0]
-    return digest
-
-
-def _verify(rel: str, got: str, expected: str, cluster: str) -> None:
-    if got != expected.strip():
-        raise TransportError(f"{rel}: checksum mismatch after transfer from cluster {cluster!r} "
-                             f"(got {got[:12]}, expected {expected.strip()[:12]}); run the command again")
-
-
-def _range_task(queue: QueueHandle, base: str, entry: tuple[str, int, float], index: int, dest: Path,
-                compress: str, state: _State, meter: _Meter, summary: Summary) -> Callable[[], None]:
-    rel, size, mtime = entry
-
-    def task() -> None:
-        offset = index * RANGE
-        length = min(RANGE, size - offset)
-        part = _part(dest, rel)
-        with state.lock:
-            part.parent.mkdir(parents=True, exist_ok=True)
-            if not part.exists():
-                with open(part, "wb") as handle:
-                    handle.truncate(size)
-        stream = queue.transport.open_stream(queue.helper(
-            "send", base, rel, f"--offset={offset}", f"--length={length}", f"--compress={compress}"))
-        stream.close_input()
-        raw = StreamReader(stream)
-        reader, codec = decoded(io.BufferedReader(raw, 1 << 20))
-        digest = _drain(reader, part, offset, meter)
-        code, err = stream.finish()
-        text = err.decode(errors="replace")
-        if code != 0 or "sha256 " not in text:
-            raise TransportError(f"sending {rel} from cluster {queue.cluster!r} failed: {text.strip()}")
-        _verify(f"{rel} bytes {offset}-{offset + length}", digest.hexdigest(), text.split("sha256 ")[-1],
-                queue.cluster)
-        state.mark_range(rel, size, mtime, index)
-        with meter.lock:
-            summary.wire_bytes += raw.wire_bytes
-            summary.codecs.append(codec)
-
-    return task
-
-
 def upload(queue: QueueHandle, local: Path, remote: str, streams: int = 4, progress: Progress | None = None) -> int:
     """Send a local file to cluster path `remote` in parallel verified ranges (the caller renames it).
     Ranges a previous attempt already left there intact are not sent again; returns the bytes sent."""
@@ -306,51 +248,6 @@ def upload(queue: QueueHandle, local: Path, remote: str, streams: int = 4, progr
         queue.transport.write_bytes(sftp_path(queue.os, remote), b"")
         return 0
     resume = queue.transport.stat(sftp_path(queue.os, remote)) is not None
-    sent = _Meter(0, None)
-
-    def task(index: int) -> Callable[[], None]:
-        def run() -> None:
-            offset = index * RANGE
-            length = min(RANGE, size - offset)
-            digest = _local_hash(local, offset, length)
-            span = [f"--offset={offset}", f"--length={length}"]
-            if resume and queue.transport.run(queue.helper("hash", remote, *span)).text.strip() == \
-                    f"sha256 {digest}":
-                meter.add(length)
-                return
-            stream = queue.transport.open_stream(queue.helper("recv", remote, *span))
-            with open(local, "rb") as handle:
-                handle.seek(offset)
-                left = length
-                while left > 0:
-                    block = handle.read(min(1 << 20, left))
-                    stream.write(block)
-                    meter.add(len(block))
-                    sent.add(len(block))
-                    left -= len(block)
-            stream.close_input()
-            answer = b""
-            while chunk := stream.read(4096):
-                answer += chunk
-            code, err = stream.finish()
-            if code != 0:
-                raise TransportError(f"upload of {local} to cluster {queue.cluster!r} failed: "
-                                     f"{err.decode(errors='replace').strip()}")
-            _verify(f"{local.name} bytes {offset}-{offset + length}", digest, answer.decode().split("sha256 ")[-1],
-                    queue.cluster)
-        return run
-
-    _run_all([task(i) for i in range(max(1, -(-size // RANGE)))], streams)
-    return sent.done
-
-
-def _local_hash(path: Path, offset: int, length: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        left = length
-        while left > 0:
-            block = handle.read(min(1 << 20, left))
-            digest.update(block)
-            left -= len(block)
-    return digest.hexdigest()
+    jobs = [RangeJob("put", index, index * RANGE, min(RANGE, size - index * RANGE), str(local), remote, resume=resume)
+            for index in range(-(-size // RANGE))]
+    return sum(result.sent for result in run_ranges(queue, jobs, streams, meter.add))

@@ -110,6 +110,10 @@ class Transport(Protocol):
         """Download a remote file."""
         ...
 
+    def reopen(self) -> Callable[[], Transport]:
+        """A picklable recipe for another connection to the same node (worker processes use it)."""
+        ...
+
     def close(self) -> None:
         """Close the connection."""
         ...

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,10 @@ class SSHTransport:
         """Download a remote file (prefetched)."""
         with self._sftp_lock, self._io(remote):
             self.sftp().get(remote, str(local), callback=progress)
+
+    def reopen(self) -> Callable[[], SSHTransport]:
+        """A picklable recipe for another connection to the same node (worker processes use it)."""
+        return partial(SSHTransport, self.endpoint)
 
     def close(self) -> None:
         """Close SFTP, the connection and any jump connection."""

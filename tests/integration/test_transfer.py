@@ -104,6 +104,15 @@ def test_killed_download_resumes_and_verifies(local_cluster: Cluster, cluster_ho
     assert digest(tmp_path / job.id / "huge.bin") == digest(cluster_work(local_cluster, job) / "huge.bin")
 
 
+def test_large_parallel_download_in_worker_processes(local_cluster: Cluster, tmp_path: Path) -> None:
+    job = local_cluster.submit(["sh", "-c", "head -c 300000000 /dev/urandom > huge.bin"])
+    assert job.wait(120).state == "succeeded"
+    seen: list[int] = []
+    summary = job.get(tmp_path, streams=3, compress="none", progress=lambda done, total: seen.append(done))
+    assert summary.bytes == 300_000_000 and seen[-1] == 300_000_000
+    assert digest(tmp_path / "huge.bin") == digest(cluster_work(local_cluster, job) / "huge.bin")
+
+
 def test_upload_resumes_after_a_kill(local_cluster: Cluster, cluster_home: Path, tmp_path: Path) -> None:
     data = tmp_path / "input.bin"
     data.write_bytes(os.urandom(200 << 20))
