@@ -38,7 +38,7 @@ def up(spec: Annotated[Path, typer.Argument(help="cluster spec with cloud: local
     nodes = ", ".join(f"{n.name}={n.host}:{n.port}" for n in record.nodes)
     out.print(f"cluster {record.name} up in {time.monotonic() - started:.1f} s: {nodes}")
     if record.idle_shutdown_minutes:
-        out.print(f"idle shutdown after {record.idle_shutdown_minutes} min without jobs")
+        out.print(f"idle shutdown after {record.idle_shutdown_minutes:g} min without jobs")
     out.print(f"tear down with: {record.teardown}")
 
 
