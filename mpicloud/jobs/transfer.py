@@ -7,13 +7,12 @@ import hashlib
 import io
 import json
 import os
-import tarfile
+import struct
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ from mpicloud.jobs.streams import StreamReader, decoded
 
 RANGE = 64 << 20  # large files move in ranges of this size: the unit of parallelism and of resume
 BIG = 32 << 20  # files at least this big are sent in ranges, smaller ones packed
-SHA_DIR = ".mpicloud-sha256"
+MANIFEST = ".mpicloud-manifest.json"
+FRAME = "!HQ"  # pack frames: name length, data size (then name, data, 32-byte SHA-256)
 STATE = ".mpicloud-transfer.json"
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -107,69 +107,102 @@ class _Meter:
 def download(queue: QueueHandle, base: str, dest: Path, globs: list[str] | None = None,
              filters: list[str] | None = None, compress: str = "auto", streams: int = 4,
              progress: Progress | None = None) -> Summary:
-    """Fetch files below cluster directory `base` into dest; resumes from dest's transfer state."""
+    """Fetch files below cluster directory `base` into dest; resumes from dest's transfer state.
+
+    One command on the node lists the selection and streams the small files packed; large files follow in
+    parallel ranges as soon as the listing arrives."""
     started = time.monotonic()
-    args = ["manifest", base, *[f"--glob={g}" for g in globs or []], *[f"--filter={f}" for f in filters or []]]
-    result = queue.transport.run(queue.helper(*args), timeout=600)
-    if result.exit_code != 0:
-        raise TransportError(f"cannot list {base} on cluster {queue.cluster!r}: "
-                             f"{result.stderr.decode(errors='replace').strip()}")
-    entries: list[tuple[str, int, float]] = [(str(e[0]), int(e[1]), float(e[2])) for e in json.loads(result.stdout)]
     dest.mkdir(parents=True, exist_ok=True)
     state = _State(dest)
+    have = {rel: v for rel, v in state.data["files"].items() if state.done(rel, v[0], v[1], dest)}
+    selection = [*[f"--glob={g}" for g in globs or []], *[f"--filter={f}" for f in filters or []]]
+    stream = queue.transport.open_stream(queue.helper("pack", base, *selection, f"--big={BIG}",
+                                                      f"--compress={compress}"))
+    stream.write(json.dumps({"have": have}).encode())
+    stream.close_input()
+    raw = StreamReader(stream)
     summary = Summary()
-    todo = [e for e in entries if not state.done(e[0], e[1], e[2], dest)]
-    summary.skipped = len(entries) - len(todo)
-    for rel, _, _ in todo:
-        _safe(dest, rel)
-    meter = _Meter(sum(e[1] for e in todo), progress)
-    small = [e for e in todo if e[1] < BIG]
-    large = [e for e in todo if e[1] >= BIG]
-    ranges = [RangeJob("get", index, index * RANGE, min(RANGE, size - index * RANGE), str(_part(dest, rel)), base,
-                       rel, compress)
-              for rel, size, mtime in large for index in range(-(-size // RANGE))
-              if index not in state.ranges(rel, size, mtime)]
-    entries_by_rel = {e[0]: e for e in large}
-    for rel, size, _ in large:
-        part = _part(dest, rel)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        if not part.exists():
-            with open(part, "wb") as handle:
-                handle.truncate(size)
     try:
-        packs: list[Callable[[], None]] = [partial(_unpack, queue, base, group, dest, compress, state, meter,
-                                                   summary) for group in _groups(small, streams)]
+        reader, codec = decoded(io.BufferedReader(raw, 1 << 20))
+        entries = _read_manifest(reader, queue.cluster)
+        todo = [e for e in entries if e[0] not in have]
+        summary.skipped, summary.files = len(entries) - len(todo), len(todo)
+        for rel, _, _ in todo:
+            _safe(dest, rel)
+        meter = _Meter(sum(e[1] for e in todo), progress)
+        large = [e for e in todo if e[1] >= BIG]
         with ThreadPoolExecutor(max_workers=1) as side:
-            packed = side.submit(_run_all, packs, streams) if packs else None
-            for moved in run_ranges(queue, ranges, streams, meter.add):
-                rel = moved.job.rel
-                state.mark_range(rel, *entries_by_rel[rel][1:], moved.job.index)
-                with meter.lock:
-                    summary.wire_bytes += moved.wire_bytes
-                    summary.codecs.append(moved.codec)
-            if packed is not None:
-                packed.result()
-        for rel, size, mtime in large:
-            if len(state.ranges(rel, size, mtime)) == -(-size // RANGE):
-                os.replace(_part(dest, rel), dest / rel)
-                state.mark_file(rel, size, mtime)
+            ranged = side.submit(_fetch_large, queue, base, large, dest, compress, streams, state, meter, summary)
+            _unpack(reader, {e[0]: e for e in todo}, dest, state, meter, queue.cluster)
+            ranged.result()
+    except (OSError, EOFError, ValueError) as exc:
+        stream.abort()
+        raise TransportError(f"transfer from cluster {queue.cluster!r} broke off: {exc}") from None
     finally:
         state.save()
-    summary.files = len(todo)
+    code, err = stream.finish()
+    if code != 0:
+        raise TransportError(f"packing on cluster {queue.cluster!r} failed: {err.decode(errors='replace').strip()}")
+    summary.wire_bytes += raw.wire_bytes
+    summary.codecs.append(codec)
     summary.bytes = meter.done
     summary.seconds = time.monotonic() - started
     state.path.unlink(missing_ok=True)
     return summary
 
 
-def _groups(files: list[tuple[str, int, float]], streams: int) -> list[list[tuple[str, int, float]]]:
-    """Small files split into packs of similar size (at least 8 MiB each), one stream per pack."""
-    total = sum(f[1] for f in files)
-    count = max(1, min(streams, total // (8 << 20), len(files)))
-    groups: list[list[tuple[str, int, float]]] = [[] for _ in range(count)]
-    for index, entry in enumerate(sorted(files, key=lambda f: -f[1])):
-        groups[index % count].append(entry)
-    return [g for g in groups if g]
+def _frame(reader: Any, cluster: str) -> tuple[str, bytes] | None:
+    """One frame of a pack stream: (name, data) after checking the data's SHA-256; None at the end."""
+    head = _exactly(reader, struct.calcsize(FRAME))
+    length, size = struct.unpack(FRAME, head)
+    if length == 0:
+        return None
+    name = _exactly(reader, length).decode()
+    data = _exactly(reader, size)
+    verify(name, hashlib.sha256(data).hexdigest(), _exactly(reader, 32).hex(), cluster)
+    return name, data
+
+
+def _exactly(reader: Any, count: int) -> bytes:
+    data = reader.read(count)
+    while len(data) < count:
+        more = reader.read(count - len(data))
+        if not more:
+            raise EOFError("the stream ended early")
+        data += more
+    return bytes(data)
+
+
+def _read_manifest(reader: Any, cluster: str) -> list[tuple[str, int, float]]:
+    first = _frame(reader, cluster)
+    if first is None or first[0] != MANIFEST:
+        raise TransportError(f"cluster {cluster!r} sent no file list; is its transfer helper current?")
+    return [(str(e[0]), int(e[1]), float(e[2])) for e in json.loads(first[1])]
+
+
+def _fetch_large(queue: QueueHandle, base: str, large: list[tuple[str, int, float]], dest: Path, compress: str,
+                 streams: int, state: _State, meter: _Meter, summary: Summary) -> None:
+    """Large files in verified ranges over parallel streams; a file is moved into place when all arrived."""
+    for rel, size, _ in large:
+        part = _part(dest, rel)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        if not part.exists():
+            with open(part, "wb") as handle:
+                handle.truncate(size)
+    jobs = [RangeJob("get", index, index * RANGE, min(RANGE, size - index * RANGE), str(_part(dest, rel)), base,
+                     rel, compress)
+            for rel, size, mtime in large for index in range(-(-size // RANGE))
+            if index not in state.ranges(rel, size, mtime)]
+    by_rel = {e[0]: e for e in large}
+    for moved in run_ranges(queue, jobs, streams, meter.add):
+        state.mark_range(moved.job.rel, *by_rel[moved.job.rel][1:], moved.job.index)
+        with meter.lock:
+            summary.wire_bytes += moved.wire_bytes
+            summary.codecs.append(moved.codec)
+    for rel, size, mtime in large:
+        if len(state.ranges(rel, size, mtime)) == -(-size // RANGE):
+            os.replace(_part(dest, rel), dest / rel)
+            state.mark_file(rel, size, mtime)
 
 
 def _safe(dest: Path, rel: str) -> None:
@@ -178,67 +211,37 @@ def _safe(dest: Path, rel: str) -> None:
         raise TransportError(f"refusing to write {rel!r} outside {dest}")
 
 
-def _run_all(tasks: list[Callable[[], None]], streams: int) -> None:
-    with ThreadPoolExecutor(max_workers=max(1, streams)) as pool:
-        futures = [pool.submit(task) for task in tasks]
-        errors = [f.exception() for f in futures]
-    for error in errors:
-        if error is not None:
-            raise error
-
-
 def _part(dest: Path, rel: str) -> Path:
     target = dest / rel
     return target.with_name(target.name + ".mpicloud-part")
 
 
-def _unpack(queue: QueueHandle, base: str, files: list[tuple[str, int, float]], dest: Path, compress: str,
-            state: _State, meter: _Meter, summary: Summary) -> None:
-    """One packed stream: untar on the fly, verify each file against the SHA-256 member after it."""
-    stream = queue.transport.open_stream(queue.helper("pack", base, f"--compress={compress}"))
-    stream.write(json.dumps([f[0] for f in files]).encode())
-    stream.close_input()
-    raw = StreamReader(stream)
-    reader, codec = decoded(io.BufferedReader(raw, 1 << 20))
-    meta = {f[0]: f for f in files}
-    digests: dict[str, str] = {}
-    try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
-            for member in tar:
-                source = tar.extractfile(member)
-                if source is None:
-                    continue
-                if member.name.startswith(SHA_DIR + "/"):
-                    rel = member.name[len(SHA_DIR) + 1:]
-                    verify(rel, digests.pop(rel, ""), source.read().decode(), queue.cluster)
-                    os.replace(_part(dest, rel), dest / rel)
-                    state.mark_file(rel, *meta[rel][1:])
-                    continue
-                digests[member.name] = _write(source, _part(dest, member.name), 0, meter)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        stream.abort()
-        raise TransportError(f"packed transfer from cluster {queue.cluster!r} broke off: {exc}") from None
-    code, err = stream.finish()
-    if code != 0:
-        raise TransportError(f"packing on cluster {queue.cluster!r} failed: {err.decode(errors='replace').strip()}")
-    with meter.lock:
-        summary.wire_bytes += raw.wire_bytes
-        summary.codecs.append(codec)
+def _unpack(reader: Any, wanted: dict[str, tuple[str, int, float]], dest: Path, state: _State, meter: _Meter,
+            cluster: str) -> None:
+    """Read the packed small files (each checked against its SHA-256 as it arrives); a few threads write them,
+    since creating files is the slow part on most disks."""
+    slots = threading.BoundedSemaphore(32)  # at most 32 files (each < 32 MiB) in flight
 
+    def store(rel: str, data: bytes) -> None:
+        try:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            state.mark_file(rel, *wanted[rel][1:])
+            meter.add(len(data))
+        finally:
+            slots.release()
 
-def _write(source: Any, target: Path, offset: int, meter: _Meter) -> str:
-    """Copy a reader into target at offset, hashing what was written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    with open(target, "r+b" if target.exists() and offset else "wb") as out:
-        out.seek(offset)
-        while block := source.read(1 << 20):
-            digest.update(block)
-            out.write(block)
-            meter.add(len(block))
-    return digest.hexdigest()
-
-
+    with ThreadPoolExecutor(max_workers=4) as writers:
+        futures = []
+        while (frame := _frame(reader, cluster)) is not None:
+            rel, data = frame
+            if rel not in wanted:
+                raise TransportError(f"cluster {cluster!r} sent {rel!r}, which was not asked for")
+            slots.acquire()
+            futures.append(writers.submit(store, rel, data))
+        for future in futures:
+            future.result()
 def upload(queue: QueueHandle, local: Path, remote: str, streams: int = 4, progress: Progress | None = None) -> int:
     """Send a local file to cluster path `remote` in parallel verified ranges (the caller renames it).
     Ranges a previous attempt already left there intact are not sent again; returns the bytes sent."""

@@ -1,9 +1,11 @@
 """mpicloud cluster-side transfer helper (stdlib only, any OS): list, send, pack and receive files.
 
-  manifest BASE [--glob G]... [--filter S]...   JSON [[path, size, mtime], ...] of files below BASE
   send BASE PATH --offset N --length L [--compress C]   raw (or compressed) bytes; stderr: "sha256 HEX"
-  pack BASE [--compress auto|none|zstd|gzip|bzip2]      stdin: JSON list of paths; stdout: a tar stream with a
-                                                        `.mpicloud-sha256/<path>` member after every file
+  pack BASE [--glob G]... [--filter S]... [--big N] [--compress auto|none|zstd|gzip|bzip2]
+      stdin: JSON {"have": {path: [size, mtime]}}; stdout: frames `!HQ` (name length, size), name, data,
+      32-byte SHA-256 of the data; the first frame is the manifest (`.mpicloud-manifest.json`:
+      [[path, size, mtime], ...] of every selected file), then every selected file smaller than N not in
+      "have"; a frame with an empty name ends the stream
   recv PATH --offset N --length L                      stdin bytes into PATH at offset; stdout: "sha256 HEX"
   hash PATH --offset N --length L                      "sha256 HEX" of a range already there (resume checks)
 Compression uses a multi-threaded program on the node when there is one (zstd -T0, pigz, pbzip2), Python's
@@ -20,15 +22,16 @@ import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
-import tarfile
 import zlib
 from pathlib import Path
 from typing import IO, Any
 
 BLOCK = 1 << 20
-SHA_DIR = ".mpicloud-sha256"
+MANIFEST = ".mpicloud-manifest.json"
+FRAME = "!HQ"
 PROGRAMS = {"zstd": ["zstd", "-T0", "-3", "-q", "-c"], "gzip": ["pigz", "-c"], "bzip2": ["pbzip2", "-c"]}
 
 
@@ -135,35 +138,33 @@ def send(base: Path, rel: str, offset: int, length: int, codec: str) -> int:
     return 0
 
 
-class _Hashing(io.RawIOBase):
-    def __init__(self, handle: IO[bytes]) -> None:
-        self.handle = handle
-        self.digest = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.handle.read(len(buffer))
-        self.digest.update(data)
-        buffer[: len(data)] = data
-        return len(data)
+def _frame(sink: IO[bytes], name: str, size: int, chunks: Any) -> None:
+    encoded = name.encode()
+    sink.write(struct.pack(FRAME, len(encoded), size) + encoded)
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+        sink.write(chunk)
+    sink.write(digest.digest())
 
 
-def pack(base: Path, paths: list[str], codec: str) -> int:
-    """A tar stream of the files, each followed by a member holding its SHA-256."""
-    codec = choose_codec(base, paths, codec)
-    with Compressed(sys.stdout.buffer, codec) as sink, tarfile.open(fileobj=sink, mode="w|") as tar:
-        for rel in paths:
-            full = base / rel
-            info = tar.gettarinfo(str(full), arcname=rel)
-            with open(full, "rb") as handle:
-                hashing = _Hashing(handle)
-                tar.addfile(info, io.BufferedReader(hashing, BLOCK))
-            digest = hashing.digest.hexdigest().encode()
-            side = tarfile.TarInfo(f"{SHA_DIR}/{rel}")
-            side.size = len(digest)
-            tar.addfile(side, io.BytesIO(digest))
+def _chunks(path: Path) -> Any:
+    with open(path, "rb") as handle:
+        while block := handle.read(BLOCK):
+            yield block
+
+
+def pack(base: Path, globs: list[str], filters: list[str], big: int, have: dict[str, list[Any]], codec: str) -> int:
+    """The manifest, then the small files the client lacks, framed with their SHA-256, compressed."""
+    selected = manifest(base, globs, filters)
+    paths = [(rel, size) for rel, size, mtime in selected if size < big and have.get(rel) != [size, mtime]]
+    codec = choose_codec(base, [p for p, _ in paths], codec)
+    with Compressed(sys.stdout.buffer, codec) as sink:
+        listing = json.dumps(selected).encode()
+        _frame(sink, MANIFEST, len(listing), [listing])
+        for rel, size in paths:
+            _frame(sink, rel, size, _chunks(base / rel))
+        sink.write(struct.pack(FRAME, 0, 0))
     return 0
 
 
@@ -209,23 +210,21 @@ def range_hash(path: Path, offset: int, length: int) -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="transfer.py")
-    parser.add_argument("command", choices=["manifest", "send", "pack", "recv", "hash"])
+    parser.add_argument("command", choices=["send", "pack", "recv", "hash"])
     parser.add_argument("base", type=Path)
     parser.add_argument("path", nargs="?")
     parser.add_argument("--glob", action="append", default=[])
     parser.add_argument("--filter", action="append", default=[])
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--length", type=int, default=-1)
+    parser.add_argument("--big", type=int, default=32 << 20)
     parser.add_argument("--compress", default="none", choices=["auto", "none", "zstd", "gzip", "bzip2"])
     args = parser.parse_args(argv)
     try:
-        if args.command == "manifest":
-            print(json.dumps(manifest(args.base, args.glob, args.filter)))
-            return 0
         if args.command == "send":
             return send(args.base, args.path, args.offset, args.length, args.compress)
         if args.command == "pack":
-            return pack(args.base, json.load(sys.stdin), args.compress)
+            return pack(args.base, args.glob, args.filter, args.big, json.load(sys.stdin)["have"], args.compress)
         if args.command == "hash":
             return range_hash(args.base, args.offset, args.length)
         return recv(args.base, args.offset, args.length)
