@@ -41,8 +41,12 @@ def archive(path: Path, files: dict[str, str]) -> Path:
 
 
 def main(cluster_name: str, outdir: Path) -> int:
-    cluster = Cluster.get(cluster_name)
-    work = Path(tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory() as scratch:
+        return run(Cluster.get(cluster_name), Path(scratch), outdir)
+
+
+def run(cluster: Cluster, work: Path, outdir: Path) -> int:
+    """Upload, overlay, fan out, compare on the cluster, fetch only the logs; 1 if any case failed."""
     base = archive(work / "base-build.tar.gz", {"build/solver.sh": SOLVER, "build/VERSION": "1.0\n"})
     delta = archive(work / "delta.tar.gz", {"build/VERSION": "1.1\n"})
     cases = {"small": 1, "medium": 2, "large": 4}
