@@ -13,6 +13,7 @@ import typer
 from mpicloud.api import Cluster
 from mpicloud.cli.app import app, out
 from mpicloud.cluster.connect import AttachRequest
+from mpicloud.cluster.registry import ProxySettings
 from mpicloud.errors import MpicloudError
 from mpicloud.spec import load_spec
 
@@ -106,12 +107,19 @@ def attach(
     rekey: Annotated[bool, typer.Option(help="re-pin the host key of an already registered cluster")] = False,
     python: Annotated[str | None, typer.Option(help="Python on the head node (default per OS)")] = None,
     runner: Annotated[str | None, typer.Option(help="runner.py path on the head node (default per OS)")] = None,
+    proxy: Annotated[str | None, typer.Option(help="http://host:port or socks5://host:port for every connection")]
+    = None,
+    proxy_user: Annotated[str | None, typer.Option(help="proxy user name")] = None,
+    proxy_password_env: Annotated[str | None, typer.Option(help="environment variable holding the proxy "
+                                                                "password")] = None,
+    pac_url: Annotated[str | None, typer.Option(help="proxy auto-configuration file (file:// or http://)")] = None,
 ) -> None:
     """Register an existing cluster (made by `pulumi up` or a Deploy button) and pin its host key."""
     request = AttachRequest(name=name, host=host, user=user, port=port, key_file=key, password_env=password_env,
                             os=os, slots_per_node=slots, shared_path=shared,
                             host_key_fingerprint=host_key_fingerprint, jump=jump, rekey=rekey,
-                            python=[python] if python else None, runner=runner)
+                            python=[python] if python else None, runner=runner, pac_url=pac_url,
+                            proxy=ProxySettings(proxy, proxy_user, proxy_password_env) if proxy else None)
     cluster, notes = Cluster.attach(request)
     for note in notes:
         out.print(note, markup=False)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
 from mpicloud.cluster import registry
-from mpicloud.cluster.registry import ClusterRecord, Node
+from mpicloud.cluster.registry import ClusterRecord, Node, ProxySettings
 from mpicloud.errors import ClusterError, HostKeyError
 from mpicloud.secret import secret_from_env
 from mpicloud.transport.hostkeys import fingerprint, pin_host_key, scan_host_key
-from mpicloud.transport.ssh import Endpoint, SSHTransport, connect
+from mpicloud.transport.proxy import ProxyConfig, ProxySocketFactory
+from mpicloud.transport.proxy_env import ProxyCommandFactory, fetch_pac, proxy_from_env, proxy_from_pac
+from mpicloud.transport.ssh import Endpoint, SocketFactory, SSHTransport, connect
 
 DEFAULTS = {
     "linux": {"python": ["python3"], "runner": "/opt/mpicloud/runner.py", "shared": "/shared"},
@@ -22,18 +27,44 @@ DEFAULTS = {
 
 
 def endpoint(record: ClusterRecord, node: Node | None = None) -> Endpoint:
-    """How to reach a node of the cluster (the head node by default)."""
+    """How to reach a node of the cluster (the head node by default); any proxy applies to the first hop."""
     node = node or record.head
     password = secret_from_env(record.password_env, f"password of cluster {record.name!r}") \
         if record.password_env else None
+    key = Path(record.key_file) if record.key_file else None
     jump = None
     if record.jump is not None:
         jump = Endpoint(host=record.jump.host, port=record.jump.port, user=record.jump_user or record.user,
-                        known_hosts=record.known_hosts, cluster=record.name,
-                        key_file=Path(record.key_file) if record.key_file else None)
+                        known_hosts=record.known_hosts, cluster=record.name, key_file=key,
+                        sock_factory=proxy_for(record, record.jump))
     return Endpoint(host=node.host, port=node.port, user=record.user, known_hosts=record.known_hosts,
-                    cluster=record.name, key_file=Path(record.key_file) if record.key_file else None,
-                    password=password, jump=jump)
+                    cluster=record.name, key_file=key, password=password, jump=jump,
+                    sock_factory=None if jump else proxy_for(record, node))
+
+
+def proxy_for(record: ClusterRecord, first_hop: Node) -> SocketFactory | None:
+    """The proxy in front of the first hop: the registry's, ~/.ssh/config ProxyCommand, a PAC file
+    (MPICLOUD_PAC_URL or the registry's), then HTTPS_PROXY/ALL_PROXY/NO_PROXY. Loopback is never proxied
+    unless the registry names a proxy."""
+    if record.proxy is not None:
+        secret = secret_from_env(record.proxy.password_env, f"proxy password of cluster {record.name!r}") \
+            if record.proxy.password_env else None
+        return ProxySocketFactory(ProxyConfig(record.proxy.url, record.proxy.username, secret))
+    if record.proxy_command:
+        return ProxyCommandFactory(record.proxy_command, record.user)
+    if _loopback(first_hop.host):
+        return None
+    pac_url = os.environ.get("MPICLOUD_PAC_URL") or record.pac_url
+    found = proxy_from_pac(fetch_pac(pac_url), first_hop.host, first_hop.port, os.environ) if pac_url \
+        else proxy_from_env(first_hop.host, os.environ)
+    return ProxySocketFactory(found) if found else None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def head_transport(record: ClusterRecord) -> SSHTransport:
@@ -60,6 +91,8 @@ class AttachRequest:
     host_key_fingerprint: str | None = None
     jump: str | None = None
     rekey: bool = False
+    proxy: ProxySettings | None = None
+    pac_url: str | None = None
 
 
 def resolve_ssh_config(host: str, config_path: Path | None = None) -> dict[str, str | list[str]]:
@@ -69,7 +102,8 @@ def resolve_ssh_config(host: str, config_path: Path | None = None) -> dict[str, 
         return {}
     config = paramiko.SSHConfig.from_path(str(path))
     found = config.lookup(host)
-    return {k: v for k, v in found.items() if k in ("hostname", "port", "user", "identityfile", "proxyjump")}
+    keys = ("hostname", "port", "user", "identityfile", "proxyjump", "proxycommand")
+    return {k: v for k, v in found.items() if k in keys}
 
 
 def attach(request: AttachRequest, config_path: Path | None = None) -> tuple[ClusterRecord, list[str]]:
@@ -99,7 +133,9 @@ def attach(request: AttachRequest, config_path: Path | None = None) -> tuple[Clu
         slots_per_node=request.slots_per_node, shared_path=request.shared_path or str(defaults["shared"]),
         python=request.python or list(defaults["python"]), runner=request.runner or str(defaults["runner"]),
         key_file=key_file, password_env=request.password_env, jump=_jump_node(jump_spec),
-        jump_user=_jump_user(jump_spec) or user, teardown="pulumi destroy (or delete the resource group/stack)")
+        jump_user=_jump_user(jump_spec) or user, teardown="pulumi destroy (or delete the resource group/stack)",
+        proxy=request.proxy, pac_url=request.pac_url,
+        proxy_command=str(ssh["proxycommand"]) if "proxycommand" in ssh else None)
     notes = _pin(record, request.host_key_fingerprint)
     record.save()
     return record, notes
@@ -125,13 +161,15 @@ def _pin(record: ClusterRecord, expected: str | None) -> list[str]:
     notes = []
     targets = ([record.jump] if record.jump else []) + [record.head]
     for node in targets:
-        sock = None
+        sock: Any = None
         if node is record.head and record.jump is not None:
             jump = SSHTransport(endpoint(record, record.head).jump)  # type: ignore[arg-type]
             outer = jump._client.get_transport()
             assert outer is not None
             sock = outer.open_channel("direct-tcpip", (node.host, node.port), ("127.0.0.1", 0))
-        key = scan_host_key(node.host, node.port, sock=sock)  # type: ignore[arg-type]
+        elif (factory := proxy_for(record, node)) is not None:
+            sock = factory(node.host, node.port, 15.0)
+        key = scan_host_key(node.host, node.port, sock=sock)
         seen = fingerprint(key)
         if node is record.head and expected and seen != expected:
             raise HostKeyError(f"{node.host}:{node.port} presented {seen}, not the expected {expected}; "

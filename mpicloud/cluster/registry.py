@@ -67,6 +67,8 @@ class ClusterRecord:
     jump: Node | None = None
     jump_user: str | None = None
     proxy: ProxySettings | None = None
+    proxy_command: str | None = None
+    pac_url: str | None = None
     local: dict[str, Any] = field(default_factory=dict)
     version: int = RECORD_VERSION
 

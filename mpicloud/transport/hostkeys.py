@@ -6,6 +6,7 @@ import base64
 import hashlib
 import socket
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
@@ -43,7 +44,7 @@ def pin_host_key(path: Path, host: str, port: int, key: paramiko.PKey) -> None:
     path.chmod(0o600)
 
 
-def scan_host_key(host: str, port: int, sock: socket.socket | None = None, timeout: float = 10.0) -> paramiko.PKey:
+def scan_host_key(host: str, port: int, sock: Any = None, timeout: float = 10.0) -> paramiko.PKey:
     """Fetch the key a server presents (for explicit trust-on-first-use at attach)."""
     try:
         connection = sock or socket.create_connection((host, port), timeout=timeout)
