@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from benchmarks import queue_bench
+from benchmarks import queue_bench, transfer_bench
 
 
 def main() -> None:
     print("== queue ==", flush=True)
     queue_bench.main()
+    print("== transfers ==", flush=True)
+    transfer_bench.main()
 
 
 if __name__ == "__main__":

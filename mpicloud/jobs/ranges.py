@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import multiprocessing
+import os
 import queue as queue_mod
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.streams import StreamReader, decoded
 
 PROCESS_THRESHOLD = 256 << 20  # this much range data is worth worker processes (each its own connection)
+PROCESS_MIN_CPUS = 4  # with fewer cores, encryption already saturates them: threads do as well
 OnBytes = Callable[[int], None]
 
 
@@ -167,7 +169,7 @@ def _in_worker(job: RangeJob) -> RangeResult:
 def run_ranges(queue: QueueHandle, jobs: list[RangeJob], streams: int, on_bytes: OnBytes) -> Iterator[RangeResult]:
     """Move every range with `streams` in parallel (worker processes for a lot of data); yields as they finish."""
     total = sum(j.length for j in jobs)
-    if streams > 1 and total >= PROCESS_THRESHOLD:
+    if streams > 1 and total >= PROCESS_THRESHOLD and (os.cpu_count() or 1) >= PROCESS_MIN_CPUS:
         recipe = queue.transport.reopen()
         context = _context()
         progress = context.Queue()

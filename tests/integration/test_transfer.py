@@ -104,7 +104,11 @@ def test_killed_download_resumes_and_verifies(local_cluster: Cluster, cluster_ho
     assert digest(tmp_path / job.id / "huge.bin") == digest(cluster_work(local_cluster, job) / "huge.bin")
 
 
-def test_large_parallel_download_in_worker_processes(local_cluster: Cluster, tmp_path: Path) -> None:
+def test_large_parallel_download_in_worker_processes(local_cluster: Cluster, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from mpicloud.jobs import ranges
+
+    monkeypatch.setattr(ranges, "PROCESS_MIN_CPUS", 1)  # the worker-process path, even on a 2-core machine
     job = local_cluster.submit(["sh", "-c", "head -c 300000000 /dev/urandom > huge.bin"])
     assert job.wait(120).state == "succeeded"
     seen: list[int] = []
