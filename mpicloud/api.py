@@ -70,7 +70,7 @@ class Cluster:
     @property
     def queue(self) -> QueueHandle:
         """The cluster's job queue (connects on first use)."""
-        if self._queue is None:
+        if self._queue is None or not self._queue.transport.alive:
             r = self.record
             self._queue = QueueHandle(transport=cluster_connect.head_transport(r), os=r.os, root=r.runner_root,
                                       python=r.python, runner=r.runner, cluster=r.name)

@@ -61,6 +61,11 @@ class Stream(Protocol):
 class Transport(Protocol):
     """A connection to one cluster node: commands plus SFTP-style file access (POSIX-style paths)."""
 
+    @property
+    def alive(self) -> bool:
+        """True while the connection is up."""
+        ...
+
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
             on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None) -> RunResult:
         """Run a shell command on the node; stream output to the callbacks; return exit code and output."""
