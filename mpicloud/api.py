@@ -19,11 +19,12 @@ from mpicloud.cluster import local, registry
 from mpicloud.cluster.connect import AttachRequest
 from mpicloud.cluster.registry import ClusterRecord
 from mpicloud.errors import ClusterError
-from mpicloud.jobs import fetch, query, sweep, watch
+from mpicloud.jobs import bucket, fetch, query, sweep, watch
 from mpicloud.jobs.query import JobInfo
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, submit
 from mpicloud.jobs.transfer import Progress, Summary
+from mpicloud.render.awsconfig import AwsFiles
 from mpicloud.spec import ClusterSpec, load_spec
 
 
@@ -126,6 +127,10 @@ class Cluster:
     def jobs(self) -> list[JobInfo]:
         """Every job in FIFO order."""
         return query.list_jobs(self.queue)
+
+    def install_bucket_profile(self, files: AwsFiles) -> list[str]:
+        """Deliver the bucket profile (render.awsconfig.aws_files) to the cluster for s3:// inputs and outputs."""
+        return bucket.install_profile(self.queue, files)
 
     def status(self) -> dict[str, Any]:
         """Runner status: slots, queue length, idle time, heartbeat."""

@@ -18,7 +18,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def main() -> None:
     """Console entry point."""
-    from mpicloud.cli import cluster_cmds, job_cmds, sweep_cmds  # noqa: F401 - registers the commands
+    from mpicloud.cli import bucket_cmds, cluster_cmds, job_cmds, sweep_cmds  # noqa: F401 - registers
 
     try:
         app()

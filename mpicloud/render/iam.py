@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpicloud.spec.model import Bucket
+from mpicloud.errors import RenderError
+from mpicloud.spec.model import Bucket, ClusterSpec
 
 
 def bucket_arn(bucket: Bucket, partition: str = "aws") -> str:
@@ -36,3 +37,40 @@ def ec2_trust_policy() -> dict[str, Any]:
     """Trust policy letting EC2 instances assume the node role (instance profile)."""
     return {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+
+
+def cross_account_trust_policy(bucket: Bucket, partition: str = "aws") -> dict[str, Any]:
+    """Trust policy of the customer's bucket role: only the cluster's node role (or account), only with the
+    agreed ExternalId."""
+    principal = bucket.trusted_principal_arn or (
+        f"arn:{partition}:iam::{bucket.trusted_account_id}:root" if bucket.trusted_account_id else None)
+    if not (principal and bucket.external_id):
+        raise RenderError("bucket.external_id and bucket.trusted_principal_arn (or bucket.trusted_account_id) "
+                          "are needed for a cross-account role")
+    return {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": principal},
+        "Condition": {"StringEquals": {"sts:ExternalId": bucket.external_id}}}]}
+
+
+def assume_bucket_role_policy(bucket: Bucket) -> dict[str, Any]:
+    """What the cluster's node role needs for a cross-account grant: assume the customer's role, nothing else."""
+    if not bucket.role_arn:
+        raise RenderError("bucket.role_arn is needed: the ARN of the role the customer created for the cluster")
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "AssumeBucketRole", "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": bucket.role_arn}]}
+
+
+def iam_documents(spec: ClusterSpec, partition: str = "aws") -> dict[str, dict[str, Any]]:
+    """Every IAM document the spec's bucket grant needs, by name (what `mpicloud render iam` prints)."""
+    bucket = spec.bucket
+    if bucket is None:
+        raise RenderError("the spec has no `bucket:` section, so there is no IAM to render")
+    docs = {"bucket-access-policy": bucket_access_policy(bucket, partition)}
+    grant = spec.bucket_grant
+    if grant == "instance_role":
+        docs["node-trust-policy"] = ec2_trust_policy()
+    elif grant == "cross_account_role":
+        docs["bucket-role-trust-policy"] = cross_account_trust_policy(bucket, partition)
+        if bucket.role_arn:
+            docs["node-assume-role-policy"] = assume_bucket_role_policy(bucket)
+    return docs

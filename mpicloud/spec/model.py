@@ -133,6 +133,9 @@ class Bucket(_Model):
     role_arn: str | None = Field(default=None, description="cross_account_role: the role to assume")
     external_id: str | None = Field(default=None, description="cross_account_role: the agreed ExternalId")
     trusted_account_id: str | None = Field(default=None, description="cross_account_role: cluster account")
+    trusted_principal_arn: str | None = Field(
+        default=None, description="cross_account_role: the cluster's node role (narrower than the whole account)")
+    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph); default AWS")
 
     @field_validator("name")
     @classmethod
@@ -148,13 +151,22 @@ class Bucket(_Model):
             raise ValueError("must be a key prefix such as 'input/' (no leading '/', no '*')")
         return value if value.endswith("/") else value + "/"
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError("must be a URL such as https://s3.example.com (scheme and host, no path)")
+        return value
+
     @model_validator(mode="after")
     def _prefixes_disjoint(self) -> Bucket:
         a, b = self.input_prefix, self.output_prefix
         if a.startswith(b) or b.startswith(a):
             raise ValueError("input_prefix and output_prefix must not contain one another")
-        if self.grant == "cross_account_role" and not (self.external_id and self.trusted_account_id):
-            raise ValueError("grant cross_account_role needs external_id and trusted_account_id")
+        if self.grant == "cross_account_role" and not (
+                self.external_id and (self.trusted_account_id or self.trusted_principal_arn)):
+            raise ValueError("grant cross_account_role needs external_id and trusted_account_id "
+                             "(or trusted_principal_arn)")
         return self
 
 

@@ -79,8 +79,8 @@ class Transport(Protocol):
         """Read a whole remote file."""
         ...
 
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write a whole remote file (not atomic: write to a temporary name and rename)."""
+    def write_bytes(self, path: str, data: bytes, *, mode: int | None = None) -> None:
+        """Write a whole remote file, with permissions `mode` set before any data (not atomic: rename after)."""
         ...
 
     def rename(self, src: str, dst: str) -> None:

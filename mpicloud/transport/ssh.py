@@ -181,9 +181,11 @@ class SSHTransport:
             handle.prefetch()
             return handle.read()
 
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write a whole remote file."""
+    def write_bytes(self, path: str, data: bytes, *, mode: int | None = None) -> None:
+        """Write a whole remote file; `mode` is applied while it is still empty."""
         with self._sftp_lock, self._io(path), self.sftp().open(path, "wb") as handle:
+            if mode is not None:
+                handle.chmod(mode)
             handle.set_pipelined(True)
             handle.write(data)
 

@@ -240,12 +240,22 @@ def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env:
             path = _named(root / "store" / item["sha256"], item["name"], jobdir / ".inputs")
         else:
             path = jobdir / item["name"]
+        if path.is_dir():
+            shutil.copytree(path, work / path.name, dirs_exist_ok=True)
+            continue
         if not path.is_file():
             raise RuntimeError(f"input {item['name']} is missing on the cluster ({path})")
         if item.get("unpack"):
             unpack(path, work)
         else:
             shutil.copyfile(path, work / item["name"])
+
+
+def snapshot(work: Path, manifest: Path) -> None:
+    """Record the staged inputs (size, mtime) so only files the job created or changed go to --output-to."""
+    files = {p.relative_to(work).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
+             for p in work.rglob("*") if p.is_file()}
+    write_json(manifest, files)
 
 
 def _named(path: Path, name: str, folder: Path) -> Path:
@@ -261,9 +271,9 @@ def _named(path: Path, name: str, folder: Path) -> Path:
 
 
 def _s3_get(url: str, folder: Path, env: dict[str, str]) -> Path:
-    """Download one object with the node's own credentials (s3transfer.py beside this file)."""
+    """Download one object with the node's own credentials (bucketio.py beside this file)."""
     folder.mkdir(exist_ok=True)
-    s3 = Path(__file__).with_name("s3transfer.py")
+    s3 = Path(__file__).with_name("bucketio.py")
     result = subprocess.run([sys.executable, str(s3), "get", url, str(folder)], env=env,
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -283,6 +293,11 @@ def job_env(root: Path, jobdir: Path, job: dict[str, Any], hosts: list[tuple[str
     })
     if job.get("sweep"):
         env["MPICLOUD_SWEEP_ID"] = job["sweep"]
+    aws = root / "aws"
+    if (aws / "config").is_file():  # the bucket profile installed by `mpicloud bucket install`
+        env.setdefault("AWS_CONFIG_FILE", str(aws / "config"))
+        env.setdefault("AWS_SHARED_CREDENTIALS_FILE", str(aws / "credentials"))
+        env.setdefault("AWS_PROFILE", "mpicloud")
     return env
 
 
@@ -310,13 +325,15 @@ def run_job(root: Path, job_id: str) -> int:
                            str(work), exported, argv)
         argv[0] = launcher_program(argv[0])
     out, err, post = jobdir / "stdout.log", jobdir / "stderr.log", jobdir / "post.log"
+    snapshot(work, jobdir / "inputs.json")
     result["exit_code"], result["reason"] = _run(argv, work, env, out, err)
     if job.get("post") and not (jobdir / "cancel").exists():
         result["post_exit_code"], _ = _run(list(job["post"]), work, env, post, post)
     if job.get("output_to") and not (jobdir / "cancel").exists():
-        s3 = Path(__file__).with_name("s3transfer.py")
+        s3 = Path(__file__).with_name("bucketio.py")
         with open(jobdir / "post.log", "ab") as log:
-            code = subprocess.run([sys.executable, str(s3), "put", str(work), job["output_to"]], env=env,
+            code = subprocess.run([sys.executable, str(s3), "put", str(work), job["output_to"], "--skip",
+                                  str(jobdir / "inputs.json")], env=env,
                                   stdout=log, stderr=log, check=False).returncode
         if code != 0 and result["exit_code"] == 0:
             result.update(exit_code=1, reason=f"upload to {job['output_to']} failed (see post.log)")
