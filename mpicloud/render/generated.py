@@ -6,8 +6,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mpicloud.render import cfn_bucket
+
 #: relative path under the repository root -> zero-argument renderer returning the file's text
-GENERATED: dict[str, Callable[[], str]] = {}
+GENERATED: dict[str, Callable[[], str]] = {
+    "templates/cloudformation/bucket-access.json": cfn_bucket.bucket_access_json,
+}
 
 
 def stale(root: Path) -> list[str]:

@@ -15,9 +15,15 @@ def bucket_arn(bucket: Bucket, partition: str = "aws") -> str:
 
 def bucket_access_policy(bucket: Bucket, partition: str = "aws") -> dict[str, Any]:
     """Least privilege: list only the two prefixes, read the input prefix, read-write the output prefix."""
-    arn = bucket_arn(bucket, partition)
-    inp, out = bucket.input_prefix, bucket.output_prefix
-    statements: list[dict[str, Any]] = [
+    statements = prefix_statements(bucket_arn(bucket, partition), bucket.input_prefix, bucket.output_prefix)
+    if bucket.kms_key_arn:
+        statements.append(kms_statement(bucket.kms_key_arn))
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def prefix_statements(arn: str, inp: str, out: str) -> list[dict[str, Any]]:
+    """The S3 statements for a bucket ARN and two prefixes (plain strings or template references)."""
+    return [
         {"Sid": "BucketLocation", "Effect": "Allow", "Action": "s3:GetBucketLocation", "Resource": arn},
         {"Sid": "ListOnlyOurPrefixes", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": arn,
          "Condition": {"StringLike": {"s3:prefix": [inp, f"{inp}*", out, f"{out}*"]}}},
@@ -27,10 +33,12 @@ def bucket_access_policy(bucket: Bucket, partition: str = "aws") -> dict[str, An
                     "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
          "Resource": f"{arn}/{out}*"},
     ]
-    if bucket.kms_key_arn:
-        statements.append({"Sid": "UseBucketKey", "Effect": "Allow",
-                           "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": bucket.kms_key_arn})
-    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def kms_statement(key_arn: Any) -> dict[str, Any]:
+    """Use of the bucket's SSE-KMS key: Decrypt for reads (and multipart completion), GenerateDataKey for writes."""
+    return {"Sid": "UseBucketKey", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+            "Resource": key_arn}
 
 
 def ec2_trust_policy() -> dict[str, Any]:
