@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,15 @@ def _local_files(item: Path) -> list[tuple[Path, str]]:
     return [(item, item.name)]
 
 
+S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S*$")
+
+
+def check_s3_url(url: str, what: str) -> None:
+    """An s3://bucket/key-or-prefix URL, or a JobError naming the option."""
+    if not S3_URL.match(url):
+        raise JobError(f"{what} {url!r} is not an s3://bucket/key URL (e.g. s3://my-data/output/run1/)")
+
+
 def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path], on_event: InputEvent | None = None,
                   progress: transfer.Progress | None = None) -> list[dict[str, Any]]:
     """Put each input into the store once (by SHA-256); return the job's input entries in order."""
@@ -97,6 +107,9 @@ def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None 
         raise JobError("no command given: put it after `--`, e.g. `mpicloud submit NAME -- hostname`")
     if request.cores < 1:
         raise JobError(f"--cores must be at least 1, not {request.cores}")
+    for url, what in [(str(i), "--input") for i in request.inputs if str(i).startswith("s3:")] + \
+            ([(request.output_to, "--output-to")] if request.output_to else []):
+        check_s3_url(url, what)
     queue.prepare()
     inputs = [*preuploaded, *upload_inputs(queue, request.inputs, on_event)]
     job_id = job_id or new_job_id()

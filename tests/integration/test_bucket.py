@@ -222,3 +222,19 @@ def test_cli_render(world: S3World, tmp_path: Path) -> None:
     missing = cli("render", "awsconfig", str(spec), "--out", str(tmp_path / "x"), "--access-key-id-env", "NOPE1",
                   "--secret-access-key-env", "NOPE2")
     assert missing.returncode == 2 and "NOPE1" in missing.stderr
+
+
+def test_prefix_input_arrives_as_a_folder(profile_on_cluster: Cluster) -> None:
+    job = profile_on_cluster.submit(["sh", "-c", "cat input/mesh.dat"], inputs=[f"s3://{BUCKET}/input/"])
+    info = job.wait(120)
+    assert info.state == "succeeded", info.reason
+    assert job.stdout() == "mesh"
+
+
+@pytest.mark.parametrize(("option", "value"), [("--output-to", "s3://Bad_Bucket/x/"), ("--input", "s3://b")])
+def test_bad_s3_urls_are_refused_before_anything_is_queued(profile_on_cluster: Cluster, cluster_home: Path,
+                                                            option: str, value: str) -> None:
+    before = len(profile_on_cluster.jobs())
+    done = cli("submit", "itest", option, value, "--", "true", env={"MPICLOUD_HOME": str(cluster_home)})
+    assert done.returncode == 2 and option in done.stderr and "Traceback" not in done.stderr
+    assert len(profile_on_cluster.jobs()) == before
