@@ -6,8 +6,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mpicloud.render import arm
+
 #: relative path under the repository root -> zero-argument renderer returning the file's text
-GENERATED: dict[str, Callable[[], str]] = {}
+GENERATED: dict[str, Callable[[], str]] = {
+    "templates/arm/azuredeploy.json": arm.azuredeploy_json,
+    "templates/arm/createUiDefinition.json": arm.create_ui_definition_json,
+}
 
 
 def stale(root: Path) -> list[str]:
