@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from mpicloud.render import azure, windows
 from mpicloud.render.arm_ui import create_ui_definition
@@ -14,6 +15,7 @@ SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTempl
 #: the default source of the checked-in templates (a checkout's examples/, used by `make render`)
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "azure-windows.yaml"
 PASSWORD_ENV = "MPICLOUD_ADMIN_PASSWORD"
+PORTAL = "https://portal.azure.com/#create/Microsoft.Template/uri/"
 NODE = "format('N{0}', copyIndex())"
 VNET, NSG, PPG = "variables('names').vnet", "variables('names').nsg", "variables('names').ppg"
 Json = dict[str, Any]
@@ -208,3 +210,11 @@ def azuredeploy_json() -> str:
 def create_ui_definition_json() -> str:
     """templates/arm/createUiDefinition.json from the example spec."""
     return _text(create_ui_definition(load_spec(EXAMPLE)))
+
+
+def deploy_button_url(raw_base: str) -> str:
+    """The Deploy-to-Azure link for templates published under `raw_base` (e.g. a raw.githubusercontent.com URL)."""
+    base = raw_base.rstrip("/")
+    template = quote(f"{base}/templates/arm/azuredeploy.json", safe="")
+    form = quote(f"{base}/templates/arm/createUiDefinition.json", safe="")
+    return f"{PORTAL}{template}/createUIDefinitionUri/{form}"

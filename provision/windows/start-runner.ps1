@@ -6,6 +6,7 @@ $ErrorActionPreference = 'Continue'
 $data = Join-Path $env:ProgramData 'mpicloud'
 $cluster = Get-Content -Raw -Path (Join-Path $data 'cluster.json') | ConvertFrom-Json
 $blob = Join-Path $data 'savecreds.bin'
+$log = Join-Path $data 'runner-task.log'
 if (Test-Path $blob) {
   foreach ($node in $cluster.nodes) {
     for ($try = 0; $try -lt 360; $try++) {
@@ -18,8 +19,10 @@ if (Test-Path $blob) {
   $secret = [Text.Encoding]::UTF8.GetString($plain)
   $hosts = @('-hosts', [string]$cluster.nodes.Count) + @($cluster.nodes | ForEach-Object { $_; '1' })
   $mpiexec = Join-Path ([Environment]::GetEnvironmentVariable('MSMPI_BIN', 'Machine')) 'mpiexec.exe'
-  & $mpiexec @hosts -pwd $secret -savecreds cmd.exe /c exit 0
-  if ($LASTEXITCODE -eq 0) { Remove-Item -Force -Path $blob }
+  & $mpiexec @hosts -pwd $secret -savecreds cmd.exe /c exit 0 2>&1 | Out-File -Append -FilePath $log
+  $code = $LASTEXITCODE
+  "$(Get-Date -Format s) mpiexec -savecreds on $($cluster.nodes.Count) nodes: exit $code" | Out-File -Append -FilePath $log
+  if ($code -eq 0) { Remove-Item -Force -Path $blob }
   $secret = $null
 }
 & (Join-Path $data 'python\python.exe') (Join-Path $data 'runner.py') serve --root $cluster.root

@@ -151,3 +151,12 @@ def test_checkov_is_clean_apart_from_documented_skips(checkov_report: dict[str, 
     failed = [(c["check_id"], c["check_name"]) for c in checkov_report["results"]["failed_checks"]]
     assert failed == []
     assert checkov_report["summary"]["passed"] >= 5 and checkov_report["summary"]["parsing_errors"] == 0
+
+
+def test_deploy_button_url_form() -> None:
+    url = arm.deploy_button_url("https://raw.githubusercontent.com/OWNER/mpicloud/main/")
+    assert url == ("https://portal.azure.com/#create/Microsoft.Template/uri/"
+                   "https%3A%2F%2Fraw.githubusercontent.com%2FOWNER%2Fmpicloud%2Fmain%2Ftemplates%2Farm%2Fazuredeploy.json"
+                   "/createUIDefinitionUri/"
+                   "https%3A%2F%2Fraw.githubusercontent.com%2FOWNER%2Fmpicloud%2Fmain%2Ftemplates%2Farm%2F"
+                   "createUiDefinition.json")
