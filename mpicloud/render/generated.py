@@ -6,10 +6,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mpicloud.render import cfn_bucket
+from mpicloud.render import arm, cfn_bucket
 
 #: relative path under the repository root -> zero-argument renderer returning the file's text
 GENERATED: dict[str, Callable[[], str]] = {
+    "templates/arm/azuredeploy.json": arm.azuredeploy_json,
+    "templates/arm/createUiDefinition.json": arm.create_ui_definition_json,
     "templates/cloudformation/bucket-access.json": cfn_bucket.bucket_access_json,
 }
 

@@ -1,0 +1,71 @@
+"""The whole cluster as one component: resource group, network, nodes, and the outputs a client needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_azure_native import compute, resources
+
+from azure_mpi.network import Network, NetworkArgs
+from azure_mpi.nodes import Nodes, NodesArgs
+from mpicloud.render import azure, windows
+from mpicloud.secret import secret_from_env
+from mpicloud.spec import ClusterSpec
+
+
+@dataclass
+class MpiClusterArgs:
+    """Inputs of the cluster: the spec (the admin password is read from its environment variable)."""
+
+    spec: ClusterSpec
+
+
+class MpiCluster(pulumi.ComponentResource):
+    """A Windows Server MS-MPI cluster: N0 is the head node (runner, C:\\shared), every node has SSH/SFTP and RDP."""
+
+    def __init__(self, name: str, args: MpiClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mpicloud:azure:MpiCluster", name, None, opts)
+        spec = self.spec = args.spec
+        child = pulumi.ResourceOptions(parent=self)
+        assert spec.admin.password is not None  # the spec model requires it for Windows
+        password = pulumi.Output.secret(secret_from_env(spec.admin.password.env, "admin password").reveal())
+        group_name = spec.azure_options.resource_group or f"{spec.name}-rg"
+        self.group = resources.ResourceGroup(group_name, resource_group_name=group_name, location=spec.region,
+                                             tags=azure.tags(spec), opts=child)
+        self.network = Network(f"{name}-network", NetworkArgs(spec, self.group.name, self.group.location), child)
+        self.nodes = Nodes(f"{name}-nodes", NodesArgs(spec, self.group.name, self.group.location,
+                                                      self.network.subnet_id, password), child)
+        self.register_outputs(self.outputs())
+
+    def outputs(self) -> dict[str, pulumi.Input[object]]:
+        """Public and private IPs, admin user, SSH and attach commands, host key fingerprints (no secrets)."""
+        nodes, spec = self.nodes.nodes, self.spec
+        head_ip = nodes[0].public_ip.ip_address if nodes[0].public_ip else pulumi.Output.from_input("")
+        return {
+            "public_ips": pulumi.Output.all(*[n.public_ip.ip_address if n.public_ip else "" for n in nodes]),
+            "private_ips": pulumi.Output.all(*[n.private_ip for n in nodes]),
+            "admin_username": spec.admin.username,
+            "ssh_command": pulumi.Output.concat("ssh ", spec.admin.username, "@", head_ip),
+            "attach_command": head_ip.apply(lambda ip: azure.attach_command(
+                spec.name, ip or "<N0 public IP>", spec.admin.username,
+                spec.admin.password.env if spec.admin.password else "MPICLOUD_ADMIN_PASSWORD")),
+            "host_key_fingerprints": pulumi.Output.all(*[_host_keys(self.group.name, n.vm.name, n.extension.name)
+                                                         for n in nodes]).apply(_merge),
+        }
+
+
+def _host_keys(group: pulumi.Input[str], vm: pulumi.Input[str], extension: pulumi.Input[str]
+               ) -> pulumi.Output[dict[str, list[str]]]:
+    """The fingerprints the bootstrap printed, read back from the extension's instance view after it ran."""
+    result = compute.get_virtual_machine_extension_output(resource_group_name=group, vm_name=vm,
+                                                          vm_extension_name=extension, expand="instanceView")
+    return result.apply(lambda ext: windows.host_key_fingerprints(" ".join(
+        status.message or "" for status in ((ext.instance_view.substatuses or []) if ext.instance_view else []))))
+
+
+def _merge(parts: list[dict[str, list[str]]]) -> dict[str, list[str]]:
+    merged: dict[str, list[str]] = {}
+    for part in parts:
+        merged.update(part)
+    return merged

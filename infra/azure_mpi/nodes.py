@@ -1,0 +1,122 @@
+"""The nodes: optional proximity placement group, per node a public IP (or none), NIC, VM and bootstrap extension."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_azure_native import authorization, compute, network
+
+from azure_mpi.network import NetworkArgs, public_ip
+from mpicloud.render import azure, windows
+from mpicloud.render.runner_config import node_names
+from mpicloud.spec import ClusterSpec
+
+#: Resource Manager endpoint of the public cloud (the ARM template uses environment().resourceManager)
+ARM_ENDPOINT = "https://management.azure.com/"
+
+
+@dataclass
+class NodesArgs:
+    """Inputs of the node set."""
+
+    spec: ClusterSpec
+    resource_group_name: pulumi.Input[str]
+    location: pulumi.Input[str]
+    subnet_id: pulumi.Input[str]
+    admin_password: pulumi.Input[str]
+
+
+class Node(pulumi.ComponentResource):
+    """One Windows Server VM with its NIC, optional public IP and the bootstrap extension."""
+
+    def __init__(self, name: str, index: int, args: NodesArgs, ppg: compute.ProximityPlacementGroup | None,
+                 script: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mpicloud:azure:Node", name, None, opts)
+        self.node_name = name
+        spec, tags, child = args.spec, azure.tags(args.spec), pulumi.ResourceOptions(parent=self)
+        options = spec.azure_options
+        self.public_ip = None
+        if options.public_ip == "per_node" or index == 0:
+            self.public_ip = public_ip(f"{name}-ip", NetworkArgs(spec, args.resource_group_name, args.location), self)
+        self.nic = network.NetworkInterface(
+            f"{name}-nic", network_interface_name=f"{name}-nic", resource_group_name=args.resource_group_name,
+            location=args.location, enable_accelerated_networking=options.accelerated_networking, tags=tags,
+            ip_configurations=[network.NetworkInterfaceIPConfigurationArgs(
+                name="ipconfig", private_ip_allocation_method="Dynamic", subnet=network.SubnetArgs(id=args.subnet_id),
+                public_ip_address=network.PublicIPAddressArgs(id=self.public_ip.id) if self.public_ip else None)],
+            opts=child)
+        self.vm = compute.VirtualMachine(name, **_vm_args(name, args, self.nic, ppg, script), opts=child)
+        self.extension = compute.VirtualMachineExtension(
+            f"{name}-{azure.EXTENSION_NAME}", vm_extension_name=azure.EXTENSION_NAME, vm_name=self.vm.name,
+            resource_group_name=args.resource_group_name, location=args.location, tags=tags,
+            publisher=azure.EXTENSION["publisher"], type=azure.EXTENSION["type"],
+            type_handler_version=azure.EXTENSION["typeHandlerVersion"], auto_upgrade_minor_version=True,
+            settings={"timestamp": windows.script_version(script)},
+            protected_settings=pulumi.Output.secret(pulumi.Output.from_input(args.admin_password).apply(
+                lambda password: {"commandToExecute": _command(spec, index, password)})),
+            opts=child)
+        self.private_ip = self.nic.ip_configurations.apply(
+            lambda configs: (configs[0].private_ip_address or "") if configs else "")
+        self.register_outputs({"vm_id": self.vm.id, "private_ip": self.private_ip})
+
+
+def _vm_args(name: str, args: NodesArgs, nic: network.NetworkInterface,
+             ppg: compute.ProximityPlacementGroup | None, script: str) -> dict[str, object]:
+    spec = args.spec
+    return dict(
+        vm_name=name, resource_group_name=args.resource_group_name, location=args.location, tags=azure.tags(spec),
+        identity=compute.VirtualMachineIdentityArgs(type="SystemAssigned"),
+        hardware_profile=compute.HardwareProfileArgs(vm_size=spec.size),
+        os_profile=compute.OSProfileArgs(
+            computer_name=name, admin_username=spec.admin.username, admin_password=args.admin_password,
+            custom_data=windows.b64(script),
+            windows_configuration=compute.WindowsConfigurationArgs(provision_vm_agent=True,
+                                                                   enable_automatic_updates=True)),
+        storage_profile=compute.StorageProfileArgs(
+            image_reference=compute.ImageReferenceArgs(**azure.image_reference(spec.azure_options.windows_version)),
+            os_disk=compute.OSDiskArgs(create_option="FromImage", delete_option="Delete",
+                                       managed_disk=compute.ManagedDiskParametersArgs(
+                                           storage_account_type=azure.OS_DISK_TYPE))),
+        network_profile=compute.NetworkProfileArgs(network_interfaces=[
+            compute.NetworkInterfaceReferenceArgs(id=nic.id, delete_option="Delete")]),
+        diagnostics_profile=compute.DiagnosticsProfileArgs(boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)),
+        proximity_placement_group=compute.SubResourceArgs(id=ppg.id) if ppg else None)
+
+
+def _command(spec: ClusterSpec, index: int, password: str) -> str:
+    return windows.bootstrap_command({
+        "NodeIndex": str(index), "NodeCount": str(spec.nodes), "SlotsPerNode": str(spec.slots_per_node),
+        "IdleMinutes": str(spec.idle_shutdown_minutes or 0), "ArmEndpoint": ARM_ENDPOINT,
+        "AdminUserB64": windows.b64(spec.admin.username), "AdminPasswordB64": windows.b64(password)})
+
+
+class Nodes(pulumi.ComponentResource):
+    """All nodes, their placement group, and the head node's permission to deallocate them when idle."""
+
+    def __init__(self, name: str, args: NodesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mpicloud:azure:Nodes", name, None, opts)
+        spec, child = args.spec, pulumi.ResourceOptions(parent=self)
+        self.ppg = None
+        if spec.azure_options.proximity_placement_group:
+            ppg_name = azure.resource_names(spec)["ppg"]
+            self.ppg = compute.ProximityPlacementGroup(
+                ppg_name, proximity_placement_group_name=ppg_name, resource_group_name=args.resource_group_name,
+                location=args.location, proximity_placement_group_type="Standard", tags=azure.tags(spec), opts=child)
+        script = windows.bootstrap_ps1(spec)
+        self.nodes = [Node(n, i, args, self.ppg, script, child) for i, n in enumerate(node_names(spec))]
+        if spec.idle_shutdown_minutes:
+            self._grant_deallocate(child)
+        self.register_outputs({"names": [n.vm.name for n in self.nodes]})
+
+    def _grant_deallocate(self, opts: pulumi.ResourceOptions) -> None:
+        head = self.nodes[0].vm
+        subscription = authorization.get_client_config_output().subscription_id
+        role = pulumi.Output.concat("/subscriptions/", subscription, "/providers/Microsoft.Authorization/"
+                                    "roleDefinitions/", azure.VM_CONTRIBUTOR_ROLE)
+        for node in self.nodes:
+            authorization.RoleAssignment(
+                f"{node.node_name}-deallocate", scope=node.vm.id, role_definition_id=role,
+                principal_type="ServicePrincipal",
+                principal_id=head.identity.apply(lambda identity: identity.principal_id if identity else ""),
+                description="mpicloud: the head node deallocates the cluster when idle", opts=opts)

@@ -1,0 +1,136 @@
+"""The Windows node bootstrap (PowerShell) and the command that runs it, shared by ARM and Pulumi."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mpicloud.assets import provision_dir
+from mpicloud.errors import RenderError
+from mpicloud.render.quoting import powershell_quote
+from mpicloud.render.runner_config import node_names, runner_config, runner_config_json
+from mpicloud.render.templating import render_template
+from mpicloud.spec.model import ClusterSpec
+
+
+@dataclass(frozen=True)
+class Download:
+    """A pinned download: the bootstrap refuses to run it unless its SHA-256 matches."""
+
+    version: str
+    url: str
+    sha256: str
+
+
+#: MS-MPI 10.1.3 redistributable (reference azure-windows-msmpi.md section 2.1)
+MSMPI = Download("10.1.3", "https://download.microsoft.com/download/7/2/7/72731ebb-b63c-4170-ade7-836966263a8f/"
+                 "msmpisetup.exe", "47443829114d8d8670f77af98939fe876d33eceb35d0ce4e0e85efeec4d87213")
+#: CPython embeddable package for the runner (3.12.10 is the last 3.12 release with Windows binaries)
+PYTHON = Download("3.12.10", "https://www.python.org/ftp/python/3.12.10/python-3.12.10-embed-amd64.zip",
+                  "4acbed6dd1c744b0376e3b1cf57ce906f9dc9e95e68824584c8099a63025a3c3")
+DATA_DIR = "C:\\ProgramData\\mpicloud"
+SHARE_NAME = "shared"
+LAUNCH_PORT = 8677
+#: where Windows writes osProfile.customData; the extension copies it to a .ps1 and runs it
+CUSTOM_DATA = "C:\\AzureData\\CustomData.bin"
+SCRIPT = "C:\\AzureData\\mpicloud-bootstrap.ps1"
+#: script parameters passed by the extension, in order (values must be digits or base64)
+PARAMETERS = ("NodeIndex", "NodeCount", "SlotsPerNode", "IdleMinutes", "ArmEndpoint", "AdminUserB64",
+              "AdminPasswordB64")
+RUNNER_FILES = ("runner.py", "transfer.py")
+_TOKEN = re.compile(r"^[A-Za-z0-9+/=.:_-]+$")
+
+
+def packed(data: bytes) -> str:
+    """gzip (deterministic: mtime 0) then base64, as the bootstrap's Write-Packed expects."""
+    return base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode("ascii")
+
+
+def stop_command() -> list[str]:
+    """The runner's idle-shutdown action on the head node."""
+    return ["powershell.exe", "-NoProfile", "-ExecutionPolicy", "Bypass", "-File", f"{DATA_DIR}\\stop-cluster.ps1"]
+
+
+def _installers(spec: ClusterSpec) -> list[dict[str, str]]:
+    out = []
+    for index, inst in enumerate(spec.software.installers, start=1):
+        name = f"installer-{index}-" + inst.url.rstrip("/").rsplit("/", 1)[-1]
+        out.append({"url": powershell_quote(inst.url), "sha256": powershell_quote(inst.sha256),
+                    "name": powershell_quote(name), "marker": powershell_quote(f"installed-{inst.sha256}"),
+                    "args": ", ".join(powershell_quote(a) for a in inst.args)})
+    return out
+
+
+def _base_runner_config(spec: ClusterSpec) -> str:
+    """runner.json without the node list and idle minutes, which the script fills in from its parameters."""
+    config: dict[str, Any] = runner_config(spec, stop_command())
+    return runner_config_json({**config, "nodes": [], "idle_shutdown_minutes": None})
+
+
+def bootstrap_ps1(spec: ClusterSpec) -> str:
+    """The bootstrap script for every node of `spec` (ASCII, no secrets; node specifics are parameters)."""
+    if spec.os != "windows":
+        raise RenderError(f"the Windows bootstrap needs os: windows, not {spec.os!r}")
+    windows = provision_dir() / "windows"
+    runner = provision_dir() / "runner"
+    q = powershell_quote
+    text = render_template(
+        "windows/bootstrap.ps1.j2", cluster=spec.name, slots_per_node=spec.slots_per_node,
+        idle_minutes=spec.idle_shutdown_minutes or 0, data_dir=q(DATA_DIR), shared=q(spec.shared_storage.path),
+        share_name=q(SHARE_NAME), subnet_cidr=q(spec.azure_options.subnet_cidr),
+        node_prefix=q(node_names(spec)[0][:-1]), msmpi_version=MSMPI.version, msmpi_url=q(MSMPI.url),
+        msmpi_sha256=q(MSMPI.sha256), python_version=PYTHON.version, python_url=q(PYTHON.url),
+        python_sha256=q(PYTHON.sha256), launch_port=LAUNCH_PORT, installers=_installers(spec),
+        runner_files=[(q(n), q(packed((runner / n).read_bytes()))) for n in RUNNER_FILES],
+        runner_config=q(_base_runner_config(spec)),
+        stop_script=q(packed((windows / "stop-cluster.ps1").read_bytes())),
+        start_script=q(packed((windows / "start-runner.ps1").read_bytes())))
+    if not text.isascii():
+        raise RenderError("the Windows bootstrap must be ASCII (PowerShell 5.1 reads BOM-less scripts as ANSI)")
+    return text
+
+
+def script_version(script: str) -> int:
+    """A stable integer derived from the script (CustomScriptExtension settings.timestamp: reruns on change)."""
+    return int(hashlib.sha256(script.encode()).hexdigest()[:7], 16)
+
+
+def command_pieces(values: dict[str, str]) -> list[tuple[bool, str]]:
+    """The extension's commandToExecute as (is_literal, text) pieces; values are inserted as they are.
+
+    Pulumi joins the pieces with concrete values; ARM passes expressions as values and wraps them in concat().
+    """
+    missing = set(PARAMETERS) - set(values)
+    if missing:
+        raise RenderError(f"bootstrap command is missing {sorted(missing)}")
+    head = (f'powershell.exe -NoProfile -ExecutionPolicy Bypass -Command "Copy-Item -Force {CUSTOM_DATA} '
+            f'{SCRIPT}; & {SCRIPT}')
+    pieces: list[tuple[bool, str]] = [(True, head)]
+    for name in PARAMETERS:
+        pieces += [(True, f" -{name} "), (False, values[name])]
+    return [*pieces, (True, '"')]
+
+
+def bootstrap_command(values: dict[str, str]) -> str:
+    """The concrete commandToExecute (Pulumi); every value must be a plain token (digits, base64, a URL)."""
+    for name, value in values.items():
+        if not _TOKEN.match(value):
+            raise RenderError(f"bootstrap parameter {name} must be digits or base64, got an unsafe value")
+    return "".join(text for _, text in command_pieces(values))
+
+
+def b64(text: str) -> str:
+    """UTF-8 then base64, how the extension passes user name and password to the script."""
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def host_key_fingerprints(output: str) -> dict[str, list[str]]:
+    """Host key fingerprints the bootstrap printed (`MPICLOUD-HOSTKEY N0 256 SHA256:... (ED25519)`), per node."""
+    found: dict[str, list[str]] = {}
+    for match in re.finditer(r"MPICLOUD-HOSTKEY (\S+) \d+ (SHA256:[A-Za-z0-9+/=]+) .*?\((\w+)\)", output):
+        found.setdefault(match.group(1), []).append(f"{match.group(3)} {match.group(2)}")
+    return found

@@ -1,0 +1,197 @@
+"""The Pulumi program under mocks: resource counts, NSG sources, where secrets go, tags, component types."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi.runtime import rpc
+
+from mpicloud.render import windows
+from mpicloud.spec import ClusterSpec, spec_from_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra"))
+from azure_mpi import MpiCluster, MpiClusterArgs
+
+PASSWORD = "Very'Secret\"Pw-42!"
+#: azure-native types without a `tags` property
+UNTAGGABLE = {"azure-native:authorization:RoleAssignment"}
+
+
+def _secret(node: Any) -> bool:
+    return isinstance(node, dict) and node.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+def plain(node: Any) -> Any:
+    """Inputs with Pulumi's secret wrappers removed."""
+    if _secret(node):
+        return plain(node["value"])
+    if isinstance(node, dict):
+        return {k: plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [plain(v) for v in node]
+    return node
+
+
+class Mocks(pulumi.runtime.Mocks):
+    """Records every registered resource; `name` and `id` are what Azure would compute."""
+
+    def __init__(self) -> None:
+        self.created: list[tuple[str, str, dict[str, Any], bool]] = []
+        self.raw: list[tuple[str, str, dict[str, Any]]] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.raw.append((args.typ, args.name, dict(args.inputs)))
+        self.created.append((args.typ, args.name, plain(dict(args.inputs)), args.custom))
+        state = plain(dict(args.inputs))
+        state.setdefault("name", args.name)
+        if args.typ == "azure-native:network:PublicIPAddress":
+            state["ipAddress"] = f"198.51.100.{len(self.created)}"
+        if args.typ == "azure-native:compute:VirtualMachine":
+            state["identity"] = {"type": "SystemAssigned", "principalId": f"principal-{args.name}"}
+        return f"/subscriptions/sub/resourceGroups/rg/x/{args.name}", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        if args.token == "azure-native:authorization:getClientConfig":
+            return {"subscriptionId": "sub", "tenantId": "t", "clientId": "c", "objectId": "o"}
+        if args.token == "azure-native:compute:getVirtualMachineExtension":
+            vm = args.args["vmName"]
+            return {"name": "bootstrap", "instanceView": {"substatuses": [{"message": (
+                f"mpicloud: done\nMPICLOUD-HOSTKEY {vm} 256 SHA256:key{vm} root@{vm} (ED25519)\n")}]}}
+        return {}
+
+
+def _spec(base: ClusterSpec, **changes: Any) -> ClusterSpec:
+    doc = base.model_dump(mode="json", exclude_none=True)
+    for key, value in changes.items():
+        doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec_from_dict(doc)
+
+
+def _deploy(spec: ClusterSpec, check: Callable[[list[tuple[str, str, dict[str, Any], bool]], dict[str, Any]], None],
+            mocks: Mocks | None = None) -> pulumi.Output[None]:
+    mocks = mocks or Mocks()
+    pulumi.runtime.set_mocks(mocks, preview=False)
+    outputs = MpiCluster(spec.name, MpiClusterArgs(spec=spec)).outputs()
+    return pulumi.Output.all(**outputs).apply(lambda out: check(mocks.created, out))
+
+
+def _count(created: list[tuple[str, str, dict[str, Any], bool]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for typ, *_ in created:
+        counts[typ] = counts.get(typ, 0) + 1
+    return counts
+
+
+@pytest.fixture(autouse=True)
+def _password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPICLOUD_ADMIN_PASSWORD", PASSWORD)
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 16])
+@pulumi.runtime.test
+def test_resource_counts(azure_spec: ClusterSpec, nodes: int) -> pulumi.Output[None]:
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], out: dict[str, Any]) -> None:
+        assert _count(created) == {
+            "mpicloud:azure:MpiCluster": 1, "mpicloud:azure:Network": 1, "mpicloud:azure:Nodes": 1,
+            "mpicloud:azure:Node": nodes, "azure-native:resources:ResourceGroup": 1,
+            "azure-native:network:NetworkSecurityGroup": 1, "azure-native:network:VirtualNetwork": 1,
+            "azure-native:compute:ProximityPlacementGroup": 1, "azure-native:network:PublicIPAddress": nodes,
+            "azure-native:network:NetworkInterface": nodes, "azure-native:compute:VirtualMachine": nodes,
+            "azure-native:compute:VirtualMachineExtension": nodes,
+            "azure-native:authorization:RoleAssignment": nodes}
+        vms = [i for t, _, i, _ in created if t == "azure-native:compute:VirtualMachine"]
+        assert sorted(v["osProfile"]["computerName"] for v in vms) == sorted(f"N{i}" for i in range(nodes))
+        assert all(v["proximityPlacementGroup"]["id"].endswith("winmpi-ppg") for v in vms)
+        assert len(out["public_ips"]) == nodes and out["admin_username"] == "mpiadmin"
+        assert out["ssh_command"] == f"ssh mpiadmin@{out['public_ips'][0]}"
+        assert out["host_key_fingerprints"] == {f"N{i}": [f"ED25519 SHA256:keyN{i}"] for i in range(nodes)}
+        assert "--password-env MPICLOUD_ADMIN_PASSWORD --os windows" in out["attach_command"]
+    return _deploy(_spec(azure_spec, nodes=nodes), check)
+
+
+@pulumi.runtime.test
+def test_head_nat_gives_only_the_head_a_public_ip(azure_spec: ClusterSpec) -> pulumi.Output[None]:
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], out: dict[str, Any]) -> None:
+        counts = _count(created)
+        assert counts["azure-native:network:PublicIPAddress"] == 2  # N0 + the NAT gateway
+        assert counts["azure-native:network:NatGateway"] == 1
+        vnet = next(i for t, _, i, _ in created if t == "azure-native:network:VirtualNetwork")
+        assert vnet["subnets"][0]["natGateway"]["id"] and vnet["subnets"][0]["defaultOutboundAccess"] is False
+        nics = sorted((n, "publicIPAddress" in i["ipConfigurations"][0])
+                      for t, n, i, _ in created if t == "azure-native:network:NetworkInterface")
+        assert nics == [("N0-nic", True), ("N1-nic", False), ("N2-nic", False)]
+        assert out["public_ips"][1:] == ["", ""]
+    return _deploy(_spec(azure_spec, nodes=3, azure={"public_ip": "head_nat", "proximity_placement_group": False,
+                                                     "accelerated_networking": False}), check)
+
+
+def _nsg_sources(created: list[tuple[str, str, dict[str, Any], bool]]) -> list[list[str]]:
+    nsg = next(i for t, _, i, _ in created if t == "azure-native:network:NetworkSecurityGroup")
+    assert sorted(r["destinationPortRange"] for r in nsg["securityRules"]) == ["22", "3389"]
+    return [r["sourceAddressPrefixes"] for r in nsg["securityRules"] if "sourceAddressPrefix" not in r]
+
+
+@pulumi.runtime.test
+def test_nsg_only_from_allowed_cidrs(azure_spec: ClusterSpec) -> pulumi.Output[None]:
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
+        assert _nsg_sources(created) == [["203.0.113.0/24", "198.51.100.7/32"]] * 2
+        assert "*" not in json.dumps(_nsg_sources(created))
+    return _deploy(_spec(azure_spec, access={"allowed_cidrs": ["203.0.113.0/24", "198.51.100.7/32"]}), check)
+
+
+@pulumi.runtime.test
+def test_nsg_open_only_when_the_spec_says_so(azure_spec: ClusterSpec) -> pulumi.Output[None]:
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
+        assert _nsg_sources(created) == [["0.0.0.0/0"]] * 2
+    return _deploy(_spec(azure_spec, access={"allowed_cidrs": ["0.0.0.0/0"]}), check)
+
+
+def test_empty_allowed_cidrs_is_refused(azure_spec: ClusterSpec) -> None:
+    pulumi.runtime.set_mocks(Mocks(), preview=False)
+    with pytest.raises(Exception, match="allowed_cidrs is empty"):
+        MpiCluster("x", MpiClusterArgs(spec=_spec(azure_spec, access={"allowed_cidrs": []})))
+
+
+def _paths(node: Any, needle: str, path: str = "", secret: bool = False) -> list[str]:
+    """Where `needle` occurs; a path inside a Pulumi secret is marked `(secret)`."""
+    if _secret(node):
+        return _paths(node["value"], needle, path, True)
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _paths(v, needle, f"{path}/{k}", secret)]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _paths(v, needle, f"{path}/{i}", secret)]
+    return [path + (" (secret)" if secret else "")] if isinstance(node, str) and needle in node else []
+
+
+@pulumi.runtime.test
+def test_secrets_only_in_protected_settings_and_admin_password(azure_spec: ClusterSpec) -> pulumi.Output[None]:
+    mocks = Mocks()
+
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], out: dict[str, Any]) -> None:
+        assert len(mocks.raw) == len(created) > 10
+        for typ, name, inputs in mocks.raw:
+            found = (_paths(inputs, PASSWORD), _paths(inputs, windows.b64(PASSWORD)))
+            if typ == "azure-native:compute:VirtualMachine":
+                assert found == (["/osProfile/adminPassword (secret)"], []), name
+            elif typ == "azure-native:compute:VirtualMachineExtension":
+                assert found == ([], ["/protectedSettings/commandToExecute (secret)"]), name
+                assert "commandToExecute" not in inputs["settings"]
+            else:
+                assert found == ([], []), (typ, name)
+        assert PASSWORD not in json.dumps(out) and windows.b64(PASSWORD) not in json.dumps(out)
+    return _deploy(_spec(azure_spec, nodes=2), check, mocks)
+
+
+@pulumi.runtime.test
+def test_tags_on_every_taggable_resource(azure_spec: ClusterSpec) -> pulumi.Output[None]:
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
+        for typ, name, inputs, custom in created:
+            if custom and typ not in UNTAGGABLE:
+                assert inputs.get("tags") == {"project": "cfd-regression", "mpicloud-cluster": "winmpi"}, (typ, name)
+    return _deploy(_spec(azure_spec, nodes=2, azure={"public_ip": "head_nat"}), check)
