@@ -22,3 +22,13 @@ def runner_path() -> Path:
 def runner_source() -> str:
     """The runner's source text, for embedding into bootstrap scripts."""
     return runner_path().read_text(encoding="utf-8")
+
+
+#: the cluster-side files, installed side by side on every node that runs jobs (the same files on every OS)
+RUNNER_FILES = ("runner.py", "transfer.py", "bucketio.py")
+
+
+def runner_files() -> dict[str, bytes]:
+    """Every cluster-side runner file by name, for bootstrap scripts to install."""
+    folder = provision_dir() / "runner"
+    return {name: (folder / name).read_bytes() for name in RUNNER_FILES}

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mpicloud.assets import provision_dir
+from mpicloud.assets import provision_dir, runner_files
 from mpicloud.errors import RenderError
 from mpicloud.render.quoting import powershell_quote
 from mpicloud.render.runner_config import node_names, runner_config, runner_config_json
@@ -41,7 +41,6 @@ SCRIPT = "C:\\AzureData\\mpicloud-bootstrap.ps1"
 #: script parameters passed by the extension, in order (values must be digits or base64)
 PARAMETERS = ("NodeIndex", "NodeCount", "SlotsPerNode", "IdleMinutes", "ArmEndpoint", "AdminUserB64",
               "AdminPasswordB64")
-RUNNER_FILES = ("runner.py", "transfer.py")
 _TOKEN = re.compile(r"^[A-Za-z0-9+/=.:_-]+$")
 
 
@@ -76,7 +75,6 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
     if spec.os != "windows":
         raise RenderError(f"the Windows bootstrap needs os: windows, not {spec.os!r}")
     windows = provision_dir() / "windows"
-    runner = provision_dir() / "runner"
     q = powershell_quote
     text = render_template(
         "windows/bootstrap.ps1.j2", cluster=spec.name, slots_per_node=spec.slots_per_node,
@@ -85,7 +83,7 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
         node_prefix=q(node_names(spec)[0][:-1]), msmpi_version=MSMPI.version, msmpi_url=q(MSMPI.url),
         msmpi_sha256=q(MSMPI.sha256), python_version=PYTHON.version, python_url=q(PYTHON.url),
         python_sha256=q(PYTHON.sha256), launch_port=LAUNCH_PORT, installers=_installers(spec),
-        runner_files=[(q(n), q(packed((runner / n).read_bytes()))) for n in RUNNER_FILES],
+        runner_files=[(q(n), q(packed(data))) for n, data in runner_files().items()],
         runner_config=q(_base_runner_config(spec)),
         stop_script=q(packed((windows / "stop-cluster.ps1").read_bytes())),
         start_script=q(packed((windows / "start-runner.ps1").read_bytes())))

@@ -105,6 +105,7 @@ if (-not (Test-Path $python)) {
 }
 Write-Packed (Join-Path $Data 'runner.py') '<gzip+base64 of runner.py>'
 Write-Packed (Join-Path $Data 'transfer.py') '<gzip+base64 of transfer.py>'
+Write-Packed (Join-Path $Data 'bucketio.py') '<gzip+base64 of bucketio.py>'
 
 if ($NodeIndex -eq 0) {
   Write-Output 'mpicloud: runner configuration, idle-shutdown action, saved MS-MPI credentials, runner task'
