@@ -1,0 +1,30 @@
+#!/bin/bash
+# mpicloud node identity and cluster files: /etc/hosts names node0..nodeN-1, MPICLOUD_NODE machine-wide,
+# the Open MPI hostfile, and on the head node the runner's runner.json with N nodes of SLOTS slots.
+# usage: cluster-files.sh INDEX USER SHARED IP0 IP1 ... (N, SLOTS from /etc/mpicloud/node.env)
+set -euo pipefail
+index=$1 user=$2 shared=$3
+shift 3
+. /etc/mpicloud/node.env
+count=$MPICLOUD_COUNT slots=$MPICLOUD_SLOTS
+ips=("$@")
+[ "${#ips[@]}" -ge "$count" ] || { echo "cluster-files.sh: $count nodes but ${#ips[@]} addresses" >&2; exit 2; }
+install -d -m 755 /etc/mpicloud
+: > /etc/mpicloud/hostfile
+for ((i = 0; i < count; i++)); do
+  grep -q " node$i\$" /etc/hosts || echo "${ips[$i]} node$i" >> /etc/hosts
+  echo "node$i slots=$slots" >> /etc/mpicloud/hostfile
+done
+grep -q '^MPICLOUD_NODE=' /etc/environment || echo "MPICLOUD_NODE=node$index" >> /etc/environment
+[ "$index" = 0 ] || exit 0
+install -d -m 775 -o "$user" -g "$(id -gn "$user")" "$shared" "$shared/.mpicloud"
+python3 - "$count" "$slots" "$shared/.mpicloud/runner.json" <<'PY'
+import json, sys
+count, slots, target = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+with open("/opt/mpicloud/runner.base.json", encoding="utf-8") as handle:
+    config = json.load(handle)
+config["nodes"] = [{"name": f"node{i}", "slots": slots} for i in range(count)]
+with open(target, "w", encoding="utf-8") as handle:
+    json.dump(config, handle, sort_keys=True, indent=2)
+PY
+chown "$user" "$shared/.mpicloud/runner.json"

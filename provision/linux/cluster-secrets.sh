@@ -1,0 +1,37 @@
+#!/bin/bash
+# mpicloud intra-cluster secrets, never in user data: the head node creates the cluster SSH key and the Samba
+# password and stores them as SSM SecureString parameters (the instance role allows only PREFIX/*);
+# workers wait for them. usage: cluster-secrets.sh head|worker USER   (values from /etc/mpicloud/node.env)
+set -euo pipefail
+role=$1 user=$2
+. /etc/mpicloud/node.env
+prefix=$MPICLOUD_SSM_PREFIX region=$MPICLOUD_REGION
+home=$(getent passwd "$user" | cut -d: -f6)
+group=$(id -gn "$user")
+key=$home/.ssh/id_ed25519
+umask 077
+install -d -m 700 -o "$user" -g "$group" "$home/.ssh"
+install -d -m 700 /etc/mpicloud
+
+put() { aws ssm put-parameter --region "$region" --name "$prefix/$1" --type SecureString --overwrite \
+          --value "file://$2" >/dev/null; }
+get() { aws ssm get-parameter --region "$region" --name "$prefix/$1" --with-decryption \
+          --query Parameter.Value --output text > "$2"; }
+fetch() {
+  for _ in $(seq 180); do get "$1" "$2" 2>/dev/null && return 0; sleep 10; done
+  echo "cluster-secrets.sh: $prefix/$1 did not appear within 30 minutes" >&2; return 1
+}
+
+if [ "$role" = head ]; then
+  ssh-keygen -q -t ed25519 -N '' -C "mpicloud-cluster" -f "$key" <<< y >/dev/null
+  python3 -c 'import secrets; print(secrets.token_urlsafe(24), end="")' > /etc/mpicloud/smb-password
+  put ssh-key "$key"
+  put smb-password /etc/mpicloud/smb-password
+else
+  fetch ssh-key "$key"
+  fetch smb-password /etc/mpicloud/smb-password
+fi
+ssh-keygen -y -f "$key" > "$key.pub"
+cat "$key.pub" >> "$home/.ssh/authorized_keys"
+printf 'Host node*\n  StrictHostKeyChecking accept-new\n' >> "$home/.ssh/config"
+chown -R "$user:$group" "$home/.ssh"
