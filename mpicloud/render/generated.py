@@ -6,8 +6,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mpicloud.render.cloudformation import cluster_template_json
+
 #: relative path under the repository root -> zero-argument renderer returning the file's text
-GENERATED: dict[str, Callable[[], str]] = {}
+GENERATED: dict[str, Callable[[], str]] = {
+    "templates/cloudformation/cluster.json": cluster_template_json,
+}
 
 
 def stale(root: Path) -> list[str]:

@@ -6,7 +6,6 @@ import base64
 import gzip
 import ipaddress
 import re
-from typing import TypeVar
 
 from mpicloud.assets import provision_dir
 from mpicloud.errors import RenderError
@@ -23,18 +22,6 @@ SMB_PASSWORD_FILE = "/etc/mpicloud/smb-password"
 _SCRIPTS = ("node-env.sh", "cluster-secrets.sh", "cluster-files.sh", "shared-storage.sh")
 #: EC2 user data limit (bytes, before base64)
 USER_DATA_LIMIT = 16384
-TAG_NODES, TAG_SLOTS, TAG_SSM_PREFIX = "mpicloud:nodes", "mpicloud:slots", "mpicloud:ssm-prefix"
-T = TypeVar("T")
-
-
-def ssm_prefix(cluster: str) -> str:
-    """SSM parameter path under which the head node stores the intra-cluster secrets."""
-    return f"/mpicloud/{cluster}"
-
-
-def node_tags(count: T, slots: T, prefix: T) -> dict[str, T]:
-    """Instance tags the nodes read over IMDS (node-env.sh): literal strings (Pulumi) or `Ref`s (CloudFormation)."""
-    return {TAG_NODES: count, TAG_SLOTS: slots, TAG_SSM_PREFIX: prefix}
 
 
 def node_addresses(subnet_cidr: str, count: int) -> list[str]:
@@ -110,18 +97,18 @@ def cloud_config(spec: ClusterSpec, index: int, ips: list[str] | None = None) ->
     """The #cloud-config user data of node `index` (0 is the head node); contains no secret.
 
     `ips` are the fixed private addresses of nodes 0.. (default: spec.nodes of them from aws.subnet_cidr); node
-    count, slots and the SSM path come from instance tags at boot, so one text serves Pulumi and CloudFormation.
+    count, slots, idle minutes and the SSM path come from instance tags (aws_common.node_tags) and the login key
+    from the EC2 key pair, both over IMDS at boot, so one text serves Pulumi and CloudFormation.
     """
-    if spec.os != "linux" or not spec.admin.ssh_public_key:
-        raise RenderError("cloud-init user data needs os linux and admin.ssh_public_key")
+    if spec.os != "linux":
+        raise RenderError("cloud-init user data is for os linux")
     if not re.match(r"^/[A-Za-z0-9._/-]*$", spec.shared_storage.path):
         raise RenderError(f"shared.path {spec.shared_storage.path!r} must be an absolute path of plain characters")
     ips = ips if ips is not None else node_addresses(spec.aws_options.subnet_cidr, spec.nodes)
     head = index == 0
     return render_template(
-        "linux/cloud-config.yaml.j2", index=index, user=spec.admin.username,
-        admin_key=spec.admin.ssh_public_key, packages=_packages(spec, head), files=_files(spec, head),
-        commands=_commands(spec, index, ips))
+        "linux/cloud-config.yaml.j2", index=index, user=spec.admin.username, packages=_packages(spec, head),
+        files=_files(spec, head), commands=_commands(spec, index, ips))
 
 
 def user_data_base64(spec: ClusterSpec, index: int, ips: list[str] | None = None) -> str:

