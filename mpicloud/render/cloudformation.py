@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
 
+from mpicloud.errors import RenderError
 from mpicloud.render.aws_common import (
     MAX_TEMPLATE_NODES,
     ROOT_DEVICE,
@@ -20,6 +23,7 @@ from mpicloud.spec.model import Bucket, ClusterSpec
 #: bucket and prefixes stand in for Parameters while the shared policy is built, then become Fn::Sub
 _SENTINELS = {"arn:aws:s3:::mpicloud-bucket-sentinel": "arn:${AWS::Partition}:s3:::${BucketName}",
               "mpicloud-input-sentinel/": "${InputPrefix}", "mpicloud-output-sentinel/": "${OutputPrefix}"}
+_S3_HOST = re.compile(r"(^|\.)s3[.-]([a-z0-9-]+\.)?amazonaws\.com(\.cn)?$")
 _CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
 
 
@@ -203,3 +207,17 @@ def cluster_template(spec: ClusterSpec | None = None) -> dict[str, Any]:
 def cluster_template_json(spec: ClusterSpec | None = None) -> str:
     """Deterministic JSON text of the cluster template."""
     return json.dumps(cluster_template(spec), sort_keys=True, indent=2) + "\n"
+
+
+def launch_stack_url(template_url: str, region: str, stack_name: str = "mpi-cluster",
+                     parameters: dict[str, str] | None = None) -> str:
+    """The console quick-create link ("Launch Stack"); the template must be hosted in S3 (https)."""
+    host = urlsplit(template_url).hostname or ""
+    if not template_url.startswith("https://") or not _S3_HOST.search(host):
+        raise RenderError(f"{template_url!r}: CloudFormation only takes templates from an https:// S3 URL")
+    if not re.match(r"^[A-Za-z][A-Za-z0-9-]{0,127}$", stack_name):
+        raise RenderError(f"stack name {stack_name!r}: letters, digits and '-', starting with a letter")
+    query = {"templateURL": template_url, "stackName": stack_name,
+             **{f"param_{k}": v for k, v in sorted((parameters or {}).items())}}
+    return (f"https://console.aws.amazon.com/cloudformation/home?region={quote(region)}"
+            f"#/stacks/quickcreate?{urlencode(query, quote_via=quote, safe='')}")

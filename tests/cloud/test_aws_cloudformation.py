@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from mpicloud.errors import RenderError
 from mpicloud.render.aws_common import MAX_TEMPLATE_NODES, TAG_NODES
-from mpicloud.render.cloudformation import cluster_template, cluster_template_json, template_spec
+from mpicloud.render.cloudformation import cluster_template, cluster_template_json, launch_stack_url, template_spec
 from mpicloud.render.linux import cloud_config, node_addresses
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,3 +179,16 @@ def test_moto_deploys_the_template() -> None:
                for p in perms)
     assert any(p["UserIdGroupPairs"] for p in perms)
     assert len(role) == 1
+
+
+def test_launch_stack_url() -> None:
+    url = launch_stack_url("https://mpicloud-templates.s3.eu-west-1.amazonaws.com/v1/cluster.json", "eu-west-1",
+                           "mpi-cluster", {"NodeCount": "4", "InstanceType": "c5n.18xlarge"})
+    assert url == ("https://console.aws.amazon.com/cloudformation/home?region=eu-west-1#/stacks/quickcreate?"
+                   "templateURL=https%3A%2F%2Fmpicloud-templates.s3.eu-west-1.amazonaws.com%2Fv1%2Fcluster.json"
+                   "&stackName=mpi-cluster&param_InstanceType=c5n.18xlarge&param_NodeCount=4")
+    for bad in ("https://raw.githubusercontent.com/x/cluster.json", "http://b.s3.amazonaws.com/cluster.json"):
+        with pytest.raises(RenderError, match="S3 URL"):
+            launch_stack_url(bad, "eu-west-1")
+    with pytest.raises(RenderError, match="stack name"):
+        launch_stack_url("https://b.s3.amazonaws.com/c.json", "eu-west-1", "1bad")
