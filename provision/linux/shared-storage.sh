@@ -77,6 +77,7 @@ smb_server() {
 }
 
 nfs_server() {
+  mkdir -p /etc/exports.d
   echo "$path ${clients:?--clients CIDR is required for nfs}(rw,sync,no_subtree_check)" > /etc/exports.d/mpicloud.exports
   systemctl enable --now nfs-kernel-server
   exportfs -ra

@@ -113,3 +113,12 @@ def test_fixed_addresses_and_limits() -> None:
         node_addresses("10.0.0.0/28", 8)
     with pytest.raises(RenderError, match=r"shared\.path"):
         cloud_config(aws_spec(shared={"kind": "smb", "path": "/sh ared"}), 0)
+
+
+def test_the_example_spec_renders_for_every_node() -> None:
+    from mpicloud.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "aws-linux.yaml")
+    sizes = [len(base64.b64decode(user_data_base64(spec, i))) for i in range(spec.nodes)]
+    assert all(size <= USER_DATA_LIMIT for size in sizes) and sizes[0] > sizes[1]
+    assert "python3-numpy" in yaml.safe_load(cloud_config(spec, 1))["packages"]
