@@ -29,6 +29,8 @@ class Network(pulumi.ComponentResource):
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mpicloud:aws:Network", name, None, opts)
         options = args.spec.aws_options
+        if not args.spec.access.allowed_cidrs:
+            raise pulumi.RunError("access.allowed_cidrs is empty: no network could reach SSH on the nodes")
         if options.subnet_id and options.vpc_id:
             self.vpc_id, self.subnet_id = pulumi.Output.from_input(options.vpc_id), pulumi.Output.from_input(
                 options.subnet_id)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pulumi
 import pytest
+from parliament import analyze_policy_string
 
 from mpicloud.render.aws_common import TAG_NODES
 from mpicloud.render.iam import bucket_access_policy
@@ -134,6 +135,8 @@ def test_role_carries_bucket_policy_and_secrets_path(seen: list[Any]) -> pulumi.
         assert bucket_access_policy(spec.bucket) in policies  # type: ignore[arg-type]
         secrets = next(p for p in policies if p["Statement"][0]["Sid"] == "ClusterSecrets")
         assert secrets["Statement"][0]["Resource"] == f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/mpicloud/demo/*"
+        for policy in policies:  # parliament: known actions, resources that fit them
+            assert [f.issue for f in analyze_policy_string(json.dumps(policy)).findings] == []
     return _deployed(spec).apply(check)
 
 
@@ -162,3 +165,8 @@ def test_existing_network_efa_and_single_node(seen: list[Any]) -> pulumi.Output[
         assert node["keyName"] == "mine" and node["networkInterfaces"][0]["deviceIndex"] == 0
         assert len(_of(seen, "ec2/eip:Eip")) == 1
     return _deployed(spec).apply(check)
+
+
+def test_no_allowed_cidrs_is_refused() -> None:
+    with pytest.raises(pulumi.RunError, match="allowed_cidrs"):
+        program.MpiCluster("x", program.MpiClusterArgs(aws_spec(access={"allowed_cidrs": []})))
