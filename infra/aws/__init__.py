@@ -31,9 +31,11 @@ class MpiCluster(pulumi.ComponentResource):
         tags = cluster_tags(spec)
         self.network = Network(f"{name}-net", NetworkArgs(spec, tags), child)
         self.identity = NodeIdentity(f"{name}-id", NodeIdentityArgs(spec, tags), child)
+        # the nodes wait for the whole network (internet route included): cloud-init installs packages at boot
         self.nodes = Nodes(f"{name}-nodes", NodesArgs(spec, self.network.subnet_id,
                                                       self.network.security_group_id,
-                                                      self.identity.profile_name, tags), child)
+                                                      self.identity.profile_name, tags),
+                           pulumi.ResourceOptions(parent=self, depends_on=[self.network]))
         head = self.nodes.instances[0]
         user = spec.admin.username
         self.outputs = {

@@ -68,7 +68,7 @@ class Nodes(pulumi.ComponentResource):
                                            tags=args.tags, opts=child)
             network = {"network_interfaces": [{"network_interface_id": eni.id, "device_index": 0}]}
         instance = aws.ec2.Instance(name, user_data_base64=user_data_base64(args.spec, index, ips), tags=tags,
-                                    opts=child, **common, **network)
+                                    volume_tags=args.tags, opts=child, **common, **network)
         if eni is not None:
             self.addresses.append(aws.ec2.Eip(f"{name}-ip", domain="vpc", network_interface=eni.id, tags=args.tags,
                                               opts=child))

@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from mpicloud.errors import RenderError
 from mpicloud.render.aws_common import (
     MAX_TEMPLATE_NODES,
+    METADATA_OPTIONS,
     ROOT_DEVICE,
     SSH_PORT,
     node_tags,
@@ -125,7 +126,8 @@ def _security() -> dict[str, Any]:
         "ClusterIngress": {"Type": "AWS::EC2::SecurityGroupIngress", "Properties": {
             "GroupId": _ref("SecurityGroup"), "IpProtocol": "-1",
             "SourceSecurityGroupId": _ref("SecurityGroup"), "Description": "MPI, SSH, SMB between members"}},
-        "PlacementGroup": {"Type": "AWS::EC2::PlacementGroup", "Properties": {"Strategy": "cluster"}},
+        "PlacementGroup": {"Type": "AWS::EC2::PlacementGroup", "Properties": {"Strategy": "cluster",
+                                                                             "Tags": _tags()}},
     }
 
 
@@ -147,14 +149,18 @@ def _iam() -> dict[str, Any]:
 
 def _launch_template() -> dict[str, Any]:
     """What AWS::EC2::Instance cannot say itself (IMDSv2 above all); image, type, key and role are on the nodes."""
-    return {"NodeLaunchTemplate": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData": {
-        "MetadataOptions": {"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": 1,
-                            "InstanceMetadataTags": "enabled"},
+    data = {
+        "MetadataOptions": {"".join(w.capitalize() for w in k.split("_")): v for k, v in METADATA_OPTIONS.items()},
         "BlockDeviceMappings": [{"DeviceName": ROOT_DEVICE, "Ebs": {
             "Encrypted": True, "VolumeSize": _ref("RootVolumeGb"), "VolumeType": "gp3",
             "DeleteOnTermination": True}}],
         "Placement": {"GroupName": _ref("PlacementGroup")}, "EbsOptimized": True, "Monitoring": {"Enabled": True},
-        "InstanceInitiatedShutdownBehavior": "stop"}}}}
+        "InstanceInitiatedShutdownBehavior": "stop",
+        "TagSpecifications": [{"ResourceType": "volume", "Tags": _tags()}],
+    }
+    return {"NodeLaunchTemplate": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
+        "LaunchTemplateData": data,
+        "TagSpecifications": [{"ResourceType": "launch-template", "Tags": _tags()}]}}}
 
 
 def _node(spec: ClusterSpec, index: int, ips: list[str]) -> dict[str, Any]:

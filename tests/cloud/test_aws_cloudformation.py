@@ -100,6 +100,18 @@ def test_nodes_imdsv2_encrypted_placed_and_conditional(template: dict[str, Any])
         assert {"Key": TAG_NODES, "Value": {"Ref": "NodeCount"}} in props["Tags"]
 
 
+def test_every_taggable_resource_is_tagged(template: dict[str, Any]) -> None:
+    untaggable = {"AWS::EC2::Route", "AWS::EC2::SubnetRouteTableAssociation", "AWS::EC2::VPCGatewayAttachment",
+                  "AWS::EC2::SecurityGroupIngress", "AWS::IAM::InstanceProfile", "AWS::EC2::LaunchTemplate"}
+    cluster = {"Key": "mpicloud:cluster", "Value": {"Ref": "AWS::StackName"}}
+    for name, resource in template["Resources"].items():
+        if resource["Type"] not in untaggable:
+            assert cluster in resource["Properties"]["Tags"], name
+    launch = template["Resources"]["NodeLaunchTemplate"]["Properties"]
+    assert cluster in launch["TagSpecifications"][0]["Tags"]
+    assert launch["LaunchTemplateData"]["TagSpecifications"][0]["ResourceType"] == "volume"
+
+
 def _enabled(conditions: dict[str, Any], name: str, count: str) -> bool:
     """Evaluate the template's Equals/Or/Not conditions for a NodeCount value."""
     def ev(node: Any) -> bool:

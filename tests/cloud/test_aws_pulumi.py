@@ -92,6 +92,7 @@ def test_nodes_in_placement_group_with_imdsv2_encryption_and_fixed_ips(seen: lis
             assert node["rootBlockDevice"] == {"encrypted": True, "volumeSize": 30, "volumeType": "gp3"}
             assert node["privateIp"] == f"10.0.0.{10 + i}" and node["ami"] == "ami-0123456789abcdef0"
             assert node["tags"][TAG_NODES] == "3" and node["iamInstanceProfile"]
+            assert node["volumeTags"]["mpicloud:cluster"] == "demo"
             text = gzip.decompress(base64.b64decode(node["userDataBase64"])).decode()
             assert text == cloud_config(spec, i)
             assert "PRIVATE KEY-----" not in text
