@@ -8,8 +8,8 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from mpicloud.render.aws_common import METADATA_OPTIONS, literal_node_tags
-from mpicloud.render.linux import node_addresses, user_data_base64
+from mpicloud.render.aws_common import METADATA_OPTIONS, literal_node_tags, ssm_prefix
+from mpicloud.render.linux import node_addresses, runner_parameters, user_data_base64
 from mpicloud.spec import ClusterSpec
 
 
@@ -29,6 +29,7 @@ class Nodes(pulumi.ComponentResource):
 
     instances: list[aws.ec2.Instance]
     addresses: list[aws.ec2.Eip]  # EFA nodes only: a pre-made interface gets no automatic public address
+    runner_parts: list[aws.ssm.Parameter]  # the runner, too big for user data; the head node joins them
     public_ips: pulumi.Output[list[str]]
 
     def __init__(self, name: str, args: NodesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -50,6 +51,10 @@ class Nodes(pulumi.ComponentResource):
             "instance_initiated_shutdown_behavior": "stop", "monitoring": True, "ebs_optimized": True,
         }
         self.addresses = []
+        self.runner_parts = [
+            aws.ssm.Parameter(f"{name}-runner-{i}", name=key, type="String", value=value, tier="Standard",
+                              description="mpicloud runner (gzip+base64 piece)", tags=args.tags, opts=child)
+            for i, (key, value) in enumerate(sorted(runner_parameters(ssm_prefix(spec.name)).items()))]
         self.instances = [self._instance(f"{name}-node{i}", i, ips, common, args) for i in range(spec.nodes)]
         self.public_ips = pulumi.Output.all(*[n.public_ip for n in self.instances])
         self.register_outputs({"public_ips": self.public_ips})
@@ -57,6 +62,7 @@ class Nodes(pulumi.ComponentResource):
     def _instance(self, name: str, index: int, ips: list[str], common: dict[str, Any],
                   args: NodesArgs) -> aws.ec2.Instance:
         child = pulumi.ResourceOptions(parent=self)
+        after = pulumi.ResourceOptions(parent=self, depends_on=list(self.runner_parts) if index == 0 else [])
         tags = {**args.tags, **literal_node_tags(args.spec), "Name": name}
         network: dict[str, Any] = {"subnet_id": args.subnet_id, "private_ip": ips[index],
                                    "vpc_security_group_ids": [args.security_group_id],
@@ -68,7 +74,7 @@ class Nodes(pulumi.ComponentResource):
                                            tags=args.tags, opts=child)
             network = {"network_interfaces": [{"network_interface_id": eni.id, "device_index": 0}]}
         instance = aws.ec2.Instance(name, user_data_base64=user_data_base64(args.spec, index, ips), tags=tags,
-                                    volume_tags=args.tags, opts=child, **common, **network)
+                                    volume_tags=args.tags, opts=after, **common, **network)
         if eni is not None:
             self.addresses.append(aws.ec2.Eip(f"{name}-ip", domain="vpc", network_interface=eni.id, tags=args.tags,
                                               opts=child))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import ipaddress
 import re
 
@@ -22,6 +23,9 @@ SMB_PASSWORD_FILE = "/etc/mpicloud/smb-password"
 _SCRIPTS = ("node-env.sh", "cluster-secrets.sh", "cluster-files.sh", "shared-storage.sh")
 #: EC2 user data limit (bytes, before base64)
 USER_DATA_LIMIT = 16384
+RUNNER_FILES = ("runner.py", "transfer.py")
+#: characters per SSM parameter holding a piece of the runner (standard tier: at most 4096)
+RUNNER_CHUNK = 4000
 
 
 def node_addresses(subnet_cidr: str, count: int) -> list[str]:
@@ -36,6 +40,30 @@ def _file(path: str, content: str, mode: str = "0755") -> dict[str, str]:
     return {"path": path, "content": content, "mode": mode}
 
 
+def runner_parameters(prefix: str) -> dict[str, str]:
+    """SSM String parameters (name -> value) carrying the runner's files, gzip+base64 in chunks of
+    RUNNER_CHUNK characters: together they exceed the 16 KB of EC2 user data; fetch-runner.sh joins them."""
+    out = {}
+    for name, packed in _runner_packed().items():
+        for i in range(0, len(packed), RUNNER_CHUNK):
+            out[f"{prefix}/runner/{name}/{i // RUNNER_CHUNK}"] = packed[i:i + RUNNER_CHUNK]
+    return out
+
+
+def _runner_packed() -> dict[str, str]:
+    folder = provision_dir() / "runner"
+    return {name: base64.b64encode(gzip.compress((folder / name).read_bytes(), 9, mtime=0)).decode("ascii")
+            for name in RUNNER_FILES}
+
+
+def _fetch_runner_command() -> list[str]:
+    items = []
+    for name, packed in _runner_packed().items():
+        digest = hashlib.sha256((provision_dir() / "runner" / name).read_bytes()).hexdigest()
+        items.append(f"{name}:{-(-len(packed) // RUNNER_CHUNK)}:{digest}")
+    return ["bash", f"{OPT}/fetch-runner.sh", *items]
+
+
 def _software_script(spec: ClusterSpec) -> str:
     installers = [posix_join([i.url, i.sha256, *i.args]) for i in spec.software.installers]
     return render_template("linux/install-software.sh.j2", pip=posix_join(spec.software.pip),
@@ -47,12 +75,10 @@ def _files(spec: ClusterSpec, head: bool) -> list[dict[str, str]]:
     files = [_file(f"{OPT}/{name}", (linux / name).read_text(encoding="utf-8")) for name in _SCRIPTS]
     files.append(_file(f"{OPT}/install-software.sh", _software_script(spec)))
     if head:
-        runner = provision_dir() / "runner"
         config = runner_config(spec, STOP_COMMAND)
         root = runner_root(spec.shared_storage.path)
         files += [
-            _file(f"{OPT}/runner.py", (runner / "runner.py").read_text(encoding="utf-8")),
-            _file(f"{OPT}/transfer.py", (runner / "transfer.py").read_text(encoding="utf-8")),
+            _file(f"{OPT}/fetch-runner.sh", (linux / "fetch-runner.sh").read_text(encoding="utf-8")),
             _file(f"{OPT}/runner.base.json", runner_config_json(config), "0644"),
             _file(f"{OPT}/stop-cluster.sh", (linux / "stop-cluster.sh").read_text(encoding="utf-8")),
             _file("/etc/systemd/system/mpicloud-runner.service", render_template(
@@ -89,7 +115,8 @@ def _commands(spec: ClusterSpec, index: int, ips: list[str]) -> list[list[str]]:
         commands.append(_storage_command(spec, head))
     commands.append(["bash", f"{OPT}/install-software.sh"])
     if head:
-        commands += [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "mpicloud-runner.service"]]
+        commands += [_fetch_runner_command(), ["systemctl", "daemon-reload"],
+                     ["systemctl", "enable", "--now", "mpicloud-runner.service"]]
     return commands
 
 

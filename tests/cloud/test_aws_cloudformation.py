@@ -16,7 +16,7 @@ import pytest
 from mpicloud.errors import RenderError
 from mpicloud.render.aws_common import MAX_TEMPLATE_NODES, TAG_NODES
 from mpicloud.render.cloudformation import cluster_template, cluster_template_json, launch_stack_url, template_spec
-from mpicloud.render.linux import cloud_config, node_addresses
+from mpicloud.render.linux import cloud_config, node_addresses, runner_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "templates" / "cloudformation" / "cluster.json"
@@ -90,6 +90,8 @@ def test_nodes_imdsv2_encrypted_placed_and_conditional(template: dict[str, Any])
     assert data["Placement"] == {"GroupName": {"Ref": "PlacementGroup"}}
     assert template["Resources"]["PlacementGroup"]["Properties"]["Strategy"] == "cluster"
     nodes = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::EC2::Instance"}
+    parts = sorted(k for k, v in template["Resources"].items() if v["Type"] == "AWS::SSM::Parameter")
+    assert parts and nodes["Node0"]["DependsOn"] == ["DefaultRoute", *parts]
     assert len(nodes) == MAX_TEMPLATE_NODES and "Condition" not in nodes["Node0"]
     ips = node_addresses(template_spec().aws_options.subnet_cidr, MAX_TEMPLATE_NODES)
     for i in range(MAX_TEMPLATE_NODES):
@@ -105,7 +107,9 @@ def test_every_taggable_resource_is_tagged(template: dict[str, Any]) -> None:
                   "AWS::EC2::SecurityGroupIngress", "AWS::IAM::InstanceProfile", "AWS::EC2::LaunchTemplate"}
     cluster = {"Key": "mpicloud:cluster", "Value": {"Ref": "AWS::StackName"}}
     for name, resource in template["Resources"].items():
-        if resource["Type"] not in untaggable:
+        if resource["Type"] == "AWS::SSM::Parameter":  # the one type whose Tags are a map
+            assert resource["Properties"]["Tags"] == {"mpicloud:cluster": {"Ref": "AWS::StackName"}}, name
+        elif resource["Type"] not in untaggable:
             assert cluster in resource["Properties"]["Tags"], name
     launch = template["Resources"]["NodeLaunchTemplate"]["Properties"]
     assert cluster in launch["TagSpecifications"][0]["Tags"]
@@ -155,9 +159,13 @@ def test_moto_deploys_the_template() -> None:
         ec2.create_key_pair(KeyName="me")
         image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         # moto reserves /aws/ names, ships no Debian parameter and resolves the Default even when a value is
-        # given: the deployed copy differs from the checked-in template only in that Default
+        # given, and reads SSM parameter Tags as a list: the deployed copy differs only in those two places
         body = cluster_template()
         body["Parameters"]["ImageId"]["Default"] = "/test/debian-12"
+        for resource in body["Resources"].values():  # moto wants a Key/Value list, CloudFormation a map
+            if resource["Type"] == "AWS::SSM::Parameter":
+                resource["Properties"]["Tags"] = [{"Key": k, "Value": v}
+                                                  for k, v in resource["Properties"]["Tags"].items()]
         boto3.client("ssm", region_name=region).put_parameter(Name="/test/debian-12", Value=image, Type="String")
         cfn = boto3.client("cloudformation", region_name=region)
         cfn.create_stack(StackName="mpi", TemplateBody=json.dumps(body), Capabilities=["CAPABILITY_IAM"],
@@ -172,6 +180,7 @@ def test_moto_deploys_the_template() -> None:
         instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
         groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["*SecurityGroup*"]}])
         role = boto3.client("iam", region_name=region).list_roles()["Roles"]
+        stored = boto3.client("ssm", region_name=region).get_parameters_by_path(Path="/mpicloud/mpi", Recursive=True)
     skipped = {str(w.message).split("parse ")[1].split(" but")[0] for w in caught
                if "but it's not supported" in str(w.message)}
     assert skipped == MOTO_SKIPS
@@ -191,6 +200,7 @@ def test_moto_deploys_the_template() -> None:
                for p in perms)
     assert any(p["UserIdGroupPairs"] for p in perms)
     assert len(role) == 1
+    assert {p["Name"]: p["Value"] for p in stored["Parameters"]} == runner_parameters("/mpicloud/mpi")
 
 
 def test_launch_stack_url() -> None:

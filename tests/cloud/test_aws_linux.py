@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -13,7 +14,15 @@ import yaml
 
 from mpicloud.assets import provision_dir
 from mpicloud.errors import RenderError
-from mpicloud.render.linux import STOP_COMMAND, USER_DATA_LIMIT, cloud_config, node_addresses, user_data_base64
+from mpicloud.render.linux import (
+    RUNNER_FILES,
+    STOP_COMMAND,
+    USER_DATA_LIMIT,
+    cloud_config,
+    node_addresses,
+    runner_parameters,
+    user_data_base64,
+)
 from mpicloud.render.runner_config import runner_config
 from mpicloud.spec import ClusterSpec
 from tests.cloud.conftest import aws_spec
@@ -78,9 +87,11 @@ def test_installers_are_quoted_and_checked_before_running() -> None:
 def test_head_runs_runner_workers_mount(spec: ClusterSpec) -> None:
     head, worker = yaml.safe_load(cloud_config(spec, 0)), yaml.safe_load(cloud_config(spec, 1))
     head_files, worker_files = _files(cloud_config(spec, 0)), _files(cloud_config(spec, 1))
-    assert head_files["/opt/mpicloud/runner.py"] == (provision_dir() / "runner" / "runner.py").read_text()
-    assert head_files["/opt/mpicloud/transfer.py"] == (provision_dir() / "runner" / "transfer.py").read_text()
-    assert "/opt/mpicloud/runner.py" not in worker_files
+    assert "/opt/mpicloud/fetch-runner.sh" in head_files and "/opt/mpicloud/fetch-runner.sh" not in worker_files
+    fetch = next(c for c in head["runcmd"] if "/opt/mpicloud/fetch-runner.sh" in c)
+    digest = hashlib.sha256((provision_dir() / "runner" / "runner.py").read_bytes()).hexdigest()
+    assert fetch[2].startswith("runner.py:") and fetch[2].endswith(f":{digest}")
+    assert head["runcmd"].index(fetch) < head["runcmd"].index(["systemctl", "daemon-reload"])
     assert json.loads(head_files["/opt/mpicloud/runner.base.json"]) == runner_config(spec, STOP_COMMAND)
     service = head_files["/etc/systemd/system/mpicloud-runner.service"]
     assert "User=mpiadmin" in service and "serve --root /shared/.mpicloud" in service
@@ -91,6 +102,16 @@ def test_head_runs_runner_workers_mount(spec: ClusterSpec) -> None:
     assert ["bash", "/opt/mpicloud/cluster-files.sh", "1", "mpiadmin", "/shared",
             "10.0.0.10", "10.0.0.11", "10.0.0.12"] in worker["runcmd"]
     assert "ssh_authorized_keys" not in head["users"][1]  # the key pair key comes over IMDS
+
+
+def test_runner_parameters_reassemble_to_the_runner() -> None:
+    parts = runner_parameters("/mpicloud/demo")
+    assert all(len(v) <= 4096 for v in parts.values())
+    for name in RUNNER_FILES:
+        keys = sorted((k for k in parts if k.startswith(f"/mpicloud/demo/runner/{name}/")),
+                      key=lambda k: int(k.rsplit("/", 1)[1]))
+        joined = base64.b64decode("".join(parts[k] for k in keys))
+        assert gzip.decompress(joined) == (provision_dir() / "runner" / name).read_bytes()
 
 
 def test_user_data_holds_no_secret(spec: ClusterSpec) -> None:

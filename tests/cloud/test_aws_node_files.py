@@ -1,4 +1,6 @@
-"""provision/linux/cluster-files.sh for real (in a scratch root): names, hostfile, MPICLOUD_NODE, runner.json."""
+"""provision/linux/cluster-files.sh and fetch-runner.sh for real in a scratch root (fetch-runner.sh with a
+stand-in `aws` command that serves SSM parameters from files): names, hostfile, MPICLOUD_NODE, runner.json,
+the runner joined from its parameters and checked by SHA-256."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 import yaml
 
 from mpicloud.assets import provision_dir
-from mpicloud.render.linux import STOP_COMMAND, cloud_config
+from mpicloud.render.linux import STOP_COMMAND, cloud_config, runner_parameters
 from mpicloud.render.runner_config import runner_config
 from tests.cloud.conftest import aws_spec
 
@@ -64,3 +66,40 @@ def test_worker_writes_no_runner_config_and_too_few_addresses_fail(tmp_path: Pat
     assert not shared.exists()
     done = _run(_sysroot(tmp_path / "b", 3, "0"), 1, shared, IPS[:2])
     assert done.returncode == 2 and "3 nodes but 2 addresses" in done.stderr
+
+
+FAKE_AWS = """#!/bin/bash
+# stand-in for `aws ssm get-parameter ... --name N --query Parameter.Value --output text`
+while [ $# -gt 0 ]; do case "$1" in --name) name=$2; shift 2 ;; *) shift ;; esac; done
+cat "$FAKE_SSM$name" && echo
+"""
+
+
+def _fetch(tmp_path: Path, corrupt: bool = False) -> tuple[subprocess.CompletedProcess[str], Path]:
+    root, store, bin_dir = _sysroot(tmp_path, 2, "0"), tmp_path / "ssm", tmp_path / "bin"
+    for name, value in runner_parameters("/mpicloud/demo").items():
+        (store / name.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (store / name.lstrip("/")).write_text(value[:-8] + "AAAAAAAA" if corrupt and name.endswith("/1") else value)
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(FAKE_AWS)
+    (bin_dir / "aws").chmod(0o755)
+    head = yaml.safe_load(cloud_config(aws_spec(), 0))
+    command = next(c for c in head["runcmd"] if "/opt/mpicloud/fetch-runner.sh" in c)
+    env = {**os.environ, "MPICLOUD_SYSROOT": str(root), "FAKE_SSM": str(store),
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(provision_dir() / "linux" / "fetch-runner.sh"), *command[2:]],
+                          capture_output=True, text=True, env=env, timeout=60)
+    return done, root
+
+
+def test_fetch_runner_joins_and_verifies_the_parameters(tmp_path: Path) -> None:
+    done, root = _fetch(tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in ("runner.py", "transfer.py"):
+        assert (root / "opt" / "mpicloud" / name).read_bytes() == (provision_dir() / "runner" / name).read_bytes()
+
+
+def test_fetch_runner_refuses_a_corrupt_piece(tmp_path: Path) -> None:
+    done, root = _fetch(tmp_path, corrupt=True)
+    assert done.returncode != 0
+    assert not (root / "opt" / "mpicloud" / "runner.py").exists()

@@ -16,7 +16,7 @@ from parliament import analyze_policy_string
 
 from mpicloud.render.aws_common import TAG_NODES
 from mpicloud.render.iam import bucket_access_policy
-from mpicloud.render.linux import cloud_config
+from mpicloud.render.linux import cloud_config, runner_parameters
 from mpicloud.spec import ClusterSpec
 from tests.cloud.conftest import aws_spec
 
@@ -72,7 +72,8 @@ def _of(seen: list[tuple[str, str, dict[str, Any]]], typ: str) -> list[dict[str,
 
 def _deployed(spec: ClusterSpec) -> pulumi.Output[Any]:
     cluster = program.MpiCluster(spec.name, program.MpiClusterArgs(spec))
-    waited = [*cluster.nodes.instances, *cluster.nodes.addresses, *cluster.identity.policies]
+    waited = [*cluster.nodes.instances, *cluster.nodes.addresses, *cluster.nodes.runner_parts,
+              *cluster.identity.policies]
     return pulumi.Output.all(*[r.id for r in waited], cluster.outputs["ssh_command"])
 
 
@@ -96,6 +97,9 @@ def test_nodes_in_placement_group_with_imdsv2_encryption_and_fixed_ips(seen: lis
             text = gzip.decompress(base64.b64decode(node["userDataBase64"])).decode()
             assert text == cloud_config(spec, i)
             assert "PRIVATE KEY-----" not in text
+        # `value` is a secret output in pulumi-aws, so the mock sees it wrapped: {<secret sig>: ..., "value": ...}
+        stored = {p["name"]: p["value"]["value"] for p in _of(seen, "ssm/parameter:Parameter")}
+        assert stored == runner_parameters("/mpicloud/demo")
         (key,) = _of(seen, "ec2/keyPair:KeyPair")
         assert key["publicKey"] == spec.admin.ssh_public_key
     return _deployed(spec).apply(check)
