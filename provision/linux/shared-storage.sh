@@ -3,7 +3,9 @@
 # usage: shared-storage.sh server|client --kind smb|nfs --path DIR --user NAME [--password-file F]
 #        [--server HOST] [--clients CIDR] [--conf-dir DIR] [--port N] [--listen ADDR] [--daemon]
 # --conf-dir/--port/--listen/--daemon let a test run a private smbd; the defaults are the cloud's.
+# MPICLOUD_SYSROOT (tests only) prefixes the client's /etc.
 set -euo pipefail
+etc=${MPICLOUD_SYSROOT:-}/etc
 role=${1:?server or client}; shift
 kind=smb path=/shared user='' password_file='' server='' clients='' conf_dir=/etc/samba port=445
 listen='' daemon=0
@@ -84,15 +86,15 @@ nfs_server() {
 }
 
 smb_client() {
-  local cred=/etc/mpicloud/smb-credentials uid gid
+  local cred=$etc/mpicloud/smb-credentials uid gid
   uid=$(id -u "$user"); gid=$(id -g "$user")
-  install -d -m 700 /etc/mpicloud
+  install -d -m 700 "$etc/mpicloud"
   (umask 077; printf 'username=%s\npassword=%s\n' "$user" "$(cat "$password_file")" > "$cred")
-  echo "//$server/shared $path cifs vers=3.1.1,port=$port,credentials=$cred,uid=$uid,gid=$gid,file_mode=0664,dir_mode=0775,nobrl,_netdev,nofail 0 0" >> /etc/fstab
+  echo "//$server/shared $path cifs vers=3.1.1,port=$port,credentials=$cred,uid=$uid,gid=$gid,file_mode=0664,dir_mode=0775,nobrl,_netdev,nofail 0 0" >> "$etc/fstab"
 }
 
 nfs_client() {
-  echo "$server:$path $path nfs4 rw,hard,_netdev,nofail 0 0" >> /etc/fstab
+  echo "$server:$path $path nfs4 rw,hard,_netdev,nofail 0 0" >> "$etc/fstab"
 }
 
 mkdir -p "$path"
@@ -102,7 +104,7 @@ case "$role:$kind" in
   server:nfs) nfs_server ;;
   client:smb|client:nfs)
     [ -n "$server" ] || { echo "shared-storage.sh: client needs --server" >&2; exit 2; }
-    grep -q " $path " /etc/fstab || "${kind}_client"
+    grep -q " $path " "$etc/fstab" || "${kind}_client"
     for _ in $(seq 120); do mountpoint -q "$path" || mount "$path" 2>/dev/null && exit 0; sleep 5; done
     echo "shared-storage.sh: could not mount $path from $server" >&2; exit 1 ;;
   *) echo "shared-storage.sh: role must be server or client, kind smb or nfs" >&2; exit 2 ;;
