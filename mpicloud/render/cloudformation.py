@@ -208,6 +208,9 @@ def _outputs(user: str) -> dict[str, Any]:
 def cluster_template(spec: ClusterSpec | None = None) -> dict[str, Any]:
     """The cluster template as a dict (the same cloud-init, ports and policies as the Pulumi program)."""
     spec = spec or template_spec()
+    if spec.nodes > MAX_TEMPLATE_NODES:
+        raise RenderError(f"the CloudFormation template has at most {MAX_TEMPLATE_NODES} nodes; use Pulumi for "
+                          f"{spec.nodes}")
     ips = node_addresses(spec.aws_options.subnet_cidr, MAX_TEMPLATE_NODES)
     parts = _runner_parts()
     resources = {**_network(spec), **_security(), **_iam(), **_launch_template(), **parts}

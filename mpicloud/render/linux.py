@@ -6,6 +6,7 @@ import base64
 import gzip
 import hashlib
 import ipaddress
+import math
 import re
 
 from mpicloud.assets import provision_dir
@@ -60,7 +61,7 @@ def _fetch_runner_command() -> list[str]:
     items = []
     for name, packed in _runner_packed().items():
         digest = hashlib.sha256((provision_dir() / "runner" / name).read_bytes()).hexdigest()
-        items.append(f"{name}:{-(-len(packed) // RUNNER_CHUNK)}:{digest}")
+        items.append(f"{name}:{math.ceil(len(packed) / RUNNER_CHUNK)}:{digest}")
     return ["bash", f"{OPT}/fetch-runner.sh", *items]
 
 
@@ -129,6 +130,8 @@ def cloud_config(spec: ClusterSpec, index: int, ips: list[str] | None = None) ->
     """
     if spec.os != "linux":
         raise RenderError("cloud-init user data is for os linux")
+    if spec.shared_storage.kind == "local" and spec.nodes > 1:
+        raise RenderError("shared.kind local gives every node its own directory; use smb or nfs with nodes > 1")
     if not re.match(r"^/[A-Za-z0-9._/-]*$", spec.shared_storage.path):
         raise RenderError(f"shared.path {spec.shared_storage.path!r} must be an absolute path of plain characters")
     ips = ips if ips is not None else node_addresses(spec.aws_options.subnet_cidr, spec.nodes)

@@ -203,6 +203,16 @@ def test_moto_deploys_the_template() -> None:
     assert {p["Name"]: p["Value"] for p in stored["Parameters"]} == runner_parameters("/mpicloud/mpi")
 
 
+def test_template_from_a_spec_keeps_its_defaults_and_limit() -> None:
+    from tests.cloud.conftest import aws_spec
+
+    template = cluster_template(aws_spec(nodes=4, slots_per_node=16))
+    assert template["Parameters"]["NodeCount"]["Default"] == "4"
+    assert template["Parameters"]["SlotsPerNode"]["Default"] == 16
+    with pytest.raises(RenderError, match="at most"):
+        cluster_template(aws_spec(nodes=MAX_TEMPLATE_NODES + 1))
+
+
 def test_launch_stack_url() -> None:
     url = launch_stack_url("https://mpicloud-templates.s3.eu-west-1.amazonaws.com/v1/cluster.json", "eu-west-1",
                            "mpi-cluster", {"NodeCount": "4", "InstanceType": "c5n.18xlarge"})

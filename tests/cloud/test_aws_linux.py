@@ -132,6 +132,10 @@ def test_fixed_addresses_and_limits() -> None:
     assert node_addresses("10.1.2.0/24", 2) == ["10.1.2.10", "10.1.2.11"]
     with pytest.raises(RenderError, match="too small"):
         node_addresses("10.0.0.0/28", 8)
+    with pytest.raises(RenderError, match="own directory"):
+        cloud_config(aws_spec(shared={"kind": "local", "path": "/shared"}), 0)
+    assert "shared-storage.sh" not in cloud_config(aws_spec(nodes=1, shared={"kind": "local", "path": "/x"}), 0) \
+        .split("runcmd:")[1]
     with pytest.raises(RenderError, match=r"shared\.path"):
         cloud_config(aws_spec(shared={"kind": "smb", "path": "/sh ared"}), 0)
 
