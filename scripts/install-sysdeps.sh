@@ -2,7 +2,7 @@
 # Install the Debian packages mpicloud's local cluster and tests need (only what is missing; root only).
 set -euo pipefail
 want=(openssh-server openssh-client openmpi-bin libopenmpi-dev samba smbclient cifs-utils squid dante-server
-      pigz pbzip2 zstd iproute2 procps util-linux)
+      pigz pbzip2 zstd iproute2 procps util-linux cloud-init)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

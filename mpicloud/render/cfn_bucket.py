@@ -22,6 +22,11 @@ def _sub(value: Any) -> Any:
     return value
 
 
+def prefix_policy_statements() -> list[Any]:
+    """render.iam's prefix statements over the BucketName/InputPrefix/OutputPrefix parameters (Fn::Sub)."""
+    return list(_sub(prefix_statements(ARN, "${InputPrefix}", "${OutputPrefix}")))
+
+
 def bucket_policies(holders: dict[str, Any]) -> dict[str, Any]:
     """The prefix policy (BucketName/InputPrefix/OutputPrefix parameters) and the KMS policy when a key is given,
     attached to `holders` ({"Users"|"Roles": list or Fn::If}).
@@ -35,7 +40,7 @@ def bucket_policies(holders: dict[str, Any]) -> dict[str, Any]:
             "PolicyDocument": {"Version": "2012-10-17", "Statement": statements}}}
 
     return {
-        "BucketAccessPolicy": policy(_sub(prefix_statements(ARN, "${InputPrefix}", "${OutputPrefix}")),
+        "BucketAccessPolicy": policy(prefix_policy_statements(),
                                      "mpicloud: read the input prefix, read-write the output prefix, nothing else"),
         "BucketKmsPolicy": policy([kms_statement({"Ref": "KmsKeyArn"})], "mpicloud: use the bucket's SSE-KMS key",
                                   Condition="HasKmsKey"),

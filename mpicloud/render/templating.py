@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 from typing import Any
 
 import jinja2
@@ -21,3 +23,8 @@ def render_template(relative: str, **values: Any) -> str:
         raise RenderError(f"provision/{relative}: {exc.message}") from None
     except jinja2.TemplateNotFound:
         raise RenderError(f"provision/{relative} is missing from this installation") from None
+
+
+def gzip_base64(data: bytes) -> str:
+    """gzip (deterministic: mtime 0) then base64: how bootstraps carry files inside scripts and parameters."""
+    return base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode("ascii")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import re
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from mpicloud.assets import provision_dir, runner_files
 from mpicloud.errors import RenderError
 from mpicloud.render.quoting import powershell_quote
 from mpicloud.render.runner_config import node_names, runner_config, runner_config_json
-from mpicloud.render.templating import render_template
+from mpicloud.render.templating import gzip_base64, render_template
 from mpicloud.spec.model import ClusterSpec
 
 
@@ -42,11 +41,6 @@ SCRIPT = "C:\\AzureData\\mpicloud-bootstrap.ps1"
 PARAMETERS = ("NodeIndex", "NodeCount", "SlotsPerNode", "IdleMinutes", "ArmEndpoint", "AdminUserB64",
               "AdminPasswordB64")
 _TOKEN = re.compile(r"^[A-Za-z0-9+/=.:_-]+$")
-
-
-def packed(data: bytes) -> str:
-    """gzip (deterministic: mtime 0) then base64, as the bootstrap's Write-Packed expects."""
-    return base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode("ascii")
 
 
 def stop_command() -> list[str]:
@@ -83,10 +77,10 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
         node_prefix=q(node_names(spec)[0][:-1]), msmpi_version=MSMPI.version, msmpi_url=q(MSMPI.url),
         msmpi_sha256=q(MSMPI.sha256), python_version=PYTHON.version, python_url=q(PYTHON.url),
         python_sha256=q(PYTHON.sha256), launch_port=LAUNCH_PORT, installers=_installers(spec),
-        runner_files=[(q(n), q(packed(data))) for n, data in runner_files().items()],
+        runner_files=[(q(n), q(gzip_base64(data))) for n, data in runner_files().items()],
         runner_config=q(_base_runner_config(spec)),
-        stop_script=q(packed((windows / "stop-cluster.ps1").read_bytes())),
-        start_script=q(packed((windows / "start-runner.ps1").read_bytes())))
+        stop_script=q(gzip_base64((windows / "stop-cluster.ps1").read_bytes())),
+        start_script=q(gzip_base64((windows / "start-runner.ps1").read_bytes())))
     if not text.isascii():
         raise RenderError("the Windows bootstrap must be ASCII (PowerShell 5.1 reads BOM-less scripts as ANSI)")
     return text

@@ -1,4 +1,4 @@
-"""Fixtures for the cloud tests: the shared reference material (ARM schemas) and the example Azure spec."""
+"""Fixtures for the cloud tests: the shared reference material (ARM schemas), the example Azure spec, an AWS spec."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mpicloud.spec import ClusterSpec, load_spec
+from tests.specdata import aws_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,3 +34,9 @@ def arm_schema_dir() -> Path:
 def azure_spec() -> ClusterSpec:
     """examples/azure-windows.yaml, the default source of the generated ARM template."""
     return load_spec(ROOT / "examples" / "azure-windows.yaml")
+
+
+@pytest.fixture()
+def spec() -> ClusterSpec:
+    """The default AWS test spec."""
+    return aws_spec()

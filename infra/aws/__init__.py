@@ -1,0 +1,60 @@
+"""AWS program: a Linux Open MPI cluster (network, node identity, nodes) from one spec; `deploy(spec)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from aws.iam import NodeIdentity, NodeIdentityArgs
+from aws.network import Network, NetworkArgs
+from aws.nodes import Nodes, NodesArgs
+from mpicloud.render.aws_common import cluster_tags
+from mpicloud.spec import ClusterSpec
+
+__all__ = ["MpiCluster", "MpiClusterArgs", "deploy"]
+
+
+@dataclass
+class MpiClusterArgs:
+    """The whole cluster spec."""
+
+    spec: ClusterSpec
+
+
+class MpiCluster(pulumi.ComponentResource):
+    """Network + node identity + nodes; outputs how to reach the head node."""
+
+    def __init__(self, name: str, args: MpiClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mpicloud:aws:MpiCluster", name, None, opts)
+        spec, child = args.spec, pulumi.ResourceOptions(parent=self)
+        tags = cluster_tags(spec)
+        self.network = Network(f"{name}-net", NetworkArgs(spec, tags), child)
+        self.identity = NodeIdentity(f"{name}-id", NodeIdentityArgs(spec, tags), child)
+        # the nodes wait for the whole network (internet route included): cloud-init installs packages at boot
+        self.nodes = Nodes(f"{name}-nodes", NodesArgs(spec, self.network.subnet_id,
+                                                      self.network.security_group_id,
+                                                      self.identity.profile_name, tags),
+                           pulumi.ResourceOptions(parent=self, depends_on=[self.network]))
+        head = self.nodes.instances[0]
+        user = spec.admin.username
+        self.outputs = {
+            "public_ips": self.nodes.public_ips,
+            "private_ips": pulumi.Output.all(*[n.private_ip for n in self.nodes.instances]),
+            "ssh_command": head.public_ip.apply(lambda ip: f"ssh {user}@{ip}"),
+            "attach_command": head.public_ip.apply(
+                lambda ip: f"mpicloud attach {spec.name} --host {ip} --user {user} --slots {spec.slots_per_node}"),
+            # Pulumi cannot read console output: cloud-init prints the host key fingerprints there
+            "host_key_fingerprints": head.id.apply(
+                lambda i: f"aws ec2 get-console-output --latest --output text --instance-id {i} "
+                          "| sed -n '/BEGIN SSH HOST KEY FINGERPRINTS/,/END SSH HOST KEY FINGERPRINTS/p'"),
+        }
+        self.register_outputs(self.outputs)
+
+
+def deploy(spec: ClusterSpec) -> MpiCluster:
+    """Create the cluster described by `spec` and export its outputs."""
+    cluster = MpiCluster(spec.name, MpiClusterArgs(spec))
+    for key, value in cluster.outputs.items():
+        pulumi.export(key, value)
+    return cluster

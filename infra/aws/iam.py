@@ -1,0 +1,53 @@
+"""The node role and instance profile: the intra-cluster secrets path, and the bucket when granted by role."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from mpicloud.render.aws_common import secrets_policy, ssm_prefix
+from mpicloud.render.iam import assume_bucket_role_policy, bucket_access_policy, ec2_trust_policy
+from mpicloud.spec import ClusterSpec
+
+
+@dataclass
+class NodeIdentityArgs:
+    """The spec (cluster name, bucket and its grant mode) and the tags for every resource."""
+
+    spec: ClusterSpec
+    tags: dict[str, str]
+
+
+class NodeIdentity(pulumi.ComponentResource):
+    """Role + instance profile. The bucket policy is attached only for grant instance_role; for
+    cross_account_role the role may only assume bucket.role_arn; the nodes then get the AWS config pair with
+    `mpicloud bucket install` (render/awsconfig.py), as they do for iam_user."""
+
+    profile_name: pulumi.Output[str]
+    policies: list[aws.iam.RolePolicy]
+
+    def __init__(self, name: str, args: NodeIdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mpicloud:aws:NodeIdentity", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(f"{name}-role", assume_role_policy=json.dumps(ec2_trust_policy()), tags=args.tags,
+                            opts=child)
+        identity, partition = aws.get_caller_identity_output(), aws.get_partition_output()
+        arn = pulumi.Output.concat("arn:", partition.partition, ":ssm:", args.spec.region or "", ":",
+                                   identity.account_id, ":parameter", ssm_prefix(args.spec.name), "/*")
+        self.policies = [aws.iam.RolePolicy(f"{name}-secrets", role=role.id, opts=child,
+                                            policy=arn.apply(lambda a: json.dumps(secrets_policy(a), sort_keys=True)))]
+        bucket, grant = args.spec.bucket, args.spec.bucket_grant
+        if bucket is not None and grant == "instance_role":
+            self.policies.append(aws.iam.RolePolicy(f"{name}-bucket", role=role.id, opts=child,
+                                                    policy=partition.partition.apply(
+                lambda p: json.dumps(bucket_access_policy(bucket, p), sort_keys=True))))
+        if bucket is not None and grant == "cross_account_role" and bucket.role_arn:
+            self.policies.append(aws.iam.RolePolicy(f"{name}-assume-bucket-role", role=role.id, opts=child,
+                                                    policy=json.dumps(assume_bucket_role_policy(bucket),
+                                                                      sort_keys=True)))
+        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=args.tags, opts=child)
+        self.profile_name = profile.name
+        self.register_outputs({"profile_name": self.profile_name})

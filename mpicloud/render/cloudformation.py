@@ -1,0 +1,231 @@
+"""CloudFormation template of a Linux Open MPI cluster (templates/cloudformation/cluster.json), Launch Stack ready."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from mpicloud.errors import RenderError
+from mpicloud.render.aws_common import (
+    MAX_TEMPLATE_NODES,
+    METADATA_OPTIONS,
+    ROOT_DEVICE,
+    SSH_PORT,
+    node_tags,
+    secrets_policy,
+)
+from mpicloud.render.cfn_bucket import PREFIX_PATTERN, prefix_policy_statements
+from mpicloud.render.iam import ec2_trust_policy
+from mpicloud.render.linux import node_addresses, runner_parameters, user_data_base64
+from mpicloud.spec.load import spec_from_dict
+from mpicloud.spec.model import ClusterSpec
+
+#: bucket and prefixes stand in for Parameters while the shared policy is built, then become Fn::Sub
+_SENTINELS = {"arn:aws:s3:::mpicloud-bucket-sentinel": "arn:${AWS::Partition}:s3:::${BucketName}",
+              "mpicloud-input-sentinel/": "${InputPrefix}", "mpicloud-output-sentinel/": "${OutputPrefix}"}
+_S3_HOST = re.compile(r"(^|\.)s3[.-]([a-z0-9-]+\.)?amazonaws\.com(\.cn)?$")
+_CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
+
+
+def template_spec() -> ClusterSpec:
+    """The spec the checked-in template is generated from (what stays fixed; the rest are Parameters)."""
+    return spec_from_dict({"name": "mpicloud", "cloud": "aws", "nodes": 2, "size": "c5n.large",
+                           "region": "us-east-1", "admin": {"ssh_public_key": "ssh-ed25519 AAAA-key-pair-instead"}})
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"Ref": name}
+
+
+def _parameters(spec: ClusterSpec) -> dict[str, Any]:
+    options = spec.aws_options
+    return {
+        "NodeCount": {"Type": "String", "Default": str(spec.nodes), "Description": "number of nodes",
+                      "AllowedValues": [str(n) for n in range(1, MAX_TEMPLATE_NODES + 1)]},
+        "SlotsPerNode": {"Type": "Number", "Default": spec.slots_per_node, "MinValue": 1, "MaxValue": 1024,
+                         "Description": "MPI slots per node (usually the core count)"},
+        "InstanceType": {"Type": "String", "Default": spec.size, "Description": "EC2 instance type"},
+        "KeyName": {"Type": "AWS::EC2::KeyPair::KeyName", "Description": "EC2 key pair for SSH logins"},
+        "AllowedSshCidr": {"Type": "String", "AllowedPattern": _CIDR_PATTERN,
+                           "Description": "the only network allowed to reach SSH, e.g. 203.0.113.0/24"},
+        "ImageId": {"Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
+                    "Default": options.ami_ssm_parameter, "Description": "SSM parameter of the Debian 12 AMI"},
+        "RootVolumeGb": {"Type": "Number", "Default": options.root_volume_gb, "MinValue": 8, "MaxValue": 16384,
+                         "Description": "encrypted root volume size (GiB)"},
+        "IdleShutdownMinutes": {"Type": "Number", "Default": 60, "MinValue": 0,
+                                "Description": "stop every node after this long without jobs (0: never)"},
+        "BucketName": {"Type": "String", "Default": "",
+                       "Description": "your bucket for inputs and outputs (empty: no bucket access)"},
+        "InputPrefix": {"Type": "String", "Default": "input/", "AllowedPattern": PREFIX_PATTERN,
+                        "Description": "read-only key prefix, ending in /"},
+        "OutputPrefix": {"Type": "String", "Default": "output/", "AllowedPattern": PREFIX_PATTERN,
+                         "Description": "read-write key prefix, ending in /"},
+    }
+
+
+def _conditions() -> dict[str, Any]:
+    """Node i exists when NodeCount > i: chained Or of Equals (CloudFormation compares only for equality)."""
+    conditions: dict[str, Any] = {"HasBucket": {"Fn::Not": [{"Fn::Equals": [_ref("BucketName"), ""]}]}}
+    last = MAX_TEMPLATE_NODES - 1
+    conditions[f"HasNode{last}"] = {"Fn::Equals": [_ref("NodeCount"), str(last + 1)]}
+    for i in range(last - 1, 0, -1):
+        conditions[f"HasNode{i}"] = {"Fn::Or": [{"Fn::Equals": [_ref("NodeCount"), str(i + 1)]},
+                                                {"Condition": f"HasNode{i + 1}"}]}
+    return conditions
+
+
+def _tags(extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    tags = {"mpicloud:cluster": {"Ref": "AWS::StackName"}, **(extra or {})}
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def _network(spec: ClusterSpec) -> dict[str, Any]:
+    options = spec.aws_options
+    return {
+        "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {
+            "CidrBlock": options.vpc_cidr, "EnableDnsHostnames": True, "EnableDnsSupport": True, "Tags": _tags()}},
+        "Subnet": {"Type": "AWS::EC2::Subnet", "Properties": {
+            "VpcId": _ref("Vpc"), "CidrBlock": options.subnet_cidr, "MapPublicIpOnLaunch": False,
+            "AvailabilityZone": {"Fn::Select": [0, {"Fn::GetAZs": ""}]}, "Tags": _tags()}},
+        "InternetGateway": {"Type": "AWS::EC2::InternetGateway", "Properties": {"Tags": _tags()}},
+        "GatewayAttachment": {"Type": "AWS::EC2::VPCGatewayAttachment", "Properties": {
+            "VpcId": _ref("Vpc"), "InternetGatewayId": _ref("InternetGateway")}},
+        "RouteTable": {"Type": "AWS::EC2::RouteTable", "Properties": {"VpcId": _ref("Vpc"), "Tags": _tags()}},
+        "DefaultRoute": {"Type": "AWS::EC2::Route", "DependsOn": "GatewayAttachment", "Properties": {
+            "RouteTableId": _ref("RouteTable"), "DestinationCidrBlock": "0.0.0.0/0",
+            "GatewayId": _ref("InternetGateway")}},
+        "SubnetRoutes": {"Type": "AWS::EC2::SubnetRouteTableAssociation", "Properties": {
+            "SubnetId": _ref("Subnet"), "RouteTableId": _ref("RouteTable")}},
+    }
+
+
+def _security() -> dict[str, Any]:
+    return {
+        "SecurityGroup": {"Type": "AWS::EC2::SecurityGroup", "Properties": {
+            "GroupDescription": "mpicloud cluster: SSH from AllowedSshCidr, everything between members",
+            "VpcId": _ref("Vpc"), "Tags": _tags(),
+            "SecurityGroupEgress": [{"IpProtocol": "-1", "CidrIp": "0.0.0.0/0",
+                                     "Description": "packages, SSM and the bucket"}]}},
+        "SshIngress": {"Type": "AWS::EC2::SecurityGroupIngress", "Properties": {
+            "GroupId": _ref("SecurityGroup"), "IpProtocol": "tcp", "FromPort": SSH_PORT, "ToPort": SSH_PORT,
+            "CidrIp": _ref("AllowedSshCidr"), "Description": "SSH from the allowed network only"}},
+        "ClusterIngress": {"Type": "AWS::EC2::SecurityGroupIngress", "Properties": {
+            "GroupId": _ref("SecurityGroup"), "IpProtocol": "-1",
+            "SourceSecurityGroupId": _ref("SecurityGroup"), "Description": "MPI, SSH, SMB between members"}},
+        "PlacementGroup": {"Type": "AWS::EC2::PlacementGroup", "Properties": {"Strategy": "cluster",
+                                                                             "Tags": _tags()}},
+    }
+
+
+def _iam() -> dict[str, Any]:
+    secrets = secrets_policy({"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
+                                         "/mpicloud/${AWS::StackName}/*"})
+    return {
+        "NodeRole": {"Type": "AWS::IAM::Role", "Properties": {
+            "AssumeRolePolicyDocument": ec2_trust_policy(), "Tags": _tags(),
+            "Policies": [{"PolicyName": "cluster-secrets", "PolicyDocument": secrets},
+                         {"Fn::If": ["HasBucket", {"PolicyName": "bucket-access",
+                                                   "PolicyDocument": {
+                                                       "Version": "2012-10-17",
+                                                       "Statement": prefix_policy_statements()}},
+                                     {"Ref": "AWS::NoValue"}]}]}},
+        "NodeProfile": {"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [_ref("NodeRole")]}},
+    }
+
+
+def _launch_template() -> dict[str, Any]:
+    """What AWS::EC2::Instance cannot say itself (IMDSv2 above all); image, type, key and role are on the nodes."""
+    data = {
+        "MetadataOptions": {"".join(w.capitalize() for w in k.split("_")): v for k, v in METADATA_OPTIONS.items()},
+        "BlockDeviceMappings": [{"DeviceName": ROOT_DEVICE, "Ebs": {
+            "Encrypted": True, "VolumeSize": _ref("RootVolumeGb"), "VolumeType": "gp3",
+            "DeleteOnTermination": True}}],
+        "Placement": {"GroupName": _ref("PlacementGroup")}, "EbsOptimized": True, "Monitoring": {"Enabled": True},
+        "InstanceInitiatedShutdownBehavior": "stop",
+        "TagSpecifications": [{"ResourceType": "volume", "Tags": _tags()}],
+    }
+    return {"NodeLaunchTemplate": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
+        "LaunchTemplateData": data,
+        "TagSpecifications": [{"ResourceType": "launch-template", "Tags": _tags()}]}}}
+
+
+def _runner_parts() -> dict[str, Any]:
+    """The runner's files as SSM String parameters the head node joins at boot (fetch-runner.sh)."""
+    parts = runner_parameters("/mpicloud/${AWS::StackName}")
+    return {f"RunnerPart{i}": {"Type": "AWS::SSM::Parameter", "Properties": {
+        "Name": {"Fn::Sub": name}, "Type": "String", "Value": value, "Tier": "Standard",
+        "Description": "mpicloud runner (gzip+base64 piece)", "Tags": {"mpicloud:cluster": {"Ref": "AWS::StackName"}}}}
+        for i, (name, value) in enumerate(sorted(parts.items()))}
+
+
+def _node(spec: ClusterSpec, index: int, ips: list[str], after: list[str]) -> dict[str, Any]:
+    tags = node_tags(_ref("NodeCount"), _ref("SlotsPerNode"),
+                     {"Fn::Sub": "/mpicloud/${AWS::StackName}"}, _ref("IdleShutdownMinutes"))
+    node: dict[str, Any] = {"Type": "AWS::EC2::Instance", "DependsOn": ["DefaultRoute", *after], "Properties": {
+        "LaunchTemplate": {"LaunchTemplateId": _ref("NodeLaunchTemplate"),
+                           "Version": {"Fn::GetAtt": ["NodeLaunchTemplate", "LatestVersionNumber"]}},
+        "ImageId": _ref("ImageId"), "InstanceType": _ref("InstanceType"), "KeyName": _ref("KeyName"),
+        "IamInstanceProfile": _ref("NodeProfile"),
+        "NetworkInterfaces": [{"DeviceIndex": "0", "SubnetId": _ref("Subnet"), "PrivateIpAddress": ips[index],
+                               "GroupSet": [_ref("SecurityGroup")], "AssociatePublicIpAddress": True,
+                               "DeleteOnTermination": True}],
+        "UserData": user_data_base64(spec, index, ips),
+        "Tags": _tags({"Name": {"Fn::Sub": f"${{AWS::StackName}}-node{index}"}, **tags})}}
+    if index:
+        node["Condition"] = f"HasNode{index}"
+    return node
+
+
+def _outputs(user: str) -> dict[str, Any]:
+    return {
+        "HeadPublicIp": {"Description": "public address of node0 (the head node)",
+                         "Value": {"Fn::GetAtt": ["Node0", "PublicIp"]}},
+        "SshCommand": {"Description": "log in to the head node",
+                       "Value": {"Fn::Sub": f"ssh {user}@${{Node0.PublicIp}}"}},
+        "AttachCommand": {"Description": "register the cluster with mpicloud (host key pinned on first use)",
+                          "Value": {"Fn::Sub": f"mpicloud attach NAME --host ${{Node0.PublicIp}} --user {user} "
+                                              "--slots ${SlotsPerNode}"}},
+        "HeadInstanceId": {"Description": "host key fingerprints: aws ec2 get-console-output --instance-id",
+                           "Value": _ref("Node0")},
+        "SecurityGroupId": {"Value": _ref("SecurityGroup")},
+    }
+
+
+def cluster_template(spec: ClusterSpec | None = None) -> dict[str, Any]:
+    """The cluster template as a dict (the same cloud-init, ports and policies as the Pulumi program)."""
+    spec = spec or template_spec()
+    if spec.nodes > MAX_TEMPLATE_NODES:
+        raise RenderError(f"the CloudFormation template has at most {MAX_TEMPLATE_NODES} nodes; use Pulumi for "
+                          f"{spec.nodes}")
+    ips = node_addresses(spec.aws_options.subnet_cidr, MAX_TEMPLATE_NODES)
+    parts = _runner_parts()
+    resources = {**_network(spec), **_security(), **_iam(), **_launch_template(), **parts}
+    resources.update({f"Node{i}": _node(spec, i, ips, sorted(parts) if i == 0 else [])
+                      for i in range(MAX_TEMPLATE_NODES)})
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": "mpicloud Linux Open MPI cluster (generated by mpicloud.render.cloudformation; do not edit)",
+        "Parameters": _parameters(spec), "Conditions": _conditions(), "Resources": resources,
+        "Outputs": _outputs(spec.admin.username),
+    }
+
+
+def cluster_template_json(spec: ClusterSpec | None = None) -> str:
+    """Deterministic JSON text of the cluster template."""
+    return json.dumps(cluster_template(spec), sort_keys=True, indent=2) + "\n"
+
+
+def launch_stack_url(template_url: str, region: str, stack_name: str = "mpi-cluster",
+                     parameters: dict[str, str] | None = None) -> str:
+    """The console quick-create link ("Launch Stack"); the template must be hosted in S3 (https)."""
+    host = urlsplit(template_url).hostname or ""
+    if not template_url.startswith("https://") or not _S3_HOST.search(host):
+        raise RenderError(f"{template_url!r}: CloudFormation only takes templates from an https:// S3 URL")
+    if not re.match(r"^[A-Za-z][A-Za-z0-9-]{0,127}$", stack_name):
+        raise RenderError(f"stack name {stack_name!r}: letters, digits and '-', starting with a letter")
+    query = {"templateURL": template_url, "stackName": stack_name,
+             **{f"param_{k}": v for k, v in sorted((parameters or {}).items())}}
+    return (f"https://console.aws.amazon.com/cloudformation/home?region={quote(region)}"
+            f"#/stacks/quickcreate?{urlencode(query, quote_via=quote, safe='')}")

@@ -1,0 +1,33 @@
+#!/bin/bash
+# mpicloud node identity and cluster files: /etc/hosts names node0..nodeN-1, MPICLOUD_NODE machine-wide,
+# the Open MPI hostfile, and on the head node runner.json (N nodes of SLOTS slots, idle shutdown minutes).
+# usage: cluster-files.sh INDEX USER SHARED IP0 IP1 ... (N, SLOTS from /etc/mpicloud/node.env)
+# MPICLOUD_SYSROOT (tests only) prefixes /etc and /opt.
+set -euo pipefail
+index=$1 user=$2 shared=$3
+shift 3
+root=${MPICLOUD_SYSROOT:-}
+. "$root/etc/mpicloud/node.env"
+count=$MPICLOUD_COUNT slots=$MPICLOUD_SLOTS
+ips=("$@")
+[ "${#ips[@]}" -ge "$count" ] || { echo "cluster-files.sh: $count nodes but ${#ips[@]} addresses" >&2; exit 2; }
+install -d -m 755 "$root/etc/mpicloud"
+: > "$root/etc/mpicloud/hostfile"
+for ((i = 0; i < count; i++)); do
+  grep -q " node$i\$" "$root/etc/hosts" || echo "${ips[$i]} node$i" >> "$root/etc/hosts"
+  echo "node$i slots=$slots" >> "$root/etc/mpicloud/hostfile"
+done
+grep -q '^MPICLOUD_NODE=' "$root/etc/environment" || echo "MPICLOUD_NODE=node$index" >> "$root/etc/environment"
+[ "$index" = 0 ] || exit 0
+install -d -m 775 -o "$user" -g "$(id -gn "$user")" "$shared" "$shared/.mpicloud"
+python3 - "$count" "$slots" "$MPICLOUD_IDLE_MINUTES" "$shared/.mpicloud/runner.json" "$root" <<'PY'
+import json, sys
+count, slots, idle, target = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+with open(sys.argv[5] + "/opt/mpicloud/runner.base.json", encoding="utf-8") as handle:
+    config = json.load(handle)
+config["nodes"] = [{"name": f"node{i}", "slots": slots} for i in range(count)]
+config["idle_shutdown_minutes"] = idle or None
+with open(target, "w", encoding="utf-8") as handle:
+    json.dump(config, handle, sort_keys=True, indent=2)
+PY
+chown "$user" "$shared/.mpicloud/runner.json"

@@ -1,0 +1,17 @@
+#!/bin/bash
+# mpicloud deployment values from the instance's own tags over IMDSv2 (instance metadata tags enabled), so the
+# same user data serves Pulumi and CloudFormation: writes /etc/mpicloud/node.env and the EC2 key pair's public
+# key to /etc/mpicloud/admin.pub (the cluster user's login key). usage: node-env.sh
+set -euo pipefail
+imds=http://169.254.169.254/latest
+token=$(curl -fsS --retry 10 -X PUT "$imds/api/token" -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
+md() { curl -fsS --retry 10 -H "X-aws-ec2-metadata-token: $token" "$imds/meta-data/$1"; }
+install -d -m 755 /etc/mpicloud
+{
+  echo "MPICLOUD_COUNT=$(md tags/instance/mpicloud:nodes)"
+  echo "MPICLOUD_SLOTS=$(md tags/instance/mpicloud:slots)"
+  echo "MPICLOUD_SSM_PREFIX=$(md tags/instance/mpicloud:ssm-prefix)"
+  echo "MPICLOUD_IDLE_MINUTES=$(md tags/instance/mpicloud:idle-minutes)"
+  echo "MPICLOUD_REGION=$(md placement/region)"
+} > /etc/mpicloud/node.env
+md public-keys/0/openssh-key > /etc/mpicloud/admin.pub

@@ -1,0 +1,192 @@
+"""infra/aws under Pulumi mocks: placement group, IMDSv2, SG exposure, tags, no secret in user data, node count."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+from parliament import analyze_policy_string
+
+from mpicloud.render.aws_common import TAG_NODES
+from mpicloud.render.iam import bucket_access_policy
+from mpicloud.render.linux import cloud_config, runner_parameters
+from mpicloud.spec import ClusterSpec
+from tests.specdata import aws_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT = "123456789012"
+#: resource types that carry no tags in AWS (rules, policies, associations) or are Pulumi components
+UNTAGGABLE = {"aws:iam/rolePolicy:RolePolicy", "aws:ec2/routeTableAssociation:RouteTableAssociation"}
+
+
+class Mocks(pulumi.runtime.Mocks):
+    """Records every resource; adds what AWS would compute (names, ARNs, addresses); answers the invokes."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, dict[str, Any]]] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.seen.append((args.typ, args.name, dict(args.inputs)))
+        state = dict(args.inputs)
+        state.setdefault("name", args.name)
+        state.setdefault("keyName", args.name)
+        state["arn"] = f"arn:aws:mock:::{args.name}"
+        if args.typ == "aws:ec2/instance:Instance":
+            state["publicIp"] = f"198.51.100.{len(self.seen)}"
+            state.setdefault("privateIp", args.inputs.get("privateIp", "10.0.0.99"))
+        return f"{args.name}_id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        answers: dict[str, dict[str, Any]] = {
+            "aws:ssm/getParameter:getParameter": {"value": "ami-0123456789abcdef0", "name": "x", "type": "String"},
+            "aws:index/getCallerIdentity:getCallerIdentity": {"accountId": ACCOUNT, "arn": "x", "userId": "x"},
+            "aws:index/getPartition:getPartition": {"partition": "aws", "dnsSuffix": "amazonaws.com"},
+            "aws:index/getAvailabilityZones:getAvailabilityZones": {"names": ["eu-west-1a"], "zoneIds": ["z"]},
+        }
+        return answers.get(args.token, {})
+
+
+MOCKS = Mocks()
+pulumi.runtime.set_mocks(MOCKS, preview=False)
+sys.path.insert(0, str(ROOT / "infra"))
+import aws as program  # noqa: E402  - the Pulumi program, imported after set_mocks as `pulumi up` would
+
+
+@pytest.fixture()
+def seen() -> Iterator[list[tuple[str, str, dict[str, Any]]]]:
+    MOCKS.seen.clear()
+    yield MOCKS.seen
+
+
+def _of(seen: list[tuple[str, str, dict[str, Any]]], typ: str) -> list[dict[str, Any]]:
+    """Inputs of every resource of one type, ordered by resource name (registration order is not fixed)."""
+    return [inputs for t, _, inputs in sorted(seen, key=lambda r: r[1]) if t == f"aws:{typ}"]
+
+
+def _deployed(spec: ClusterSpec) -> pulumi.Output[Any]:
+    cluster = program.MpiCluster(spec.name, program.MpiClusterArgs(spec))
+    waited = [*cluster.nodes.instances, *cluster.nodes.addresses, *cluster.nodes.runner_parts,
+              *cluster.identity.policies]
+    return pulumi.Output.all(*[r.id for r in waited], cluster.outputs["ssh_command"])
+
+
+@pulumi.runtime.test
+def test_nodes_in_placement_group_with_imdsv2_encryption_and_fixed_ips(seen: list[Any]) -> pulumi.Output[Any]:
+    spec = aws_spec()
+
+    def check(_: Any) -> None:
+        instances = _of(seen, "ec2/instance:Instance")
+        assert len(instances) == spec.nodes
+        (group,) = _of(seen, "ec2/placementGroup:PlacementGroup")
+        assert group["strategy"] == "cluster"
+        for i, node in enumerate(instances):
+            assert node["placementGroup"] == "demo-nodes-pg"  # the name (mock state), not the id "..._id"
+            assert node["metadataOptions"]["httpTokens"] == "required"
+            assert node["metadataOptions"]["instanceMetadataTags"] == "enabled"
+            assert node["rootBlockDevice"] == {"encrypted": True, "volumeSize": 30, "volumeType": "gp3"}
+            assert node["privateIp"] == f"10.0.0.{10 + i}" and node["ami"] == "ami-0123456789abcdef0"
+            assert node["tags"][TAG_NODES] == "3" and node["iamInstanceProfile"]
+            assert node["volumeTags"]["mpicloud:cluster"] == "demo"
+            text = gzip.decompress(base64.b64decode(node["userDataBase64"])).decode()
+            assert text == cloud_config(spec, i)
+            assert "PRIVATE KEY-----" not in text
+        # `value` is a secret output in pulumi-aws, so the mock sees it wrapped: {<secret sig>: ..., "value": ...}
+        stored = {p["name"]: p["value"]["value"] for p in _of(seen, "ssm/parameter:Parameter")}
+        assert stored == runner_parameters("/mpicloud/demo")
+        (key,) = _of(seen, "ec2/keyPair:KeyPair")
+        assert key["publicKey"] == spec.admin.ssh_public_key
+    return _deployed(spec).apply(check)
+
+
+@pulumi.runtime.test
+def test_ssh_only_from_allowed_cidrs_and_all_traffic_among_members(seen: list[Any]) -> pulumi.Output[Any]:
+    spec = aws_spec(access={"allowed_cidrs": ["203.0.113.0/24", "2001:db8::/32"]})
+
+    def check(_: Any) -> None:
+        rules = _of(seen, "vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        outside = [r for r in rules if "referencedSecurityGroupId" not in r]
+        assert sorted((r.get("cidrIpv4") or r.get("cidrIpv6"), r["fromPort"], r["toPort"], r["ipProtocol"])
+                      for r in outside) == [("2001:db8::/32", 22, 22, "tcp"), ("203.0.113.0/24", 22, 22, "tcp")]
+        (member,) = [r for r in rules if "referencedSecurityGroupId" in r]
+        assert member["referencedSecurityGroupId"] == member["securityGroupId"] and member["ipProtocol"] == "-1"
+        assert all("0.0.0.0/0" not in json.dumps(r) for r in rules)
+    return _deployed(spec).apply(check)
+
+
+@pulumi.runtime.test
+def test_every_taggable_resource_is_tagged(seen: list[Any]) -> pulumi.Output[Any]:
+    def check(_: Any) -> None:
+        resources = [(t, n, i) for t, n, i in seen if t.startswith("aws:") and t not in UNTAGGABLE]
+        assert len(resources) > 10
+        for typ, name, inputs in resources:
+            assert inputs.get("tags", {}).get("mpicloud:cluster") == "demo", (typ, name)
+            assert inputs["tags"]["project"] == "mpicloud-test", (typ, name)
+    return _deployed(aws_spec()).apply(check)
+
+
+@pulumi.runtime.test
+def test_role_carries_bucket_policy_and_secrets_path(seen: list[Any]) -> pulumi.Output[Any]:
+    spec = aws_spec()
+
+    def check(_: Any) -> None:
+        policies = [json.loads(p["policy"]) for p in _of(seen, "iam/rolePolicy:RolePolicy")]
+        assert bucket_access_policy(spec.bucket) in policies  # type: ignore[arg-type]
+        secrets = next(p for p in policies if p["Statement"][0]["Sid"] == "ClusterSecrets")
+        assert secrets["Statement"][0]["Resource"] == f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/mpicloud/demo/*"
+        for policy in policies:  # parliament: known actions, resources that fit them
+            assert [f.issue for f in analyze_policy_string(json.dumps(policy)).findings] == []
+    return _deployed(spec).apply(check)
+
+
+@pulumi.runtime.test
+def test_other_grants_get_no_bucket_policy(seen: list[Any]) -> pulumi.Output[Any]:
+    spec = aws_spec(bucket={"name": "my-simulation-data", "grant": "iam_user"})
+
+    def check(_: Any) -> None:
+        policies = [json.loads(p["policy"]) for p in _of(seen, "iam/rolePolicy:RolePolicy")]
+        assert [p["Statement"][0]["Sid"] for p in policies] == ["ClusterSecrets"]
+    return _deployed(spec).apply(check)
+
+
+@pulumi.runtime.test
+def test_cross_account_grant_may_only_assume_the_bucket_role(seen: list[Any]) -> pulumi.Output[Any]:
+    role_arn = "arn:aws:iam::111122223333:role/sim-data-access"
+    spec = aws_spec(bucket={"name": "my-simulation-data", "grant": "cross_account_role", "role_arn": role_arn,
+                            "external_id": "ext-7f3a", "trusted_account_id": "444455556666"})
+
+    def check(_: Any) -> None:
+        policies = {p["Statement"][0]["Sid"]: p for p in
+                    (json.loads(r["policy"]) for r in _of(seen, "iam/rolePolicy:RolePolicy"))}
+        assert set(policies) == {"ClusterSecrets", "AssumeBucketRole"}
+        assert policies["AssumeBucketRole"]["Statement"] == [
+            {"Sid": "AssumeBucketRole", "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_arn}]
+    return _deployed(spec).apply(check)
+
+
+@pulumi.runtime.test
+def test_existing_network_efa_and_single_node(seen: list[Any]) -> pulumi.Output[Any]:
+    spec = aws_spec(nodes=1, aws={"vpc_id": "vpc-1", "subnet_id": "subnet-1", "subnet_cidr": "172.31.5.0/24",
+                                  "efa": True, "placement_group": False, "key_name": "mine"})
+
+    def check(_: Any) -> None:
+        assert not _of(seen, "ec2/vpc:Vpc") and not _of(seen, "ec2/keyPair:KeyPair")
+        assert not _of(seen, "ec2/placementGroup:PlacementGroup")
+        (eni,) = _of(seen, "ec2/networkInterface:NetworkInterface")
+        assert eni["interfaceType"] == "efa" and eni["privateIps"] == ["172.31.5.10"]
+        assert eni["subnetId"] == "subnet-1"
+        (node,) = _of(seen, "ec2/instance:Instance")
+        assert node["keyName"] == "mine" and node["networkInterfaces"][0]["deviceIndex"] == 0
+        assert len(_of(seen, "ec2/eip:Eip")) == 1
+    return _deployed(spec).apply(check)
+
+
+def test_no_allowed_cidrs_is_refused() -> None:
+    with pytest.raises(pulumi.RunError, match="allowed_cidrs"):
+        program.MpiCluster("x", program.MpiClusterArgs(aws_spec(access={"allowed_cidrs": []})))
