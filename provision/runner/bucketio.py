@@ -218,6 +218,11 @@ def _error(data: bytes, status: int) -> str:
         return f"HTTP {status}"
 
 
+def _query(params: dict[str, str]) -> str:
+    """A query string percent-encoded as SigV4 canonicalises it (a space is %20, never '+')."""
+    return urllib.parse.urlencode(params, quote_via=urllib.parse.quote, safe="-_.~")
+
+
 def object_url(settings: Settings, bucket: str, key: str, query: str = "") -> str:
     """Virtual-hosted style on AWS (path style is deprecated there), path style on custom endpoints."""
     path = urllib.parse.quote(key, safe="/-_.~")
@@ -242,8 +247,7 @@ def list_keys(settings: Settings, bucket: str, prefix: str) -> list[tuple[str, i
     out: list[tuple[str, int]] = []
     token = ""
     while True:
-        query = urllib.parse.urlencode({"list-type": "2", "prefix": prefix,
-                                        **({"continuation-token": token} if token else {})})
+        query = _query({"list-type": "2", "prefix": prefix, **({"continuation-token": token} if token else {})})
         status, data, _ = request(settings, "GET", object_url(settings, bucket, "", query))
         if status != 200:
             raise S3Error(f"list s3://{bucket}/{prefix}: {_error(data, status)}")
@@ -302,13 +306,13 @@ def put_object(settings: Settings, bucket: str, key: str, path: Path) -> None:
         etags = _upload_parts(settings, bucket, key, path, upload_id)
         xml = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>" for n, e in etags)
         body = f"<CompleteMultipartUpload>{xml}</CompleteMultipartUpload>".encode()
-        query = urllib.parse.urlencode({"uploadId": upload_id})
+        query = _query({"uploadId": upload_id})
         status, data, _ = request(settings, "POST", object_url(settings, bucket, key, query), body=body,
                                   headers={"content-type": "application/xml"})
         if status != 200 or b"<Error>" in data:
             raise S3Error(f"complete s3://{bucket}/{key}: {_error(data, status)}")
     except BaseException:
-        request(settings, "DELETE", object_url(settings, bucket, key, urllib.parse.urlencode({"uploadId": upload_id})))
+        request(settings, "DELETE", object_url(settings, bucket, key, _query({"uploadId": upload_id})))
         raise
 
 
@@ -317,7 +321,7 @@ def _upload_parts(settings: Settings, bucket: str, key: str, path: Path, upload_
     with open(path, "rb") as fh:
         number = 1
         while chunk := fh.read(PART):
-            query = urllib.parse.urlencode({"partNumber": number, "uploadId": upload_id})
+            query = _query({"partNumber": str(number), "uploadId": upload_id})
             status, data, headers = request(settings, "PUT", object_url(settings, bucket, key, query), body=chunk)
             if status != 200:
                 raise S3Error(f"put s3://{bucket}/{key} part {number}: {_error(data, status)}")

@@ -238,3 +238,15 @@ def test_bad_s3_urls_are_refused_before_anything_is_queued(profile_on_cluster: C
     done = cli("submit", "itest", option, value, "--", "true", env={"MPICLOUD_HOME": str(cluster_home)})
     assert done.returncode == 2 and option in done.stderr and "Traceback" not in done.stderr
     assert len(profile_on_cluster.jobs()) == before
+
+
+def test_keys_with_spaces_and_plus_signs(world: S3World, tmp_path: Path) -> None:
+    world.client("s3").put_object(Bucket=BUCKET, Key="input/run 7/a+b c.txt", Body=b"odd name")
+    env = _profile_dir(tmp_path, world, world.user_key, grant="iam_user")
+    got = _bucketio(env, "get", f"s3://{BUCKET}/input/run 7/", str(tmp_path / "in"))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "in" / "run 7" / "a+b c.txt").read_bytes() == b"odd name"
+    put = _bucketio(env, "put", str(tmp_path / "in"), f"s3://{BUCKET}/output/odd names/")
+    assert put.returncode == 0, put.stderr
+    body = world.client("s3").get_object(Bucket=BUCKET, Key="output/odd names/run 7/a+b c.txt")["Body"].read()
+    assert body == b"odd name"
