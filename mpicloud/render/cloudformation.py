@@ -16,15 +16,12 @@ from mpicloud.render.aws_common import (
     node_tags,
     secrets_policy,
 )
-from mpicloud.render.cfn_bucket import PREFIX_PATTERN, prefix_policy_statements
-from mpicloud.render.iam import ec2_trust_policy
+from mpicloud.render.cfn_bucket import BUCKET_CONDITIONS, BUCKET_PARAMETERS, prefix_policy_statements
+from mpicloud.render.iam import ec2_trust_policy, kms_statement
 from mpicloud.render.linux import node_addresses, runner_parameters, user_data_base64
 from mpicloud.spec.load import spec_from_dict
 from mpicloud.spec.model import ClusterSpec
 
-#: bucket and prefixes stand in for Parameters while the shared policy is built, then become Fn::Sub
-_SENTINELS = {"arn:aws:s3:::mpicloud-bucket-sentinel": "arn:${AWS::Partition}:s3:::${BucketName}",
-              "mpicloud-input-sentinel/": "${InputPrefix}", "mpicloud-output-sentinel/": "${OutputPrefix}"}
 _S3_HOST = re.compile(r"(^|\.)s3[.-]([a-z0-9-]+\.)?amazonaws\.com(\.cn)?$")
 _CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
 
@@ -58,16 +55,14 @@ def _parameters(spec: ClusterSpec) -> dict[str, Any]:
                                 "Description": "stop every node after this long without jobs (0: never)"},
         "BucketName": {"Type": "String", "Default": "",
                        "Description": "your bucket for inputs and outputs (empty: no bucket access)"},
-        "InputPrefix": {"Type": "String", "Default": "input/", "AllowedPattern": PREFIX_PATTERN,
-                        "Description": "read-only key prefix, ending in /"},
-        "OutputPrefix": {"Type": "String", "Default": "output/", "AllowedPattern": PREFIX_PATTERN,
-                         "Description": "read-write key prefix, ending in /"},
+        **{k: v for k, v in BUCKET_PARAMETERS.items() if k != "BucketName"},
     }
 
 
 def _conditions() -> dict[str, Any]:
     """Node i exists when NodeCount > i: chained Or of Equals (CloudFormation compares only for equality)."""
-    conditions: dict[str, Any] = {"HasBucket": {"Fn::Not": [{"Fn::Equals": [_ref("BucketName"), ""]}]}}
+    conditions: dict[str, Any] = {"HasBucket": {"Fn::Not": [{"Fn::Equals": [_ref("BucketName"), ""]}]},
+                                  **BUCKET_CONDITIONS}
     last = MAX_TEMPLATE_NODES - 1
     conditions[f"HasNode{last}"] = {"Fn::Equals": [_ref("NodeCount"), str(last + 1)]}
     for i in range(last - 1, 0, -1):
@@ -131,6 +126,10 @@ def _iam() -> dict[str, Any]:
                                                        "Version": "2012-10-17",
                                                        "Statement": prefix_policy_statements()}},
                                      {"Ref": "AWS::NoValue"}]}]}},
+        # a resource of its own (not a third Fn::If in Policies): moto turns an unselected list entry into None
+        "NodeKmsPolicy": {"Type": "AWS::IAM::Policy", "Condition": "HasKmsKey", "Properties": {
+            "PolicyName": "bucket-kms", "Roles": [_ref("NodeRole")], "PolicyDocument": {
+                "Version": "2012-10-17", "Statement": [kms_statement(_ref("KmsKeyArn"))]}}},
         "NodeProfile": {"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [_ref("NodeRole")]}},
     }
 

@@ -104,7 +104,8 @@ def test_nodes_imdsv2_encrypted_placed_and_conditional(template: dict[str, Any])
 
 def test_every_taggable_resource_is_tagged(template: dict[str, Any]) -> None:
     untaggable = {"AWS::EC2::Route", "AWS::EC2::SubnetRouteTableAssociation", "AWS::EC2::VPCGatewayAttachment",
-                  "AWS::EC2::SecurityGroupIngress", "AWS::IAM::InstanceProfile", "AWS::EC2::LaunchTemplate"}
+                  "AWS::EC2::SecurityGroupIngress", "AWS::IAM::InstanceProfile", "AWS::EC2::LaunchTemplate",
+                  "AWS::IAM::Policy"}
     cluster = {"Key": "mpicloud:cluster", "Value": {"Ref": "AWS::StackName"}}
     for name, resource in template["Resources"].items():
         if resource["Type"] == "AWS::SSM::Parameter":  # the one type whose Tags are a map
@@ -148,6 +149,19 @@ def test_bucket_policy_is_prefix_scoped_and_partition_aware(template: dict[str, 
     assert secrets["Resource"]["Fn::Sub"].endswith(":parameter/mpicloud/${AWS::StackName}/*")
 
 
+def test_kms_policy_only_with_a_key(template: dict[str, Any]) -> None:
+    kms = template["Resources"]["NodeKmsPolicy"]
+    assert kms["Condition"] == "HasKmsKey" and kms["Properties"]["Roles"] == [{"Ref": "NodeRole"}]
+    assert kms["Properties"]["PolicyDocument"]["Statement"] == [{
+        "Sid": "UseBucketKey", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+        "Resource": {"Ref": "KmsKeyArn"}}]
+    assert template["Conditions"]["HasKmsKey"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "KmsKeyArn"}, ""]}]}
+    assert template["Parameters"]["KmsKeyArn"]["Default"] == ""
+
+
+KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
 def test_moto_deploys_the_template() -> None:
     boto3 = pytest.importorskip("boto3")
     from moto import mock_aws
@@ -172,14 +186,17 @@ def test_moto_deploys_the_template() -> None:
                          Parameters=[{"ParameterKey": "KeyName", "ParameterValue": "me"},
                                      {"ParameterKey": "NodeCount", "ParameterValue": "3"},
                                      {"ParameterKey": "AllowedSshCidr", "ParameterValue": "203.0.113.0/24"},
-                                     {"ParameterKey": "BucketName", "ParameterValue": "my-simulation-data"}])
+                                     {"ParameterKey": "BucketName", "ParameterValue": "my-simulation-data"},
+                                     {"ParameterKey": "KmsKeyArn", "ParameterValue": KMS_KEY}])
         stack = cfn.describe_stacks(StackName="mpi")["Stacks"][0]
         assert stack["StackStatus"] == "CREATE_COMPLETE"
         listed = cfn.list_stack_resources(StackName="mpi")["StackResourceSummaries"]
         created = {r["LogicalResourceId"]: r["ResourceType"] for r in listed if r["LogicalResourceId"]}
         instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
         groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["*SecurityGroup*"]}])
-        role = boto3.client("iam", region_name=region).list_roles()["Roles"]
+        iam = boto3.client("iam", region_name=region)
+        role = iam.list_roles()["Roles"]
+        kms = iam.get_role_policy(RoleName=role[0]["RoleName"], PolicyName="bucket-kms")["PolicyDocument"]
         stored = boto3.client("ssm", region_name=region).get_parameters_by_path(Path="/mpicloud/mpi", Recursive=True)
     skipped = {str(w.message).split("parse ")[1].split(" but")[0] for w in caught
                if "but it's not supported" in str(w.message)}
@@ -200,6 +217,7 @@ def test_moto_deploys_the_template() -> None:
                for p in perms)
     assert any(p["UserIdGroupPairs"] for p in perms)
     assert len(role) == 1
+    assert kms["Statement"][0]["Resource"] == KMS_KEY
     assert {p["Name"]: p["Value"] for p in stored["Parameters"]} == runner_parameters("/mpicloud/mpi")
 
 
