@@ -17,7 +17,7 @@ from mpicloud.render.aws_common import (
     secrets_policy,
 )
 from mpicloud.render.cfn_bucket import BUCKET_CONDITIONS, BUCKET_PARAMETERS, prefix_policy_statements
-from mpicloud.render.iam import ec2_trust_policy, kms_statement
+from mpicloud.render.iam import assume_role_statement, ec2_trust_policy, kms_statement
 from mpicloud.render.linux import node_addresses, runner_parameters, user_data_base64
 from mpicloud.spec.load import spec_from_dict
 from mpicloud.spec.model import ClusterSpec
@@ -56,12 +56,16 @@ def _parameters(spec: ClusterSpec) -> dict[str, Any]:
         "BucketName": {"Type": "String", "Default": "",
                        "Description": "your bucket for inputs and outputs (empty: no bucket access)"},
         **{k: v for k, v in BUCKET_PARAMETERS.items() if k != "BucketName"},
+        "BucketRoleArn": {"Type": "String", "Default": "", "AllowedPattern": r"^$|^arn:[\w-]+:iam::\d{12}:role/\S+$",
+                          "Description": "cross-account bucket: the role its owner created for this cluster "
+                                         "(bucket-access.json RoleArn); the nodes may only assume it"},
     }
 
 
 def _conditions() -> dict[str, Any]:
     """Node i exists when NodeCount > i: chained Or of Equals (CloudFormation compares only for equality)."""
     conditions: dict[str, Any] = {"HasBucket": {"Fn::Not": [{"Fn::Equals": [_ref("BucketName"), ""]}]},
+                                  "HasBucketRole": {"Fn::Not": [{"Fn::Equals": [_ref("BucketRoleArn"), ""]}]},
                                   **BUCKET_CONDITIONS}
     last = MAX_TEMPLATE_NODES - 1
     conditions[f"HasNode{last}"] = {"Fn::Equals": [_ref("NodeCount"), str(last + 1)]}
@@ -114,6 +118,14 @@ def _security() -> dict[str, Any]:
     }
 
 
+def _role_policy(condition: str, name: str, statement: dict[str, Any]) -> dict[str, Any]:
+    """A conditional policy on the node role (a resource of its own, not an Fn::If entry in the role's Policies:
+    moto turns an unselected list entry into None)."""
+    return {"Type": "AWS::IAM::Policy", "Condition": condition, "Properties": {
+        "PolicyName": name, "Roles": [_ref("NodeRole")],
+        "PolicyDocument": {"Version": "2012-10-17", "Statement": [statement]}}}
+
+
 def _iam() -> dict[str, Any]:
     secrets = secrets_policy({"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
                                          "/mpicloud/${AWS::StackName}/*"})
@@ -126,10 +138,9 @@ def _iam() -> dict[str, Any]:
                                                        "Version": "2012-10-17",
                                                        "Statement": prefix_policy_statements()}},
                                      {"Ref": "AWS::NoValue"}]}]}},
-        # a resource of its own (not a third Fn::If in Policies): moto turns an unselected list entry into None
-        "NodeKmsPolicy": {"Type": "AWS::IAM::Policy", "Condition": "HasKmsKey", "Properties": {
-            "PolicyName": "bucket-kms", "Roles": [_ref("NodeRole")], "PolicyDocument": {
-                "Version": "2012-10-17", "Statement": [kms_statement(_ref("KmsKeyArn"))]}}},
+        "NodeKmsPolicy": _role_policy("HasKmsKey", "bucket-kms", kms_statement(_ref("KmsKeyArn"))),
+        "NodeBucketRolePolicy": _role_policy("HasBucketRole", "assume-bucket-role",
+                                             assume_role_statement(_ref("BucketRoleArn"))),
         "NodeProfile": {"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [_ref("NodeRole")]}},
     }
 

@@ -64,8 +64,12 @@ def assume_bucket_role_policy(bucket: Bucket) -> dict[str, Any]:
     """What the cluster's node role needs for a cross-account grant: assume the customer's role, nothing else."""
     if not bucket.role_arn:
         raise RenderError("bucket.role_arn is needed: the ARN of the role the customer created for the cluster")
-    return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "AssumeBucketRole", "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": bucket.role_arn}]}
+    return {"Version": "2012-10-17", "Statement": [assume_role_statement(bucket.role_arn)]}
+
+
+def assume_role_statement(role_arn: Any) -> dict[str, Any]:
+    """sts:AssumeRole on exactly one role (an ARN, or a template reference to one)."""
+    return {"Sid": "AssumeBucketRole", "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_arn}
 
 
 def iam_documents(spec: ClusterSpec, partition: str = "aws") -> dict[str, dict[str, Any]]:

@@ -149,7 +149,7 @@ def test_bucket_policy_is_prefix_scoped_and_partition_aware(template: dict[str, 
     assert secrets["Resource"]["Fn::Sub"].endswith(":parameter/mpicloud/${AWS::StackName}/*")
 
 
-def test_kms_policy_only_with_a_key(template: dict[str, Any]) -> None:
+def test_kms_and_bucket_role_policies_only_when_given(template: dict[str, Any]) -> None:
     kms = template["Resources"]["NodeKmsPolicy"]
     assert kms["Condition"] == "HasKmsKey" and kms["Properties"]["Roles"] == [{"Ref": "NodeRole"}]
     assert kms["Properties"]["PolicyDocument"]["Statement"] == [{
@@ -157,9 +157,13 @@ def test_kms_policy_only_with_a_key(template: dict[str, Any]) -> None:
         "Resource": {"Ref": "KmsKeyArn"}}]
     assert template["Conditions"]["HasKmsKey"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "KmsKeyArn"}, ""]}]}
     assert template["Parameters"]["KmsKeyArn"]["Default"] == ""
+    assume = template["Resources"]["NodeBucketRolePolicy"]
+    assert assume["Condition"] == "HasBucketRole"
+    assert assume["Properties"]["PolicyDocument"]["Statement"][0]["Resource"] == {"Ref": "BucketRoleArn"}
 
 
 KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+BUCKET_ROLE = "arn:aws:iam::111122223333:role/sim-data-access"
 
 
 def test_moto_deploys_the_template() -> None:
@@ -187,7 +191,8 @@ def test_moto_deploys_the_template() -> None:
                                      {"ParameterKey": "NodeCount", "ParameterValue": "3"},
                                      {"ParameterKey": "AllowedSshCidr", "ParameterValue": "203.0.113.0/24"},
                                      {"ParameterKey": "BucketName", "ParameterValue": "my-simulation-data"},
-                                     {"ParameterKey": "KmsKeyArn", "ParameterValue": KMS_KEY}])
+                                     {"ParameterKey": "KmsKeyArn", "ParameterValue": KMS_KEY},
+                                     {"ParameterKey": "BucketRoleArn", "ParameterValue": BUCKET_ROLE}])
         stack = cfn.describe_stacks(StackName="mpi")["Stacks"][0]
         assert stack["StackStatus"] == "CREATE_COMPLETE"
         listed = cfn.list_stack_resources(StackName="mpi")["StackResourceSummaries"]
@@ -197,6 +202,7 @@ def test_moto_deploys_the_template() -> None:
         iam = boto3.client("iam", region_name=region)
         role = iam.list_roles()["Roles"]
         kms = iam.get_role_policy(RoleName=role[0]["RoleName"], PolicyName="bucket-kms")["PolicyDocument"]
+        assume = iam.get_role_policy(RoleName=role[0]["RoleName"], PolicyName="assume-bucket-role")["PolicyDocument"]
         stored = boto3.client("ssm", region_name=region).get_parameters_by_path(Path="/mpicloud/mpi", Recursive=True)
     skipped = {str(w.message).split("parse ")[1].split(" but")[0] for w in caught
                if "but it's not supported" in str(w.message)}
@@ -218,6 +224,8 @@ def test_moto_deploys_the_template() -> None:
     assert any(p["UserIdGroupPairs"] for p in perms)
     assert len(role) == 1
     assert kms["Statement"][0]["Resource"] == KMS_KEY
+    assert assume["Statement"] == [{"Sid": "AssumeBucketRole", "Effect": "Allow", "Action": "sts:AssumeRole",
+                                    "Resource": BUCKET_ROLE}]
     assert {p["Name"]: p["Value"] for p in stored["Parameters"]} == runner_parameters("/mpicloud/mpi")
 
 
