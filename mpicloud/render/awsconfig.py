@@ -7,6 +7,7 @@ import io
 from dataclasses import dataclass
 
 from mpicloud.errors import RenderError
+from mpicloud.render.iam import bucket_role_arn
 from mpicloud.secret import Secret
 from mpicloud.spec.model import ClusterSpec
 
@@ -59,9 +60,7 @@ def aws_files(spec: ClusterSpec, key: AccessKey | None = None, *, on_ec2: bool |
     creds: dict[str, dict[str, str]] = {}
     grant = spec.bucket_grant
     if grant == "cross_account_role":
-        if not bucket.role_arn:
-            raise RenderError("bucket.role_arn is needed: the ARN of the role the customer created for the cluster")
-        profile.update(role_arn=bucket.role_arn, external_id=bucket.external_id or "",
+        profile.update(role_arn=bucket_role_arn(bucket), external_id=bucket.external_id or "",
                        role_session_name=f"mpicloud-{spec.name}")
         if on_ec2:
             profile["credential_source"] = "Ec2InstanceMetadata"

@@ -62,9 +62,14 @@ def cross_account_trust_policy(bucket: Bucket, partition: str = "aws") -> dict[s
 
 def assume_bucket_role_policy(bucket: Bucket) -> dict[str, Any]:
     """What the cluster's node role needs for a cross-account grant: assume the customer's role, nothing else."""
+    return {"Version": "2012-10-17", "Statement": [assume_role_statement(bucket_role_arn(bucket))]}
+
+
+def bucket_role_arn(bucket: Bucket) -> str:
+    """The customer's role for a cross-account grant, or a RenderError naming the missing field."""
     if not bucket.role_arn:
         raise RenderError("bucket.role_arn is needed: the ARN of the role the customer created for the cluster")
-    return {"Version": "2012-10-17", "Statement": [assume_role_statement(bucket.role_arn)]}
+    return bucket.role_arn
 
 
 def assume_role_statement(role_arn: Any) -> dict[str, Any]:

@@ -338,13 +338,13 @@ def put(src: Path, url: str, skip: dict[str, list[int]] | None = None) -> int:
         prefix += "/"
     count = 0
     for path in sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink()):
-        relative = path.relative_to(src).as_posix()
-        if skip and skip.get(relative) == [path.stat().st_size, path.stat().st_mtime_ns]:
+        relative, st = path.relative_to(src).as_posix(), path.stat()
+        if skip and skip.get(relative) == [st.st_size, st.st_mtime_ns]:
             continue
         key = prefix + relative
         put_object(settings, bucket, key, path)
         count += 1
-        print(f"put s3://{bucket}/{key} ({path.stat().st_size} bytes)", flush=True)
+        print(f"put s3://{bucket}/{key} ({st.st_size} bytes)", flush=True)
     return count
 
 

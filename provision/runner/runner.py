@@ -30,6 +30,8 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB_DIR", "MPICLOUD_WORK_DIR",
             "MPICLOUD_HOSTS", "MPICLOUD_SWEEP_ID")
 WINDOWS = os.name == "nt"
+#: the cluster-side S3 client for s3:// inputs and --output-to, installed beside this file
+BUCKETIO = Path(__file__).with_name("bucketio.py")
 
 
 # ---------------------------------------------------------------- versioned job descriptions
@@ -253,8 +255,8 @@ def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env:
 
 def snapshot(work: Path, manifest: Path) -> None:
     """Record the staged inputs (size, mtime) so only files the job created or changed go to --output-to."""
-    files = {p.relative_to(work).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
-             for p in work.rglob("*") if p.is_file()}
+    files = {p.relative_to(work).as_posix(): [st.st_size, st.st_mtime_ns]
+             for p in work.rglob("*") if p.is_file() and (st := p.stat())}
     write_json(manifest, files)
 
 
@@ -273,8 +275,7 @@ def _named(path: Path, name: str, folder: Path) -> Path:
 def _s3_get(url: str, folder: Path, env: dict[str, str]) -> Path:
     """Download one object with the node's own credentials (bucketio.py beside this file)."""
     folder.mkdir(exist_ok=True)
-    s3 = Path(__file__).with_name("bucketio.py")
-    result = subprocess.run([sys.executable, str(s3), "get", url, str(folder)], env=env,
+    result = subprocess.run([sys.executable, str(BUCKETIO), "get", url, str(folder)], env=env,
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(result.stderr.strip() or f"download of {url} failed")
@@ -330,9 +331,8 @@ def run_job(root: Path, job_id: str) -> int:
     if job.get("post") and not (jobdir / "cancel").exists():
         result["post_exit_code"], _ = _run(list(job["post"]), work, env, post, post)
     if job.get("output_to") and not (jobdir / "cancel").exists():
-        s3 = Path(__file__).with_name("bucketio.py")
         with open(jobdir / "post.log", "ab") as log:
-            code = subprocess.run([sys.executable, str(s3), "put", str(work), job["output_to"], "--skip",
+            code = subprocess.run([sys.executable, str(BUCKETIO), "put", str(work), job["output_to"], "--skip",
                                   str(jobdir / "inputs.json")], env=env,
                                   stdout=log, stderr=log, check=False).returncode
         if code != 0 and result["exit_code"] == 0:
