@@ -14,21 +14,30 @@ def provision_dir() -> Path:
     raise FileNotFoundError("mpicloud installation is incomplete: provision/runner/runner.py not found")
 
 
-def runner_path() -> Path:
-    """The cluster-side job runner, the same file on every OS."""
-    return provision_dir() / "runner" / "runner.py"
+#: the cluster-side scripts in provision/runner, installed side by side on every node that runs jobs
+RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py")
 
 
-def runner_source() -> str:
-    """The runner's source text, for embedding into bootstrap scripts."""
-    return runner_path().read_text(encoding="utf-8")
-
-
-#: the cluster-side files, installed side by side on every node that runs jobs (the same files on every OS)
-RUNNER_FILES = ("runner.py", "transfer.py", "bucketio.py")
+def protocol_files() -> dict[str, bytes]:
+    """The stdlib-only protocol package, by the path it takes beside the runner (`mpicloud/protocol/…`)."""
+    package = Path(__file__).resolve().parent
+    files = {"mpicloud/__init__.py": (package / "__init__.py").read_bytes()}
+    for path in sorted((package / "protocol").glob("*.py")):
+        files[f"mpicloud/protocol/{path.name}"] = path.read_bytes()
+    return files
 
 
 def runner_files() -> dict[str, bytes]:
-    """Every cluster-side runner file by name, for bootstrap scripts to install."""
+    """Every cluster-side file by relative POSIX path (the same files on every OS), for bootstraps to install."""
     folder = provision_dir() / "runner"
-    return {name: (folder / name).read_bytes() for name in RUNNER_FILES}
+    return {**{name: (folder / name).read_bytes() for name in RUNNER_SCRIPTS}, **protocol_files()}
+
+
+def install_runner(dest: Path) -> Path:
+    """Write every cluster-side file below dest (as a bootstrap would); returns the path of runner.py."""
+    for rel, data in runner_files().items():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    (dest / "runner.py").chmod(0o755)
+    return dest / "runner.py"

@@ -5,13 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mpicloud.assets import install_runner
+
 RUNNER = Path(__file__).resolve().parents[1] / "provision" / "runner" / "runner.py"
+#: the interpreter the Linux cloud nodes run the runner with (Debian 12's python3, 3.11.2)
+NODE_PYTHON = "/usr/bin/python3"
 
 
 def runner_module() -> ModuleType:
@@ -26,9 +29,11 @@ def runner_module() -> ModuleType:
 class LocalQueue:
     """A runner root on local disk, with the runner served as a real subprocess."""
 
-    def __init__(self, root: Path, slots: list[int], **config: Any) -> None:
+    def __init__(self, root: Path, slots: list[int], python: str = NODE_PYTHON, **config: Any) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self.python = python
+        self.runner = install_runner(root.parent / f"{root.name}-runner")
         nodes = [{"name": f"n{i}", "slots": s} for i, s in enumerate(slots)]
         conf = {"version": 1, "cluster": "t", "os": "linux", "launcher": "mpirun", "nodes": nodes,
                 "idle_shutdown_minutes": None, "stop_command": None, "env": {}, **config}
@@ -39,7 +44,7 @@ class LocalQueue:
         self.count = 0
 
     def serve(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(RUNNER), "serve", "--root", str(self.root)],
+        self.proc = subprocess.Popen([self.python, str(self.runner), "serve", "--root", str(self.root)],
                                      stderr=subprocess.PIPE)
 
     def kill(self) -> None:

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+from mpicloud.assets import install_runner
 from mpicloud.cluster import registry
 from mpicloud.cluster.keys import generate_keypair, load_public
 from mpicloud.cluster.processes import MARKER, stop_cluster_processes
@@ -124,7 +125,7 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
         runner=str(directory / "runner" / "runner.py"), key_file=str(identity),
         teardown=f"mpicloud down {spec.name}", idle_shutdown_minutes=spec.idle_shutdown_minutes,
         local={"cluster_id": cluster_id, "ssh_config": str(ssh_config)})
-    shutil.copytree(_runner_file().parent, directory / "runner", ignore=shutil.ignore_patterns("__pycache__"))
+    install_runner(directory / "runner")
     stop = ["env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m", "mpicloud.cli", "down", spec.name]
     (shared / ".mpicloud" / "runner.json").write_text(runner_config_json(runner_config(spec, stop)))
     record.save()
@@ -133,12 +134,6 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
         known_nodes.append(_start_node(spec, record, node, cluster_id))
     (directory / "known_hosts_nodes").write_text("".join(known_nodes))
     return record
-
-
-def _runner_file() -> Path:
-    from mpicloud.assets import runner_path
-
-    return runner_path()
 
 
 def _start_node(spec: ClusterSpec, record: ClusterRecord, node: Node, cluster_id: str) -> str:

@@ -10,8 +10,7 @@ from typing import Any
 
 from mpicloud.errors import JobError
 from mpicloud.jobs.remote import QueueHandle
-
-TERMINAL = ("succeeded", "failed", "cancelled")
+from mpicloud.protocol.jobs import TERMINAL
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mpicloud.errors import JobError
+from mpicloud.protocol.jobs import JOB_VERSION as CLIENT_JOB_VERSION
 from mpicloud.render.quoting import posix_join, windows_join
 from mpicloud.transport.base import Transport
-
-CLIENT_JOB_VERSION = 2  # the job.json format this client writes
 
 
 def sftp_path(os_name: str, path: str) -> str:

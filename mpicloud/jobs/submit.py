@@ -15,7 +15,8 @@ from typing import Any
 
 from mpicloud.errors import JobError, TransportError
 from mpicloud.jobs import transfer
-from mpicloud.jobs.remote import CLIENT_JOB_VERSION, QueueHandle
+from mpicloud.jobs.remote import QueueHandle
+from mpicloud.protocol.jobs import JOB_VERSION
 
 ARCHIVES = (".zip", ".tar.gz", ".tgz", ".tar", ".tar.zst", ".tzst")
 
@@ -113,7 +114,7 @@ def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None 
     queue.prepare()
     inputs = [*preuploaded, *upload_inputs(queue, request.inputs, on_event)]
     job_id = job_id or new_job_id()
-    job = {"version": CLIENT_JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
+    job = {"version": JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
            "cores": request.cores, "mpi": request.mpi, "inputs": inputs, "post": request.post,
            "env": request.env, "output_to": request.output_to, "sweep": request.sweep,
            "submitted_at": time.time()}

@@ -19,6 +19,7 @@ from mpicloud.errors import JobError
 from mpicloud.jobs import query
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, new_job_id, submit, upload_inputs
+from mpicloud.protocol.jobs import TERMINAL
 
 SWEEP_VERSION = 1
 INTERPRETERS = {".sh": ["sh"], ".bash": ["bash"], ".py": ["python3"], ".ps1": ["powershell", "-NoProfile",
@@ -157,7 +158,7 @@ def sweep_status(queue: QueueHandle, sweep_id: str) -> dict[str, Any]:
         if info and info.state == "failed":
             failed.append({"job": job_id, "row": row, "exit_code": info.exit_code, "reason": info.reason})
     return {"id": sweep_id, "name": record["name"], "total": len(record["jobs"]), "counts": dict(counts),
-            "done": sum(counts[s] for s in query.TERMINAL), "failed": failed}
+            "done": sum(counts[s] for s in TERMINAL), "failed": failed}
 
 
 def cancel_sweep(queue: QueueHandle, sweep_id: str) -> int:

@@ -24,9 +24,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-JOB_VERSION = 2
+# an isolated interpreter (-I, or Windows' embeddable Python with its ._pth file) leaves the script's own
+# directory off sys.path: the protocol package installed beside this file must still be found
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mpicloud.protocol.jobs import JOB_VERSION, TERMINAL
+
 RUNNER_VERSION = 2
-TERMINAL = ("succeeded", "failed", "cancelled")
 JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB_DIR", "MPICLOUD_WORK_DIR",
             "MPICLOUD_HOSTS", "MPICLOUD_SWEEP_ID")
 WINDOWS = os.name == "nt"

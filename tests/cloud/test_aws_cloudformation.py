@@ -203,7 +203,8 @@ def test_moto_deploys_the_template() -> None:
         role = iam.list_roles()["Roles"]
         kms = iam.get_role_policy(RoleName=role[0]["RoleName"], PolicyName="bucket-kms")["PolicyDocument"]
         assume = iam.get_role_policy(RoleName=role[0]["RoleName"], PolicyName="assume-bucket-role")["PolicyDocument"]
-        stored = boto3.client("ssm", region_name=region).get_parameters_by_path(Path="/mpicloud/mpi", Recursive=True)
+        pages = boto3.client("ssm", region_name=region).get_paginator("get_parameters_by_path")
+        stored = [p for page in pages.paginate(Path="/mpicloud/mpi", Recursive=True) for p in page["Parameters"]]
     skipped = {str(w.message).split("parse ")[1].split(" but")[0] for w in caught
                if "but it's not supported" in str(w.message)}
     assert skipped == MOTO_SKIPS
@@ -226,7 +227,7 @@ def test_moto_deploys_the_template() -> None:
     assert kms["Statement"][0]["Resource"] == KMS_KEY
     assert assume["Statement"] == [{"Sid": "AssumeBucketRole", "Effect": "Allow", "Action": "sts:AssumeRole",
                                     "Resource": BUCKET_ROLE}]
-    assert {p["Name"]: p["Value"] for p in stored["Parameters"]} == runner_parameters("/mpicloud/mpi")
+    assert {p["Name"]: p["Value"] for p in stored} == runner_parameters("/mpicloud/mpi")
 
 
 def test_template_from_a_spec_keeps_its_defaults_and_limit() -> None:

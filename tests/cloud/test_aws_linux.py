@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpicloud.assets import RUNNER_FILES, provision_dir
+from mpicloud.assets import provision_dir, runner_files
 from mpicloud.errors import RenderError
 from mpicloud.render.linux import (
     STOP_COMMAND,
@@ -106,11 +106,11 @@ def test_head_runs_runner_workers_mount(spec: ClusterSpec) -> None:
 def test_runner_parameters_reassemble_to_the_runner() -> None:
     parts = runner_parameters("/mpicloud/demo")
     assert all(len(v) <= 4096 for v in parts.values())
-    for name in RUNNER_FILES:
+    for name, data in runner_files().items():
         keys = sorted((k for k in parts if k.startswith(f"/mpicloud/demo/runner/{name}/")),
                       key=lambda k: int(k.rsplit("/", 1)[1]))
         joined = base64.b64decode("".join(parts[k] for k in keys))
-        assert gzip.decompress(joined) == (provision_dir() / "runner" / name).read_bytes()
+        assert gzip.decompress(joined) == data
 
 
 def test_user_data_holds_no_secret(spec: ClusterSpec) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpicloud.assets import provision_dir
+from mpicloud.assets import provision_dir, runner_files
 from mpicloud.render.linux import STOP_COMMAND, cloud_config, runner_parameters
 from mpicloud.render.runner_config import runner_config
 from tests.specdata import aws_spec
@@ -110,8 +110,8 @@ def _fetch(tmp_path: Path, corrupt: bool = False) -> tuple[subprocess.CompletedP
 def test_fetch_runner_joins_and_verifies_the_parameters(tmp_path: Path) -> None:
     done, root = _fetch(tmp_path)
     assert done.returncode == 0, done.stderr
-    for name in ("runner.py", "transfer.py"):
-        assert (root / "opt" / "mpicloud" / name).read_bytes() == (provision_dir() / "runner" / name).read_bytes()
+    for name, data in runner_files().items():
+        assert (root / "opt" / "mpicloud" / name).read_bytes() == data
 
 
 def test_fetch_runner_refuses_a_corrupt_piece(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from mpicloud.assets import RUNNER_FILES, provision_dir
+from mpicloud.assets import provision_dir, runner_files
 from mpicloud.errors import RenderError
 from mpicloud.render import windows
 from mpicloud.spec import ClusterSpec, spec_from_dict
@@ -68,8 +68,8 @@ def test_every_step_is_guarded(azure_spec: ClusterSpec) -> None:
 
 def test_script_embeds_the_runner_and_helpers_exactly(azure_spec: ClusterSpec) -> None:
     files = _packed(windows.bootstrap_ps1(azure_spec))
-    for name in RUNNER_FILES:
-        assert files[name] == (provision_dir() / "runner" / name).read_bytes()
+    for name, data in runner_files().items():
+        assert files[name] == data
     for name in ("start-runner.ps1", "stop-cluster.ps1"):
         assert files[name] == (provision_dir() / "windows" / name).read_bytes()
 

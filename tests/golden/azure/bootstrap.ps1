@@ -41,6 +41,7 @@ function Get-Verified([string]$Url, [string]$Sha256, [string]$Name) {
 function Write-Packed([string]$Path, [string]$GzipBase64) {
   $packed = [IO.MemoryStream]::new([Convert]::FromBase64String($GzipBase64))
   $unzip = [IO.Compression.GZipStream]::new($packed, [IO.Compression.CompressionMode]::Decompress)
+  New-Item -ItemType Directory -Force -Path (Split-Path -Parent $Path) | Out-Null
   $out = [IO.File]::Create($Path)
   try { $unzip.CopyTo($out) } finally { $out.Dispose(); $unzip.Dispose() }
 }
@@ -106,6 +107,10 @@ if (-not (Test-Path $python)) {
 Write-Packed (Join-Path $Data 'runner.py') '<gzip+base64 of runner.py>'
 Write-Packed (Join-Path $Data 'transfer.py') '<gzip+base64 of transfer.py>'
 Write-Packed (Join-Path $Data 'bucketio.py') '<gzip+base64 of bucketio.py>'
+Write-Packed (Join-Path $Data 'mpicloud/__init__.py') '<gzip+base64 of mpicloud/__init__.py>'
+Write-Packed (Join-Path $Data 'mpicloud/protocol/__init__.py') '<gzip+base64 of mpicloud/protocol/__init__.py>'
+Write-Packed (Join-Path $Data 'mpicloud/protocol/jobs.py') '<gzip+base64 of mpicloud/protocol/jobs.py>'
+Write-Packed (Join-Path $Data 'mpicloud/protocol/paths.py') '<gzip+base64 of mpicloud/protocol/paths.py>'
 
 if ($NodeIndex -eq 0) {
   Write-Output 'mpicloud: runner configuration, idle-shutdown action, saved MS-MPI credentials, runner task'

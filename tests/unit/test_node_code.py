@@ -1,0 +1,48 @@
+"""The files shipped to the nodes run under the nodes' own interpreter and import only the standard library."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from mpicloud.assets import install_runner, runner_files
+from tests.runnerlib import NODE_PYTHON
+
+PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+before = set(sys.modules)
+import runner, transfer, bucketio
+import mpicloud.protocol
+mods = {name.split(".")[0] for name in set(sys.modules) - before}
+print(json.dumps(sorted(m for m in mods if m not in sys.stdlib_module_names)))
+"""
+
+
+def test_node_files_import_only_the_standard_library(tmp_path: Path) -> None:
+    install_runner(tmp_path)
+    # -S: without site-packages, as on a bare node; -I: no user site, no PYTHON* variables
+    done = subprocess.run([NODE_PYTHON, "-I", "-S", "-c", PROBE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)) <= {"runner", "transfer", "bucketio", "mpicloud"}
+
+
+def test_runner_finds_the_protocol_in_an_isolated_interpreter(tmp_path: Path) -> None:
+    """Isolated mode (as Windows' embeddable Python runs with its ._pth file) does not put the script's
+    directory on sys.path; the runner must still import the protocol package installed beside it."""
+    runner = install_runner(tmp_path / "opt")
+    (tmp_path / "root").mkdir()
+    done = subprocess.run([NODE_PYTHON, "-I", "-S", str(runner), "list", "--root", str(tmp_path / "root")],
+                          capture_output=True, text=True, timeout=60, check=False, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+def test_protocol_package_is_shipped_whole() -> None:
+    files = runner_files()
+    package = Path(__file__).resolve().parents[2] / "mpicloud" / "protocol"
+    for path in package.glob("*.py"):
+        assert files[f"mpicloud/protocol/{path.name}"] == path.read_bytes()
+    assert "mpicloud/__init__.py" in files
