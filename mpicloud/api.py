@@ -18,7 +18,7 @@ from mpicloud.cluster import connect as cluster_connect
 from mpicloud.cluster import local, registry
 from mpicloud.cluster.connect import AttachRequest
 from mpicloud.cluster.registry import ClusterRecord
-from mpicloud.errors import ClusterError
+from mpicloud.errors import ClusterError, MpicloudError
 from mpicloud.jobs import bucket, fetch, query, sweep, watch
 from mpicloud.jobs.query import JobInfo
 from mpicloud.jobs.remote import QueueHandle
@@ -44,6 +44,9 @@ class Cluster:
     def up(cls, spec: ClusterSpec | str | Path) -> Cluster:
         """Start a local cluster from a spec (object or YAML path) and start its runner."""
         spec = spec if isinstance(spec, ClusterSpec) else load_spec(spec)
+        if spec.cloud == "local" and spec.name in [r.name for r in registry.all_records()]:
+            raise ClusterError(f"cluster {spec.name!r} already exists ({cls.get(spec.name).revive()}); "
+                               f"`mpicloud down {spec.name}` first to create it anew")
         cluster = cls(local.up(spec))
         try:
             cluster.queue.ensure_runner()
@@ -77,6 +80,14 @@ class Cluster:
                                       python=r.python, runner=r.runner, cluster=r.name)
         return self._queue
 
+    def revive(self) -> str:
+        """Make sure the cluster's runner serves its queue (restarting a dead one); says what it found."""
+        try:
+            found = self.queue.ensure_runner()
+        except MpicloudError as exc:
+            return f"its head node does not answer: {exc}"
+        return describe_runner(found)
+
     def down(self) -> None:
         """Stop a local cluster and everything it started; forget an attached one."""
         from mpicloud.transport.ssh import close_all
@@ -91,11 +102,12 @@ class Cluster:
 
     def submit(self, argv: Sequence[str], cores: int = 1, mpi: bool = False, inputs: Sequence[str | Path] = (),
                name: str | None = None, post: Sequence[str] | None = None, output_to: str | None = None,
-               on_input: InputEvent | None = None, **extra: Any) -> Job:
-        """Queue a job; inputs are uploaded once (content-addressed) and overlaid in order."""
+               on_input: InputEvent | None = None, job_id: str | None = None, **extra: Any) -> Job:
+        """Queue a job; inputs are uploaded once (content-addressed) and overlaid in order. With job_id (your
+        idempotency key) a retry returns the job an earlier try queued instead of queueing it twice."""
         request = JobRequest(argv=list(argv), cores=cores, mpi=mpi, inputs=inputs, name=name,
                              post=list(post) if post else None, output_to=output_to, **extra)
-        return Job(self, submit(self.queue, request, on_input))
+        return Job(self, submit(self.queue, request, on_input, job_id=job_id))
 
     def sweep(self, runs_csv: str | Path, template: str | Path, cores_per_run: int = 1,
               inputs: Sequence[str | Path] = (), name: str | None = None,
@@ -135,6 +147,16 @@ class Cluster:
     def status(self) -> dict[str, Any]:
         """Runner status: slots, queue length, idle time, heartbeat."""
         return query.runner_status(self.queue)
+
+
+def describe_runner(found: dict[str, Any]) -> str:
+    """One phrase for what ensure_runner found and did."""
+    if found.get("action") == "started":
+        previous = found.get("previous") or {}
+        age = previous.get("heartbeat_age")
+        seen = f"last heartbeat {age:.0f} s ago" if age is not None else "no heartbeat ever"
+        return f"its runner was not running ({seen}): restarted it, pid {found.get('pid')}"
+    return f"its runner is running, pid {found.get('pid')}"
 
 
 class Job:

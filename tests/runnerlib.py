@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from mpicloud.assets import install_runner
 RUNNER = Path(__file__).resolve().parents[1] / "provision" / "runner" / "runner.py"
 #: the interpreter the Linux cloud nodes run the runner with (Debian 12's python3, 3.11.2)
 NODE_PYTHON = "/usr/bin/python3"
+#: "other nodes" of a test root are this machine: `rsh NODE COMMAND` runs COMMAND here
+LOCAL_RSH = ["sh", "-c", 'exec sh -c "$2"', "rsh"]
 
 
 def runner_module() -> ModuleType:
@@ -29,23 +32,30 @@ def runner_module() -> ModuleType:
 class LocalQueue:
     """A runner root on local disk, with the runner served as a real subprocess."""
 
-    def __init__(self, root: Path, slots: list[int], python: str = NODE_PYTHON, **config: Any) -> None:
+    def __init__(self, root: Path, slots: list[int], python: str = NODE_PYTHON, log: Path | None = None,
+                 **config: Any) -> None:
         self.root = root
+        self.log = log or root.parent / f"{root.name}-runner.log"
         root.mkdir(parents=True, exist_ok=True)
         self.python = python
         self.runner = install_runner(root.parent / f"{root.name}-runner")
         nodes = [{"name": f"n{i}", "slots": s} for i, s in enumerate(slots)]
         conf = {"version": 1, "cluster": "t", "os": "linux", "launcher": "mpirun", "nodes": nodes,
-                "idle_shutdown_minutes": None, "stop_command": None, "env": {}, **config}
+                "idle_shutdown_minutes": None, "stop_command": None, "env": {}, "rsh": LOCAL_RSH, **config}
         (root / "runner.json").write_text(json.dumps(conf))
         for name in ("queue", "spool"):
             (root / name).mkdir(exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.count = 0
 
-    def serve(self) -> None:
-        self.proc = subprocess.Popen([self.python, str(self.runner), "serve", "--root", str(self.root)],
-                                     stderr=subprocess.PIPE)
+    def serve(self, crash_at: str | None = None) -> None:
+        """Start the runner; with crash_at, it kills itself at that point (MPICLOUD_RUNNER_CRASH_AT)."""
+        env = {k: v for k, v in os.environ.items() if k != "MPICLOUD_RUNNER_CRASH_AT"}
+        if crash_at:
+            env["MPICLOUD_RUNNER_CRASH_AT"] = crash_at
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.python, str(self.runner), "serve", "--root", str(self.root)],
+                                         stderr=log, env=env)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -60,6 +70,7 @@ class LocalQueue:
     def submit(self, argv: list[str], cores: int = 1, **extra: Any) -> str:
         self.count += 1
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{self.count:06d}"
+        extra.setdefault("submitted_at", time.time())
         spool = self.root / "spool" / job_id
         spool.mkdir()
         job = {"version": 2, "id": job_id, "argv": argv, "cores": cores, "mpi": False, "inputs": [],

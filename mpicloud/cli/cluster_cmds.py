@@ -134,10 +134,23 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
     if as_json:
         out.print(json.dumps(data, indent=1), markup=False)
         return
+    if "restarted" in data:
+        before = data["restarted"].get("heartbeat_age")
+        seen = f"last heartbeat {_age(before)} ago" if before is not None else "no heartbeat ever"
+        out.print(f"cluster {name}: the runner was not running ({seen}); restarted it (pid {data.get('pid')})",
+                  markup=False)
     if not data.get("alive"):
-        out.print(f"cluster {name}: runner not alive (last heartbeat {data.get('heartbeat', 'never')})")
-        return
-    free = data["slots_total"] - data["slots_busy"]
+        out.print(f"cluster {name}: runner not alive and could not be restarted; see runner.log on the head node",
+                  markup=False)
+        raise typer.Exit(1)
+    lost = data.get("unreachable") or {}
+    free = data["slots_total"] - data["slots_busy"] - int(data.get("slots_unreachable", 0))
     out.print(f"cluster {name}: {data['slots_busy']} slots busy, {free} free; {data['queued']} queued, "
               f"{data['running']} running; idle {_age(data['idle_seconds'])}; "
-              f"up {_age(time.time() - cluster.record.created_at)}; teardown: {cluster.record.teardown}")
+              f"heartbeat {float(data.get('heartbeat_age') or 0):.1f} s ago (runner pid {data.get('pid')}); "
+              f"up {_age(time.time() - cluster.record.created_at)}; teardown: {cluster.record.teardown}",
+              markup=False)
+    for node, since in sorted(lost.items()):
+        gone = float(data["heartbeat"]) - float(since)  # both by the head node's clock
+        out.print(f"  node {node} UNREACHABLE for {_age(gone)}: no new jobs go there; jobs on it fail",
+                  markup=False)

@@ -32,6 +32,8 @@ def submit(
     label: Annotated[str | None, typer.Option("--name", help="a label for the job")] = None,
     post: Annotated[str | None, typer.Option(help="command run after the main one (exit code kept apart)")] = None,
     output_to: Annotated[str | None, typer.Option(help="s3://bucket/prefix/ the cluster uploads outputs to")] = None,
+    job_id: Annotated[str | None, typer.Option("--id", help="your own job id: a retry with the same id returns "
+                                                            "the existing job instead of queueing it again")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Queue a job; prints the job id as the last line."""
@@ -44,13 +46,14 @@ def submit(
             err.print(f"input {item}: {event}", markup=False)
 
     job = cluster.submit(command, cores=cores, mpi=mpi, inputs=inputs or [], name=label,
-                         post=shlex.split(post) if post else None, output_to=output_to, on_input=on_input)
+                         post=shlex.split(post) if post else None, output_to=output_to, on_input=on_input,
+                         job_id=job_id)
     out.print(json.dumps({"id": job.id, "cluster": name}) if as_json else job.id, markup=False)
 
 
 @app.command()
 def jobs(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every job in FIFO order: state, cores, submit/start/end times, exit code."""
+    """Every job in FIFO order: state, cores, submit/start/end times, exit code, name, and why it failed."""
     infos = Cluster.get(name).jobs()
     if as_json:
         out.print(json.dumps([i.as_dict() for i in infos], indent=1), markup=False)
@@ -59,8 +62,9 @@ def jobs(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) ->
               markup=False)
     for i in infos:
         code = "-" if i.exit_code is None else str(i.exit_code)
+        why = f"  ({i.reason})" if i.reason and i.state != "succeeded" else ""
         out.print(f"{i.id:<30} {i.state:<10} {i.cores or '-':>5} {_when(i.submitted_at):>8} {_when(i.started_at):>8} "
-                  f"{_when(i.ended_at):>8} {code:>4}  {i.name or ''}", markup=False)
+                  f"{_when(i.ended_at):>8} {code:>4}  {i.name or ''}{why}", markup=False)
 
 
 def _emit(stream: str, data: bytes) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mpicloud.errors import JobError
+from mpicloud.errors import JobError, TransportError
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.protocol.jobs import TERMINAL
 
@@ -62,25 +62,39 @@ def job_info(queue: QueueHandle, job_id: str) -> JobInfo:
 
 
 def list_jobs(queue: QueueHandle) -> list[JobInfo]:
-    """Every job in FIFO order (one command on the head node)."""
+    """Every job in FIFO order (one command on the head node, after making sure a runner serves them)."""
+    queue.prepare()
     return [JobInfo.from_state(d) for d in queue.runner_json("list")]
 
 
 def runner_status(queue: QueueHandle) -> dict[str, Any]:
-    """Slots busy/free, queue length, idle time, heartbeat."""
+    """Slots busy/free, queue length, idle time, heartbeat age, unreachable nodes; a dead runner is restarted
+    and `restarted` says so (the dead runner's pid and heartbeat age)."""
     data: dict[str, Any] = queue.runner_json("status")
+    if not data.get("alive"):
+        started = queue.ensure_runner()
+        data = {**queue.runner_json("status"), "restarted": started.get("previous") or {}}
     return data
 
 
+#: how often a long wait makes sure the runner still serves the queue
+RUNNER_CHECK_SECONDS = 30.0
+
+
 def wait(queue: QueueHandle, job_id: str, timeout: float | None = None, poll: float = 0.2) -> JobInfo:
-    """Block until the job ends; JobError on timeout."""
+    """Block until the job ends, restarting a dead runner on the way; JobError on timeout."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    queue.prepare()
+    checked = time.monotonic()
     while True:
         info = job_info(queue, job_id)
         if info.done:
             return info
         if deadline is not None and time.monotonic() > deadline:
             raise JobError(f"job {job_id} still {info.state} after {timeout:.0f} s")
+        if time.monotonic() - checked > RUNNER_CHECK_SECONDS:
+            queue.ensure_runner()
+            checked = time.monotonic()
         time.sleep(poll)
 
 
@@ -111,14 +125,19 @@ def follow_logs(queue: QueueHandle, job_id: str, emit: Callable[[str, bytes], No
 
 
 def cancel(queue: QueueHandle, job_id: str) -> JobInfo:
-    """Ask the runner to cancel a queued or running job (every rank on every node)."""
-    info = job_info(queue, job_id)
-    if info.done:
+    """Ask the runner to cancel a queued or running job (every process on every node; the job ends
+    `cancelled` once they are gone). The request goes into the job's directory wherever it is now: a
+    submission not accepted yet carries it along into jobs/."""
+    queue.prepare()
+    for _ in range(20):
+        info = job_info(queue, job_id)
+        if info.done:
+            return info
+        where = queue.path("queue", job_id) if info.state == "submitted" else queue.job_path(job_id)
+        try:
+            queue.transport.write_bytes(f"{where}/cancel", b"cancel\n")
+        except (FileNotFoundError, TransportError):
+            time.sleep(0.05)  # moved from queue/ into jobs/ meanwhile: write it there
+            continue
         return info
-    if info.state == "submitted":
-        deadline = time.monotonic() + 10
-        while info.state == "submitted" and time.monotonic() < deadline:
-            time.sleep(0.1)
-            info = job_info(queue, job_id)
-    queue.transport.write_bytes(queue.job_path(job_id, "cancel"), b"cancel\n")
-    return info
+    raise JobError(f"could not deliver the cancel request for job {job_id}: it keeps moving; try again")

@@ -31,15 +31,16 @@ class QueueHandle:
     runner: str
     cluster: str
     _prepared: bool = field(default=False, repr=False)
+    #: what the last ensure_runner() found and did (the runner's `start` answer)
+    runner_start: dict[str, Any] = field(default_factory=dict, repr=False)
+    slots_total: int | None = field(default=None, repr=False)
 
     def prepare(self) -> None:
-        """Once per handle: refuse a runner too old for this client, make sure the queue directories exist."""
+        """Once per handle: make sure a runner serves the queue (restarting a dead one), refuse a runner too
+        old for this client, make sure the queue directories exist."""
         if self._prepared:
             return
-        try:
-            status = json.loads(self.transport.read_bytes(self.path("status.json")))
-        except FileNotFoundError:
-            status = {}
+        status = self.ensure_runner()
         runner_version = int(status.get("job_version", CLIENT_JOB_VERSION))
         if runner_version < CLIENT_JOB_VERSION:
             raise JobError(f"the runner on cluster {self.cluster!r} reads job format v{runner_version}, this "
@@ -92,9 +93,18 @@ class QueueHandle:
                            + (f": {detail[-1]}" if detail else ""))
         return json.loads(result.stdout)
 
-    def ensure_runner(self) -> None:
-        """Start the runner on the head node unless it is alive (safe to repeat: one runner holds a lock)."""
+    def ensure_runner(self) -> dict[str, Any]:
+        """Make sure a runner serves the queue: the head node starts a supervised one when the heartbeat is
+        stale (safe to repeat from any client: one runner holds a lock). Returns what it found and did
+        (`action`: none, started or failed; `previous`: the dead runner's pid and heartbeat age)."""
         result = self.transport.run(self.command("start"), timeout=60)
         if result.exit_code != 0:
             raise JobError(f"cannot start the runner on cluster {self.cluster!r}: "
                            f"{result.stderr.decode(errors='replace').strip()}")
+        answer: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}  # older runners: {}
+        if answer.get("action") == "failed":
+            raise JobError(f"the runner on cluster {self.cluster!r} is not running and did not start; see "
+                           f"{self.cluster_path('runner.log')} on the head node")
+        self.runner_start = answer
+        self.slots_total = int(answer["slots_total"]) if "slots_total" in answer else None
+        return answer

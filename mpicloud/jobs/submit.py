@@ -23,6 +23,18 @@ ARCHIVES = (".zip", ".tar.gz", ".tgz", ".tar", ".tar.zst", ".tzst")
 InputEvent = Callable[[str, str], None]  # (name, "uploaded" | "reused")
 
 
+#: a client-chosen job id (idempotency key): one plain file name, sorting and printing safely everywhere
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_job_id(job_id: str) -> str:
+    """A client-chosen job id, or a JobError saying what a valid one looks like."""
+    if not JOB_ID.match(job_id) or job_id.endswith("."):
+        raise JobError(f"job id {job_id!r} is not valid: use 1-100 letters, digits, '.', '_' or '-', starting "
+                       "with a letter or digit (e.g. run-2026-01-07-a)")
+    return job_id
+
+
 def new_job_id() -> str:
     """A unique id that sorts in submission time order."""
     stamp = time.time()
@@ -101,9 +113,18 @@ def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path], on_event: In
     return entries
 
 
+def existing_job(queue: QueueHandle, job_id: str) -> bool:
+    """True when the cluster already has this job id (submitted or accepted, in any state)."""
+    return queue.transport.stat(queue.path("queue", job_id)) is not None or \
+        queue.transport.stat(queue.job_path(job_id)) is not None
+
+
 def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None = None,
            job_id: str | None = None, preuploaded: Sequence[dict[str, Any]] = ()) -> str:
-    """Queue a job and return its id; idempotent for a given job_id. `preuploaded` input entries go first."""
+    """Queue a job and return its id. A client-chosen job_id is an idempotency key: when the cluster already
+    has that job (an earlier try of this submit got through), its id is returned and nothing is queued
+    again. Refused before anything is written when the job needs more cores than the cluster has.
+    `preuploaded` input entries go first."""
     if not request.argv:
         raise JobError("no command given: put it after `--`, e.g. `mpicloud submit NAME -- hostname`")
     if request.cores < 1:
@@ -111,7 +132,14 @@ def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None 
     for url, what in [(str(i), "--input") for i in request.inputs if str(i).startswith("s3:")] + \
             ([(request.output_to, "--output-to")] if request.output_to else []):
         check_s3_url(url, what)
+    if job_id is not None:
+        check_job_id(job_id)
     queue.prepare()
+    if queue.slots_total is not None and request.cores > queue.slots_total:
+        raise JobError(f"the job needs {request.cores} cores, the cluster {queue.cluster!r} has "
+                       f"{queue.slots_total}")
+    if job_id is not None and existing_job(queue, job_id):
+        return job_id
     inputs = [*preuploaded, *upload_inputs(queue, request.inputs, on_event)]
     job_id = job_id or new_job_id()
     job = {"version": JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
@@ -126,7 +154,6 @@ def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None 
     try:
         queue.transport.rename(spool, queue.path("queue", job_id))
     except TransportError:
-        if queue.transport.stat(queue.path("queue", job_id)) is None and \
-                queue.transport.stat(queue.job_path(job_id)) is None:
+        if not existing_job(queue, job_id):
             raise
     return job_id

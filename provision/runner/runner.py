@@ -5,15 +5,23 @@ Layout under ROOT (normally <shared>/.mpicloud):
   queue/<id>/       submitted jobs (a client renames spool/<id> here atomically)
   jobs/<id>/        accepted jobs: job.json, state.json, stdout.log, stderr.log, post.log, work/, hostfile,
                     result.json (written by the job's own wrapper process), cancel (a cancel request)
-  order.log         accepted job ids in FIFO order, one per line
-  store/<sha256>    content-addressed inputs;   status.json  heartbeat and slot usage
-Commands: serve | exec JOB | list | status | enqueue-check
+  order.log         accepted job ids in FIFO order, one per line (rebuilt from jobs/ after a crash)
+  store/<sha256>    content-addressed inputs;   status.json  heartbeat, slot usage, unreachable nodes
+  spool/<id>/       submissions being written by a client (reaped after spool_max_age_seconds)
+Commands: serve | supervise | start | exec JOB | list | status | purge JOB
+
+Every step is recoverable: the job dir is the source of truth, each launch of a job has a token the wrapper
+claims (launch-<token>) before it runs anything, and a job's processes carry MPICLOUD_JOB_ID and
+MPICLOUD_LAUNCH in their environment so that they can be found (and stopped) on every node.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,8 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpicloud.protocol.jobs import JOB_VERSION, TERMINAL
 
 RUNNER_VERSION = 2
+LAUNCH_VAR = "MPICLOUD_LAUNCH"
 JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB_DIR", "MPICLOUD_WORK_DIR",
-            "MPICLOUD_HOSTS", "MPICLOUD_SWEEP_ID")
+            "MPICLOUD_HOSTS", "MPICLOUD_SWEEP_ID", LAUNCH_VAR)
+#: test hook: MPICLOUD_RUNNER_CRASH_AT=<point> makes the runner kill itself (SIGKILL) when it reaches <point>
+CRASH_VAR = "MPICLOUD_RUNNER_CRASH_AT"
+CRASH_POINTS = ("accept.after_rename", "accept.after_state", "accept.after_order", "start.after_starting",
+                "start.after_spawn", "start.after_running", "finish.before_state", "finish.after_state")
+#: seconds without a heartbeat after which the runner counts as dead
+HEARTBEAT_STALE = 5.0
+#: seconds between TERM and KILL when a job is stopped
+STOP_GRACE = 5.0
 WINDOWS = os.name == "nt"
 #: the cluster-side S3 client for s3:// inputs and --output-to, installed beside this file
 BUCKETIO = Path(__file__).with_name("bucketio.py")
@@ -72,13 +89,37 @@ def read_json(path: Path) -> Any:
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write (temporary file + replace)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, sort_keys=True, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, sort_keys=True, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def now() -> float:
     return time.time()
+
+
+def crash_point(name: str) -> None:
+    """The test hook: die here, as `kill -9` would, when CRASH_VAR names this point."""
+    if os.environ.get(CRASH_VAR) == name:
+        if WINDOWS:
+            os._exit(137)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def claim_launch(jobdir: Path, launch: str, text: str) -> bool:
+    """Claim one launch of a job atomically: the wrapper claims it to run, a restarted runner to give it up
+    (the launch never started); whoever comes first wins, the other backs off."""
+    try:
+        fd = os.open(jobdir / f"launch-{launch}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return True
 
 
 # ---------------------------------------------------------------- processes
@@ -125,10 +166,11 @@ def alive(pid: int, token: str | None) -> bool:
 
 
 def spawn_detached(argv: list[str], cwd: Path, log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a process that outlives this one and the SSH session."""
+    """Start a process that outlives this one and the SSH session (without the test hook's variable)."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    env = {k: v for k, v in os.environ.items() if k != CRASH_VAR}
     kwargs: dict[str, Any] = {"cwd": str(cwd), "stdin": subprocess.DEVNULL, "stdout": out, "stderr": out,
-                              "close_fds": True}
+                              "close_fds": True, "env": env}
     if WINDOWS:
         kwargs["creationflags"] = 0x00000200 | 0x00000008  # CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS
     else:
@@ -136,23 +178,59 @@ def spawn_detached(argv: list[str], cwd: Path, log: Path | None = None) -> subpr
     return subprocess.Popen(argv, **kwargs)
 
 
-def kill_tree(pid: int, token: str | None, grace: float = 5.0) -> None:
-    """Stop a job's whole process group (MPI launcher and its ranks): TERM, then KILL after grace."""
+def signal_marked(job_id: str, launch: str | None, sig: int) -> list[int]:
+    """Send sig (0: none) to every process on this machine whose environment carries the job's markers
+    (MPICLOUD_JOB_ID, and MPICLOUD_LAUNCH of this launch): the wrapper hands them to the job's command,
+    mpirun to every rank, setsid children keep them. Returns their PIDs. Self-contained: the runner sends
+    this function's source to the other nodes of a job."""
+    import os
+
+    want = {f"MPICLOUD_JOB_ID={job_id}".encode()} | ({f"MPICLOUD_LAUNCH={launch}".encode()} if launch else set())
+    found: list[int] = []
+    if not os.path.isdir("/proc"):
+        return found
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                if not want <= set(handle.read().split(b"\0")):
+                    continue
+            if sig:
+                os.kill(int(name), sig)
+        except OSError:
+            continue
+        found.append(int(name))
+    return found
+
+
+def signal_group(pid: int, token: str | None, sig: int) -> None:
+    """Signal the process group a wrapper leads (its command and what it started), if the wrapper lives."""
     if not alive(pid, token):
         return
     if WINDOWS:
-        subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
+        if sig:
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = now() + wait
-        while now() < deadline:
-            if not alive(pid, token):
-                return
-            time.sleep(0.05)
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        pass
+
+
+def rsh_argv(config: dict[str, Any]) -> list[str]:
+    """How this node runs a command on another node: runner.json's `rsh`, else Open MPI's ssh agent (the
+    cluster's own ssh config), else plain ssh; never prompting."""
+    if config.get("rsh"):
+        return [str(a) for a in config["rsh"]]
+    agent = os.environ.get("OMPI_MCA_plm_rsh_agent", "ssh").split(":")[0].strip() or "ssh"
+    return [*shlex.split(agent), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+
+
+def remote_command(work: str, env: dict[str, str], argv: list[str]) -> str:
+    """A shell command line that runs argv in work with env on another node."""
+    assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
+    return f"cd {shlex.quote(work)} && exec env {assigns} {shlex.join(argv)}"
 
 
 # ---------------------------------------------------------------- launchers
@@ -305,10 +383,14 @@ def job_env(root: Path, jobdir: Path, job: dict[str, Any], hosts: list[tuple[str
     return env
 
 
-def run_job(root: Path, job_id: str) -> int:
-    """`exec`: run one job to completion in its own process group and write result.json."""
+def run_job(root: Path, job_id: str, launch: str) -> int:
+    """`exec`: run one launch of a job to completion in its own process group and write result.json; nothing
+    when the runner gave this launch up (it restarted before the wrapper started)."""
     jobdir = root / "jobs" / job_id
-    (jobdir / "wrapper.pid").write_text(f"{os.getpid()} {process_start_time(os.getpid())}", encoding="utf-8")
+    me = f"{os.getpid()} {process_start_time(os.getpid())}"
+    if not claim_launch(jobdir, launch, me):
+        return 0
+    (jobdir / "wrapper.pid").write_text(me, encoding="utf-8")
     job = upgrade_job(read_json(jobdir / "job.json"))
     state = read_json(jobdir / "state.json")
     config = read_json(root / "runner.json")
@@ -316,6 +398,7 @@ def run_job(root: Path, job_id: str) -> int:
     work = jobdir / "work"
     work.mkdir(exist_ok=True)
     env = job_env(root, jobdir, job, hosts, config)
+    env[LAUNCH_VAR] = launch
     result: dict[str, Any] = {"exit_code": None, "post_exit_code": None, "reason": None}
     try:
         stage_inputs(root, jobdir, job, work, env)
@@ -328,6 +411,9 @@ def run_job(root: Path, job_id: str) -> int:
         argv = launch_argv(config["launcher"], hosts, int(job["cores"]), str(jobdir / "hostfile"),
                            str(work), exported, argv)
         argv[0] = launcher_program(argv[0])
+    elif hosts[0][0] != config["nodes"][0]["name"] and not WINDOWS:  # a script runs on its first node
+        exported = {k: env[k] for k in env if k in JOB_VARS or k in job.get("env", {}) or k in config.get("env", {})}
+        argv = [*rsh_argv(config), hosts[0][0], remote_command(str(work), exported, argv)]
     out, err, post = jobdir / "stdout.log", jobdir / "stderr.log", jobdir / "post.log"
     snapshot(work, jobdir / "inputs.json")
     result["exit_code"], result["reason"] = _run(argv, work, env, out, err)
@@ -358,24 +444,43 @@ def _run(argv: list[str], work: Path, env: dict[str, str], out: Path, err: Path)
     return code, None if code == 0 else f"exited with code {code}"
 
 
-def _finish(jobdir: Path, result: dict[str, Any]) -> int:
+def _finish(jobdir: Path, result: dict[str, Any], patience: float = 600.0) -> int:
+    """Record the result; a full disk is waited out (for `patience` seconds) rather than losing the result."""
     result["ended_at"] = now()
-    write_json(jobdir / "result.json", result)
-    return 0
+    deadline = now() + patience
+    while True:
+        try:
+            write_json(jobdir / "result.json", result)
+            return 0
+        except OSError:
+            if now() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 # ---------------------------------------------------------------- the queue (one per cluster)
 class Runner:
-    """Accepts submitted jobs, starts them in strict FIFO order when their cores fit, tracks them."""
+    """Accepts submitted jobs, starts them in strict FIFO order when their cores fit, tracks them until every
+    one of their processes is gone; every step can be cut short by a crash and is finished by recover()."""
 
     def __init__(self, root: Path, poll: float = 0.05) -> None:
         self.root = root
         self.poll = poll
         self.config = read_json(root / "runner.json")
         self.nodes: list[dict[str, Any]] = self.config["nodes"]
+        self.head = str(self.nodes[0]["name"])
         self.total = sum(int(n["slots"]) for n in self.nodes)
         self.queue: list[str] = []
         self.running: dict[str, dict[str, Any]] = {}
+        self.stopping: dict[str, dict[str, Any]] = {}  # job id -> why, since when, KILL sent, nodes unchecked
+        self.unadmitted: list[str] = []  # renamed into jobs/ but not yet recorded (a write failed)
+        self.start_errors: dict[str, int] = {}
+        self.unreachable: dict[str, float] = {}  # node -> since
+        self.probe_failures: dict[str, int] = {}
+        self.probes: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+        self.last_probe: dict[str, float] = {}
+        self.last_spool_reap = 0.0
+        self.last_message = ("", 0.0)
         self.started_at = now()
         self.last_active = now()
         self.last_status = 0.0
@@ -404,38 +509,33 @@ class Runner:
                 used[name] = used.get(name, 0) + int(count)
         return used
 
-    # -- start-up: rebuild from disk, re-adopt running jobs
-    def recover(self) -> None:
-        order = self.root / "order.log"
-        ids = order.read_text(encoding="utf-8").split() if order.exists() else []
-        for job_id in dict.fromkeys(ids):
-            try:
-                state = self.state(job_id)
-            except (OSError, ValueError):
-                continue
-            if state["state"] == "queued":
-                self.queue.append(job_id)
-            elif state["state"] in ("running", "starting"):
-                self.readopt(job_id, state)
+    def log(self, message: str) -> None:
+        """One line in runner.log (the same message at most once a minute: a full disk must not fill a log)."""
+        if self.last_message[0] == message and now() - self.last_message[1] < 60:
+            return
+        self.last_message = (message, now())
+        try:
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", file=sys.stderr, flush=True)
+        except OSError:
+            pass  # the log is on the full disk too
 
-    def readopt(self, job_id: str, state: dict[str, Any]) -> None:
-        """A job that was running when the runner stopped: adopt it if its wrapper lives or finished."""
-        pidfile = self.jobdir(job_id) / "wrapper.pid"
-        if state.get("pid") is None and pidfile.exists():
-            pid, token = pidfile.read_text(encoding="utf-8").split()
-            state = self.set_state(job_id, state="running", pid=int(pid), pid_token=token,
-                                   started_at=state.get("started_at") or now())
-        finished = (self.jobdir(job_id) / "result.json").exists()
-        if finished or (state.get("pid") is not None and alive(int(state["pid"]), state.get("pid_token"))):
-            self.running[job_id] = state
-        else:
-            self.set_state(job_id, state="failed", ended_at=now(),
-                           reason="the job's process was gone when the runner restarted")
+    # -- accepting: the job dir is the source of truth; state.json and order.log are derived from it
+    def initial_state(self, job_id: str) -> dict[str, Any]:
+        base = {"id": job_id, "version": JOB_VERSION, "hosts": [], "exit_code": None, "post_exit_code": None,
+                "reason": None, "started_at": None, "ended_at": None}
+        try:
+            job = upgrade_job(read_json(self.jobdir(job_id) / "job.json"))
+            base.update(state="queued", cores=int(job["cores"]), name=job.get("name"), sweep=job.get("sweep"),
+                        submitted_at=job.get("submitted_at", now()))
+        except (ValueError, KeyError, TypeError) as exc:
+            base.update(state="failed", reason=f"invalid job description: {exc}", ended_at=now())
+        return base
 
-    # -- one pass of the loop
     def accept(self) -> None:
-        incoming = sorted(os.listdir(self.root / "queue"))
-        for job_id in incoming:
+        for job_id in list(self.unadmitted):
+            self.admit(job_id)
+            self.unadmitted.remove(job_id)
+        for job_id in sorted(os.listdir(self.root / "queue")):
             src = self.root / "queue" / job_id
             if job_id.startswith(".") or not (src / "job.json").exists():
                 continue
@@ -444,51 +544,225 @@ class Runner:
                 shutil.rmtree(src, ignore_errors=True)
                 continue
             os.replace(src, dst)
-            base = {"id": job_id, "version": JOB_VERSION, "hosts": [], "exit_code": None,
-                    "post_exit_code": None, "reason": None, "started_at": None, "ended_at": None}
-            try:
-                job = upgrade_job(read_json(dst / "job.json"))
-                base.update(state="queued", cores=int(job["cores"]), name=job.get("name"),
-                            sweep=job.get("sweep"), submitted_at=job.get("submitted_at", now()))
-            except (ValueError, KeyError, TypeError) as exc:
-                base.update(state="failed", reason=f"invalid job description: {exc}", ended_at=now())
-            write_json(dst / "state.json", base)
-            with open(self.root / "order.log", "a", encoding="utf-8") as log:
-                log.write(job_id + "\n")
-            if base["state"] == "queued":
-                self.queue.append(job_id)
-            self.last_active = now()
+            crash_point("accept.after_rename")
+            self.unadmitted.append(job_id)
+            self.admit(job_id)
+            self.unadmitted.remove(job_id)
 
+    def admit(self, job_id: str) -> None:
+        """Record an accepted job dir: state.json, then its line in order.log (recover() finishes either)."""
+        state_file = self.jobdir(job_id) / "state.json"
+        if not state_file.exists():
+            write_json(state_file, self.initial_state(job_id))
+            crash_point("accept.after_state")
+        with open(self.root / "order.log", "a", encoding="utf-8") as log:
+            log.write(job_id + "\n")
+        crash_point("accept.after_order")
+        if self.state(job_id)["state"] == "queued":
+            self.queue.append(job_id)
+        self.last_active = now()
+
+    # -- start-up: rebuild from disk, finish interrupted steps, re-adopt running jobs
+    def recover(self) -> None:
+        for job_id in self.repair_order():
+            try:
+                state = self.state(job_id)
+            except (OSError, ValueError):
+                continue
+            if state["state"] == "queued":
+                self.queue.append(job_id)
+            elif state["state"] == "starting":
+                self.resume_start(job_id, state)
+            elif state["state"] == "running":
+                self.running[job_id] = state
+
+    def repair_order(self) -> list[str]:
+        """order.log made whole again: its complete lines naming accepted jobs, then accepted job dirs it
+        lacks (a crash between the rename and the append) by submission time; every one with a state.json."""
+        path = self.root / "order.log"
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        recorded = [i for i in text.split("\n")[:-1] if i]  # a torn last line (no newline) is dropped
+        present = {n for n in os.listdir(self.root / "jobs")
+                   if not n.startswith(".") and (self.jobdir(n) / "job.json").exists()}
+        ids = [i for i in dict.fromkeys(recorded) if i in present]
+        for job_id in present:
+            if not (self.jobdir(job_id) / "state.json").exists():
+                write_json(self.jobdir(job_id) / "state.json", self.initial_state(job_id))
+        missing = sorted(present - set(ids), key=lambda i: (float(self.state(i).get("submitted_at") or 0), i))
+        if missing or ids != recorded:
+            ids += missing
+            tmp = path.with_name(f".order.log.{os.getpid()}.tmp")
+            tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+            os.replace(tmp, path)
+        return ids
+
+    def resume_start(self, job_id: str, state: dict[str, Any]) -> None:
+        """A launch cut short: give it up if its wrapper never started (back to the queue, same place in the
+        FIFO order), adopt it if the wrapper claimed it."""
+        launch = state.get("launch")
+        jobdir = self.jobdir(job_id)
+        if launch and claim_launch(jobdir, launch, "given up by the runner\n"):
+            self.set_state(job_id, state="queued", hosts=[], started_at=None, launch=None)
+            self.queue.append(job_id)
+            return
+        claim = jobdir / (f"launch-{launch}" if launch else "wrapper.pid")
+        fields = claim.read_text(encoding="utf-8").split() if claim.exists() else []
+        pid, token = (int(fields[0]), fields[1]) if len(fields) == 2 else (None, None)
+        self.running[job_id] = self.set_state(job_id, state="running", pid=pid, pid_token=token)
+
+    # -- cancel, finish, stop: a job leaves `running` only when all its processes are gone
     def cancel_requests(self) -> None:
         for job_id in [j for j in self.queue if (self.jobdir(j) / "cancel").exists()]:
             self.queue.remove(job_id)
             self.set_state(job_id, state="cancelled", ended_at=now(), reason="cancelled before it started")
         for job_id, state in list(self.running.items()):
-            if (self.jobdir(job_id) / "cancel").exists() and not state.get("cancelling"):
-                state["cancelling"] = True
-                kill_tree(int(state["pid"]), state.get("pid_token"))
+            stop = self.stopping.get(job_id)
+            if (self.jobdir(job_id) / "cancel").exists() and not (stop and stop["reason"]):
+                self.stop(job_id, state, "cancelled while running")
+
+    def wrapper_alive(self, state: dict[str, Any]) -> bool:
+        return state.get("pid") is not None and alive(int(state["pid"]), state.get("pid_token"))
+
+    def stop(self, job_id: str, state: dict[str, Any], reason: str | None) -> None:
+        """Begin stopping a job's processes on every node: TERM now, KILL after STOP_GRACE (see survivors)."""
+        self.stopping[job_id] = {"reason": reason, "since": now(), "killed": False, "unchecked": [],
+                                 "remote": [], "checked_at": 0.0, "reported": False}
+        if state.get("pid") is not None:
+            signal_group(int(state["pid"]), state.get("pid_token"), signal.SIGTERM)
+        signal_marked(job_id, state.get("launch"), signal.SIGTERM)
+        for node in self.other_nodes(state):
+            self.remote_signal(node, job_id, state.get("launch"), signal.SIGTERM)
+
+    def other_nodes(self, state: dict[str, Any]) -> list[str]:
+        return [str(h) for h, _ in state["hosts"] if str(h) != self.head and not WINDOWS]
+
+    def remote_signal(self, node: str, job_id: str, launch: str | None, sig: int) -> list[int] | None:
+        """signal_marked on another node through its ssh; None when the node cannot be reached."""
+        if node in self.unreachable:
+            return None
+        code = (inspect.getsource(signal_marked) +
+                f"print(' '.join(map(str, signal_marked({job_id!r}, {launch!r}, {int(sig)}))))\n")
+        try:
+            done = subprocess.run([*rsh_argv(self.config), node, shlex.join(["python3", "-c", code])],
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if done.returncode != 0:
+            return None
+        return [int(p) for p in done.stdout.split()]
+
+    def survivors(self, job_id: str, state: dict[str, Any]) -> list[str]:
+        """What is left of a job (`node:pid`): its wrapper and marked processes here and, once those are gone
+        and the job is being stopped, on its other nodes (asked at most every 2 s); KILL after STOP_GRACE."""
+        stop = self.stopping.get(job_id)
+        launch = state.get("launch")
+        kill = stop is not None and now() - stop["since"] >= STOP_GRACE
+        if stop is not None and kill and not stop["killed"]:
+            stop["killed"] = True
+            if state.get("pid") is not None:
+                signal_group(int(state["pid"]), state.get("pid_token"), signal.SIGKILL)
+        left = [f"{self.head}:{p}" for p in signal_marked(job_id, launch, signal.SIGKILL if kill else 0)]
+        if self.wrapper_alive(state):
+            left.append(f"{self.head}:{state['pid']}")
+        if stop is None or left:
+            return left
+        if now() - stop["checked_at"] >= 2.0:
+            stop["checked_at"], stop["unchecked"], stop["remote"] = now(), [], []
+            for node in self.other_nodes(state):
+                found = self.remote_signal(node, job_id, launch, signal.SIGKILL if kill else 0)
+                if found is None:
+                    stop["unchecked"].append(node)
+                stop["remote"] += [f"{node}:{p}" for p in found or []]
+        return list(stop["remote"])
 
     def reap(self) -> None:
         self.children = [c for c in self.children if c.poll() is None]
         for job_id, state in list(self.running.items()):
-            result_file = self.jobdir(job_id) / "result.json"
-            if result_file.exists():
-                result = read_json(result_file)
-                cancelled = (self.jobdir(job_id) / "cancel").exists()
-                final = "cancelled" if cancelled else "succeeded" if result["exit_code"] == 0 else "failed"
-                self.set_state(job_id, state=final, exit_code=result["exit_code"],
-                               ended_at=result["ended_at"], post_exit_code=result["post_exit_code"],
-                               reason="cancelled while running" if cancelled else result["reason"])
-            elif not alive(int(state["pid"]), state.get("pid_token")):
-                cancelled = (self.jobdir(job_id) / "cancel").exists()
-                self.set_state(job_id, state="cancelled" if cancelled else "failed", ended_at=now(),
-                               reason="cancelled while running" if cancelled
-                               else "the job's process died without recording a result")
-            else:
-                continue
-            del self.running[job_id]
-            self.last_active = now()
+            try:
+                self.reap_one(job_id, state)
+            except (OSError, ValueError) as exc:
+                self.log(f"job {job_id}: {exc}")
 
+    def reap_one(self, job_id: str, state: dict[str, Any]) -> None:
+        result_file = self.jobdir(job_id) / "result.json"
+        result = read_json(result_file) if result_file.exists() else None
+        if job_id not in self.stopping:
+            if self.wrapper_alive(state):
+                return  # running, or writing its last bytes
+            if result is None:
+                self.stop(job_id, state, f"the job's wrapper process (pid {state.get('pid')}) died without "
+                                         "recording a result; its remaining processes were stopped")
+        left = self.survivors(job_id, state)
+        if left and job_id not in self.stopping:
+            self.stop(job_id, state, None)  # the job ended and left processes behind: they go too
+            return
+        if left:
+            stop = self.stopping[job_id]
+            if now() - stop["since"] > STOP_GRACE + 30 and not stop["reported"]:
+                stop["reported"] = True
+                self.set_state(job_id, reason=f"{stop['reason'] or 'ending'}: {len(left)} processes would not "
+                                              f"stop ({', '.join(left[:5])}); their slots stay taken")
+            return
+        self.finish(job_id, result)
+
+    def finish(self, job_id: str, result: dict[str, Any] | None) -> None:
+        stop = self.stopping.pop(job_id, None) or {"reason": None, "unchecked": []}
+        notes = [f"processes on {', '.join(stop['unchecked'])} could not be checked (unreachable)"] \
+            if stop["unchecked"] else []
+        if (self.jobdir(job_id) / "cancel").exists():
+            final, reasons = "cancelled", ["cancelled while running"]
+        else:
+            final = "succeeded" if result is not None and result["exit_code"] == 0 else "failed"
+            reasons = [r for r in (stop["reason"], result and result.get("reason")) if r]
+        crash_point("finish.before_state")
+        self.set_state(job_id, state=final, exit_code=result and result["exit_code"],
+                       post_exit_code=result and result["post_exit_code"],
+                       ended_at=result["ended_at"] if result else now(), reason="; ".join(reasons + notes) or None)
+        crash_point("finish.after_state")
+        del self.running[job_id]
+        self.last_active = now()
+
+    # -- nodes: probed through the cluster's own ssh; an unreachable node gets no new jobs
+    def probe_nodes(self) -> None:
+        interval = float(self.config.get("probe_seconds", 10))
+        if WINDOWS or interval <= 0:
+            return
+        for node in self.nodes[1:]:
+            name = str(node["name"])
+            probe = self.probes.get(name)
+            if probe is None:
+                if now() - self.last_probe.get(name, 0.0) >= interval:
+                    proc = subprocess.Popen([*rsh_argv(self.config), name, "true"], stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    self.probes[name] = (proc, now())
+                continue
+            proc, began = probe
+            code = proc.poll()
+            if code is None and now() - began < 15:
+                continue
+            if code is None:
+                proc.kill()
+                proc.wait()
+            del self.probes[name]
+            self.last_probe[name] = now()
+            self.node_answered(name, code == 0)
+
+    def node_answered(self, name: str, ok: bool) -> None:
+        if ok:
+            self.probe_failures[name] = 0
+            if self.unreachable.pop(name, None) is not None:
+                self.log(f"node {name} is reachable again")
+            return
+        self.probe_failures[name] = self.probe_failures.get(name, 0) + 1
+        if self.probe_failures[name] < 2 or name in self.unreachable:
+            return
+        self.unreachable[name] = now()
+        self.log(f"node {name} is unreachable: no new jobs go there")
+        for job_id, state in list(self.running.items()):
+            if name in [str(h) for h, _ in state["hosts"]] and not (self.stopping.get(job_id) or {}).get("reason"):
+                self.stop(job_id, state, f"node {name} became unreachable")
+
+    # -- starting
     def schedule(self) -> None:
         while self.queue:
             job_id = self.queue[0]
@@ -498,24 +772,59 @@ class Runner:
                 self.set_state(job_id, state="failed", ended_at=now(),
                                reason=f"needs {cores} cores but the cluster has {self.total}")
                 continue
-            hosts = allocate(self.nodes, self.busy(), cores)
+            usable = [n for n in self.nodes if n["name"] not in self.unreachable]
+            hosts = allocate(usable, self.busy(), cores)
             if hosts is None:
                 return  # strict FIFO: nothing overtakes the head of the queue
             self.queue.pop(0)
-            self.start(job_id, hosts)
+            try:
+                self.start(job_id, hosts)
+            except OSError as exc:
+                self.start_failed(job_id, exc)
+                return
+
+    def start_failed(self, job_id: str, exc: OSError) -> None:
+        """A start that failed (e.g. a full disk): the job keeps its place; after 3 tries it fails."""
+        self.start_errors[job_id] = self.start_errors.get(job_id, 0) + 1
+        self.log(f"job {job_id}: could not start it: {exc}")
+        if self.start_errors[job_id] < 3:
+            self.queue.insert(0, job_id)
+            return
+        try:
+            self.set_state(job_id, state="failed", ended_at=now(), reason=f"could not be started: {exc}")
+        except OSError:
+            self.queue.insert(0, job_id)
 
     def start(self, job_id: str, hosts: list[tuple[str, int]]) -> None:
         jobdir = self.jobdir(job_id)
+        launch = secrets.token_hex(8)
         (jobdir / "hostfile").write_text(hostfile_text(hosts, self.config["os"]), encoding="utf-8")
-        self.set_state(job_id, state="starting", hosts=hosts, started_at=now())
-        child = spawn_detached([sys.executable, str(Path(__file__).resolve()), "exec", job_id,
+        self.set_state(job_id, state="starting", hosts=hosts, started_at=now(), launch=launch)
+        crash_point("start.after_starting")
+        child = spawn_detached([sys.executable, str(Path(__file__).resolve()), "exec", job_id, "--launch", launch,
                                 "--root", str(self.root)], jobdir, jobdir / "runner-exec.log")
         self.children.append(child)
-        pid = child.pid
-        state = self.set_state(job_id, state="running", pid=pid,
-                               pid_token=process_start_time(pid))
+        crash_point("start.after_spawn")
+        state = self.set_state(job_id, state="running", pid=child.pid, pid_token=process_start_time(child.pid))
+        crash_point("start.after_running")
         self.running[job_id] = state
         self.last_active = now()
+
+    # -- housekeeping
+    def reap_spool(self) -> None:
+        """Remove spool/<id> dirs of submits that died before their rename, once older than the limit."""
+        limit = float(self.config.get("spool_max_age_seconds", 3600))
+        if now() - self.last_spool_reap < min(60.0, limit):
+            return
+        self.last_spool_reap = now()
+        for name in os.listdir(self.root / "spool"):
+            path = self.root / "spool" / name
+            try:
+                if now() - path.stat().st_mtime > limit:
+                    shutil.rmtree(path)
+                    self.log(f"removed the abandoned submission spool/{name}")
+            except OSError:
+                continue
 
     def write_status(self) -> None:
         busy = sum(self.busy().values())
@@ -524,7 +833,8 @@ class Runner:
             "runner_version": RUNNER_VERSION, "job_version": JOB_VERSION, "pid": os.getpid(),
             "heartbeat": now(), "started_at": self.started_at, "slots_total": self.total,
             "slots_busy": busy, "queued": len(self.queue), "running": len(self.running),
-            "idle_seconds": idle_for, "last_active": self.last_active,
+            "idle_seconds": idle_for, "last_active": self.last_active, "unreachable": dict(self.unreachable),
+            "slots_unreachable": sum(int(n["slots"]) for n in self.nodes if n["name"] in self.unreachable),
             "idle_shutdown_minutes": self.config.get("idle_shutdown_minutes")})
         self.last_status = now()
 
@@ -535,15 +845,22 @@ class Runner:
         return now() - self.last_active >= float(minutes) * 60
 
     def serve(self) -> str:
-        """Run until asked to stop; returns why it stopped."""
+        """Run until asked to stop; returns why it stopped. A failing step (a full disk, a broken job dir) is
+        logged and retried on the next pass; it never ends the loop."""
         self.recover()
+        self.write_status()
+        steps = (self.accept, self.cancel_requests, self.reap, self.probe_nodes, self.schedule, self.reap_spool)
         while True:
-            self.accept()
-            self.cancel_requests()
-            self.reap()
-            self.schedule()
+            for step in steps:
+                try:
+                    step()
+                except Exception as exc:  # noqa: BLE001 - the loop outlives any one job's trouble
+                    self.log(f"{step.__name__}: {type(exc).__name__}: {exc}")
             if now() - self.last_status >= 1.0:
-                self.write_status()
+                try:
+                    self.write_status()
+                except OSError as exc:
+                    self.log(f"status.json: {exc}")
             if (self.root / "stop-runner").exists():
                 os.unlink(self.root / "stop-runner")
                 return "stop requested"
@@ -563,15 +880,20 @@ class Runner:
 
 # ---------------------------------------------------------------- reports for clients (one exec each)
 def list_jobs(root: Path) -> list[dict[str, Any]]:
-    """Every job's state in FIFO order, then submissions not yet accepted."""
+    """Every job's state in FIFO order (accepted jobs order.log lacks after a crash at the end, until the
+    runner repairs it), then submissions not yet accepted."""
     order = root / "order.log"
     ids = list(dict.fromkeys(order.read_text(encoding="utf-8").split())) if order.exists() else []
+    jobs = root / "jobs"
+    listed = set(ids)
+    ids += sorted(n for n in (os.listdir(jobs) if jobs.exists() else []) if n not in listed and n[:1] != ".")
     out = []
     for job_id in ids:
         try:
-            out.append(read_json(root / "jobs" / job_id / "state.json"))
+            out.append(read_json(jobs / job_id / "state.json"))
         except (OSError, ValueError):
-            continue
+            if (jobs / job_id / "job.json").exists():  # accepted, its state not written yet
+                out.append({"id": job_id, "state": "queued"})
     queue = root / "queue"
     pending = sorted(n for n in os.listdir(queue) if not n.startswith(".")) if queue.exists() else []
     out += [{"id": n, "state": "submitted"} for n in pending]
@@ -579,14 +901,53 @@ def list_jobs(root: Path) -> list[dict[str, Any]]:
 
 
 def status(root: Path) -> dict[str, Any]:
-    """The runner's status.json plus whether its heartbeat is fresh."""
+    """The runner's status.json plus the heartbeat's age (by this node's clock) and whether it is fresh."""
     try:
         data: dict[str, Any] = read_json(root / "status.json")
     except (OSError, ValueError):
         data = {}
-    data["alive"] = bool(data) and now() - float(data.get("heartbeat", 0)) < 5.0 and \
+    age = now() - float(data["heartbeat"]) if "heartbeat" in data else None
+    data["heartbeat_age"] = age
+    data["alive"] = age is not None and age < HEARTBEAT_STALE and \
         process_start_time(int(data.get("pid", 0) or 0)) is not None
     return data
+
+
+def start(root: Path, wait: float = 15.0) -> dict[str, Any]:
+    """`start`: make sure a runner serves this cluster (safe to repeat, from any client): nothing when its
+    heartbeat is fresh, else a supervised runner is started. Says what it found and what it did."""
+    found = status(root)
+    config = read_json(root / "runner.json")
+    total = sum(int(n["slots"]) for n in config["nodes"])
+    if found["alive"]:
+        return {**found, "action": "none", "slots_total": total}
+    spawn_detached([sys.executable, str(Path(__file__).resolve()), "supervise", "--root", str(root)],
+                   root, root / "runner.log")
+    deadline = now() + wait
+    while now() < deadline:
+        current = status(root)
+        if current["alive"] and current.get("pid") != found.get("pid"):
+            return {**current, "action": "started", "previous": _previous(found), "slots_total": total}
+        time.sleep(0.1)
+    current = status(root)
+    return {**current, "action": "failed", "previous": _previous(found), "slots_total": total}
+
+
+def _previous(found: dict[str, Any]) -> dict[str, Any]:
+    return {"pid": found.get("pid"), "heartbeat_age": found.get("heartbeat_age")}
+
+
+def supervise(root: Path) -> int:
+    """`supervise`: keep `serve` running, restarting it whenever it dies (killed, crashed); end when it
+    stops on purpose (stop request, idle shutdown) or another runner holds the lock."""
+    while True:
+        code = subprocess.call([sys.executable, str(Path(__file__).resolve()), "serve", "--root", str(root)],
+                               env={k: v for k, v in os.environ.items() if k != CRASH_VAR})
+        if code == 0:
+            return 0
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} runner exited with {code}; restarting it", file=sys.stderr,
+              flush=True)
+        time.sleep(1.0)
 
 
 def purge(root: Path, job_id: str) -> int:
@@ -602,18 +963,19 @@ def purge(root: Path, job_id: str) -> int:
     return 0
 
 
-def lock(root: Path) -> Any:
-    """Hold the runner lock (one runner per cluster); None when another runner has it."""
+def lock(root: Path, wait: bool = False) -> Any:
+    """Hold the runner lock (one runner per cluster); None when another runner has it (with wait: block
+    until it is free, for a service manager's runner that takes over when a client-started one dies)."""
     handle = open(root / "runner.lock", "a+b")  # noqa: SIM115
     try:
         if WINDOWS:
             import msvcrt
 
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
         else:
             import fcntl
 
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except OSError:
         handle.close()
         return None
@@ -624,13 +986,17 @@ def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="runner.py", description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("command", choices=["serve", "exec", "list", "status", "start", "purge"])
+    parser.add_argument("command", choices=["serve", "supervise", "exec", "list", "status", "start", "purge"])
     parser.add_argument("job", nargs="?")
     parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--launch", help="exec: the launch token the runner recorded")
+    parser.add_argument("--wait-lock", action="store_true", help="serve: wait for the runner lock")
     args = parser.parse_args(argv)
     root: Path = args.root
     if args.command == "exec":
-        return run_job(root, args.job)
+        return run_job(root, args.job, args.launch)
+    if args.command == "supervise":
+        return supervise(root)
     if args.command == "purge":
         return purge(root, args.job)
     if args.command == "list":
@@ -639,20 +1005,20 @@ def main(argv: list[str]) -> int:
     if args.command == "status":
         print(json.dumps(status(root)))
         return 0
-    if args.command == "start":  # start `serve` in the background unless a runner is already alive
-        if not status(root)["alive"]:
-            spawn_detached([sys.executable, str(Path(__file__).resolve()), "serve", "--root", str(root)],
-                           root, root / "runner.log")
+    if args.command == "start":
+        print(json.dumps(start(root)))
         return 0
-    held = lock(root)
+    held = lock(root, args.wait_lock)
     if held is None:
         print("another runner is already serving this cluster", file=sys.stderr)
         return 0
     runner = Runner(root)
-    runner.write_status()
     reason = runner.serve()
-    runner.write_status()
-    print(f"runner stopped: {reason}", file=sys.stderr)
+    try:
+        runner.write_status()
+    except OSError:
+        pass
+    runner.log(f"runner stopped: {reason}")
     return 0
 
 

@@ -25,4 +25,5 @@ if (Test-Path $blob) {
   if ($code -eq 0) { Remove-Item -Force -Path $blob }
   $secret = $null
 }
-& (Join-Path $data 'python\python.exe') (Join-Path $data 'runner.py') serve --root $cluster.root
+# supervise: restarts the runner whenever it dies; ends when it stops on purpose (idle shutdown)
+& (Join-Path $data 'python\python.exe') (Join-Path $data 'runner.py') supervise --root $cluster.root

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -132,11 +135,12 @@ def test_orphan_without_result_is_failed_on_restart(tmp_path: Path) -> None:
         time.sleep(0.05)
     q.kill()
     state = q.state(job)
-    runner.kill_tree(int(state["pid"]), state["pid_token"], grace=1)
+    os.killpg(int(state["pid"]), signal.SIGKILL)
     q.serve()
     try:
         final = q.wait(job)
-        assert final["state"] == "failed" and "gone when the runner restarted" in final["reason"]
+        assert final["state"] == "failed" and "wrapper process" in final["reason"]
+        assert "died without recording a result" in final["reason"]
     finally:
         q.stop()
 
@@ -152,3 +156,193 @@ def test_idle_shutdown_runs_the_stop_command(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert marker.exists()
     assert "idle" in json.loads((q.root / "shutdown.json").read_text())["reason"]
+
+
+# ---------------------------------------------------------------- crash windows (issue 9, item 2)
+def _runs(q: LocalQueue) -> list[str]:
+    path = q.root / "runs.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.parametrize("point", runner.CRASH_POINTS)
+def test_runner_killed_at_each_step_loses_nothing_and_runs_nothing_twice(tmp_path: Path, point: str) -> None:
+    """The runner SIGKILLs itself at the named point of accepting, starting or finishing a job; after a restart
+    every job is listed, ends succeeded, and ran exactly once (each appends its id to runs.txt)."""
+    q = LocalQueue(tmp_path / "root", [1])
+    record = ["sh", "-c", f'echo "$MPICLOUD_JOB_ID" >> {q.root / "runs.txt"}']
+    jobs = [q.submit(record) for _ in range(3)]
+    q.serve(crash_at=point)
+    assert q.proc is not None
+    assert q.proc.wait(30) == -signal.SIGKILL, f"the runner did not reach {point}"
+    time.sleep(0.5)  # a wrapper spawned just before the crash may run meanwhile
+    q.serve()
+    try:
+        finals = [q.wait(j) for j in jobs]
+        assert [f["state"] for f in finals] == ["succeeded"] * 3, finals
+        assert sorted(_runs(q)) == sorted(jobs)
+        listed = [d["id"] for d in runner.list_jobs(q.root)]
+        assert listed == jobs  # visible, once each, in FIFO order
+        order = (q.root / "order.log").read_text().split()
+        assert order == jobs
+    finally:
+        q.stop()
+
+
+def test_accepted_job_without_state_or_order_line_is_recovered(tmp_path: Path) -> None:
+    """The exact window of the issue: job dir renamed into jobs/, runner gone before state.json/order.log."""
+    q = LocalQueue(tmp_path / "root", [1])
+    first = q.submit(["true"])
+    q.serve()
+    q.wait(first)
+    q.stop()
+    job_id = q.submit(["sh", "-c", "echo ran"])
+    (q.root / "queue" / job_id).rename(q.root / "jobs" / job_id)
+    with open(q.root / "order.log", "a") as log:
+        log.write(job_id[:5])  # a torn append
+    assert [d["id"] for d in runner.list_jobs(q.root)] == [first, job_id]
+    q.serve()
+    try:
+        assert q.wait(job_id)["state"] == "succeeded"
+        assert (q.root / "jobs" / job_id / "stdout.log").read_text() == "ran\n"
+        assert (q.root / "order.log").read_text().split() == [first, job_id]
+    finally:
+        q.stop()
+
+
+def test_launch_never_spawned_goes_back_to_the_queue(tmp_path: Path) -> None:
+    """`starting` recorded, wrapper never started: requeued in its FIFO place, run once, not failed."""
+    q = LocalQueue(tmp_path / "root", [1])
+    a, b = q.submit(["sh", "-c", f"echo a >> {q.root}/runs.txt"]), q.submit(["sh", "-c", f"echo b >> {q.root}/runs.txt"])
+    q.serve(crash_at="start.after_starting")
+    assert q.proc is not None and q.proc.wait(30) == -signal.SIGKILL
+    assert q.state(a)["state"] == "starting"
+    q.serve()
+    try:
+        assert q.wait(a)["state"] == "succeeded" and q.wait(b)["state"] == "succeeded"
+        assert _runs(q) == ["a", "b"]
+        assert q.state(a)["ended_at"] <= q.state(b)["started_at"]
+    finally:
+        q.stop()
+
+
+# ---------------------------------------------------------------- processes (items 4 and 5)
+def _pids_with(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes() and \
+                    runner.process_start_time(int(entry.name)) is not None:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_cancel_ends_term_ignoring_and_setsid_processes(queue: LocalQueue) -> None:
+    mark = f"3607.{os.getpid() % 1000}1"
+    job = queue.submit(["sh", "-c", f"trap '' TERM; setsid sleep {mark}1 & sleep {mark}2; wait"])
+    deadline = time.monotonic() + 15
+    while len(_pids_with(mark)) < 2:
+        assert time.monotonic() < deadline, "the job's processes did not start"
+        time.sleep(0.05)
+    (queue.root / "jobs" / job / "cancel").touch()
+    time.sleep(1.0)
+    assert queue.state(job)["state"] == "running"  # not reported cancelled while its processes live
+    final = queue.wait(job, timeout=30)
+    assert final["state"] == "cancelled"
+    assert _pids_with(mark) == []
+
+
+def test_killed_wrapper_keeps_slots_until_its_processes_are_gone(tmp_path: Path) -> None:
+    q = LocalQueue(tmp_path / "root", [1])
+    q.serve()
+    mark = f"3608.{os.getpid() % 1000}1"
+    try:
+        job = q.submit(["sh", "-c", f"trap '' TERM; sleep {mark}"])
+        nxt = q.submit(["true"])
+        deadline = time.monotonic() + 15
+        while not _pids_with(mark):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(int(q.state(job)["pid"]), signal.SIGKILL)
+        time.sleep(2.0)
+        assert _pids_with(mark), "the job's process should still be running (it ignores TERM)"
+        assert q.state(job)["state"] == "running" and q.state(nxt)["state"] == "queued"
+        final = q.wait(job, timeout=30)
+        assert final["state"] == "failed" and "wrapper process" in final["reason"]
+        assert _pids_with(mark) == []
+        assert q.wait(nxt)["started_at"] >= final["ended_at"]
+    finally:
+        q.stop()
+
+
+def test_finished_job_leaves_no_background_process(queue: LocalQueue) -> None:
+    mark = f"3609.{os.getpid() % 1000}1"
+    job = queue.submit(["sh", "-c", f"setsid sleep {mark} & echo started"])
+    assert queue.wait(job, timeout=30)["state"] == "succeeded"
+    assert _pids_with(mark) == []
+
+
+# ---------------------------------------------------------------- placement, spool, full disk
+def test_script_runs_on_the_first_node_of_its_allocation(tmp_path: Path) -> None:
+    log = tmp_path / "rsh.log"
+    rsh = ["sh", "-c", f'echo "$1" >> {log}; exec sh -c "$2"', "rsh"]
+    q = LocalQueue(tmp_path / "root", [1, 1], rsh=rsh, probe_seconds=0)
+    q.serve()
+    try:
+        blocker = q.submit(["sleep", "1"])
+        while q.state(blocker)["state"] != "running":
+            time.sleep(0.05)
+        second = q.submit(["sh", "-c", 'cat "$MPICLOUD_HOSTFILE"; echo "$MPICLOUD_NP"'])
+        assert q.wait(second)["state"] == "succeeded"
+        assert (q.root / "jobs" / second / "stdout.log").read_text() == "n1 slots=1\n1\n"
+        assert log.read_text().split() == ["n1"]
+    finally:
+        q.stop()
+
+
+def test_stale_spool_dirs_are_reaped(tmp_path: Path) -> None:
+    q = LocalQueue(tmp_path / "root", [1], spool_max_age_seconds=2)
+    stale, fresh = q.root / "spool" / "stale-1", q.root / "spool" / "fresh-1"
+    stale.mkdir()
+    (stale / "job.json").write_text("{}")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    q.serve()
+    try:
+        deadline = time.monotonic() + 10
+        while stale.exists():
+            assert time.monotonic() < deadline, "stale spool dir was not reaped"
+            time.sleep(0.1)
+        fresh.mkdir()
+        time.sleep(0.5)
+        assert fresh.exists()
+    finally:
+        q.stop()
+
+
+def test_full_disk_fails_the_job_that_filled_it_not_the_runner(tmp_path: Path) -> None:
+    """A real full file system (a 4 MiB tmpfs): the runner keeps serving, the filling job fails."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"this test needs to mount a small tmpfs (root): {mounted.stderr.decode().strip()}")
+    try:
+        q = LocalQueue(disk / "root", [1], log=tmp_path / "runner.log")
+        filler = q.submit(["sh", "-c", "head -c 8M /dev/zero > fill; exit 1"])
+        after = q.submit(["sh", "-c", "echo fine"])
+        q.serve()
+        assert q.proc is not None
+        deadline = time.monotonic() + 20
+        while not (q.root / "jobs" / filler / "work" / "fill").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(3.0)  # the disk is full: status, results and states cannot be written
+        assert q.proc.poll() is None, "the runner died of a full disk"
+        (q.root / "jobs" / filler / "work" / "fill").unlink()
+        failed = q.wait(filler, timeout=30)
+        assert failed["state"] == "failed" and failed["exit_code"] == 1
+        assert q.wait(after, timeout=30)["state"] == "succeeded"
+        q.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
