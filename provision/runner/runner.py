@@ -17,6 +17,7 @@ MPICLOUD_LAUNCH in their environment so that they can be found (and stopped) on 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -212,10 +213,8 @@ def signal_group(pid: int, token: str | None, sig: int) -> None:
         if sig:
             subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
         return
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(pid, sig)
-    except OSError:
-        pass
 
 
 def rsh_argv(config: dict[str, Any]) -> list[str]:
@@ -223,7 +222,7 @@ def rsh_argv(config: dict[str, Any]) -> list[str]:
     cluster's own ssh config), else plain ssh; never prompting."""
     if config.get("rsh"):
         return [str(a) for a in config["rsh"]]
-    agent = os.environ.get("OMPI_MCA_plm_rsh_agent", "ssh").split(":")[0].strip() or "ssh"
+    agent = os.environ.get("OMPI_MCA_plm_rsh_agent", "ssh")  # noqa: SIM112 - Open MPI's own name.split(":")[0].strip() or "ssh"
     return [*shlex.split(agent), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
 
 
@@ -514,10 +513,8 @@ class Runner:
         if self.last_message[0] == message and now() - self.last_message[1] < 60:
             return
         self.last_message = (message, now())
-        try:
+        with contextlib.suppress(OSError):  # the log may be on the full disk too
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", file=sys.stderr, flush=True)
-        except OSError:
-            pass  # the log is on the full disk too
 
     # -- accepting: the job dir is the source of truth; state.json and order.log are derived from it
     def initial_state(self, job_id: str) -> dict[str, Any]:
@@ -854,7 +851,7 @@ class Runner:
             for step in steps:
                 try:
                     step()
-                except Exception as exc:  # noqa: BLE001 - the loop outlives any one job's trouble
+                except Exception as exc:  # the loop outlives any one job's trouble
                     self.log(f"{step.__name__}: {type(exc).__name__}: {exc}")
             if now() - self.last_status >= 1.0:
                 try:
@@ -1014,10 +1011,8 @@ def main(argv: list[str]) -> int:
         return 0
     runner = Runner(root)
     reason = runner.serve()
-    try:
+    with contextlib.suppress(OSError):
         runner.write_status()
-    except OSError:
-        pass
     runner.log(f"runner stopped: {reason}")
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -26,7 +28,7 @@ for i in range(int(sys.argv[2])):
 def test_fifo_and_exactly_once_across_concurrent_clients(local_cluster: Cluster, cluster_home: Path) -> None:
     env = {"MPICLOUD_HOME": str(cluster_home), "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", SUBMITTER, f"c{n}", "50"], stdout=subprocess.PIPE, text=True,
-                              env={**__import__("os").environ, **env}) for n in range(4)]
+                              env={**os.environ, **env}) for n in range(4)]
     outputs = [p.communicate(timeout=300)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     submitted = [i for out in outputs for i in out]
@@ -172,3 +174,192 @@ def test_idle_shutdown_fires_on_a_local_cluster(home: Path, tmp_path: Path) -> N
         time.sleep(0.2)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(home / "clusters" / "idler") not in ps
+
+
+# ---------------------------------------------------------------- issue 9: supervision, placement, admission
+def _status_file(cluster: Cluster) -> Path:
+    return Path(cluster.record.shared_path) / ".mpicloud" / "status.json"
+
+
+def _runner_pid(cluster: Cluster) -> int:
+    return int(json.loads(_status_file(cluster).read_text())["pid"])
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _wait_new_runner(cluster: Cluster, old: int, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            data = json.loads(_status_file(cluster).read_text())
+            if data["pid"] != old and time.time() - data["heartbeat"] < 3:
+                return int(data["pid"])
+        except (OSError, ValueError, KeyError):
+            pass
+        assert time.monotonic() < deadline, "no new runner came up"
+        time.sleep(0.1)
+
+
+def test_too_many_cores_refused_at_submit(local_cluster: Cluster, cluster_home: Path) -> None:
+    before = len(local_cluster.jobs())
+    done = cli("submit", "itest", "--cores", "9", "--", "true", env={"MPICLOUD_HOME": str(cluster_home)})
+    assert done.returncode == 2
+    assert "needs 9 cores" in done.stderr and "has 4" in done.stderr and "Traceback" not in done.stderr
+    assert len(local_cluster.jobs()) == before
+
+
+def test_jobs_shows_failure_reasons(local_cluster: Cluster, cluster_home: Path) -> None:
+    job = local_cluster.submit(["sh", "-c", "exit 3"], name="fails-3")
+    assert job.wait(30).state == "failed"
+    listing = cli("jobs", "itest", env={"MPICLOUD_HOME": str(cluster_home)}).stdout
+    line = next(row for row in listing.splitlines() if row.startswith(job.id))
+    assert "fails-3" in line and "exited with code 3" in line
+
+
+def test_script_runs_on_the_first_node_of_its_allocation(local_cluster: Cluster) -> None:
+    blocker = local_cluster.submit(["sleep", "3"], cores=2)  # takes node0's two slots
+    script = local_cluster.submit(["sh", "-c", 'echo "$MPICLOUD_NODE"; cat "$MPICLOUD_HOSTFILE"'])
+    info = script.wait(60)
+    assert info.state == "succeeded", script.stderr()
+    assert info.hosts == (("node1", 1),)
+    assert script.stdout() == "node1\nnode1 slots=1\n"
+    blocker.wait(60)
+
+
+def test_submit_with_an_id_is_idempotent(local_cluster: Cluster, cluster_home: Path) -> None:
+    runs = Path(local_cluster.record.shared_path) / "idem-runs.txt"
+    command = ["sh", "-c", f'echo "$MPICLOUD_JOB_ID" >> {runs}']
+    key = f"idem-{int(time.time() * 1000)}"
+    first = local_cluster.submit(command, job_id=key)
+    again = local_cluster.submit(command, job_id=key)
+    assert first.id == again.id == key
+    # a try killed before its rename left a spool dir behind: the retry still goes through
+    spooled = f"{key}-b"
+    stale = Path(local_cluster.record.shared_path) / ".mpicloud" / "spool" / spooled
+    stale.mkdir()
+    (stale / "job.json").write_text("{half")
+    env = {"MPICLOUD_HOME": str(cluster_home)}
+    printed = cli("submit", "itest", "--id", spooled, "--", *command, env=env)
+    assert printed.returncode == 0 and printed.stdout.split() == [spooled], printed.stderr
+    assert cli("submit", "itest", "--id", spooled, "--", *command, env=env).stdout.split() == [spooled]
+    assert local_cluster.job(key).wait(30).state == "succeeded"
+    assert local_cluster.job(spooled).wait(30).state == "succeeded"
+    time.sleep(1.0)
+    assert sorted(runs.read_text().split()) == [key, spooled]
+    assert [i.id for i in local_cluster.jobs()].count(key) == 1
+    bad = cli("submit", "itest", "--id", "../escape", "--", "true", env=env)
+    assert bad.returncode == 2 and "job id '../escape' is not valid" in bad.stderr
+
+
+def test_dead_runner_is_restarted_by_its_watchdog_and_by_clients(local_cluster: Cluster, cluster_home: Path,
+                                                              tmp_path: Path) -> None:
+    env = {"MPICLOUD_HOME": str(cluster_home)}
+    old = _runner_pid(local_cluster)
+    os.kill(old, signal.SIGKILL)  # the watchdog restarts it, no client needed
+    new = _wait_new_runner(local_cluster, old)
+    # now the watchdog dies too: nothing on the cluster restarts the runner
+    os.kill(_parent(new), signal.SIGKILL)
+    os.kill(new, signal.SIGKILL)
+    time.sleep(6)  # the heartbeat goes stale
+    status = cli("status", "itest", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "the runner was not running (last heartbeat" in status.stdout and "restarted it" in status.stdout
+    assert "heartbeat" in status.stdout and "s ago" in status.stdout
+    third = _runner_pid(local_cluster)
+    os.kill(_parent(third), signal.SIGKILL)
+    os.kill(third, signal.SIGKILL)
+    time.sleep(6)
+    spec = tmp_path / "itest.yaml"
+    spec.write_text("name: itest\ncloud: local\nnodes: 2\nslots_per_node: 2\nlocal: {address_base: 127.0.91.1}\n")
+    up = cli("up", str(spec), env=env)
+    assert up.returncode == 2 and "already exists" in up.stderr and "restarted it" in up.stderr, up.stderr
+    fourth = _runner_pid(local_cluster)
+    os.kill(_parent(fourth), signal.SIGKILL)
+    os.kill(fourth, signal.SIGKILL)
+    time.sleep(6)
+    job = cli("submit", "itest", "--", "sh", "-c", "echo served", env=env)  # submit restarts it
+    assert job.returncode == 0, job.stderr
+    job_id = job.stdout.split()[-1]
+    waited = cli("wait", "itest", job_id, "--timeout", "60", env=env)
+    assert waited.returncode == 0 and "succeeded" in waited.stderr
+    fifth = _runner_pid(local_cluster)
+    os.kill(_parent(fifth), signal.SIGKILL)
+    os.kill(fifth, signal.SIGKILL)
+    time.sleep(6)
+    slow = cli("submit", "itest", "--", "sleep", "60", env=env).stdout.split()[-1]
+    cancelled = cli("cancel", "itest", slow, env=env)
+    assert cancelled.returncode == 0 and "Traceback" not in cancelled.stderr, cancelled.stderr
+    assert local_cluster.job(slow).wait(60).state == "cancelled"
+
+
+CHAOS_SUBMITTER = """
+import sys
+from mpicloud.api import Cluster
+cluster = Cluster.get("itest")
+for i in range(int(sys.argv[2])):
+    print(cluster.submit(["sh", "-c", 'echo "$MPICLOUD_JOB_ID" >> ' + sys.argv[3]], job_id=f"{sys.argv[1]}-{i:04d}").id,
+          flush=True)
+"""
+
+
+def test_runner_killed_repeatedly_under_load_runs_each_job_once(local_cluster: Cluster, cluster_home: Path) -> None:
+    """3 submitters x 40 jobs while the runner is kill -9'd 8 times: every job ends succeeded, ran once."""
+    runs = Path(local_cluster.record.shared_path) / f"chaos-{int(time.time())}.txt"
+    env = {**os.environ, "MPICLOUD_HOME": str(cluster_home), "PYTHONPATH": str(ROOT)}
+    tag = f"k{int(time.time()) % 100000}"
+    procs = [subprocess.Popen([sys.executable, "-c", CHAOS_SUBMITTER, f"{tag}c{n}", "40", str(runs)],
+                              stdout=subprocess.PIPE, text=True, env=env) for n in range(3)]
+    kills = 0
+    while kills < 8:
+        time.sleep(0.7)
+        try:
+            pid = _runner_pid(local_cluster)
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+            _wait_new_runner(local_cluster, pid)
+        except (OSError, ValueError):
+            continue
+    ids = [i for p in procs for i in p.communicate(timeout=300)[0].split()]
+    assert all(p.returncode == 0 for p in procs) and len(ids) == 120
+    for job_id in ids:
+        assert local_cluster.job(job_id).wait(120).state == "succeeded"
+    ran = runs.read_text().split()
+    assert sorted(ran) == sorted(ids), "a job ran twice or not at all"
+    listed = [i.id for i in local_cluster.jobs() if i.id.startswith(tag)]
+    assert sorted(listed) == sorted(ids)
+
+
+def test_dead_node_gets_no_jobs_and_fails_the_job_that_lost_it(home: Path) -> None:
+    from mpicloud.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "deadnode", "cloud": "local", "nodes": 2, "slots_per_node": 1,
+                           "local": {"address_base": "127.0.97.1"}})
+    cluster = Cluster.up(spec)
+    try:
+        mark = "3610.25"
+        lost = cluster.submit(["sleep", mark], cores=2, mpi=True)
+        deadline = time.monotonic() + 30
+        while _count(mark) < 2:
+            assert time.monotonic() < deadline, f"ranks did not start: {lost.info()}"
+            time.sleep(0.1)
+        sshd = int((cluster.record.dir / "node1" / "sshd.pid").read_text())
+        os.kill(sshd, signal.SIGTERM)  # only this cluster's node1 listener
+        info = lost.wait(60)
+        assert info.state == "failed" and "node node1 became unreachable" in (info.reason or "")
+        assert _count(mark) == 0
+        status = cluster.status()
+        assert "node1" in status["unreachable"]
+        text = cli("status", "deadnode").stdout
+        assert "node node1 UNREACHABLE" in text
+        placed = [cluster.submit(["true"]) for _ in range(3)]
+        assert all(j.wait(30).state == "succeeded" for j in placed)
+        assert {j.info().hosts for j in placed} == {(("node0", 1),)}
+        waiting = cluster.submit(["true"], cores=2)
+        time.sleep(2)
+        assert waiting.info().state == "queued"
+        waiting.cancel()
+        assert waiting.wait(30).state == "cancelled"
+    finally:
+        cluster.down()

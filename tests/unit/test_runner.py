@@ -212,7 +212,7 @@ def test_accepted_job_without_state_or_order_line_is_recovered(tmp_path: Path) -
 def test_launch_never_spawned_goes_back_to_the_queue(tmp_path: Path) -> None:
     """`starting` recorded, wrapper never started: requeued in its FIFO place, run once, not failed."""
     q = LocalQueue(tmp_path / "root", [1])
-    a, b = q.submit(["sh", "-c", f"echo a >> {q.root}/runs.txt"]), q.submit(["sh", "-c", f"echo b >> {q.root}/runs.txt"])
+    a, b = (q.submit(["sh", "-c", f"echo {n} >> {q.root}/runs.txt"]) for n in "ab")
     q.serve(crash_at="start.after_starting")
     assert q.proc is not None and q.proc.wait(30) == -signal.SIGKILL
     assert q.state(a)["state"] == "starting"
