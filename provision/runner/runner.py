@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -217,13 +218,27 @@ def signal_group(pid: int, token: str | None, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-def rsh_argv(config: dict[str, Any]) -> list[str]:
+def rsh_argv(config: dict[str, Any], via: Path | None = None) -> list[str]:
     """How this node runs a command on another node: runner.json's `rsh`, else Open MPI's ssh agent (the
-    cluster's own ssh config), else plain ssh; never prompting."""
+    cluster's own ssh config), else plain ssh; never prompting. `via`: the runner's shared connection to that
+    node (ssh -S; a plain connection when it is not there)."""
     if config.get("rsh"):
         return [str(a) for a in config["rsh"]]
-    agent = os.environ.get("OMPI_MCA_plm_rsh_agent", "ssh")  # noqa: SIM112 - Open MPI's own name.split(":")[0].strip() or "ssh"
-    return [*shlex.split(agent), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+    agent = os.environ.get("OMPI_MCA_plm_rsh_agent", "ssh")  # noqa: SIM112 - Open MPI's own name
+    argv = [*shlex.split(agent.split(":")[0].strip() or "ssh"), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+    return argv + (["-o", "ControlMaster=no", "-S", str(via)] if via is not None else [])
+
+
+def control_socket(root: Path, node: str) -> Path | None:
+    """Where the runner keeps its shared ssh connection to a node (local disk: sockets do not work on the
+    shared storage); None where the runner does not keep one (Windows, a configured rsh)."""
+    if WINDOWS:
+        return None
+    import hashlib
+
+    folder = Path(tempfile.gettempdir()) / f"mpicloud-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / hashlib.sha256(f"{root.resolve()}\0{node}".encode()).hexdigest()[:16]
 
 
 def remote_command(work: str, env: dict[str, str], argv: list[str]) -> str:
@@ -412,7 +427,8 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
         argv[0] = launcher_program(argv[0])
     elif hosts[0][0] != config["nodes"][0]["name"] and not WINDOWS:  # a script runs on its first node
         exported = {k: env[k] for k in env if k in JOB_VARS or k in job.get("env", {}) or k in config.get("env", {})}
-        argv = [*rsh_argv(config), hosts[0][0], remote_command(str(work), exported, argv)]
+        via = None if config.get("rsh") else control_socket(root, hosts[0][0])
+        argv = [*rsh_argv(config, via), hosts[0][0], remote_command(str(work), exported, argv)]
     out, err, post = jobdir / "stdout.log", jobdir / "stderr.log", jobdir / "post.log"
     snapshot(work, jobdir / "inputs.json")
     result["exit_code"], result["reason"] = _run(argv, work, env, out, err)
@@ -477,6 +493,7 @@ class Runner:
         self.unreachable: dict[str, float] = {}  # node -> since
         self.probe_failures: dict[str, int] = {}
         self.probes: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+        self.masters: dict[str, subprocess.Popen[bytes]] = {}
         self.last_probe: dict[str, float] = {}
         self.last_spool_reap = 0.0
         self.last_message = ("", 0.0)
@@ -640,7 +657,7 @@ class Runner:
         code = (inspect.getsource(signal_marked) +
                 f"print(' '.join(map(str, signal_marked({job_id!r}, {launch!r}, {int(sig)}))))\n")
         try:
-            done = subprocess.run([*rsh_argv(self.config), node, shlex.join(["python3", "-c", code])],
+            done = subprocess.run([*self.rsh(node), node, shlex.join(["python3", "-c", code])],
                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=20, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
@@ -729,7 +746,8 @@ class Runner:
             probe = self.probes.get(name)
             if probe is None:
                 if now() - self.last_probe.get(name, 0.0) >= interval:
-                    proc = subprocess.Popen([*rsh_argv(self.config), name, "true"], stdin=subprocess.DEVNULL,
+                    fresh = [] if self.config.get("rsh") else ["-o", "ControlPath=none"]  # never the shared one
+                    proc = subprocess.Popen([*rsh_argv(self.config), *fresh, name, "true"], stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     self.probes[name] = (proc, now())
                 continue
@@ -743,6 +761,32 @@ class Runner:
             del self.probes[name]
             self.last_probe[name] = now()
             self.node_answered(name, code == 0)
+            self.keep_connection(name, code == 0)
+
+    def rsh(self, node: str) -> list[str]:
+        """rsh_argv through the runner's shared connection to node, when it keeps one."""
+        return rsh_argv(self.config, None if self.config.get("rsh") else control_socket(self.root, node))
+
+    def keep_connection(self, node: str, reachable: bool) -> None:
+        """Keep one ssh connection per reachable node open (ssh -M) for the scripts and checks that go there:
+        a fresh ssh per job would cost a handshake each. Probes never use it (a dead sshd must show). A master
+        an earlier runner left running is adopted."""
+        socket = None if self.config.get("rsh") else control_socket(self.root, node)
+        if socket is None:
+            return
+        master = self.masters.get(node)
+        if master is not None and master.poll() is None:
+            if not reachable:
+                master.terminate()
+            return
+        control = [*rsh_argv(self.config), "-S", str(socket), "-O", "check" if reachable else "exit", node]
+        if subprocess.run(control, stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                          check=False).returncode == 0 or not reachable:
+            return
+        socket.unlink(missing_ok=True)
+        self.masters[node] = subprocess.Popen(
+            [*rsh_argv(self.config), "-M", "-N", "-S", str(socket), "-o", "ControlPersist=no", node],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def node_answered(self, name: str, ok: bool) -> None:
         if ok:

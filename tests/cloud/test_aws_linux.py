@@ -93,7 +93,9 @@ def test_head_runs_runner_workers_mount(spec: ClusterSpec) -> None:
     assert head["runcmd"].index(fetch) < head["runcmd"].index(["systemctl", "daemon-reload"])
     assert json.loads(head_files["/opt/mpicloud/runner.base.json"]) == runner_config(spec, STOP_COMMAND)
     service = head_files["/etc/systemd/system/mpicloud-runner.service"]
-    assert "User=mpiadmin" in service and "serve --root /shared/.mpicloud" in service
+    assert "User=mpiadmin" in service and "serve --wait-lock --root /shared/.mpicloud" in service
+    # restarted whatever killed it; stopping or restarting it spares the job wrappers in its cgroup
+    assert "Restart=on-failure" in service and "KillMode=process" in service
     assert "samba" in head["packages"] and "cifs-utils" in worker["packages"]
     assert ["systemctl", "enable", "--now", "mpicloud-runner.service"] in head["runcmd"]
     mount = [c for c in worker["runcmd"] if "/opt/mpicloud/shared-storage.sh" in c]

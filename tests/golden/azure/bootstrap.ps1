@@ -147,8 +147,10 @@ if ($NodeIndex -eq 0) {
   [IO.File]::WriteAllBytes($blob, $sealed)
   icacls.exe $blob /inheritance:r /grant:r 'SYSTEM:F' "$($AdminUser):F" | Out-Null
   $action = New-ScheduledTaskAction -Execute 'powershell.exe' -Argument ('-NoProfile -ExecutionPolicy Bypass -File "' + (Join-Path $Data 'start-runner.ps1') + '"')
-  $trigger = New-ScheduledTaskTrigger -AtStartup
-  $settings = New-ScheduledTaskSettingsSet -ExecutionTimeLimit ([TimeSpan]::Zero) -RestartCount 3 -RestartInterval (New-TimeSpan -Minutes 1)
+  # at boot, and every 5 minutes in case the task itself ended (a running instance makes the repeat a no-op);
+  # inside it `runner.py supervise` restarts a runner that dies
+  $trigger = @((New-ScheduledTaskTrigger -AtStartup), (New-ScheduledTaskTrigger -Once -At (Get-Date) -RepetitionInterval (New-TimeSpan -Minutes 5)))
+  $settings = New-ScheduledTaskSettingsSet -ExecutionTimeLimit ([TimeSpan]::Zero) -RestartCount 999 -RestartInterval (New-TimeSpan -Minutes 1) -MultipleInstances IgnoreNew
   Register-ScheduledTask -TaskName 'mpicloud-runner' -Action $action -Trigger $trigger -Settings $settings -User "$env:COMPUTERNAME\$AdminUser" -Password $AdminPassword -RunLevel Highest -Force | Out-Null
   Start-ScheduledTask -TaskName 'mpicloud-runner'
 }
