@@ -13,7 +13,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from mpicloud.api import Cluster
+from mpicloud.api import Cluster, Job
 from tests.conftest import ROOT, cli
 
 SUBMITTER = """
@@ -53,10 +53,7 @@ def test_fifo_and_exactly_once_across_concurrent_clients(local_cluster: Cluster,
 def test_cancel_stops_every_rank_on_every_node(local_cluster: Cluster) -> None:
     marker = "3607.25"
     job = local_cluster.submit(["sleep", marker], cores=4, mpi=True)
-    deadline = time.monotonic() + 30
-    while _count(marker) < 4:
-        assert time.monotonic() < deadline, f"ranks did not start: {job.info()}"
-        time.sleep(0.1)
+    _wait_ranks(job, marker, 4)
     nodes = subprocess.run(["sh", "-c", f"for p in $(pgrep -f '^sleep {marker}$'); do "
                             "tr '\\0' '\\n' < /proc/$p/environ | grep ^MPICLOUD_NODE=; done"],
                            capture_output=True, text=True).stdout.split()
@@ -68,6 +65,13 @@ def test_cancel_stops_every_rank_on_every_node(local_cluster: Cluster) -> None:
     while _count(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _count(marker) == 0
+
+
+def _wait_ranks(job: Job, marker: str, ranks: int) -> None:
+    deadline = time.monotonic() + 30
+    while _count(marker) < ranks:
+        assert time.monotonic() < deadline, f"ranks did not start: {job.info()}"
+        time.sleep(0.1)
 
 
 def _count(marker: str) -> int:
@@ -340,10 +344,7 @@ def test_dead_node_gets_no_jobs_and_fails_the_job_that_lost_it(home: Path) -> No
     try:
         mark = "3610.25"
         lost = cluster.submit(["sleep", mark], cores=2, mpi=True)
-        deadline = time.monotonic() + 30
-        while _count(mark) < 2:
-            assert time.monotonic() < deadline, f"ranks did not start: {lost.info()}"
-            time.sleep(0.1)
+        _wait_ranks(lost, mark, 2)
         sshd = int((cluster.record.dir / "node1" / "sshd.pid").read_text())
         os.kill(sshd, signal.SIGTERM)  # only this cluster's node1 listener
         info = lost.wait(60)
