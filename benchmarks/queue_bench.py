@@ -2,7 +2,7 @@
 chaos run: 1,000 jobs from 4 concurrent submitters while the runner is killed (kill -9 by its PID) 50 times.
 
 Each figure is printed next to OpenSSH measured in the same run (`ssh host true` per job).
-`python -m benchmarks.queue_bench [JOBS] [chaos]` (chaos: only the chaos run)."""
+`python -m benchmarks.queue_bench [JOBS] [chaos|steady]` (only the chaos run, or everything but it)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ for i in range(int(sys.argv[2])):
 """
 
 
-def main(jobs: int = 1000, only_chaos: bool = False) -> None:
+def main(jobs: int = 1000, only_chaos: bool = False, only_steady: bool = False) -> None:
     with bench_cluster(nodes=2, slots=2) as (cluster, up_seconds):
         print(f"mpicloud up, 2 nodes: {up_seconds:.2f} s", flush=True)
         queue = cluster.queue
@@ -37,7 +37,8 @@ def main(jobs: int = 1000, only_chaos: bool = False) -> None:
         ssh_rate = len(fresh) / sum(fresh)
         if not only_chaos:
             steady(cluster, jobs, ssh_true, ssh_rate)
-        chaos(cluster, jobs, ssh_rate)
+        if not only_steady:
+            chaos(cluster, jobs, ssh_rate)
 
 
 def steady(cluster: Cluster, jobs: int, ssh_true: list[str], ssh_rate: float) -> None:
@@ -128,4 +129,4 @@ def chaos(cluster: Cluster, jobs: int, ssh_rate: float, submitters: int = 4, kil
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main(int(args[0]) if args and args[0].isdigit() else 1000, "chaos" in args)
+    main(int(args[0]) if args and args[0].isdigit() else 1000, "chaos" in args, "steady" in args)

@@ -51,6 +51,7 @@ CRASH_POINTS = ("accept.after_rename", "accept.after_state", "accept.after_order
 HEARTBEAT_STALE = 5.0
 #: seconds between TERM and KILL when a job is stopped
 STOP_GRACE = 5.0
+SIGKILL = getattr(signal, "SIGKILL", 9)  # Windows' signal module has none (taskkill /F is used there)
 WINDOWS = os.name == "nt"
 #: the cluster-side S3 client for s3:// inputs and --output-to, installed beside this file
 BUCKETIO = Path(__file__).with_name("bucketio.py")
@@ -674,8 +675,8 @@ class Runner:
         if stop is not None and kill and not stop["killed"]:
             stop["killed"] = True
             if state.get("pid") is not None:
-                signal_group(int(state["pid"]), state.get("pid_token"), signal.SIGKILL)
-        left = [f"{self.head}:{p}" for p in signal_marked(job_id, launch, signal.SIGKILL if kill else 0)]
+                signal_group(int(state["pid"]), state.get("pid_token"), SIGKILL)
+        left = [f"{self.head}:{p}" for p in signal_marked(job_id, launch, SIGKILL if kill else 0)]
         if self.wrapper_alive(state):
             left.append(f"{self.head}:{state['pid']}")
         if stop is None or left:
@@ -683,7 +684,7 @@ class Runner:
         if now() - stop["checked_at"] >= 2.0:
             stop["checked_at"], stop["unchecked"], stop["remote"] = now(), [], []
             for node in self.other_nodes(state):
-                found = self.remote_signal(node, job_id, launch, signal.SIGKILL if kill else 0)
+                found = self.remote_signal(node, job_id, launch, SIGKILL if kill else 0)
                 if found is None:
                     stop["unchecked"].append(node)
                 stop["remote"] += [f"{node}:{p}" for p in found or []]
