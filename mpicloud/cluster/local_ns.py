@@ -7,6 +7,7 @@ the bridge and netns of `netns`, one holder per node that sshd and slurmd enter.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -39,17 +40,23 @@ def record_fields(spec: ClusterSpec, record_dir: str, cluster_id: str,
     """What the cluster record keeps about the network and scheduler (read by `down` and the sessions)."""
     fields: dict[str, object] = {"network": spec.local_network, "scheduler": spec.scheduler}
     if network is not None:
-        anchor = subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL, start_new_session=True,
+        anchor = subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True,
                                   env={**os.environ, MARKER: cluster_id})
         fields.update(tag=network.tag, subnet=network.subnet, anchor=anchor.pid)
     if spec.scheduler == "slurm":
-        fields["slurm_conf"] = str(slurm_layout(record_dir).conf)
+        fields["slurm_conf"] = str(slurm_layout(record_dir, cluster_id).conf)
     return fields
 
 
-def slurm_layout(record_dir: str) -> slurm_local.SlurmLayout:
+def run_dir(cluster_id: str) -> Path:
+    """The cluster's directory under /run (munged's socket), removed by `teardown`."""
+    return Path("/run") / f"mpicloud-{netns.tag_of(cluster_id)}"
+
+
+def slurm_layout(record_dir: str, cluster_id: str) -> slurm_local.SlurmLayout:
     """Where the cluster's Slurm files live."""
-    return slurm_local.SlurmLayout(Path(record_dir) / "slurm")
+    return slurm_local.SlurmLayout(Path(record_dir) / "slurm", run_dir(cluster_id) / "munge")
 
 
 def host_prefix(record: ClusterRecord) -> list[str]:
@@ -80,7 +87,7 @@ def start_scheduler(spec: ClusterSpec, record: ClusterRecord) -> None:
     """Start Slurm (munged, slurmctld on node0, a slurmd per node) when the spec asks for it."""
     if spec.scheduler != "slurm":
         return
-    layout = slurm_layout(str(record.dir))
+    layout = slurm_layout(str(record.dir), record.local["cluster_id"])
     slurm_local.write_config(layout, spec.name, record.nodes, spec.slots_per_node)
     enter = [netns.enter(pid) for pid in record.local["holders"]]
     slurm_local.start(layout, record.nodes, enter, {MARKER: record.local["cluster_id"]})
@@ -88,7 +95,9 @@ def start_scheduler(spec: ClusterSpec, record: ClusterRecord) -> None:
 
 
 def teardown(cluster_id: str, strict: bool = False) -> None:
-    """Delete the cluster's namespaces and interfaces (found by its tag); strict: fail if any is left."""
+    """Delete the cluster's namespaces, interfaces (found by its tag) and /run directory; strict: fail if any
+    namespace or interface is left."""
+    shutil.rmtree(run_dir(cluster_id), ignore_errors=True)
     left = netns.teardown(netns.tag_of(cluster_id)) if os.geteuid() == 0 else []
     if left and strict:
         raise ClusterError(f"namespaces/interfaces {', '.join(left)} would not go away; delete them with "

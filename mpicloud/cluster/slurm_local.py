@@ -1,7 +1,8 @@
 """Slurm on the local cluster (root): one munged for every node, slurmctld on node0, one slurmd per node.
 
-Layout under `<cluster dir>/slurm/`: `slurm.conf`, `munge/munge.socket` (+ key, log, pid), `state/`,
-`slurmctld.log`, per node `<node>/{spool,tmp,slurmd.log}`, `jobcomp.txt`. Every Slurm command needs
+Layout under `<cluster dir>/slurm/`: `slurm.conf`, `state/`, `slurmctld.log`, per node
+`<node>/{spool,tmp,slurmd.log}`, `jobcomp.txt`. munged's socket, key and logs live in `/run/mpicloud-<tag>/`
+(munged demands a socket path every user may traverse; a 0700 home would refuse it). Every Slurm command needs
 `SLURM_CONF` (`client_env`); the nodes' sshds hand it to every session. Daemons carry the cluster's marker
 variable, so `down` stops them with every other process of the cluster.
 """
@@ -30,16 +31,12 @@ class SlurmLayout:
     """Where one local cluster keeps its Slurm configuration, sockets, state and logs."""
 
     root: Path
+    munge_dir: Path  # munged's directory (mode 711, as munged demands)
 
     @property
     def conf(self) -> Path:
         """slurm.conf (what SLURM_CONF names)."""
         return self.root / "slurm.conf"
-
-    @property
-    def munge_dir(self) -> Path:
-        """munged's directory (mode 711, as munged demands)."""
-        return self.root / "munge"
 
     @property
     def munge_socket(self) -> Path:
@@ -68,7 +65,7 @@ def write_config(layout: SlurmLayout, cluster: str, nodes: Sequence[Node], cpus:
         for sub in ("spool", "tmp"):
             (layout.root / node.name / sub).mkdir(parents=True, exist_ok=True)
     (layout.root / "state").mkdir(parents=True, exist_ok=True)
-    layout.munge_dir.mkdir(mode=0o711, exist_ok=True)
+    layout.munge_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
     layout.munge_dir.chmod(0o711)
     layout.conf.write_text(render_template(
         "local/slurm.conf.j2", cluster=cluster, nodes=list(nodes), cpus=cpus, root=layout.root,

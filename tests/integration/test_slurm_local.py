@@ -34,12 +34,12 @@ def require_slurm() -> None:
 
 
 def ours() -> set[str]:
-    """Every namespace and interface name a local cluster could own (prefix mpc)."""
+    """Every namespace, interface (prefix mpc) and /run directory a local cluster could own."""
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     names = {line.split()[0] for line in netns.splitlines() if line.strip()}
     names |= {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()}
-    return {n for n in names if n.startswith("mpc")}
+    return {n for n in names if n.startswith("mpc")} | {p.name for p in Path("/run").glob("mpicloud-[0-9a-f]*")}
 
 
 def processes_with(text: str) -> list[int]:
