@@ -10,6 +10,7 @@ import ipaddress
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,3 +163,16 @@ def test_down_after_up_was_killed_leaves_nothing(point: str, tmp_path: Path) -> 
     assert ours() <= before
     assert processes_with(str(home)) == []
     assert not (home / "clusters" / "killed").exists()
+
+
+def test_demo_script_runs_the_slurm_example(tmp_path: Path) -> None:
+    require_slurm()
+    env = {**os.environ, "MPICLOUD_HOME": str(tmp_path / "home"), "DEMO_OUT": str(tmp_path / "out"),
+           "DEMO_SPEC": "examples/local-slurm.yaml", "MPICLOUD": f"{sys.executable} -m mpicloud.cli"}
+    before = ours()
+    done = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ranks=4 sum=10 expected=10 OK" in done.stdout
+    assert "2 node0" in done.stdout and "2 node1" in done.stdout  # srun's hostnames, counted
+    assert ours() <= before and processes_with(str(tmp_path / "home")) == []
