@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,3 +177,20 @@ def test_demo_script_runs_the_slurm_example(tmp_path: Path) -> None:
     assert "ranks=4 sum=10 expected=10 OK" in done.stdout
     assert "2 node0" in done.stdout and "2 node1" in done.stdout  # srun's hostnames, counted
     assert ours() <= before and processes_with(str(tmp_path / "home")) == []
+
+
+def test_idle_shutdown_from_node0_removes_the_namespaced_cluster(tmp_path: Path) -> None:
+    require_slurm()
+    home = tmp_path / "home"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: idle\ncloud: local\nnodes: 2\nidle_shutdown_minutes: 0.05\n"
+                    "local: {network: namespaces}\n")
+    before = ours()
+    up = cli("up", str(spec), env={"MPICLOUD_HOME": str(home)})
+    assert up.returncode == 0, up.stderr
+    assert "198.18." in up.stdout or "198.19." in up.stdout
+    deadline = time.monotonic() + 120  # the runner in node0 runs `down` in the host's namespaces
+    while ((home / "clusters" / "idle").exists() or processes_with(str(home))) and time.monotonic() < deadline:
+        time.sleep(0.5)  # `down` itself ends last
+    assert not (home / "clusters" / "idle").exists()
+    assert ours() <= before and processes_with(str(home)) == []
