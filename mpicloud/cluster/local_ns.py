@@ -50,13 +50,13 @@ def record_fields(spec: ClusterSpec, record_dir: str, cluster_id: str,
 
 
 def run_dir(cluster_id: str) -> Path:
-    """The cluster's directory under /run (munged's socket), removed by `teardown`."""
+    """The cluster's directory under /run (Slurm's and munged's sockets), removed by `teardown`."""
     return Path("/run") / f"mpicloud-{netns.tag_of(cluster_id)}"
 
 
 def slurm_layout(record_dir: str, cluster_id: str) -> slurm_local.SlurmLayout:
     """Where the cluster's Slurm files live."""
-    return slurm_local.SlurmLayout(Path(record_dir) / "slurm", run_dir(cluster_id) / "munge")
+    return slurm_local.SlurmLayout(Path(record_dir) / "slurm", run_dir(cluster_id))
 
 
 def host_prefix(record: ClusterRecord) -> list[str]:

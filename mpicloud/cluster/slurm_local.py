@@ -1,8 +1,9 @@
 """Slurm on the local cluster (root): one munged for every node, slurmctld on node0, one slurmd per node.
 
-Layout under `<cluster dir>/slurm/`: `slurm.conf`, `state/`, `slurmctld.log`, per node
-`<node>/{spool,tmp,slurmd.log}`, `jobcomp.txt`. munged's socket, key and logs live in `/run/mpicloud-<tag>/`
-(munged demands a socket path every user may traverse; a 0700 home would refuse it). Every Slurm command needs
+Layout under `<cluster dir>/slurm/`: `slurm.conf`, `state/`, `slurmctld.log`, per node `<node>/slurmd.log`,
+`jobcomp.txt`. What holds Unix sockets lives under `/run/mpicloud-<tag>/` (short paths: sun_path has 108
+bytes; munged also demands a socket path every user may traverse, which a 0700 home is not):
+`munge/` (socket, key, log) and per node `<node>/{spool,tmp}` (slurmd's and PMIx's sockets). Every Slurm command needs
 `SLURM_CONF` (`client_env`); the nodes' sshds hand it to every session. Daemons carry the cluster's marker
 variable, so `down` stops them with every other process of the cluster.
 """
@@ -31,7 +32,12 @@ class SlurmLayout:
     """Where one local cluster keeps its Slurm configuration, sockets, state and logs."""
 
     root: Path
-    munge_dir: Path  # munged's directory (mode 711, as munged demands)
+    run: Path  # short-path directory for sockets: munge/, <node>/spool, <node>/tmp
+
+    @property
+    def munge_dir(self) -> Path:
+        """munged's directory (mode 711, as munged demands)."""
+        return self.run / "munge"
 
     @property
     def conf(self) -> Path:
@@ -62,13 +68,14 @@ def require_slurm() -> None:
 def write_config(layout: SlurmLayout, cluster: str, nodes: Sequence[Node], cpus: int) -> None:
     """Write slurm.conf and a fresh munge key."""
     for node in nodes:
+        (layout.root / node.name).mkdir(parents=True, exist_ok=True)
         for sub in ("spool", "tmp"):
-            (layout.root / node.name / sub).mkdir(parents=True, exist_ok=True)
+            (layout.run / node.name / sub).mkdir(parents=True, exist_ok=True)
     (layout.root / "state").mkdir(parents=True, exist_ok=True)
     layout.munge_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
     layout.munge_dir.chmod(0o711)
     layout.conf.write_text(render_template(
-        "local/slurm.conf.j2", cluster=cluster, nodes=list(nodes), cpus=cpus, root=layout.root,
+        "local/slurm.conf.j2", cluster=cluster, nodes=list(nodes), cpus=cpus, root=layout.root, run=layout.run,
         munge_socket=layout.munge_socket))
     _run(["mungekey", "--create", "--force", f"--keyfile={layout.munge_dir / 'munge.key'}"], {})
 
