@@ -32,7 +32,7 @@ def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")]) 
 
 @app.command()
 def up(spec: Annotated[Path, typer.Argument(help="cluster spec with cloud: local")]) -> None:
-    """Start a local cluster (real sshd nodes on loopback, Open MPI) and its job runner."""
+    """Start a local cluster (real sshd nodes, Open MPI, Slurm with scheduler: slurm) and its job runner."""
     started = time.monotonic()
     cluster = Cluster.up(spec)
     record = cluster.record

@@ -133,12 +133,17 @@ def test_builtin_queue_runs_mpi_over_namespaced_nodes(slurm_cluster: Cluster) ->
     assert [h for h, _ in info.hosts] == ["node0", "node1"]
 
 
+def spec_file(tmp_path: Path, text: str) -> tuple[Path, Path]:
+    """A private MPICLOUD_HOME and a spec file in tmp_path (after checking the packages)."""
+    require_slurm()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    return tmp_path / "home", spec
+
+
 @pytest.mark.parametrize("point", ["network", "holders", "slurm"])
 def test_failed_up_leaves_no_daemon_namespace_or_link(point: str, tmp_path: Path) -> None:
-    require_slurm()
-    home = tmp_path / "home"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: failing\ncloud: local\nnodes: 2\nscheduler: slurm\n")
+    home, spec = spec_file(tmp_path, "name: failing\ncloud: local\nnodes: 2\nscheduler: slurm\n")
     before = ours()
     failed = cli("up", str(spec), env={"MPICLOUD_HOME": str(home), "MPICLOUD_FAIL_AT": point})
     assert failed.returncode != 0 and f"failing at {point!r}" in failed.stderr, failed.stderr
@@ -150,10 +155,7 @@ def test_failed_up_leaves_no_daemon_namespace_or_link(point: str, tmp_path: Path
 
 @pytest.mark.parametrize("point", ["holders", "slurm"])
 def test_down_after_up_was_killed_leaves_nothing(point: str, tmp_path: Path) -> None:
-    require_slurm()
-    home = tmp_path / "home"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: killed\ncloud: local\nnodes: 2\nscheduler: slurm\n")
+    home, spec = spec_file(tmp_path, "name: killed\ncloud: local\nnodes: 2\nscheduler: slurm\n")
     before = ours()
     env = {"MPICLOUD_HOME": str(home)}
     killed = cli("up", str(spec), env={**env, "MPICLOUD_FAIL_AT": f"{point}:kill"})
@@ -180,11 +182,8 @@ def test_demo_script_runs_the_slurm_example(tmp_path: Path) -> None:
 
 
 def test_idle_shutdown_from_node0_removes_the_namespaced_cluster(tmp_path: Path) -> None:
-    require_slurm()
-    home = tmp_path / "home"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: idle\ncloud: local\nnodes: 2\nidle_shutdown_minutes: 0.05\n"
-                    "local: {network: namespaces}\n")
+    home, spec = spec_file(tmp_path, "name: idle\ncloud: local\nnodes: 2\nidle_shutdown_minutes: 0.05\n"
+                                     "local: {network: namespaces}\n")
     before = ours()
     up = cli("up", str(spec), env={"MPICLOUD_HOME": str(home)})
     assert up.returncode == 0, up.stderr
