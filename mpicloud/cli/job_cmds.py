@@ -32,6 +32,7 @@ def submit(
     label: Annotated[str | None, typer.Option("--name", help="a label for the job")] = None,
     post: Annotated[str | None, typer.Option(help="command run after the main one (exit code kept apart)")] = None,
     output_to: Annotated[str | None, typer.Option(help="s3://bucket/prefix/ the cluster uploads outputs to")] = None,
+    no_unpack: Annotated[bool, typer.Option("--no-unpack", help="keep .zip/.tar* inputs as files")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Queue a job; prints the job id as the last line."""
@@ -44,7 +45,8 @@ def submit(
             err.print(f"input {item}: {event}", markup=False)
 
     job = cluster.submit(command, cores=cores, mpi=mpi, inputs=inputs or [], name=label,
-                         post=shlex.split(post) if post else None, output_to=output_to, on_input=on_input)
+                         post=shlex.split(post) if post else None, output_to=output_to, on_input=on_input,
+                         unpack=not no_unpack)
     out.print(json.dumps({"id": job.id, "cluster": name}) if as_json else job.id, markup=False)
 
 

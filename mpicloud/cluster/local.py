@@ -103,6 +103,18 @@ def up(spec: ClusterSpec) -> ClusterRecord:
     return record
 
 
+def _node_python() -> str:
+    """The interpreter the runner and transfer helper use on the nodes: the system's python3 where there is one
+    (what Debian cloud nodes run) when it is 3.11 or newer, so the local cluster exercises it; else this one."""
+    system = "/usr/bin/python3"
+    try:
+        new_enough = subprocess.run([system, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+                                    capture_output=True, timeout=30, check=False).returncode == 0
+    except OSError:
+        new_enough = False
+    return system if new_enough else sys.executable
+
+
 def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecord:
     addresses = _addresses(spec)
     port = _pick_port(spec, addresses)
@@ -121,7 +133,7 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
     (shared / ".mpicloud").mkdir(parents=True, exist_ok=True)
     record = ClusterRecord(
         name=spec.name, provider="local", os="linux", user=user, nodes=nodes,
-        slots_per_node=spec.slots_per_node, shared_path=str(shared), python=[sys.executable],
+        slots_per_node=spec.slots_per_node, shared_path=str(shared), python=[_node_python()],
         runner=str(directory / "runner" / "runner.py"), key_file=str(identity),
         teardown=f"mpicloud down {spec.name}", idle_shutdown_minutes=spec.idle_shutdown_minutes,
         local={"cluster_id": cluster_id, "ssh_config": str(ssh_config)})

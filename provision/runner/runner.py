@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -28,6 +30,7 @@ from typing import Any
 # directory off sys.path: the protocol package installed beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpicloud.protocol.jobs import JOB_VERSION, TERMINAL
+from mpicloud.protocol.paths import UnsafePath, check_name, safe_join
 
 RUNNER_VERSION = 2
 JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB_DIR", "MPICLOUD_WORK_DIR",
@@ -204,39 +207,120 @@ def launcher_program(name: str) -> str:
 
 # ---------------------------------------------------------------- the job wrapper (one per job)
 def unpack(archive: Path, dest: Path) -> None:
-    """Unpack .zip, .tar.gz/.tgz, .tar.zst into dest, refusing members that escape it."""
+    """Unpack .zip, .tar, .tar.gz/.tgz, .tar.zst/.tzst into dest, member by member by the one path rule
+    (mpicloud.protocol.paths): regular files, directories, and links that stay inside dest; anything else
+    (absolute or `..` names, links leading out, devices, fifos) refuses the whole input."""
     name = archive.name.lower()
     if name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
-            for member in zf.namelist():
-                _inside(dest, member)
-            zf.extractall(dest)
+            for info in zf.infolist():
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    _place_link(dest, info.filename, zf.read(info).decode())
+                elif info.is_dir():
+                    _place_dir(dest, info.filename)
+                else:
+                    with zf.open(info) as source:
+                        _place_file(dest, info.filename, source, mode & 0o777 or 0o644)
         return
     if name.endswith((".tar.gz", ".tgz", ".tar")):
         with tarfile.open(archive) as tf:
-            tf.extractall(dest, filter="data")
+            _untar(tf, dest)
         return
     if name.endswith((".tar.zst", ".tzst")):
         zstd = shutil.which("zstd")
         if zstd is None:
             raise RuntimeError(f"{archive.name}: unpacking .tar.zst needs the 'zstd' program on the cluster")
         proc = subprocess.Popen([zstd, "-dc", str(archive)], stdout=subprocess.PIPE)
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-            tf.extractall(dest, filter="data")
-        if proc.wait() != 0:
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+                _untar(tf, dest)
+        finally:
+            if proc.stdout:
+                proc.stdout.close()
+            code = proc.wait()
+        if code != 0:
             raise RuntimeError(f"{archive.name}: zstd could not decompress it")
         return
-    raise RuntimeError(f"{archive.name}: unknown archive type (use .zip, .tar.gz or .tar.zst)")
+    raise RuntimeError(f"{archive.name}: unknown archive type (use .zip, .tar, .tar.gz or .tar.zst)")
 
 
-def _inside(dest: Path, member: str) -> None:
-    target = (dest / member).resolve()
-    if not str(target).startswith(str(dest.resolve())):
-        raise RuntimeError(f"archive member {member!r} would be written outside the work dir")
+def _untar(tf: tarfile.TarFile, dest: Path) -> None:
+    """Every member of a tar archive (works in stream mode too: members are read in order)."""
+    for member in tf:
+        if member.isdir():
+            _place_dir(dest, member.name)
+        elif member.isfile():
+            source = tf.extractfile(member)
+            assert source is not None
+            _place_file(dest, member.name, source, member.mode & 0o777, member.mtime)
+        elif member.issym():
+            _place_link(dest, member.name, member.linkname)
+        elif member.islnk():  # a hard link to an earlier member: a copy of that file
+            earlier = _target(dest, member.linkname)
+            if not earlier.is_file() or earlier.is_symlink():
+                raise RuntimeError(f"archive member {member.name!r} links to {member.linkname!r}, which is not "
+                                   "a file unpacked before it")
+            with open(earlier, "rb") as source:
+                _place_file(dest, member.name, source, member.mode & 0o777, member.mtime)
+        else:
+            raise RuntimeError(f"archive member {member.name!r} is a device or fifo; refusing to unpack it")
+
+
+def _target(dest: Path, member: str) -> Path:
+    """Where an archive member goes (leading `./` and a trailing `/` allowed); RuntimeError when refused."""
+    name = member.rstrip("/")
+    while name.startswith("./"):
+        name = name[2:]
+    try:
+        return safe_join(dest, name)
+    except UnsafePath as exc:
+        raise RuntimeError(f"archive member refused: {exc}") from None
+
+
+def _place_dir(dest: Path, member: str) -> None:
+    if member.rstrip("/") in ("", "."):
+        return
+    _target(dest, member).mkdir(parents=True, exist_ok=True)
+
+
+def _place_file(dest: Path, member: str, source: Any, mode: int, mtime: float | None = None) -> None:
+    target = _target(dest, member)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise RuntimeError(f"archive member {member!r} is a file where a directory already is")
+    with open(target, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+    os.chmod(target, (mode & 0o777) | 0o600)  # no setuid/setgid/sticky bits; always readable by the job
+    if mtime is not None:
+        os.utime(target, (mtime, mtime))
+
+
+def _place_link(dest: Path, member: str, link: str) -> None:
+    """A symbolic link whose target is relative and stays inside dest (checked lexically, by the path rule)."""
+    target = _target(dest, member)
+    relative = posixpath.normpath(posixpath.join(posixpath.dirname(target.relative_to(dest).as_posix()), link))
+    try:
+        check_name(relative)  # an absolute link, `..` leading out or a backslash is refused here
+    except UnsafePath:
+        raise RuntimeError(f"archive member {member!r} is a link to {link!r}, outside the work dir") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    os.symlink(link, target)
+
+
+def _inputs_name(name: str) -> Path:
+    """An input's name as a relative path; RuntimeError naming it when it is refused by the path rule."""
+    try:
+        return Path(*check_name(name).parts)
+    except UnsafePath as exc:
+        raise RuntimeError(f"input name refused: {exc}") from None
 
 
 def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env: dict[str, str]) -> None:
-    """Place inputs in the work dir in the order given; archives marked unpack are overlaid in order."""
+    """Place inputs in the work dir in the order given; archives marked unpack are overlaid in order. A
+    directory input arrives as a folder of the same name (its files' names are `DIR/...`)."""
     for item in job["inputs"]:
         source = item.get("source", "store")
         if source == "s3":
@@ -244,7 +328,7 @@ def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env:
         elif source == "store":
             path = _named(root / "store" / item["sha256"], item["name"], jobdir / ".inputs")
         else:
-            path = jobdir / item["name"]
+            path = jobdir / _inputs_name(item["name"])
         if path.is_dir():
             shutil.copytree(path, work / path.name, dirs_exist_ok=True)
             continue
@@ -253,7 +337,9 @@ def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env:
         if item.get("unpack"):
             unpack(path, work)
         else:
-            shutil.copyfile(path, work / item["name"])
+            target = _target(work, item["name"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
 
 
 def snapshot(work: Path, manifest: Path) -> None:
@@ -265,8 +351,8 @@ def snapshot(work: Path, manifest: Path) -> None:
 
 def _named(path: Path, name: str, folder: Path) -> Path:
     """Archives are typed by their file name: link the store object under its original name."""
-    folder.mkdir(exist_ok=True)
-    link = folder / name
+    link = folder / _inputs_name(name)
+    link.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file() and not link.exists():
         try:
             os.link(path, link)
