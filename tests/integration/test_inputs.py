@@ -13,18 +13,21 @@ import uuid
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from mpicloud.api import Cluster
 from tests.conftest import ROOT, cli
 
 SIZE = 24 << 20  # big enough for several ranges when RANGE is lowered, small enough for CI
 
-#: a submitter that connects, says "ready", waits for the go file, then submits a job hashing its input
+#: a submitter that connects and says "ready", then for each round waits for that round's go file and submits a
+#: job hashing the round's input; argv: FILE-PREFIX ROUNDS [RANGE [KILL-AFTER-RANGES]]
 SUBMITTER = """
 import os, sys, time
 from pathlib import Path
 from mpicloud.api import Cluster
 from mpicloud.jobs import ranges, transfer
-path, go = Path(sys.argv[1]), Path(sys.argv[2])
+prefix, rounds = sys.argv[1], int(sys.argv[2])
 if len(sys.argv) > 3:  # lower the range size so the upload is several ranges (a resume point between them)
     transfer.RANGE = int(sys.argv[3])
 if len(sys.argv) > 4:  # the named kill point: SIGKILL this client after that many ranges were sent
@@ -39,11 +42,13 @@ if len(sys.argv) > 4:  # the named kill point: SIGKILL this client after that ma
 cluster = Cluster.get("itest")
 cluster.queue.prepare()
 print("ready", flush=True)
-while not go.exists():
-    time.sleep(0.01)
-events = []
-job = cluster.submit(["sha256sum", path.name], inputs=[path], on_input=lambda n, e: events.append(e))
-print(job.id, ",".join(events), flush=True)
+for round in range(rounds):
+    path, go = Path(f"{prefix}-{round}.bin"), Path(f"{prefix}-{round}.go")
+    while not go.exists():
+        time.sleep(0.005)
+    events = []
+    job = cluster.submit(["sha256sum", path.name], inputs=[path], on_input=lambda n, e: events.append(e))
+    print(job.id, ",".join(events), flush=True)
 """
 
 
@@ -55,13 +60,19 @@ def _env(cluster_home: Path) -> dict[str, str]:
     return {**os.environ, "MPICLOUD_HOME": str(cluster_home), "PYTHONPATH": str(ROOT)}
 
 
-def _submitters(cluster_home: Path, path: Path, go: Path, count: int, *extra: str) -> list[subprocess.Popen[str]]:
-    procs = [subprocess.Popen([sys.executable, "-c", SUBMITTER, str(path), str(go), *extra], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=_env(cluster_home)) for _ in range(count)]
+def _submitters(cluster_home: Path, prefix: Path, count: int, *extra: str,
+                rounds: int = 1) -> list[subprocess.Popen[str]]:
+    """`count` submitter processes, each connected and waiting for the go file of round 0."""
+    procs = [subprocess.Popen([sys.executable, "-c", SUBMITTER, str(prefix), str(rounds), *extra],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cluster_home))
+             for _ in range(count)]
     for proc in procs:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.stderr
-    go.touch()
     return procs
+
+
+def _go(prefix: Path, round_: int = 0) -> None:
+    Path(f"{prefix}-{round_}.go").touch()
 
 
 def _new_file(path: Path, size: int = SIZE) -> str:
@@ -70,68 +81,78 @@ def _new_file(path: Path, size: int = SIZE) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.timeout(900)
 def test_four_concurrent_submitters_of_one_new_input_ten_times(local_cluster: Cluster, cluster_home: Path,
                                                                tmp_path: Path) -> None:
-    for trial in range(10):
-        path = tmp_path / f"data-{trial}.bin"
-        digest = _new_file(path)
-        procs = _submitters(cluster_home, path, tmp_path / f"go-{trial}", 4, str(8 << 20))
-        results = [(p.communicate(timeout=300), p.returncode) for p in procs]
-        for (out, err), code in results:
-            assert code == 0 and "Traceback" not in err, f"trial {trial}: a submitter failed: {err}"
-        job_ids = [out.split()[0] for (out, _), _ in results]
-        events = [out.split()[1] for (out, _), _ in results]
+    prefix, rounds = tmp_path / "data", 10
+    digests = [_new_file(Path(f"{prefix}-{n}.bin")) for n in range(rounds)]
+    procs = _submitters(cluster_home, prefix, 4, str(8 << 20), rounds=rounds)
+    store = _store(local_cluster)
+    for trial, digest in enumerate(digests):
+        _go(prefix, trial)
+        lines = []
+        for proc in procs:
+            assert proc.stdout is not None
+            lines.append(proc.stdout.readline().split())
+            assert len(lines[-1]) == 2, f"trial {trial}: a submitter failed: {proc.communicate()[1]}"
+        events = [event for _, event in lines]
         assert events.count("uploaded") + events.count("resumed") >= 1, events
-        for job_id in job_ids:
+        for job_id, _ in lines:
             job = local_cluster.job(job_id)
             assert job.wait(120).state == "succeeded", job.stderr()
-            assert job.stdout() == f"{digest}  {path.name}\n", f"trial {trial}: job {job_id} got the wrong bytes"
-        assert hashlib.sha256((_store(local_cluster) / digest).read_bytes()).hexdigest() == digest
-        assert not list(_store(local_cluster).glob(f".{digest}*")), "part or lock files left behind"
+            assert job.stdout() == f"{digest}  data-{trial}.bin\n", f"trial {trial}: job {job_id} got wrong bytes"
+        assert hashlib.sha256((store / digest).read_bytes()).hexdigest() == digest
+        assert not list(store.glob(f".{digest}*")), "part or lock files left behind"
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in err, err
 
 
 def test_an_uploader_killed_mid_upload_leaves_no_store_object_and_a_retry_resumes(
         local_cluster: Cluster, cluster_home: Path, tmp_path: Path) -> None:
-    path = tmp_path / "killed.bin"
-    digest = _new_file(path)
-    range_size = str(2 << 20)  # 12 ranges, 4 streams: killed after the 3rd arrived, others in flight
-    (killed,) = _submitters(cluster_home, path, tmp_path / "go-kill", 1, range_size, "3")
+    prefix = tmp_path / "killed"
+    digest = _new_file(Path(f"{prefix}-0.bin"), 12 << 20)
+    range_size = str(2 << 20)  # 6 ranges, 4 streams: killed after the 3rd arrived, others in flight
+    (killed,) = _submitters(cluster_home, prefix, 1, range_size, "3")
+    _go(prefix)
     killed.communicate(timeout=120)
     assert killed.returncode == -9
     store = _store(local_cluster)
     assert not (store / digest).exists(), "a partial upload entered the store"
     assert list(store.glob(f".{digest}.*.part")), "the killed uploader's part file is kept for a resume"
-    (retry,) = _submitters(cluster_home, path, tmp_path / "go-retry", 1, range_size)
+    (retry,) = _submitters(cluster_home, prefix, 1, range_size)
     out, err = retry.communicate(timeout=120)
     assert retry.returncode == 0, err
     job_id, event = out.split()
     assert event == "resumed"
     job = local_cluster.job(job_id)
     assert job.wait(60).state == "succeeded", job.stderr()
-    assert job.stdout() == f"{digest}  killed.bin\n"
+    assert job.stdout() == f"{digest}  killed-0.bin\n"
     assert hashlib.sha256((store / digest).read_bytes()).hexdigest() == digest
     assert not list(store.glob(f".{digest}*"))
 
 
 def test_a_waiting_uploader_takes_over_when_the_first_one_dies(local_cluster: Cluster, cluster_home: Path,
                                                                tmp_path: Path) -> None:
-    path = tmp_path / "handover.bin"
-    digest = _new_file(path)
-    go = tmp_path / "go-handover"
-    doomed = _submitters(cluster_home, path, go, 1, str(2 << 20), "2")[0]
+    prefix = tmp_path / "handover"
+    digest = _new_file(Path(f"{prefix}-0.bin"), 12 << 20)
+    doomed, waiter = _submitters(cluster_home, prefix, 1, str(2 << 20), "2")[0], \
+        _submitters(cluster_home, tmp_path / "handover-b", 1, str(2 << 20))[0]
+    Path(f"{tmp_path}/handover-b-0.bin").symlink_to(f"{prefix}-0.bin")
     store = _store(local_cluster)
+    _go(prefix)
     deadline = time.monotonic() + 60
     while not list(store.glob(f".{digest}.*.part")):  # the first one holds the claim: start the second now
         assert time.monotonic() < deadline and doomed.poll() is None, doomed.stderr
-        time.sleep(0.005)
-    go.unlink()
-    waiter = _submitters(cluster_home, path, go, 1, str(2 << 20))[0]
+        time.sleep(0.002)
+    _go(tmp_path / "handover-b")
     doomed.communicate(timeout=120)
     out, err = waiter.communicate(timeout=120)
     assert doomed.returncode == -9 and waiter.returncode == 0, err
     job = local_cluster.job(out.split()[0])
     assert job.wait(60).state == "succeeded", job.stderr()
-    assert job.stdout() == f"{digest}  handover.bin\n"
+    assert job.stdout() == f"{digest}  handover-b-0.bin\n"
+    assert hashlib.sha256((store / digest).read_bytes()).hexdigest() == digest
 
 
 def test_directory_input_arrives_as_a_folder_with_nested_files(local_cluster: Cluster, cluster_home: Path,
