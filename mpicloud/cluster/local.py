@@ -110,7 +110,7 @@ def _node_python() -> str:
     try:
         new_enough = subprocess.run([system, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
                                     capture_output=True, timeout=30, check=False).returncode == 0
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         new_enough = False
     return system if new_enough else sys.executable
 

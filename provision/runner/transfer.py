@@ -294,6 +294,7 @@ def claim(store: Path, sha: str, size: int) -> int:
     if fd is None:
         _say("wait")
         fd = _lock(lock, wait=True)
+        assert fd is not None  # a waiting lock returns only once held
     if _complete(store, sha, size):
         _say("have")
         return 0
