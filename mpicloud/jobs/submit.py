@@ -107,24 +107,24 @@ def store_object(queue: QueueHandle, path: Path, digest: str, progress: transfer
     claim = queue.transport.open_stream(queue.helper("claim", queue.cluster_path("store"), digest,
                                                      f"--length={size}"))
     lines = _Lines(claim)
+    answer, sent = "", 0
     try:
         answer = lines.next()
         if answer == "wait":  # another uploader is sending it: its result, or the claim once it died
             answer = lines.next()
-        if answer == "have":
-            return "reused"
-        if not answer.startswith("part "):
-            raise TransportError(f"cluster {queue.cluster!r} did not grant the input store claim: {answer!r}")
-        sent = transfer.upload(queue, path, queue.cluster_path("store", answer[5:]), progress=progress)
-        claim.write(b"commit\n")
-        answer = lines.next()
+        if re.fullmatch(rf"part \.{digest}\.[0-9a-f]+\.part", answer):
+            sent = transfer.upload(queue, path, queue.cluster_path("store", answer[5:]), progress=progress)
+            claim.write(b"commit\n")
+            answer = lines.next()
     finally:
         claim.close_input()
         code, err = claim.finish()
+    if answer == "have":
+        return "reused"
     if answer != "stored":
         detail = answer or err.decode(errors="replace").strip() or f"exit code {code}"
-        raise TransportError(f"input {path} was not stored on cluster {queue.cluster!r}: {detail}; "
-                             "run the command again")
+        raise TransportError(f"input {path} was not stored on cluster {queue.cluster!r}: {detail} (run the "
+                             "command again; if this persists, update the runner on the cluster)")
     return "uploaded" if sent == size else "resumed"
 
 

@@ -317,8 +317,11 @@ def claim(store: Path, sha: str, size: int) -> int:
         _say(f"refused: the uploaded object has SHA-256 {got or 'of the wrong size'}, not {sha}")
         return 3
     os.replace(mine, store / sha)
-    lock.unlink(missing_ok=True)  # safe: whoever locks it next finds the object complete
     os.close(fd)
+    try:  # safe: whoever locks it next finds the object complete (Windows keeps it while a waiter has it open)
+        lock.unlink(missing_ok=True)
+    except OSError:
+        pass
     _say("stored")
     return 0
 
