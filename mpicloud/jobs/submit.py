@@ -102,8 +102,12 @@ def store_object(queue: QueueHandle, path: Path, digest: str, progress: transfer
 
     A claim on the node (`transfer.py claim`, held as long as this stream is open) makes one uploader of an
     object at a time write its own part file; others wait and reuse its result. The node checks the whole
-    object's SHA-256 before renaming it into the store, so a store object is always complete and right."""
+    object's SHA-256 before renaming it into the store, so a store object is always complete and right, and
+    one that is there (a single stat) is reused without a claim."""
     size = path.stat().st_size
+    existing = queue.transport.stat(queue.path("store", digest))
+    if existing is not None and existing.size == size:  # only ever renamed in whole and verified
+        return "reused"
     claim = queue.transport.open_stream(queue.helper("claim", queue.cluster_path("store"), digest,
                                                      f"--length={size}"))
     lines = _Lines(claim)
