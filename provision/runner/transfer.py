@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import contextlib
 import fnmatch
 import hashlib
 import io
@@ -318,10 +319,9 @@ def claim(store: Path, sha: str, size: int) -> int:
         return 3
     os.replace(mine, store / sha)
     os.close(fd)
-    try:  # safe: whoever locks it next finds the object complete (Windows keeps it while a waiter has it open)
+    # safe: whoever locks it next finds the object complete (Windows keeps it while a waiter has it open)
+    with contextlib.suppress(OSError):
         lock.unlink(missing_ok=True)
-    except OSError:
-        pass
     _say("stored")
     return 0
 
