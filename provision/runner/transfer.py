@@ -278,6 +278,14 @@ def reap(store: Path, age: float = STALE_PART) -> None:
             os.close(fd)
 
 
+def _release(fd: int, lock: Path) -> None:
+    """Release and remove an object's lock once the object is in the store: whoever locks it next (through
+    this file or a new one) finds the object complete. Windows keeps the file while a waiter has it open."""
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        lock.unlink(missing_ok=True)
+
+
 def claim(store: Path, sha: str, size: int) -> int:
     """Hold the claim on store/SHA while stdin is open (see the module doc). Objects enter the store only
     whole and verified, so an existing one of the right size is complete. Waiting uploaders block on the
@@ -296,7 +304,8 @@ def claim(store: Path, sha: str, size: int) -> int:
         _say("wait")
         fd = _lock(lock, wait=True)
         assert fd is not None  # a waiting lock returns only once held
-    if _complete(store, sha, size):
+    if _complete(store, sha, size):  # it arrived meanwhile (the lock file may be one made after it was removed)
+        _release(fd, lock)
         _say("have")
         return 0
     reap(store)
@@ -318,10 +327,7 @@ def claim(store: Path, sha: str, size: int) -> int:
         _say(f"refused: the uploaded object has SHA-256 {got or 'of the wrong size'}, not {sha}")
         return 3
     os.replace(mine, store / sha)
-    os.close(fd)
-    # safe: whoever locks it next finds the object complete (Windows keeps it while a waiter has it open)
-    with contextlib.suppress(OSError):
-        lock.unlink(missing_ok=True)
+    _release(fd, lock)
     _say("stored")
     return 0
 
