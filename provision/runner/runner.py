@@ -552,13 +552,18 @@ class Runner:
             time.sleep(self.poll)
 
     def idle_shutdown(self) -> str:
-        command = self.config.get("stop_command")
+        """Record the shutdown; main() runs the stop action once every file of this runner is written."""
         minutes = self.config.get("idle_shutdown_minutes")
         write_json(self.root / "shutdown.json", {"at": now(), "reason": f"idle for {minutes} min",
-                                                 "command": command})
+                                                 "command": self.config.get("stop_command")})
+        return "idle shutdown"
+
+    def stop_action(self) -> None:
+        """The cluster's stop action, started as this runner's very last step (it may stop this process; on a
+        local cluster it waits for the runner lock to be free first)."""
+        command = self.config.get("stop_command")
         if command:
             spawn_detached(list(command), self.root, self.root / "shutdown.log")
-        return "idle shutdown"
 
 
 # ---------------------------------------------------------------- reports for clients (one exec each)
@@ -653,6 +658,8 @@ def main(argv: list[str]) -> int:
     reason = runner.serve()
     runner.write_status()
     print(f"runner stopped: {reason}", file=sys.stderr)
+    if reason == "idle shutdown":
+        runner.stop_action()
     return 0
 
 
