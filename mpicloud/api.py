@@ -20,7 +20,7 @@ from mpicloud.cluster.connect import AttachRequest
 from mpicloud.cluster.registry import ClusterRecord, DownReport
 from mpicloud.errors import ClusterError
 from mpicloud.jobs import bucket, fetch, query, sweep, watch
-from mpicloud.jobs.query import JobInfo
+from mpicloud.jobs.query import JobInfo, purge_jobs
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, submit
 from mpicloud.jobs.transfer import Progress, Summary
@@ -164,6 +164,10 @@ class Cluster:
         """A handle on an existing job."""
         return Job(self, job_id)
 
+    def purge(self, job_ids: Sequence[str], logs: bool = False) -> None:
+        """Delete ended jobs' work dirs on the cluster and, with logs, their logs (their states stay)."""
+        purge_jobs(self.queue, list(job_ids), logs)
+
     def jobs(self) -> list[JobInfo]:
         """Every job in FIFO order."""
         return query.list_jobs(self.queue)
@@ -198,16 +202,25 @@ class Job:
         return query.wait(self.cluster.queue, self.id, timeout)
 
     def stdout(self) -> str:
-        """The job's standard output so far."""
-        return query.read_log(self.cluster.queue, self.id).decode(errors="replace")
+        """The job's standard output so far (a log is capped on the cluster: see docs/queue.md)."""
+        return self.log("stdout").decode(errors="replace")
 
     def stderr(self) -> str:
         """The job's standard error so far."""
-        return query.read_log(self.cluster.queue, self.id, "stderr").decode(errors="replace")
+        return self.log("stderr").decode(errors="replace")
 
-    def logs(self, emit: Callable[[str, bytes], None], follow: bool = False) -> JobInfo:
-        """Stream logs to emit(stream, bytes); with follow, until the job ends."""
-        return query.follow_logs(self.cluster.queue, self.id, emit, follow)
+    def log(self, stream: str = "stdout", offset: int = 0, limit: int | None = None) -> bytes:
+        """Bytes of a log (stdout, stderr or post) from offset, at most limit; only those are transferred."""
+        return query.read_log(self.cluster.queue, self.id, stream, offset, limit)
+
+    def logs(self, emit: Callable[[str, bytes], None], follow: bool = False,
+             streams: Sequence[str] = ("stdout", "stderr")) -> JobInfo:
+        """Stream logs to emit(stream, bytes) in chunks; with follow, until the job ends."""
+        return query.follow_logs(self.cluster.queue, self.id, emit, follow, streams=tuple(streams))
+
+    def purge(self, logs: bool = False) -> None:
+        """Delete the ended job's work dir on the cluster and, with logs, its logs (its state stays)."""
+        self.cluster.purge([self.id], logs)
 
     def cancel(self) -> JobInfo:
         """Cancel the job (queued or running, every rank)."""

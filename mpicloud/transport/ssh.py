@@ -181,6 +181,14 @@ class SSHTransport:
             handle.prefetch()
             return handle.read()
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """Up to size bytes of a remote file from offset (only those cross the wire; b"" past the end)."""
+        with self._sftp_lock, self._io(path), self.sftp().open(path, "rb") as handle:
+            size = min(size, (handle.stat().st_size or 0) - offset)
+            if size <= 0:
+                return b""
+            return b"".join(handle.readv([(offset, size)]))  # pipelined requests, as prefetch does
+
     def write_bytes(self, path: str, data: bytes, *, mode: int | None = None) -> None:
         """Write a whole remote file; `mode` is applied while it is still empty."""
         with self._sftp_lock, self._io(path), self.sftp().open(path, "wb") as handle:
