@@ -50,7 +50,10 @@ def _addresses(spec: ClusterSpec) -> list[str]:
 
 
 def _port_free(address: str, port: int) -> bool:
+    """True when no process listens on address:port (connections of a stopped sshd in TIME_WAIT do not count:
+    sshd binds with SO_REUSEADDR too)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((address, port))
         except OSError:

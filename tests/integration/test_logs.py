@@ -11,6 +11,7 @@ from typing import Any
 
 from mpicloud.api import Cluster
 from mpicloud.jobs import query
+from mpicloud.jobs.remote import QueueHandle
 from tests.conftest import ROOT, cli
 
 
@@ -40,7 +41,7 @@ def test_follow_reads_each_byte_once_in_bounded_chunks(local_cluster: Cluster) -
     job = local_cluster.submit(["sh", "-c", "head -c 6000000 /dev/zero | tr '\\0' x; echo; "
                                 "while [ ! -e go ]; do sleep 0.1; done; echo tail-line"])
     counting = CountingTransport(local_cluster.queue.transport)
-    queue = query.QueueHandle(transport=counting, os="linux", root=local_cluster.queue.root,  # type: ignore[arg-type]
+    queue = QueueHandle(transport=counting, os="linux", root=local_cluster.queue.root,
                               python=local_cluster.queue.python, runner=local_cluster.queue.runner, cluster="itest")
     chunks: list[int] = []
     seen = bytearray()

@@ -56,7 +56,7 @@ def _connected(conn: socket.socket) -> bool:
 
 @pytest.fixture()
 def silent() -> Iterator[SilentListener]:
-    listener = SilentListener("127.0.97.1")
+    listener = SilentListener("127.0.133.1")
     try:
         yield listener
     finally:
@@ -68,7 +68,7 @@ def test_clusters_connects_to_every_cluster_at_once(home: Path, tmp_path: Path, 
     key.write_text("unused\n")
     for name in ("hang-a", "hang-b", "hang-c"):
         ClusterRecord(name=name, provider="attached", os="linux", user="nobody",
-                      nodes=[Node(name="node0", host="127.0.97.1", port=silent.port)], slots_per_node=1,
+                      nodes=[Node(name="node0", host="127.0.133.1", port=silent.port)], slots_per_node=1,
                       shared_path="/shared", python=["python3"], runner="/opt/mpicloud/runner.py",
                       key_file=str(key)).save()
     result = cli("clusters", "--json")

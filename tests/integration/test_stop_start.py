@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from mpicloud.api import Cluster
 from tests.conftest import cli
 
 
@@ -21,14 +22,14 @@ def _stopped(home: Path, name: str) -> bool:
 
 def test_idle_shutdown_stops_and_keeps_data_then_up_resumes(home: Path, tmp_path: Path) -> None:
     spec = tmp_path / "idle.yaml"
-    spec.write_text("name: idler\ncloud: local\nnodes: 1\nidle_shutdown_minutes: 0.05\n"
-                    "local: {address_base: 127.0.95.1}\n")
+    spec.write_text("name: idler\ncloud: local\nnodes: 1\nidle_shutdown_minutes: 0.5\n"
+                    "local: {address_base: 127.0.131.1}\n")
     up = cli("up", str(spec))
     assert up.returncode == 0, up.stderr
-    assert "idle shutdown after 0.05 min" in up.stdout
-    sub = cli("submit", "idler", "--", "sh", "-c", "echo kept > result.txt; echo done")
-    job_id = sub.stdout.split()[-1]
-    assert cli("wait", "idler", job_id).returncode == 0
+    assert "idle shutdown after 0.5 min" in up.stdout
+    job = Cluster.get("idler").submit(["sh", "-c", "echo kept > result.txt; echo done"])
+    assert job.wait(60).state == "succeeded"
+    job_id = job.id
     directory = home / "clusters" / "idler"
     deadline = time.monotonic() + 60
     while not _stopped(home, "idler"):
@@ -37,7 +38,7 @@ def test_idle_shutdown_stops_and_keeps_data_then_up_resumes(home: Path, tmp_path
     assert str(directory) not in _ps()
     root = directory / "shared" / ".mpicloud"
     shutdown = json.loads((root / "shutdown.json").read_text())
-    assert shutdown["reason"] == "idle for 0.05 min"
+    assert shutdown["reason"] == "idle for 0.5 min"
     assert (root / "jobs" / job_id / "work" / "result.txt").read_text() == "kept\n"
     assert not list(root.glob(".status.json.*.tmp")), "the runner was killed while writing its status"
     listing = json.loads(cli("clusters", "--json").stdout)
@@ -49,19 +50,21 @@ def test_idle_shutdown_stops_and_keeps_data_then_up_resumes(home: Path, tmp_path
     assert refused.returncode == 2 and "mpicloud start idler" in refused.stderr and "Traceback" not in refused.stderr
     again = cli("up", str(spec))
     assert again.returncode == 0 and "started again" in again.stdout, again.stderr
+    busy = cli("submit", "idler", "--", "sleep", "120")  # keeps the restarted cluster from idling off again
+    assert busy.returncode == 0, busy.stderr
     fetched = cli("get", "idler", job_id, "--dest", str(tmp_path / "out"))
     assert fetched.returncode == 0, fetched.stderr
     assert (tmp_path / "out" / job_id / "result.txt").read_text() == "kept\n"
     logs = cli("logs", "idler", job_id)
-    assert logs.stdout == "done\n"
+    assert logs.stdout == "done\n", logs.stderr
     down = cli("down", "idler")
-    assert down.returncode == 0 and f"removed 1 jobs' data at {directory}" in down.stdout, down.stdout
+    assert down.returncode == 0 and f"removed 2 jobs' data at {directory}" in down.stdout, down.stdout
     assert not directory.exists()
 
 
 def test_stop_keeps_the_queue_and_start_runs_it(home: Path, tmp_path: Path) -> None:
     spec = tmp_path / "s.yaml"
-    spec.write_text("name: pauser\ncloud: local\nnodes: 1\nslots_per_node: 1\nlocal: {address_base: 127.0.96.1}\n")
+    spec.write_text("name: pauser\ncloud: local\nnodes: 1\nslots_per_node: 1\nlocal: {address_base: 127.0.132.1}\n")
     assert cli("up", str(spec)).returncode == 0
     first = cli("submit", "pauser", "--", "sh", "-c", "echo first").stdout.split()[-1]
     assert cli("wait", "pauser", first).returncode == 0
