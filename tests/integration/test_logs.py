@@ -113,3 +113,15 @@ def test_control_characters_are_escaped_on_a_terminal_raw_in_a_pipe(local_cluste
     assert b"a\\x1b]0;pwned\\x07b\\x1b[2Jc\\u009bd" in shown
     listing = cli("jobs", "itest", env=env).stdout
     assert "evil\\x1b[31mname\\x0ax" in listing and "\x1b" not in listing
+
+
+def test_purge_removes_old_jobs_outputs_and_logs(local_cluster: Cluster, cluster_home: Path) -> None:
+    env = {"MPICLOUD_HOME": str(cluster_home)}
+    job = local_cluster.submit(["sh", "-c", "echo gone > f; echo said"])
+    assert job.wait(60).state == "succeeded" and job.stdout() == "said\n"
+    nothing = cli("purge", "itest", env=env)
+    assert nothing.returncode == 2 and "--older-than" in nothing.stderr
+    purged = cli("purge", "itest", job.id, "--logs", env=env)
+    assert purged.returncode == 0 and "purged the outputs and logs of 1 jobs" in purged.stdout, purged.stderr
+    assert job.stdout() == "" and job.info().state == "succeeded"
+    assert local_cluster.queue.transport.stat(local_cluster.queue.job_path(job.id, "work")) is None
