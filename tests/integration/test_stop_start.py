@@ -41,6 +41,7 @@ def test_idle_shutdown_stops_and_keeps_data_then_up_resumes(home: Path, tmp_path
     assert shutdown["reason"] == "idle for 0.5 min"
     assert (root / "jobs" / job_id / "work" / "result.txt").read_text() == "kept\n"
     assert not list(root.glob(".status.json.*.tmp")), "the runner was killed while writing its status"
+    assert "runner stopped: idle shutdown" in (root / "runner.log").read_text()  # it ended on its own
     listing = json.loads(cli("clusters", "--json").stdout)
     assert [(r["name"], r["state"]) for r in listing] == [("idler", "stopped")]
     status = cli("status", "idler")
