@@ -27,7 +27,7 @@ def _cli_rusage(argv: list[str]) -> tuple[float, int]:
 
 
 def main(size_mib: int = 256) -> None:
-    with bench_cluster(nodes=1, slots=1) as (cluster, _):
+    with bench_cluster(nodes=1, slots=1, base="127.0.134.1") as (cluster, _):
         job = cluster.submit(["sh", "-c", f"head -c {size_mib * MIB} /dev/zero | tr '\\0' x; "
                               "while [ ! -e go ]; do sleep 0.1; done; echo 120-bytes"])
         queue = cluster.queue
