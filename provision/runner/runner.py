@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -38,6 +39,10 @@ JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB
 WINDOWS = os.name == "nt"
 #: the cluster-side S3 client for s3:// inputs and --output-to, installed beside this file
 BUCKETIO = Path(__file__).with_name("bucketio.py")
+#: what one log stream of a job may take on the shared disk (runner.json `log_limit_bytes`; a job may ask for
+#: less with MPICLOUD_LOG_LIMIT): its first half and its last half are kept
+LOG_LIMIT_BYTES = 1 << 30
+LOG_CHUNK = 1 << 16
 
 
 # ---------------------------------------------------------------- versioned job descriptions
@@ -416,9 +421,10 @@ def run_job(root: Path, job_id: str) -> int:
         argv[0] = launcher_program(argv[0])
     out, err, post = jobdir / "stdout.log", jobdir / "stderr.log", jobdir / "post.log"
     snapshot(work, jobdir / "inputs.json")
-    result["exit_code"], result["reason"] = _run(argv, work, env, out, err)
+    limit = log_limit(config, job)
+    result["exit_code"], result["reason"] = _run(argv, work, env, out, err, limit)
     if job.get("post") and not (jobdir / "cancel").exists():
-        result["post_exit_code"], _ = _run(list(job["post"]), work, env, post, post)
+        result["post_exit_code"], _ = _run(list(job["post"]), work, env, post, post, limit)
     if job.get("output_to") and not (jobdir / "cancel").exists():
         with open(jobdir / "post.log", "ab") as log:
             code = subprocess.run([sys.executable, str(BUCKETIO), "put", str(work), job["output_to"], "--skip",
@@ -429,16 +435,110 @@ def run_job(root: Path, job_id: str) -> int:
     return _finish(jobdir, result)
 
 
-def _run(argv: list[str], work: Path, env: dict[str, str], out: Path, err: Path) -> tuple[int, str | None]:
-    with open(out, "ab") as stdout, open(err, "ab") as stderr:
+def log_limit(config: dict[str, Any], job: dict[str, Any]) -> int:
+    """Bytes one log stream of this job may keep: the cluster's cap, or less when the job asks for less."""
+    limit = int(config.get("log_limit_bytes") or LOG_LIMIT_BYTES)
+    asked = str(job.get("env", {}).get("MPICLOUD_LOG_LIMIT", "")).strip()
+    if asked.isdigit():
+        limit = min(limit, int(asked))
+    return max(limit, 2)
+
+
+class CappedLog:
+    """A job log that keeps its first and its last limit/2 bytes. The head goes to the log as it arrives (so
+    `logs --follow` shows it live); past it a marker line is written and the output goes round a ring file
+    (`<log>.tail`) of limit/2 bytes, appended to the log after a second marker when the stream ends."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path = path
+        self.log = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
+        self.head_room = max(0, limit - limit // 2 - self.log.tell())
+        self.ring_size = limit // 2
+        self.ring: Any = None
+        self.ring_pos = 0
+        self.tail_bytes = 0
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            if self.head_room:
+                head = data[:self.head_room]
+                self.log.write(head)
+                self.head_room -= len(head)
+                data = data[len(head):]
+            if data:
+                self._to_ring(data)
+
+    def _to_ring(self, data: bytes) -> None:
+        if self.ring is None:
+            self.ring = open(f"{self.path}.tail", "w+b")  # noqa: SIM115 - closed by close()
+            self.log.write(f"\n[mpicloud: log limit reached; the last {self.ring_size} bytes of the rest are "
+                           "added when the job ends]\n".encode())
+        self.tail_bytes += len(data)
+        if len(data) > self.ring_size:  # only the last ring_size bytes can survive
+            self.ring_pos = (self.ring_pos + len(data) - self.ring_size) % self.ring_size
+            data = data[-self.ring_size:]
+        while data:
+            n = min(len(data), self.ring_size - self.ring_pos)
+            self.ring.seek(self.ring_pos)
+            self.ring.write(data[:n])
+            self.ring_pos = (self.ring_pos + n) % self.ring_size
+            data = data[n:]
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.ring is not None:
+                kept = min(self.tail_bytes, self.ring_size)
+                self.log.write(f"\n[mpicloud: {self.tail_bytes - kept} bytes dropped; the last {kept} bytes "
+                               "follow]\n".encode())
+                spans = [(self.ring_pos, self.ring_size), (0, self.ring_pos)] if self.tail_bytes > self.ring_size \
+                    else [(0, self.ring_pos or kept)]
+                for start, end in spans:
+                    self.ring.seek(start)
+                    left = end - start
+                    while left > 0:
+                        chunk = self.ring.read(min(left, 1 << 20))
+                        self.log.write(chunk)
+                        left -= len(chunk)
+                self.ring.close()
+                os.unlink(f"{self.path}.tail")
+            self.log.close()
+
+
+def _pump(source: Any, sink: CappedLog) -> None:
+    while chunk := source.read1(LOG_CHUNK):
+        sink.write(chunk)
+
+
+def _run(argv: list[str], work: Path, env: dict[str, str], out: Path, err: Path,
+         limit: int = LOG_LIMIT_BYTES) -> tuple[int, str | None]:
+    sinks = {out: CappedLog(out, limit)}
+    if err not in sinks:
+        sinks[err] = CappedLog(err, limit)
+    try:
         try:
             proc = subprocess.Popen(argv, cwd=str(work), env=env, stdin=subprocess.DEVNULL,
-                                    stdout=stdout, stderr=stderr)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
             return 127, f"command not found on the cluster: {argv[0]}"
         except PermissionError:
             return 126, f"command is not executable: {argv[0]}"
+        pumps = [threading.Thread(target=_pump, args=(pipe, sinks[path]), daemon=True)
+                 for pipe, path in ((proc.stdout, out), (proc.stderr, err))]
+        for pump in pumps:
+            pump.start()
         code = proc.wait()
+        for pump in pumps:  # a background process the job left behind may hold the pipes: stop listening
+            pump.join(timeout=5.0)
+    finally:
+        for sink in sinks.values():
+            sink.close()
     if code < 0:
         return 128 - code, f"killed by signal {-code}"
     return code, None if code == 0 else f"exited with code {code}"
@@ -638,13 +738,18 @@ class Runner:
             time.sleep(self.poll)
 
     def idle_shutdown(self) -> str:
-        command = self.config.get("stop_command")
+        """Record the shutdown; main() runs the stop action once every file of this runner is written."""
         minutes = self.config.get("idle_shutdown_minutes")
         write_json(self.root / "shutdown.json", {"at": now(), "reason": f"idle for {minutes} min",
-                                                 "command": command})
+                                                 "command": self.config.get("stop_command")})
+        return "idle shutdown"
+
+    def stop_action(self) -> None:
+        """The cluster's stop action, started as this runner's very last step (it may stop this process; on a
+        local cluster it waits for the runner lock to be free first)."""
+        command = self.config.get("stop_command")
         if command:
             spawn_detached(list(command), self.root, self.root / "shutdown.log")
-        return "idle shutdown"
 
 
 # ---------------------------------------------------------------- reports for clients (one exec each)
@@ -675,17 +780,25 @@ def status(root: Path) -> dict[str, Any]:
     return data
 
 
-def purge(root: Path, job_id: str) -> int:
-    """Delete an ended job's work dir (after the client verified its download); keep its state and logs."""
-    jobdir = root / "jobs" / job_id
-    state = read_json(jobdir / "state.json")
-    if state["state"] not in TERMINAL:
-        print(f"job {job_id} is {state['state']}; only ended jobs can be purged", file=sys.stderr)
-        return 2
-    shutil.rmtree(jobdir / "work", ignore_errors=True)
-    state["purged_at"] = now()
-    write_json(jobdir / "state.json", state)
-    return 0
+def purge(root: Path, job_ids: list[str], logs: bool = False) -> int:
+    """Delete ended jobs' work dirs (after the client verified a download) and, with logs, their logs; the
+    state stays. Jobs still queued or running are named and left alone (exit 2)."""
+    code = 0
+    for job_id in job_ids:
+        jobdir = root / "jobs" / job_id
+        state = read_json(jobdir / "state.json")
+        if state["state"] not in TERMINAL:
+            print(f"job {job_id} is {state['state']}; only ended jobs can be purged", file=sys.stderr)
+            code = 2
+            continue
+        shutil.rmtree(jobdir / "work", ignore_errors=True)
+        state["purged_at"] = now()
+        if logs:
+            for log in [*jobdir.glob("*.log"), *jobdir.glob("*.log.tail")]:
+                log.unlink(missing_ok=True)
+            state["logs_purged_at"] = now()
+        write_json(jobdir / "state.json", state)
+    return code
 
 
 def lock(root: Path) -> Any:
@@ -711,14 +824,15 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="runner.py", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("command", choices=["serve", "exec", "list", "status", "start", "purge"])
-    parser.add_argument("job", nargs="?")
+    parser.add_argument("job", nargs="*")
     parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--logs", action="store_true", help="purge: remove the jobs' logs too")
     args = parser.parse_args(argv)
     root: Path = args.root
     if args.command == "exec":
-        return run_job(root, args.job)
+        return run_job(root, args.job[0])
     if args.command == "purge":
-        return purge(root, args.job)
+        return purge(root, args.job, args.logs)
     if args.command == "list":
         print(json.dumps(list_jobs(root)))
         return 0
@@ -739,6 +853,8 @@ def main(argv: list[str]) -> int:
     reason = runner.serve()
     runner.write_status()
     print(f"runner stopped: {reason}", file=sys.stderr)
+    if reason == "idle shutdown":
+        runner.stop_action()
     return 0
 
 
