@@ -94,6 +94,13 @@ def start_scheduler(spec: ClusterSpec, record: ClusterRecord) -> None:
     faults.point("slurm")
 
 
+def refuse_restart(record: ClusterRecord) -> None:
+    """`start` of a stopped namespaced cluster is not built yet (its network and Slurm would be rebuilt)."""
+    if record.local.get("network") == "namespaces":
+        raise ClusterError(f"cluster {record.name!r} runs in namespaced mode, which `mpicloud start` cannot restart "
+                           f"yet: `mpicloud down {record.name}` (removes its data) and `mpicloud up` again")
+
+
 def teardown(cluster_id: str, strict: bool = False) -> None:
     """Delete the cluster's namespaces, interfaces (found by its tag) and /run directory; strict: fail if any
     namespace or interface is left."""

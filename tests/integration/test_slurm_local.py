@@ -7,6 +7,7 @@ with the package to install. `down` and failed `up`s are checked against `ip net
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -181,15 +182,26 @@ def test_demo_script_runs_the_slurm_example(tmp_path: Path) -> None:
     assert ours() <= before and processes_with(str(tmp_path / "home")) == []
 
 
-def test_idle_shutdown_from_node0_removes_the_namespaced_cluster(tmp_path: Path) -> None:
+def test_idle_shutdown_from_node0_stops_the_namespaced_cluster(tmp_path: Path) -> None:
     home, spec = spec_file(tmp_path, "name: idle\ncloud: local\nnodes: 2\nidle_shutdown_minutes: 0.05\n"
                                      "local: {network: namespaces}\n")
     before = ours()
-    up = cli("up", str(spec), env={"MPICLOUD_HOME": str(home)})
+    env = {"MPICLOUD_HOME": str(home)}
+    up = cli("up", str(spec), env=env)
     assert up.returncode == 0, up.stderr
     assert "198.18." in up.stdout or "198.19." in up.stdout
-    deadline = time.monotonic() + 120  # the runner in node0 runs `down` in the host's namespaces
-    while ((home / "clusters" / "idle").exists() or processes_with(str(home))) and time.monotonic() < deadline:
-        time.sleep(0.5)  # `down` itself ends last
+    record = home / "clusters" / "idle" / "cluster.json"
+    deadline = time.monotonic() + 120  # the runner in node0 runs `stop` in the host's namespaces
+
+    def stopped() -> bool:
+        return json.loads(record.read_text()).get("stopped_at") is not None and not processes_with(str(home))
+
+    while not stopped() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stopped()
+    assert ours() <= before  # no namespace, veth or bridge kept while stopped
+    again = cli("start", "idle", env=env)
+    assert again.returncode != 0 and "cannot restart yet" in again.stderr and "Traceback" not in again.stderr
+    down = cli("down", "idle", env=env)
+    assert down.returncode == 0, down.stderr
     assert not (home / "clusters" / "idle").exists()
-    assert ours() <= before and processes_with(str(home)) == []
