@@ -2,8 +2,8 @@
 
 Everything runs on node0 over ONE SSH session (the cluster's own paramiko transport): `up` time with Slurm,
 N no-op `sbatch` jobs in a loop, one `sbatch --array` of N, submit-to-start latency on an idle cluster.
-The mpicloud side (the same N jobs and an N-row sweep through `mpicloud submit/sweep` on the Slurm backend)
-is added in `mpicloud_side` when the runner's Slurm backend exists; `report` then prints the ratios.
+It measures native Slurm only: mpicloud's queue does not run on Slurm yet (the runner's Slurm backend is
+still to be built), so there is no mpicloud side to compare yet.
 
     .venv/bin/python -m benchmarks.slurm_bench [N] [CPUS_PER_NODE]
 """
@@ -60,12 +60,6 @@ def native_side(cluster: Cluster, jobs: int) -> dict[str, float]:
     return figures
 
 
-def mpicloud_side(cluster: Cluster, jobs: int) -> dict[str, float]:
-    """The same workloads through mpicloud's Slurm backend: not built yet (runner backend seam, issue 12)."""
-    del cluster, jobs
-    return {}
-
-
 def main(jobs: int = 1000, cpus: int = 16) -> None:
     with bench_cluster(nodes=2, slots=cpus, scheduler="slurm") as (cluster, up_seconds):
         print(f"mpicloud up, 2 namespaced nodes x {cpus} CPUs with Slurm: {up_seconds:.2f} s", flush=True)
@@ -76,9 +70,6 @@ def main(jobs: int = 1000, cpus: int = 16) -> None:
         print(f"native sbatch --array=1-{jobs}: submitted    {native['array_submit_s']:8.2f} s, "
               f"all done {native['array_total_s']:8.2f} s")
         print(f"native submit-to-start, idle (median of 20): {native['submit_to_start_median_s'] * 1000:8.1f} ms")
-        ours = mpicloud_side(cluster, jobs)
-        if not ours:
-            print("mpicloud through Slurm: not measured yet (the runner's Slurm backend comes with issue 12)")
 
 
 if __name__ == "__main__":
