@@ -165,21 +165,6 @@ def test_sweep_bulk_cancel(local_cluster: Cluster, tmp_path: Path) -> None:
     assert states == ["cancelled"] * 5
 
 
-def test_idle_shutdown_fires_on_a_local_cluster(home: Path, tmp_path: Path) -> None:
-    spec = tmp_path / "idle.yaml"
-    spec.write_text("name: idler\ncloud: local\nnodes: 1\nidle_shutdown_minutes: 0.05\n"
-                    "local: {address_base: 127.0.95.1}\n")
-    up = cli("up", str(spec))
-    assert up.returncode == 0, up.stderr
-    assert "idle shutdown after 0.05 min" in up.stdout
-    deadline = time.monotonic() + 30
-    while (home / "clusters" / "idler").exists():
-        assert time.monotonic() < deadline, "idle shutdown did not fire"
-        time.sleep(0.2)
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(home / "clusters" / "idler") not in ps
-
-
 # ---------------------------------------------------------------- issue 9: supervision, placement, admission
 def _status_file(cluster: Cluster) -> Path:
     return Path(cluster.record.shared_path) / ".mpicloud" / "status.json"
@@ -278,7 +263,7 @@ def test_dead_runner_is_restarted_by_its_watchdog_and_by_clients(local_cluster: 
     spec = tmp_path / "itest.yaml"
     spec.write_text("name: itest\ncloud: local\nnodes: 2\nslots_per_node: 2\nlocal: {address_base: 127.0.91.1}\n")
     up = cli("up", str(spec), env=env)
-    assert up.returncode == 2 and "already exists" in up.stderr and "restarted it" in up.stderr, up.stderr
+    assert up.returncode == 0 and "already running" in up.stdout and "restarted it" in up.stdout, up.stderr
     fourth = _runner_pid(local_cluster)
     os.kill(_parent(fourth), signal.SIGKILL)
     os.kill(fourth, signal.SIGKILL)
