@@ -28,6 +28,7 @@ from typing import Any
 # directory off sys.path: the protocol package installed beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpicloud.protocol.jobs import JOB_VERSION, TERMINAL
+from mpicloud.protocol.paths import check_name
 
 RUNNER_VERSION = 2
 JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB_DIR", "MPICLOUD_WORK_DIR",
@@ -589,17 +590,53 @@ def status(root: Path) -> dict[str, Any]:
     return data
 
 
-def purge(root: Path, job_id: str) -> int:
-    """Delete an ended job's work dir (after the client verified its download); keep its state and logs."""
+def purge(root: Path, job_id: str, listed: list[dict[str, Any]] | None = None) -> int:
+    """Delete an ended job's work dir (after the client verified its download); keep its state and logs.
+    With `listed`, delete only those entries (what the client verified), each only if still unchanged."""
     jobdir = root / "jobs" / job_id
     state = read_json(jobdir / "state.json")
     if state["state"] not in TERMINAL:
         print(f"job {job_id} is {state['state']}; only ended jobs can be purged", file=sys.stderr)
         return 2
-    shutil.rmtree(jobdir / "work", ignore_errors=True)
+    if listed is None:
+        shutil.rmtree(jobdir / "work", ignore_errors=True)
+    else:
+        print(json.dumps({"kept": purge_listed(jobdir / "work", listed)}))
     state["purged_at"] = now()
     write_json(jobdir / "state.json", state)
     return 0
+
+
+def purge_listed(work: Path, listed: list[dict[str, Any]]) -> list[str]:
+    """Delete each listed file ({"path", "size", "mtime"} in ns) or link ({"path", "target"}) below work
+    that is still exactly that, then the directories this empties; returns the listed paths kept."""
+    kept = []
+    root = work.resolve()
+    for entry in listed:
+        rel = str(entry["path"])
+        try:
+            path = work.joinpath(*check_name(rel).parts)
+            parent = path.parent.resolve()
+            if parent != root and root not in parent.parents:
+                raise OSError("outside the work dir")
+            st = path.lstat()
+            if "target" in entry:
+                unchanged = os.path.islink(path) and os.readlink(path) == entry["target"]
+            else:
+                unchanged = not os.path.islink(path) and path.is_file() and \
+                    [st.st_size, st.st_mtime_ns] == [entry["size"], entry["mtime"]]
+            if not unchanged:
+                raise OSError("changed since it was downloaded")
+            path.unlink()
+        except (OSError, ValueError):
+            kept.append(rel)
+    for folder, _, _ in sorted(os.walk(work), key=lambda item: -len(item[0])):
+        if Path(folder) != work:
+            try:
+                Path(folder).rmdir()
+            except OSError:
+                pass  # not empty: holds files that were not downloaded
+    return kept
 
 
 def lock(root: Path) -> Any:
@@ -627,12 +664,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("command", choices=["serve", "exec", "list", "status", "start", "purge"])
     parser.add_argument("job", nargs="?")
     parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--listed", action="store_true", help="purge: delete only the entries on stdin (JSON)")
     args = parser.parse_args(argv)
     root: Path = args.root
     if args.command == "exec":
         return run_job(root, args.job)
     if args.command == "purge":
-        return purge(root, args.job)
+        return purge(root, args.job, json.load(sys.stdin) if args.listed else None)
     if args.command == "list":
         print(json.dumps(list_jobs(root)))
         return 0
