@@ -609,7 +609,7 @@ def purge(root: Path, job_id: str, listed: list[dict[str, Any]] | None = None) -
 
 def purge_listed(work: Path, listed: list[dict[str, Any]]) -> list[str]:
     """Delete each listed file ({"path", "size", "mtime"} in ns) or link ({"path", "target"}) below work
-    that is still exactly that, then the directories this empties; returns the listed paths kept."""
+    that is still exactly that, then the directories left empty; returns the listed paths kept."""
     kept = []
     root = work.resolve()
     for entry in listed:
@@ -631,11 +631,10 @@ def purge_listed(work: Path, listed: list[dict[str, Any]]) -> list[str]:
         except (OSError, ValueError):
             kept.append(rel)
     for folder, _, _ in sorted(os.walk(work), key=lambda item: -len(item[0])):
-        if Path(folder) != work:
-            try:
-                Path(folder).rmdir()
-            except OSError:
-                pass  # not empty: holds files that were not downloaded
+        try:
+            Path(folder).rmdir()  # the work dir too, once everything in it was downloaded
+        except OSError:
+            pass  # not empty: holds files that were not downloaded
     return kept
 
 
