@@ -12,6 +12,7 @@ Commands: serve | exec JOB | list | status | enqueue-check
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -631,10 +632,8 @@ def purge_listed(work: Path, listed: list[dict[str, Any]]) -> list[str]:
         except (OSError, ValueError):
             kept.append(rel)
     for folder, _, _ in sorted(os.walk(work), key=lambda item: -len(item[0])):
-        try:
+        with contextlib.suppress(OSError):  # a dir that is not empty holds files that were not downloaded
             Path(folder).rmdir()  # the work dir too, once everything in it was downloaded
-        except OSError:
-            pass  # not empty: holds files that were not downloaded
     return kept
 
 
