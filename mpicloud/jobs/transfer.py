@@ -85,7 +85,7 @@ class Remote:
     rel: str
     size: int
     mtime: int
-    mode: int
+    mode: int | None  # permission bits; None from Windows nodes (the local default then)
 
 
 class _Meter:
@@ -137,7 +137,7 @@ class _Download:
         if target is None:
             part.unlink(missing_ok=True)
             return
-        if os.name != "nt":
+        if remote.mode is not None and os.name != "nt":
             os.chmod(part, remote.mode)
         os.utime(part, ns=(remote.mtime, remote.mtime))
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,8 @@ def _plan(run: _Download, listing: dict[str, Any], have: dict[str, list[int]]) -
         run.problem(str(item["path"]), str(item["reason"]))
     todo = []
     for item in listing["files"]:
-        remote = Remote(str(item["path"]), int(item["size"]), int(item["mtime"]), int(item["mode"]) & 0o777)
+        mode = None if item.get("mode") is None else int(item["mode"]) & 0o777
+        remote = Remote(str(item["path"]), int(item["size"]), int(item["mtime"]), mode)
         target = run.target(remote.rel)
         if target is None:
             continue
@@ -391,9 +392,11 @@ def _links(run: _Download, links: list[dict[str, str]]) -> None:
             continue
         if target.is_symlink() and os.readlink(target) == link:
             run.summary.skipped += 1
-        elif target.is_dir() or (os.path.lexists(target) and not run.overwrite):
-            run.problem(rel, "a different local file is in the way of this symbolic link; --overwrite replaces it"
-                        if not target.is_dir() else "a local directory has this name")
+        elif target.is_dir() and not target.is_symlink():
+            run.problem(rel, "a local directory has this name")
+            continue
+        elif os.path.lexists(target) and not run.overwrite:
+            run.problem(rel, "a different local file is in the way of this symbolic link; --overwrite replaces it")
             continue
         else:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
       raw (or compressed) bytes of one regular file; stderr: "sha256 HEX"; exit 4 (CHANGED) when the file
       is no longer the size/mtime the listing said, or changes while it is sent
   pack [--glob G]... [--filter S]... [--exclude G]... [--unchanged JSON] [--big N] [--compress C] -- BASE
+      (modes are the permission bits, null from Windows nodes)
       stdin: JSON {"have": {path: [size, mtime_ns]}}; stdout: a pack stream (mpicloud/protocol/transfer.py):
       the manifest of the selection, every selected file smaller than N not in "have", the files skipped
       while sending; --unchanged names a {path: [size, mtime_ns]} snapshot (the job's staged inputs):
@@ -127,7 +128,7 @@ def manifest(base: Path, selection: Selection) -> dict[str, list[dict[str, Any]]
                 skip(rel, "not a regular file (fifo, socket or device)")
             elif selection.unchanged.get(rel) != [st.st_size, st.st_mtime_ns]:
                 out["files"].append({"path": rel, "size": st.st_size, "mtime": st.st_mtime_ns,
-                                     "mode": stat.S_IMODE(st.st_mode) & 0o777})
+                                     "mode": None if os.name == "nt" else stat.S_IMODE(st.st_mode) & 0o777})
 
     walk(base, "")
     return out
@@ -225,7 +226,11 @@ def send(base: Path, rel: str, offset: int, length: int, codec: str, size: int, 
     when the file is not (or stops being) the size/mtime the client listed."""
     digest = hashlib.sha256()
     out = sys.stdout.buffer
-    handle, st = open_regular(base / rel)
+    try:
+        handle, st = open_regular(base / rel)
+    except FileNotFoundError:
+        print(f"{rel}: deleted since it was listed", file=sys.stderr)
+        return CHANGED
     with handle:
         if size >= 0 and not same(st, size, mtime):
             print(f"{rel}: changed since it was listed", file=sys.stderr)
