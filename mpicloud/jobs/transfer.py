@@ -131,21 +131,32 @@ class _Download:
             self.problem(rel, str(exc))
             return None
 
-    def place(self, remote: Remote, part: Path, sha: str, force_save: bool) -> None:
-        """Give a verified part file the remote mode and mtime and move it into place, recorded first."""
+    def place(self, remote: Remote, part: Path, sha: str, force_save: bool, data: bytes | None = None) -> None:
+        """Move a verified part file (written here from data, for small files) into place with the remote mode
+        and mtime, recorded in the state first."""
         target = self.target(remote.rel)
-        if target is None:
+        if target is None or target.is_dir():
+            if target is not None:
+                self.problem(remote.rel, "a local directory has this name")
             part.unlink(missing_ok=True)
             return
-        if remote.mode is not None and os.name != "nt":
-            os.chmod(part, remote.mode)
-        os.utime(part, ns=(remote.mtime, remote.mtime))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC if data is not None else os.O_RDWR
+        fd = os.open(part, flags | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            view = memoryview(data or b"")
+            while view:
+                view = view[os.write(fd, view):]
+            if remote.mode is not None and os.name != "nt":
+                os.fchmod(fd, remote.mode)
+            if os.utime in os.supports_fd:
+                os.utime(fd, ns=(remote.mtime, remote.mtime))
+            else:
+                os.utime(part, ns=(remote.mtime, remote.mtime))
+            local_mtime = os.fstat(fd).st_mtime_ns
+        finally:
+            os.close(fd)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_dir():
-            part.unlink(missing_ok=True)
-            self.problem(remote.rel, "a local directory has this name")
-            return
-        self.state.mark_file(remote.rel, remote.size, remote.mtime, sha, part.stat().st_mtime_ns, force_save)
+        self.state.mark_file(remote.rel, remote.size, remote.mtime, sha, local_mtime, force_save)
         os.replace(part, target)
         self.verified({"path": remote.rel, "size": remote.size, "mtime": remote.mtime})
 
@@ -351,9 +362,7 @@ def _unpack(reader: Any, run: _Download, wanted: dict[str, Remote], meter: _Mete
                     _sha_of(target) != sha:
                 run.problem(remote.rel, FOREIGN)
                 return
-            part = run.state.part(remote.rel)
-            part.write_bytes(data)
-            run.place(remote, part, sha, force_save=False)
+            run.place(remote, run.state.part(remote.rel), sha, force_save=False, data=data)
             meter.add(len(data))
         finally:
             slots.release()
