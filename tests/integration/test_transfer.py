@@ -146,16 +146,18 @@ def test_watch_downloads_each_job_once(local_cluster: Cluster, cluster_home: Pat
     second.wait(60)
     env = {"MPICLOUD_HOME": str(cluster_home)}
     dest = tmp_path / "w"
-    run1 = cli("watch", "itest", "--dest", str(dest), "--once", "--filter", "out.txt", env=env)
+    run1 = cli("watch", "itest", "--dest", str(dest), "--once", "--filter", "out.txt", env=env,
+               timeout=600)
     assert run1.returncode == 0, run1.stderr
     assert (dest / first.id / "out.txt").read_text() == "one\n"
     assert (dest / second.id / "out.txt").read_text() == "two\n"
-    run2 = cli("watch", "itest", "--dest", str(dest), "--once", "--filter", "out.txt", env=env)
+    run2 = cli("watch", "itest", "--dest", str(dest), "--once", "--filter", "out.txt", env=env,
+               timeout=600)
     assert first.id not in run2.stdout and second.id not in run2.stdout
     third = local_cluster.submit(["sh", "-c", "echo three > out.txt"])
     third.wait(60)
     run3 = cli("watch", "itest", "--dest", str(dest), "--once", "--filter", "out.txt", "--delete-after-verify",
-               env=env)
+               env=env, timeout=600)
     assert third.id in run3.stdout and first.id not in run3.stdout
     assert not cluster_work(local_cluster, third).exists()
     assert cluster_work(local_cluster, first).exists()
