@@ -11,13 +11,13 @@
       files still exactly as recorded there are left out
   recv PATH --offset N --length L                      stdin bytes into PATH at offset; stdout: "sha256 HEX"
   hash PATH --offset N --length L                      "sha256 HEX" of a range already there (resume checks)
-Only regular files and symbolic links that stay inside BASE are listed; links are sent as links (never
-followed), everything else (fifos, sockets, devices, links leading out, non-UTF-8 or unportable names) is
-listed as skipped with the reason. Files are opened without following links and without blocking.
   claim STORE SHA --length SIZE                        the right to put one object into the input store, held
       while stdin stays open; stdout lines: "have" (it is there), "wait" (another uploader has it: wait for
       its result), "part NAME" (ours: upload into STORE/NAME, then write "commit" to stdin); after commit:
       "stored" once the whole object's SHA-256 was checked and it was renamed in, or "refused REASON"
+Only regular files and symbolic links that stay inside BASE are listed; links are sent as links (never
+followed), everything else (fifos, sockets, devices, links leading out, non-UTF-8 or unportable names) is
+listed as skipped with the reason. Files are opened without following links and without blocking.
 Compression uses a multi-threaded program on the node when there is one (zstd -T0, pigz, pbzip2), Python's
 zlib/bz2 otherwise; the client recognises the format by its magic bytes.
 """
