@@ -4,7 +4,7 @@
     cluster = Cluster.up("examples/local.yaml")
     job = cluster.submit(["python3", "-c", "print(42)"], cores=1)
     print(job.wait().state, job.stdout())
-    job.get("results/")
+    job.get("results/")          # into results/<job id>/
     cluster.down()
 """
 
@@ -157,10 +157,11 @@ class Cluster:
 
     def watch_once(self, dest: str | Path, max_age_days: float | None = None, filters: Sequence[str] = (),
                    delete_after_verify: bool = False, on_fetched: Callable[[str, Summary], None] | None = None,
-                   progress: Progress | None = None) -> list[str]:
-        """Download every finished job not downloaded before into dest/<job>/; returns the job ids."""
+                   progress: Progress | None = None, exclude: Sequence[str] = ()) -> list[str]:
+        """Download every ended job not downloaded before with this selection into dest/<job>/; returns the
+        job ids. delete_after_verify deletes on the cluster only the files that arrived verified."""
         return watch.watch_once(self.queue, Path(dest), max_age_days, filters, delete_after_verify, on_fetched,
-                                progress)
+                                progress, exclude)
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job."""
@@ -239,8 +240,13 @@ class Job:
         return query.cancel(self.cluster.queue, self.id)
 
     def get(self, dest: str | Path, only: Sequence[str] = (), globs: Sequence[str] = (), filters: Sequence[str] = (),
-            compress: str = "auto", streams: int = 4, progress: Progress | None = None) -> Summary:
-        """Download the job's work dir (all, by glob or substring, or only the named files) into dest: packed and
-        compressed on the cluster, large files in parallel ranges, SHA-256 verified, resumable."""
-        return fetch.fetch_job(self.cluster.queue, self.id, Path(dest), only, globs, filters, compress, streams,
-                               progress)
+            compress: str = "auto", streams: int = 4, progress: Progress | None = None, *,
+            exclude: Sequence[str] = (), no_inputs: bool = False, partial: bool = False,
+            overwrite: bool = False) -> Summary:
+        """Download the job's work dir (all, by glob or substring, or only the named files; minus `exclude`
+        globs and, with no_inputs, the staged inputs the job left unchanged) into dest/<job id>/ (as the CLI
+        does): packed and compressed on the cluster, large files in parallel ranges, SHA-256 verified,
+        resumable. A job that has not ended is refused unless partial. Local files changed since they were
+        downloaded are kept (listed in Summary.not_downloaded) unless overwrite."""
+        options = fetch.GetOptions(only, globs, filters, exclude, no_inputs, partial, overwrite, compress, streams)
+        return fetch.fetch_job(self.cluster.queue, self.id, Path(dest) / self.id, options, progress)

@@ -131,6 +131,11 @@ def cancel(name: str, job: str) -> None:
     out.print(f"job {job} was already {info.state}" if info.done else f"job {job}: cancel requested", markup=False)
 
 
+def _report_skipped(summary: Summary) -> None:
+    for item in summary.not_downloaded:
+        err.print(f"not downloaded: {item['path']}: {item['reason']}", markup=False)
+
+
 @app.command()
 def purge(
     name: str,
@@ -160,22 +165,35 @@ def get(
     only: Annotated[list[str] | None, typer.Option("--only", help="fetch just this file (repeatable)")] = None,
     filters: Annotated[list[str] | None, typer.Option("--filter", help="paths containing this text")] = None,
     globs: Annotated[list[str] | None, typer.Option("--glob", help="paths or names matching this pattern")] = None,
+    excludes: Annotated[list[str] | None, typer.Option("--exclude", help="leave out paths or names matching "
+                                                                         "this pattern (repeatable)")] = None,
+    no_inputs: Annotated[bool, typer.Option("--no-inputs", help="leave out staged inputs the job left "
+                                                                "unchanged")] = False,
+    partial: Annotated[bool, typer.Option("--partial", help="fetch from a job that is still running")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace local files changed since they were "
+                                                                "downloaded")] = False,
     compress: Annotated[str, typer.Option(help="auto|none|zstd|gzip|bzip2 (compressed on the cluster)")] = "auto",
     streams: Annotated[int, typer.Option(help="parallel streams")] = 4,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Download a job's outputs: packed and compressed on the cluster, verified, resumable."""
+    """Download a job's outputs: packed and compressed on the cluster, verified, resumable. Exit 1 when some
+    selected file was not downloaded (each is named, with the reason)."""
     if compress not in ("auto", "none", "zstd", "gzip", "bzip2"):
         raise JobError(f"--compress must be auto, none, zstd, gzip or bzip2, not {compress!r}")
     with transfer_bar(f"job {job}", quiet=as_json) as bar:
-        summary = Cluster.get(name).job(job).get(dest / job, only or [], globs or [], filters or [], compress,
-                                                 streams, bar)
+        summary = Cluster.get(name).job(job).get(dest, only or [], globs or [], filters or [], compress, streams, bar,
+                                                 exclude=excludes or [], no_inputs=no_inputs, partial=partial,
+                                                 overwrite=overwrite)
     if as_json:
         out.print(json.dumps({"job": job, "dest": str(dest / job), **summary.as_dict()}), markup=False)
-        return
-    codec = "/".join(sorted(set(summary.codecs))) or "-"
-    out.print(f"{summary.files} files, {summary.bytes} bytes into {dest / job} in {summary.seconds:.1f} s "
-              f"({summary.skipped} already there; wire {summary.wire_bytes} bytes, {codec})", markup=False)
+    else:
+        _report_skipped(summary)
+        codec = "/".join(sorted(set(summary.codecs))) or "-"
+        out.print(f"{summary.files} files, {summary.links} links, {summary.bytes} bytes into {dest / job} in "
+                  f"{summary.seconds:.1f} s ({summary.skipped} already there; wire {summary.wire_bytes} bytes, "
+                  f"{codec})" + (" -- PARTIAL: the job is still running" if summary.partial else ""), markup=False)
+    if summary.not_downloaded:
+        raise typer.Exit(1)
 
 
 @app.command("watch")
@@ -184,19 +202,24 @@ def watch_cmd(
     dest: Annotated[Path, typer.Option(help="local directory; each job lands in DEST/JOB/")],
     max_age_days: Annotated[float | None, typer.Option(help="skip jobs that ended longer ago")] = None,
     filters: Annotated[list[str] | None, typer.Option("--filter", help="only paths containing this text")] = None,
+    excludes: Annotated[list[str] | None, typer.Option("--exclude", help="leave out paths or names matching "
+                                                                         "this pattern (repeatable)")] = None,
     once: Annotated[bool, typer.Option("--once", help="one pass, then exit")] = False,
-    delete_after_verify: Annotated[bool, typer.Option(help="delete outputs on the cluster once verified")] = False,
+    delete_after_verify: Annotated[bool, typer.Option(help="delete on the cluster the files that arrived "
+                                                           "verified")] = False,
     interval: Annotated[float, typer.Option(help="seconds between passes")] = 10.0,
 ) -> None:
-    """Download each finished job not downloaded yet (remembers what it fetched; safe to stop and restart)."""
+    """Download each finished job not downloaded yet with this selection (remembers what it fetched per
+    selection; safe to stop and restart)."""
     cluster = Cluster.get(name)
 
     def fetched(job_id: str, summary: Summary) -> None:
+        _report_skipped(summary)
         out.print(f"{job_id}: {summary.files} files, {summary.bytes} bytes -> {dest / job_id}", markup=False)
 
     while True:
         with transfer_bar(f"watch {name}") as bar:
-            cluster.watch_once(dest, max_age_days, filters or [], delete_after_verify, fetched, bar)
+            cluster.watch_once(dest, max_age_days, filters or [], delete_after_verify, fetched, bar, excludes or [])
         if once:
             return
         time.sleep(interval)

@@ -17,10 +17,12 @@ from typing import Any
 from mpicloud.errors import TransportError
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.streams import StreamReader, decoded
+from mpicloud.protocol.transfer import CHANGED
 
 PROCESS_THRESHOLD = 256 << 20  # this much range data is worth worker processes (each its own connection)
 PROCESS_MIN_CPUS = 4  # with fewer cores, encryption already saturates them: threads do as well
 OnBytes = Callable[[int], None]
+MARK_EVERY = 4 << 20  # a download records how far each range got this often (resume within a range)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class RangeJob:
     rel: str = ""
     compress: str = "none"
     resume: bool = False
+    size: int = -1  # get: the file's size and mtime_ns in the listing (the node refuses a changed file)
+    mtime: int = -1
+    done: int = 0  # get: bytes a killed earlier attempt wrote at the range's start (checked by hash)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class RangeResult:
     wire_bytes: int
     sent: int
     codec: str
+    changed: bool = False  # get: the file changed on the cluster while it was being sent
 
 
 def verify(what: str, got: str, expected: str, cluster: str) -> None:
@@ -55,20 +61,27 @@ def verify(what: str, got: str, expected: str, cluster: str) -> None:
                              f"(got {got[:12]}, expected {expected.strip()[:12]}); run the command again")
 
 
-def drain(reader: Any, part: Path, offset: int, on_bytes: OnBytes) -> Any:
-    """Read a stream in this thread while another hashes and writes, so the channel never waits on the disk."""
+def drain(reader: Any, part: Path, offset: int, on_bytes: OnBytes, mark: OnBytes | None = None) -> Any:
+    """Read a stream in this thread while another hashes and writes, so the channel never waits on the disk;
+    mark(bytes written so far) is called every MARK_EVERY bytes, after they were handed to the OS."""
     blocks: queue_mod.Queue[bytes | None] = queue_mod.Queue(maxsize=8)
     digest = hashlib.sha256()
     failure: list[BaseException] = []
 
     def writer() -> None:
         try:
+            written = marked = 0
             with open(part, "r+b") as out:
                 out.seek(offset)
                 while (block := blocks.get()) is not None:
                     digest.update(block)
                     out.write(block)
                     on_bytes(len(block))
+                    written += len(block)
+                    if mark and written - marked >= MARK_EVERY:
+                        out.flush()
+                        mark(written)
+                        marked = written
         except BaseException as exc:  # surfaced in the reading thread
             failure.append(exc)
             while blocks.get() is not None:
@@ -87,6 +100,19 @@ def drain(reader: Any, part: Path, offset: int, on_bytes: OnBytes) -> Any:
     return digest
 
 
+def progress_file(job: RangeJob) -> Path:
+    """Beside the part file: how many bytes of this range a download already wrote."""
+    return Path(f"{job.local}.{job.index}")
+
+
+def _mark(job: RangeJob, start: int) -> OnBytes:
+    def mark(written: int) -> None:
+        tmp = Path(f"{progress_file(job)}.tmp")
+        tmp.write_text(str(start + written), encoding="ascii")
+        os.replace(tmp, progress_file(job))
+    return mark
+
+
 def local_hash(path: Path, offset: int, length: int) -> str:
     """SHA-256 of a byte range of a local file."""
     digest = hashlib.sha256()
@@ -100,19 +126,33 @@ def local_hash(path: Path, offset: int, length: int) -> str:
     return digest.hexdigest()
 
 
+def _prefix_intact(queue: QueueHandle, job: RangeJob) -> bool:
+    """Whether the bytes an earlier attempt wrote at the range's start are the cluster's (same SHA-256)."""
+    command = queue.helper("hash", f"--offset={job.offset}", f"--length={job.done}", "--",
+                           f"{job.remote}{queue.sep}{job.rel}")
+    return queue.transport.run(command, timeout=600).text.strip() == \
+        f"sha256 {local_hash(Path(job.local), job.offset, job.done)}"
+
+
 def fetch_range(queue: QueueHandle, job: RangeJob, on_bytes: OnBytes) -> RangeResult:
-    """Stream one range of a remote file into the local part file; verified against the node's hash."""
+    """Stream one range of a remote file into the local part file; verified against the node's hash. Bytes an
+    earlier attempt left at the range's start are kept when their hash matches the cluster's."""
+    start = job.done if job.done and _prefix_intact(queue, job) else 0
+    offset, length = job.offset + start, job.length - start
     stream = queue.transport.open_stream(queue.helper(
-        "send", job.remote, job.rel, f"--offset={job.offset}", f"--length={job.length}", f"--compress={job.compress}"))
+        "send", f"--offset={offset}", f"--length={length}", f"--size={job.size}", f"--mtime={job.mtime}",
+        f"--compress={job.compress}", "--", job.remote, job.rel))
     stream.close_input()
     raw = StreamReader(stream)
     reader, codec = decoded(io.BufferedReader(raw, 1 << 20))
-    digest = drain(reader, Path(job.local), job.offset, on_bytes)
+    digest = drain(reader, Path(job.local), offset, on_bytes, _mark(job, start))
     code, err = stream.finish()
+    if code == CHANGED:
+        return RangeResult(job, raw.wire_bytes, 0, codec, changed=True)
     text = err.decode(errors="replace")
     if code != 0 or "sha256 " not in text:
         raise TransportError(f"sending {job.rel} from cluster {queue.cluster!r} failed: {text.strip()}")
-    verify(f"{job.rel} bytes {job.offset}-{job.offset + job.length}", digest.hexdigest(), text.split("sha256 ")[-1],
+    verify(f"{job.rel} bytes {offset}-{offset + length}", digest.hexdigest(), text.split("sha256 ")[-1],
            queue.cluster)
     return RangeResult(job, raw.wire_bytes, 0, codec)
 

@@ -1183,9 +1183,10 @@ def supervise(root: Path) -> int:
         time.sleep(1.0)
 
 
-def purge(root: Path, job_ids: list[str], logs: bool = False) -> int:
+def purge(root: Path, job_ids: list[str], logs: bool = False, listed: list[dict[str, Any]] | None = None) -> int:
     """Delete ended jobs' work dirs (after the client verified a download) and, with logs, their logs; the
-    state stays. Jobs still queued or running are named and left alone (exit 2)."""
+    state stays. With `listed` (one job), delete only those work dir entries (what the client verified),
+    each only if still unchanged. Jobs still queued or running are named and left alone (exit 2)."""
     code = 0
     for job_id in job_ids:
         jobdir = root / "jobs" / job_id
@@ -1194,7 +1195,10 @@ def purge(root: Path, job_ids: list[str], logs: bool = False) -> int:
             print(f"job {job_id} is {state['state']}; only ended jobs can be purged", file=sys.stderr)
             code = 2
             continue
-        shutil.rmtree(jobdir / "work", ignore_errors=True)
+        if listed is None:
+            shutil.rmtree(jobdir / "work", ignore_errors=True)
+        else:
+            print(json.dumps({"kept": purge_listed(jobdir / "work", listed)}))
         state["purged_at"] = now()
         if logs:
             for log in [*jobdir.glob("*.log"), *jobdir.glob("*.log.tail")]:
@@ -1202,6 +1206,35 @@ def purge(root: Path, job_ids: list[str], logs: bool = False) -> int:
             state["logs_purged_at"] = now()
         write_json(jobdir / "state.json", state)
     return code
+
+
+def purge_listed(work: Path, listed: list[dict[str, Any]]) -> list[str]:
+    """Delete each listed file ({"path", "size", "mtime"} in ns) or link ({"path", "target"}) below work
+    that is still exactly that, then the directories left empty; returns the listed paths kept."""
+    kept = []
+    root = work.resolve()
+    for entry in listed:
+        rel = str(entry["path"])
+        try:
+            path = work.joinpath(*check_name(rel).parts)
+            parent = path.parent.resolve()
+            if parent != root and root not in parent.parents:
+                raise OSError("outside the work dir")
+            st = path.lstat()
+            if "target" in entry:
+                unchanged = os.path.islink(path) and os.readlink(path) == entry["target"]
+            else:
+                unchanged = not os.path.islink(path) and path.is_file() and \
+                    [st.st_size, st.st_mtime_ns] == [entry["size"], entry["mtime"]]
+            if not unchanged:
+                raise OSError("changed since it was downloaded")
+            path.unlink()
+        except (OSError, ValueError):
+            kept.append(rel)
+    for folder, _, _ in sorted(os.walk(work), key=lambda item: -len(item[0])):
+        with contextlib.suppress(OSError):  # a dir that is not empty holds files that were not downloaded
+            Path(folder).rmdir()  # the work dir too, once everything in it was downloaded
+    return kept
 
 
 def lock(root: Path, wait: bool = False) -> Any:
@@ -1230,6 +1263,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("command", choices=["serve", "supervise", "exec", "list", "status", "start", "purge"])
     parser.add_argument("job", nargs="*")
     parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--listed", action="store_true", help="purge: delete only the entries on stdin (JSON)")
     parser.add_argument("--logs", action="store_true", help="purge: remove the jobs' logs too")
     parser.add_argument("--launch", help="exec: the launch token the runner recorded")
     parser.add_argument("--wait-lock", action="store_true", help="serve: wait for the runner lock")
@@ -1240,7 +1274,7 @@ def main(argv: list[str]) -> int:
     if args.command == "supervise":
         return supervise(root)
     if args.command == "purge":
-        return purge(root, args.job, args.logs)
+        return purge(root, args.job, args.logs, json.load(sys.stdin) if args.listed else None)
     if args.command == "list":
         print(json.dumps(list_jobs(root)))
         return 0

@@ -1,17 +1,23 @@
 """mpicloud cluster-side transfer helper (stdlib only, any OS): list, send, pack and receive files.
 
-  send BASE PATH --offset N --length L [--compress C]   raw (or compressed) bytes; stderr: "sha256 HEX"
-  pack BASE [--glob G]... [--filter S]... [--big N] [--compress auto|none|zstd|gzip|bzip2]
-      stdin: JSON {"have": {path: [size, mtime]}}; stdout: frames `!HQ` (name length, size), name, data,
-      32-byte SHA-256 of the data; the first frame is the manifest (`.mpicloud-manifest.json`:
-      [[path, size, mtime], ...] of every selected file), then every selected file smaller than N not in
-      "have"; a frame with an empty name ends the stream
+  send [--offset N --length L --size S --mtime NS --compress C] -- BASE PATH
+      raw (or compressed) bytes of one regular file; stderr: "sha256 HEX"; exit 4 (CHANGED) when the file
+      is no longer the size/mtime the listing said, or changes while it is sent
+  pack [--glob G]... [--filter S]... [--exclude G]... [--unchanged JSON] [--big N] [--compress C] -- BASE
+      (modes are the permission bits, null from Windows nodes)
+      stdin: JSON {"have": {path: [size, mtime_ns]}}; stdout: a pack stream (mpicloud/protocol/transfer.py):
+      the manifest of the selection, every selected file smaller than N not in "have", the files skipped
+      while sending; --unchanged names a {path: [size, mtime_ns]} snapshot (the job's staged inputs):
+      files still exactly as recorded there are left out
   recv PATH --offset N --length L                      stdin bytes into PATH at offset; stdout: "sha256 HEX"
   hash PATH --offset N --length L                      "sha256 HEX" of a range already there (resume checks)
   claim STORE SHA --length SIZE                        the right to put one object into the input store, held
       while stdin stays open; stdout lines: "have" (it is there), "wait" (another uploader has it: wait for
       its result), "part NAME" (ours: upload into STORE/NAME, then write "commit" to stdin); after commit:
       "stored" once the whole object's SHA-256 was checked and it was renamed in, or "refused REASON"
+Only regular files and symbolic links that stay inside BASE are listed; links are sent as links (never
+followed), everything else (fifos, sockets, devices, links leading out, non-UTF-8 or unportable names) is
+listed as skipped with the reason. Files are opened without following links and without blocking.
 Compression uses a multi-threaded program on the node when there is one (zstd -T0, pigz, pbzip2), Python's
 zlib/bz2 otherwise; the client recognises the format by its magic bytes.
 """
@@ -26,9 +32,11 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import re
 import secrets
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -37,29 +45,119 @@ import zlib
 from pathlib import Path
 from typing import IO, Any
 
+# an isolated interpreter leaves the script's own directory off sys.path: the protocol package installed
+# beside this file must still be found
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mpicloud.protocol.paths import UnsafePath, check_name
+from mpicloud.protocol.transfer import BIG, BOOKKEEPING, CHANGED, FRAME, MANIFEST, SKIPPED
+
 BLOCK = 1 << 20
-MANIFEST = ".mpicloud-manifest.json"
-FRAME = "!HQ"
 #: a dead uploader's part file of an object nobody claims is deleted after this long
 STALE_PART = 24 * 3600
 PROGRAMS = {"zstd": ["zstd", "-T0", "-3", "-q", "-c"], "gzip": ["pigz", "-c"], "bzip2": ["pbzip2", "-c"]}
 
 
-def manifest(base: Path, globs: list[str], filters: list[str]) -> list[list[Any]]:
-    """Files below base (relative POSIX paths), selected by glob (any) and substring (any)."""
-    out: list[list[Any]] = []
-    for folder, dirs, files in os.walk(base):
-        dirs.sort()
-        for name in sorted(files):
-            full = Path(folder) / name
-            rel = full.relative_to(base).as_posix()
-            if globs and not any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in globs):
+class Selection:
+    """Which files of a directory are wanted: any glob (on path or name), any substring, no exclude glob,
+    and not an unchanged entry of a snapshot."""
+
+    def __init__(self, globs: list[str], filters: list[str], excludes: list[str],
+                 unchanged: dict[str, list[int]]) -> None:
+        self.globs, self.filters, self.excludes, self.unchanged = globs, filters, excludes, unchanged
+
+    def wants(self, rel: str, name: str) -> bool:
+        def matches(pattern: str) -> bool:
+            return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(name, pattern)
+
+        return (not self.globs or any(matches(g) for g in self.globs)) and \
+            (not self.filters or any(f in rel for f in self.filters)) and not any(matches(e) for e in self.excludes)
+
+
+def shown(rel: str) -> str:
+    """A name as text a client can show (undecodable bytes as \\x escapes)."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def unportable(rel: str) -> str | None:
+    """Why a name cannot be sent (not UTF-8, or refused by the one path rule), or None."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8"
+    try:
+        check_name(rel)
+    except UnsafePath as exc:
+        return str(exc)
+    return None
+
+
+def link_inside(base: Path, rel: str, target: str) -> bool:
+    """A relative link target that stays inside base, by its text and (when it exists) by where it leads."""
+    if not target or target.startswith("/") or "\\" in target or ":" in target or unportable(rel) is not None:
+        return False
+    lexical = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+    if lexical in (".", "..") or lexical.startswith("../"):
+        return False
+    real = os.path.realpath(base / rel)
+    root = os.path.realpath(base)
+    return not os.path.exists(real) or real.startswith(root + os.sep)
+
+
+def manifest(base: Path, selection: Selection) -> dict[str, list[dict[str, Any]]]:
+    """The selected regular files and inside links below base (relative POSIX paths), and what is skipped."""
+    out: dict[str, list[dict[str, Any]]] = {"files": [], "links": [], "skipped": []}
+
+    def skip(rel: str, reason: str) -> None:
+        out["skipped"].append({"path": shown(rel), "reason": reason})
+
+    def walk(folder: Path, prefix: str) -> None:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        for entry in entries:
+            rel = prefix + entry.name
+            st = entry.stat(follow_symlinks=False)
+            if not prefix and entry.name == BOOKKEEPING:
+                skip(rel, f"{BOOKKEEPING!r} is reserved for the client's transfer bookkeeping")
+            elif stat.S_ISDIR(st.st_mode):
+                reason = unportable(rel)
+                if reason:
+                    skip(rel + "/", reason)
+                else:
+                    walk(Path(entry.path), rel + "/")
+            elif not selection.wants(rel, entry.name):
                 continue
-            if filters and not any(f in rel for f in filters):
-                continue
-            st = full.stat()
-            out.append([rel, st.st_size, st.st_mtime])
+            elif (reason := unportable(rel)) is not None:
+                skip(rel, reason)
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(entry.path)
+                if link_inside(base, rel, target):
+                    out["links"].append({"path": rel, "target": target})
+                else:
+                    skip(rel, f"symbolic link to {shown(target)!r}, outside the job's directory")
+            elif not stat.S_ISREG(st.st_mode):
+                skip(rel, "not a regular file (fifo, socket or device)")
+            elif selection.unchanged.get(rel) != [st.st_size, st.st_mtime_ns]:
+                out["files"].append({"path": rel, "size": st.st_size, "mtime": st.st_mtime_ns,
+                                     "mode": None if os.name == "nt" else stat.S_IMODE(st.st_mode) & 0o777})
+
+    walk(base, "")
     return out
+
+
+def open_regular(path: Path) -> tuple[IO[bytes], os.stat_result]:
+    """Open a regular file for reading without following a link or blocking on a fifo; OSError otherwise."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(f"{path}: not a regular file")
+    return os.fdopen(fd, "rb"), st
+
+
+def same(st: os.stat_result, size: int, mtime: int) -> bool:
+    """Whether a file still has the size and mtime the listing recorded."""
+    return st.st_size == size and st.st_mtime_ns == mtime
 
 
 class ZlibWriter(io.RawIOBase):
@@ -120,7 +218,11 @@ def choose_codec(base: Path, paths: list[str], requested: str) -> str:
         return requested
     sample = b""
     for rel in paths[:32]:
-        with open(base / rel, "rb") as handle:
+        try:
+            handle, _ = open_regular(base / rel)
+        except OSError:
+            continue  # gone or replaced since the listing: reported when it is sent
+        with handle:
             sample += handle.read(256 * 1024)
         if len(sample) >= 4 << 20:
             break
@@ -129,51 +231,73 @@ def choose_codec(base: Path, paths: list[str], requested: str) -> str:
     return "zstd" if shutil.which("zstd") else "gzip"
 
 
-def send(base: Path, rel: str, offset: int, length: int, codec: str) -> int:
-    """Stream a byte range of one file; the range's SHA-256 goes to stderr at the end."""
+def send(base: Path, rel: str, offset: int, length: int, codec: str, size: int, mtime: int) -> int:
+    """Stream a byte range of one regular file; the range's SHA-256 goes to stderr at the end. CHANGED
+    when the file is not (or stops being) the size/mtime the client listed."""
     digest = hashlib.sha256()
     out = sys.stdout.buffer
-    codec = choose_codec(base, [rel], codec)
-    with open(base / rel, "rb") as handle, Compressed(out, codec) as sink:
-        handle.seek(offset)
-        left = length
-        while left > 0:
-            block = handle.read(min(BLOCK, left))
-            if not block:
-                break
-            digest.update(block)
-            sink.write(block)
-            left -= len(block)
+    try:
+        handle, st = open_regular(base / rel)
+    except FileNotFoundError:
+        print(f"{rel}: deleted since it was listed", file=sys.stderr)
+        return CHANGED
+    with handle:
+        if size >= 0 and not same(st, size, mtime):
+            print(f"{rel}: changed since it was listed", file=sys.stderr)
+            return CHANGED
+        codec = choose_codec(base, [rel], codec)
+        with Compressed(out, codec) as sink:
+            handle.seek(offset)
+            left = length
+            while left > 0:
+                block = handle.read(min(BLOCK, left))
+                if not block:
+                    break
+                digest.update(block)
+                sink.write(block)
+                left -= len(block)
+        if left > 0 or (size >= 0 and not same(os.fstat(handle.fileno()), size, mtime)):
+            print(f"{rel}: changed while it was sent", file=sys.stderr)
+            return CHANGED
     sys.stderr.write(f"sha256 {digest.hexdigest()}\n")
     return 0
 
 
-def _frame(sink: IO[bytes], name: str, size: int, chunks: Any) -> None:
+def _frame(sink: IO[bytes], name: str, data: bytes) -> None:
     encoded = name.encode()
-    sink.write(struct.pack(FRAME, len(encoded), size) + encoded)
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-        sink.write(chunk)
-    sink.write(digest.digest())
+    sink.write(struct.pack(FRAME, len(encoded), len(data)) + encoded)
+    sink.write(data)
+    sink.write(hashlib.sha256(data).digest())
 
 
-def _chunks(path: Path) -> Any:
-    with open(path, "rb") as handle:
-        while block := handle.read(BLOCK):
-            yield block
+def read_listed(path: Path, size: int, mtime: int) -> bytes | None:
+    """A small file's bytes when they are exactly what the listing recorded (else None: it changed)."""
+    try:
+        handle, st = open_regular(path)
+    except OSError:
+        return None
+    with handle:
+        data = handle.read(size + 1)
+        after = os.fstat(handle.fileno())
+    return data if len(data) == size and same(st, size, mtime) and same(after, size, mtime) else None
 
 
-def pack(base: Path, globs: list[str], filters: list[str], big: int, have: dict[str, list[Any]], codec: str) -> int:
-    """The manifest, then the small files the client lacks, framed with their SHA-256, compressed."""
-    selected = manifest(base, globs, filters)
-    paths = [(rel, size) for rel, size, mtime in selected if size < big and have.get(rel) != [size, mtime]]
-    codec = choose_codec(base, [p for p, _ in paths], codec)
+def pack(base: Path, selection: Selection, big: int, have: dict[str, list[Any]], codec: str) -> int:
+    """The manifest, then the small files the client lacks (each framed with its SHA-256), then the files
+    that changed while being read; compressed."""
+    listing = manifest(base, selection)
+    small = [f for f in listing["files"] if f["size"] < big and have.get(f["path"]) != [f["size"], f["mtime"]]]
+    codec = choose_codec(base, [f["path"] for f in small], codec)
+    changed = []
     with Compressed(sys.stdout.buffer, codec) as sink:
-        listing = json.dumps(selected).encode()
-        _frame(sink, MANIFEST, len(listing), [listing])
-        for rel, size in paths:
-            _frame(sink, rel, size, _chunks(base / rel))
+        _frame(sink, MANIFEST, json.dumps(listing).encode())
+        for entry in small:
+            data = read_listed(base / entry["path"], entry["size"], entry["mtime"])
+            if data is None:
+                changed.append({"path": entry["path"], "reason": "changed while it was being sent"})
+            else:
+                _frame(sink, entry["path"], data)
+        _frame(sink, SKIPPED, json.dumps(changed).encode())
         sink.write(struct.pack(FRAME, 0, 0))
     return 0
 
@@ -339,22 +463,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("path", nargs="?")
     parser.add_argument("--glob", action="append", default=[])
     parser.add_argument("--filter", action="append", default=[])
+    parser.add_argument("--exclude", action="append", default=[])
+    parser.add_argument("--unchanged", type=Path)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--length", type=int, default=-1)
-    parser.add_argument("--big", type=int, default=32 << 20)
+    parser.add_argument("--size", type=int, default=-1)
+    parser.add_argument("--mtime", type=int, default=-1)
+    parser.add_argument("--big", type=int, default=BIG)
     parser.add_argument("--compress", default="none", choices=["auto", "none", "zstd", "gzip", "bzip2"])
     args = parser.parse_args(argv)
     try:
         if args.command == "send":
-            return send(args.base, args.path, args.offset, args.length, args.compress)
+            return send(args.base, args.path, args.offset, args.length, args.compress, args.size, args.mtime)
         if args.command == "pack":
-            return pack(args.base, args.glob, args.filter, args.big, json.load(sys.stdin)["have"], args.compress)
+            unchanged = json.loads(args.unchanged.read_text(encoding="utf-8")) \
+                if args.unchanged and args.unchanged.is_file() else {}
+            selection = Selection(args.glob, args.filter, args.exclude, unchanged)
+            return pack(args.base, selection, args.big, json.load(sys.stdin)["have"], args.compress)
         if args.command == "claim":
             return claim(args.base, args.path, args.length)
         if args.command == "hash":
             return range_hash(args.base, args.offset, args.length)
         return recv(args.base, args.offset, args.length)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         print(f"transfer.py {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -18,7 +18,8 @@ def test_regression_example(local_cluster: Cluster, cluster_home: Path, tmp_path
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.count("PASS") == 3
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["large", "medium", "small"]
-    assert [p.name for p in (tmp_path / "logs" / "large").iterdir()] == ["solver.log"]
+    [job_dir] = (tmp_path / "logs" / "large").iterdir()  # logs/<case>/<job id>/, as `mpicloud get` lays it out
+    assert sorted(p.name for p in job_dir.iterdir()) == [".mpicloud", "solver.log"]
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0
     assert "input base-build.tar.gz: reused" in second.stdout

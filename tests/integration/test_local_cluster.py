@@ -38,12 +38,13 @@ def test_mpi_job_spans_both_nodes_and_outputs_come_home(local_cluster: Cluster, 
     assert "allreduce sum=10 expected=10" in out
     assert {"MPICLOUD_NODE=node0", "MPICLOUD_NODE=node1"} <= set(out.replace(")", "").replace("(", "").split())
     assert [h for h, _ in info.hosts] == ["node0", "node1"]
-    summary = job.get(tmp_path / "all")
-    assert {p.name for p in (tmp_path / "all").iterdir()} == {"result.txt", "allreduce", "allreduce.c", "run.sh"}
+    summary = job.get(tmp_path / "all")  # into all/<job id>/, beside the download's own .mpicloud/
+    assert {p.name for p in (tmp_path / "all" / job.id).iterdir()} == {"result.txt", "allreduce", "allreduce.c",
+                                                                       "run.sh", ".mpicloud"}
     assert summary.files == 4
     job.get(tmp_path / "only", only=["result.txt"])
-    assert [p.name for p in (tmp_path / "only").iterdir()] == ["result.txt"]
-    assert "ranks=4 sum=10 expected=10 OK" in (tmp_path / "only" / "result.txt").read_text()
+    assert {p.name for p in (tmp_path / "only" / job.id).iterdir()} == {"result.txt", ".mpicloud"}
+    assert "ranks=4 sum=10 expected=10 OK" in (tmp_path / "only" / job.id / "result.txt").read_text()
 
 
 def test_mpi_flag_wraps_with_mpirun_and_hostfile(local_cluster: Cluster) -> None:

@@ -111,6 +111,7 @@ Write-Packed (Join-Path $Data 'mpicloud/__init__.py') '<gzip+base64 of mpicloud/
 Write-Packed (Join-Path $Data 'mpicloud/protocol/__init__.py') '<gzip+base64 of mpicloud/protocol/__init__.py>'
 Write-Packed (Join-Path $Data 'mpicloud/protocol/jobs.py') '<gzip+base64 of mpicloud/protocol/jobs.py>'
 Write-Packed (Join-Path $Data 'mpicloud/protocol/paths.py') '<gzip+base64 of mpicloud/protocol/paths.py>'
+Write-Packed (Join-Path $Data 'mpicloud/protocol/transfer.py') '<gzip+base64 of mpicloud/protocol/transfer.py>'
 
 if ($NodeIndex -eq 0) {
   Write-Output 'mpicloud: runner configuration, idle-shutdown action, saved MS-MPI credentials, runner task'
