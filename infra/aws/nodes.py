@@ -45,6 +45,7 @@ class Nodes(pulumi.ComponentResource):
     addresses: list[aws.ec2.Eip]  # EFA nodes only: a pre-made interface gets no automatic public address
     runner_parts: list[aws.ssm.Parameter]  # the runner, too big for user data; the head node joins them
     shared_volume: aws.ebs.Volume | None  # the head node's shared directory, a volume of its own
+    shared_attachment: aws.ec2.VolumeAttachment | None
     public_ips: pulumi.Output[list[str]]
     ami: pulumi.Output[str]
 
@@ -82,10 +83,9 @@ class Nodes(pulumi.ComponentResource):
                 type="gp3", encrypted=True, tags={**args.tags, "Name": f"{spec.name}-shared"},
                 opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
         self.instances = [self._instance(f"{name}-node{i}", i, ips, common, args) for i in range(spec.nodes)]
-        if self.shared_volume is not None:
-            aws.ec2.VolumeAttachment(f"{name}-shared-attach", device_name=SHARED_VOLUME_DEVICE,
+        self.shared_attachment = None if self.shared_volume is None else aws.ec2.VolumeAttachment(f"{name}-shared-attach", device_name=SHARED_VOLUME_DEVICE,
                                      volume_id=self.shared_volume.id, instance_id=self.instances[0].id,
-                                     stop_instance_before_detaching=True, opts=child)
+            stop_instance_before_detaching=True, opts=child)
         # EFA nodes are reached through their Elastic IPs (a pre-made interface has no automatic public address)
         self.public_ips = pulumi.Output.all(*[a.public_ip for a in self.addresses]) if self.addresses else \
             pulumi.Output.all(*[n.public_ip for n in self.instances])

@@ -50,7 +50,7 @@ class Mocks(pulumi.runtime.Mocks):
         if args.typ == "aws:ec2/eip:Eip":
             state["publicIp"] = f"203.0.113.{len(self.seen)}"
         if args.typ == "aws:kms/key:Key":
-            state["keyId"] = KEY_ID
+            state["keyId"], state["arn"] = KEY_ID, KEY_ARN
         return f"{args.name}_id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
@@ -70,6 +70,7 @@ import aws as program  # noqa: E402  - the Pulumi program (mocks are installed p
 from aws.nodes import INSTANCE_IGNORED  # noqa: E402
 
 KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
+KEY_ARN = f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{KEY_ID}"
 PREFIX = f"/mpicloud/demo/{KEY_ID}"
 
 
@@ -281,7 +282,8 @@ def test_shared_directory_is_its_own_retained_volume_on_the_head(mocks: Mocks) -
         nodes = _of(mocks.seen, "ec2/instance:Instance")
         assert nodes[0]["tags"]["mpicloud:shared-volume"] == "demo-nodes-shared_id"
         assert all("mpicloud:shared-volume" not in n["tags"] for n in nodes[1:])
-    return pulumi.Output.all(*[n.id for n in cluster.nodes.instances]).apply(check)
+    assert cluster.nodes.shared_attachment is not None
+    return pulumi.Output.all(*[n.id for n in cluster.nodes.instances], cluster.nodes.shared_attachment.id).apply(check)
 
 
 @pulumi.runtime.test
@@ -298,7 +300,7 @@ def test_secrets_have_a_per_deployment_path_and_key(mocks: Mocks) -> pulumi.Outp
         policies = [json.loads(p["policy"]) for p in _of(mocks.seen, "iam/rolePolicy:RolePolicy")]
         secrets = next(p for p in policies if p["Statement"][0]["Sid"] == "ClusterSecrets")
         assert secrets["Statement"][1] == {"Sid": "ClusterSecretsKey", "Effect": "Allow", "Action": use["Action"],
-                                           "Resource": "arn:aws:mock:::demo-id-secrets-key"}
+                                           "Resource": KEY_ARN}
         for node in _of(mocks.seen, "ec2/instance:Instance"):
             assert node["tags"]["mpicloud:ssm-prefix"] == PREFIX and node["tags"]["mpicloud:kms-key"] == KEY_ID
         assert [f.issue for f in analyze_policy_string(json.dumps(secrets)).findings] == []
