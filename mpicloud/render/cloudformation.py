@@ -36,7 +36,9 @@ STRIDE = 9
 def template_spec() -> ClusterSpec:
     """The spec the checked-in template is generated from (what stays fixed; the rest are Parameters)."""
     return spec_from_dict({"name": "mpicloud", "cloud": "aws", "nodes": 2, "size": "c5n.large",
-                           "region": "us-east-1", "admin": {"ssh_public_key": "ssh-ed25519 AAAA-key-pair-instead"}})
+                           "region": "us-east-1", "admin": {"ssh_public_key": "ssh-ed25519 AAAA-key-pair-instead"},
+                           # a /23: room for MAX_TEMPLATE_NODES fixed addresses from host .10
+                           "aws": {"subnet_cidr": "10.0.0.0/23"}})
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -280,9 +282,17 @@ def cluster_template(spec: ClusterSpec | None = None) -> dict[str, Any]:
     }
 
 
+#: CloudFormation's limit for a template read from S3 (bytes)
+TEMPLATE_LIMIT = 1_000_000
+
+
 def cluster_template_json(spec: ClusterSpec | None = None) -> str:
-    """Deterministic JSON text of the cluster template."""
-    return json.dumps(cluster_template(spec), sort_keys=True, indent=2) + "\n"
+    """Deterministic JSON text of the cluster template (indent 1: 256 nodes must stay under TEMPLATE_LIMIT)."""
+    text = json.dumps(cluster_template(spec), sort_keys=True, indent=1) + "\n"
+    if len(text.encode()) > TEMPLATE_LIMIT:
+        raise RenderError(f"the CloudFormation template is {len(text)} bytes; CloudFormation reads at most "
+                          f"{TEMPLATE_LIMIT} from S3")
+    return text
 
 
 def launch_stack_url(template_url: str, region: str, stack_name: str = "mpi-cluster",
