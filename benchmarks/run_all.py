@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import queue_bench, transfer_bench
+from benchmarks import logs_bench, queue_bench, transfer_bench
 
 
 def main() -> None:
@@ -10,6 +10,8 @@ def main() -> None:
     queue_bench.main()
     print("== transfers ==", flush=True)
     transfer_bench.main()
+    print("== logs ==", flush=True)
+    logs_bench.main()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Transfer benchmarks against OpenSSH `sftp` in the same run:
 
-1. one large incompressible file (512 MiB by default), upload and download;
+1. one large incompressible file (512 MiB by default), upload and download, and the same as a new job input
+   (store claim, upload, whole-object SHA-256 on the node);
 2. 1,000 files of 64 KiB, download (OpenSSH: `sftp get -r`);
 3. CFD-like output (>= 4x compressible) over an emulated 100 Mbit/s link (a rate-limited relay):
    compressed on the cluster vs sent uncompressed, both through mpicloud.
@@ -20,6 +21,7 @@ from benchmarks.common import bench_cluster, report
 from benchmarks.relay import Relay
 from mpicloud.api import Cluster
 from mpicloud.cluster.connect import AttachRequest
+from mpicloud.jobs.submit import sha256_file, store_object
 from mpicloud.jobs.transfer import download, upload
 
 
@@ -45,6 +47,13 @@ def large_file(cluster: Cluster, scratch: Path, mib: int) -> None:
     ours_up = time.perf_counter() - started
     theirs_up = sftp(cluster, f"put {local} {remote_dir}/sftp.bin\n")
     report(f"upload {mib} MiB incompressible (MB/s)", mib / ours_up, mib / theirs_up, "MiB/s", "higher")
+    queue.prepare()
+    digest = sha256_file(local)
+    started = time.perf_counter()
+    store_object(queue, local, digest)  # claim, upload into a part file, whole-object SHA-256 on the node
+    ours_store = time.perf_counter() - started
+    report(f"new {mib} MiB input, node-verified (MB/s)", mib / ours_store, mib / theirs_up, "MiB/s", "higher")
+    (Path(cluster.record.shared_path) / ".mpicloud" / "store" / digest).unlink()
     started = time.perf_counter()
     download(queue, str(remote_dir), scratch / "down", globs=["up.bin"], compress="auto")
     ours_down = time.perf_counter() - started

@@ -17,15 +17,16 @@ from typing import Any
 from mpicloud.cluster import connect as cluster_connect
 from mpicloud.cluster import local, registry
 from mpicloud.cluster.connect import AttachRequest
-from mpicloud.cluster.registry import ClusterRecord
+from mpicloud.cluster.registry import ClusterRecord, DownReport
 from mpicloud.errors import ClusterError
 from mpicloud.jobs import bucket, fetch, query, sweep, watch
-from mpicloud.jobs.query import JobInfo
+from mpicloud.jobs.query import JobInfo, purge_jobs
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, submit
 from mpicloud.jobs.transfer import Progress, Summary
 from mpicloud.render.awsconfig import AwsFiles
 from mpicloud.spec import ClusterSpec, load_spec
+from mpicloud.transport.ssh import close_cluster
 
 
 class Cluster:
@@ -34,6 +35,7 @@ class Cluster:
     def __init__(self, record: ClusterRecord) -> None:
         self.record = record
         self._queue: QueueHandle | None = None
+        self.outcome = ""
 
     @property
     def name(self) -> str:
@@ -42,13 +44,18 @@ class Cluster:
 
     @classmethod
     def up(cls, spec: ClusterSpec | str | Path) -> Cluster:
-        """Start a local cluster from a spec (object or YAML path) and start its runner."""
+        """Start a local cluster from a spec (object or YAML path) and start its runner. A stopped cluster of
+        the same spec is started again with its queue and data; a running one is returned as it is
+        (`outcome` says which: "created", "started" or "running")."""
         spec = spec if isinstance(spec, ClusterSpec) else load_spec(spec)
-        cluster = cls(local.up(spec))
+        record, outcome = local.up(spec)
+        cluster = cls(record)
+        cluster.outcome = outcome
         try:
             cluster.queue.ensure_runner()
         except BaseException:
-            cluster.down()
+            if outcome == "created":
+                cluster.down()
             raise
         return cluster
 
@@ -69,25 +76,58 @@ class Cluster:
         return [Cluster(r) for r in registry.all_records()]
 
     @property
+    def stopped(self) -> bool:
+        """True for a local cluster whose processes are stopped (by `stop`, idle shutdown or a reboot)."""
+        r = self.record
+        return r.provider == "local" and (r.stopped_at is not None or not local.running(r))
+
+    @property
     def queue(self) -> QueueHandle:
-        """The cluster's job queue (connects on first use)."""
+        """The cluster's job queue (connects on first use); ClusterError for a stopped local cluster."""
         if self._queue is None or not self._queue.transport.alive:
             r = self.record
+            if self.stopped:
+                why = f" ({r.stop_reason})" if r.stop_reason else ""
+                raise ClusterError(f"cluster {r.name!r} is stopped{why}; start it with `mpicloud start {r.name}` "
+                                   "(its queue and data are kept)")
             self._queue = QueueHandle(transport=cluster_connect.head_transport(r), os=r.os, root=r.runner_root,
                                       python=r.python, runner=r.runner, cluster=r.name)
         return self._queue
 
-    def down(self) -> None:
-        """Stop a local cluster and everything it started; forget an attached one."""
-        from mpicloud.transport.ssh import close_all
-
-        close_all()
+    def _local_only(self, verb: str) -> None:
         if self.record.provider != "local":
-            registry.forget(self.name)
-            return
-        survivors = local.down(self.record)
+            raise ClusterError(f"cluster {self.name!r} is attached: `mpicloud {verb}` runs local clusters; stop or "
+                               "start cloud machines with the cloud's own tools (the cluster's own idle shutdown "
+                               "stops it)")
+
+    def stop(self, reason: str = "stopped by `mpicloud stop`") -> None:
+        """Stop a local cluster's processes and keep every file (queue, outputs, history); `start` resumes."""
+        self._local_only("stop")
+        close_cluster(self.name)
+        self._queue = None
+        survivors = local.stop(self.record, reason)
         if survivors:
             raise ClusterError(f"cluster {self.name!r}: processes {survivors} would not stop")
+
+    def start(self) -> None:
+        """Start a stopped local cluster again: its sshds, then its runner, which runs the kept queue."""
+        self._local_only("start")
+        local.start(self.record)
+        self.queue.ensure_runner()
+
+    def down(self) -> DownReport:
+        """Stop a local cluster and everything it started and remove its data; forget an attached one (its
+        machines keep running: the report's teardown deletes them)."""
+        close_cluster(self.name)
+        self._queue = None
+        if self.record.provider != "local":
+            registry.forget(self.name)
+            return DownReport(name=self.name, provider=self.record.provider, still_running=True,
+                              teardown=self.record.teardown)
+        report = local.down(self.record)
+        if isinstance(report, list):
+            raise ClusterError(f"cluster {self.name!r}: processes {report} would not stop; nothing was removed")
+        return report
 
     def submit(self, argv: Sequence[str], cores: int = 1, mpi: bool = False, inputs: Sequence[str | Path] = (),
                name: str | None = None, post: Sequence[str] | None = None, output_to: str | None = None,
@@ -124,6 +164,10 @@ class Cluster:
         """A handle on an existing job."""
         return Job(self, job_id)
 
+    def purge(self, job_ids: Sequence[str], logs: bool = False) -> None:
+        """Delete ended jobs' work dirs on the cluster and, with logs, their logs (their states stay)."""
+        purge_jobs(self.queue, list(job_ids), logs)
+
     def jobs(self) -> list[JobInfo]:
         """Every job in FIFO order."""
         return query.list_jobs(self.queue)
@@ -133,8 +177,13 @@ class Cluster:
         return bucket.install_profile(self.queue, files)
 
     def status(self) -> dict[str, Any]:
-        """Runner status: slots, queue length, idle time, heartbeat."""
-        return query.runner_status(self.queue)
+        """Runner status: slots, queue length, idle time, heartbeat; for a stopped local cluster, state
+        "stopped" with when and why, without connecting."""
+        if self.stopped:
+            r = self.record
+            return {"state": "stopped", "alive": False, "stopped_at": r.stopped_at,
+                    "reason": r.stop_reason or "its processes are gone", "start": f"mpicloud start {r.name}"}
+        return {"state": "running", **query.runner_status(self.queue)}
 
 
 class Job:
@@ -153,16 +202,25 @@ class Job:
         return query.wait(self.cluster.queue, self.id, timeout)
 
     def stdout(self) -> str:
-        """The job's standard output so far."""
-        return query.read_log(self.cluster.queue, self.id).decode(errors="replace")
+        """The job's standard output so far (a log is capped on the cluster: see docs/queue.md)."""
+        return self.log("stdout").decode(errors="replace")
 
     def stderr(self) -> str:
         """The job's standard error so far."""
-        return query.read_log(self.cluster.queue, self.id, "stderr").decode(errors="replace")
+        return self.log("stderr").decode(errors="replace")
 
-    def logs(self, emit: Callable[[str, bytes], None], follow: bool = False) -> JobInfo:
-        """Stream logs to emit(stream, bytes); with follow, until the job ends."""
-        return query.follow_logs(self.cluster.queue, self.id, emit, follow)
+    def log(self, stream: str = "stdout", offset: int = 0, limit: int | None = None) -> bytes:
+        """Bytes of a log (stdout, stderr or post) from offset, at most limit; only those are transferred."""
+        return query.read_log(self.cluster.queue, self.id, stream, offset, limit)
+
+    def logs(self, emit: Callable[[str, bytes], None], follow: bool = False,
+             streams: Sequence[str] = ("stdout", "stderr")) -> JobInfo:
+        """Stream logs to emit(stream, bytes) in chunks; with follow, until the job ends."""
+        return query.follow_logs(self.cluster.queue, self.id, emit, follow, streams=tuple(streams))
+
+    def purge(self, logs: bool = False) -> None:
+        """Delete the ended job's work dir on the cluster and, with logs, its logs (its state stays)."""
+        self.cluster.purge([self.id], logs)
 
     def cancel(self) -> JobInfo:
         """Cancel the job (queued or running, every rank)."""

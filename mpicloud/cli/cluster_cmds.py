@@ -12,6 +12,7 @@ import typer
 
 from mpicloud.api import Cluster
 from mpicloud.cli.app import app, out
+from mpicloud.cli.safe_text import escape_text
 from mpicloud.cluster.connect import AttachRequest
 from mpicloud.cluster.registry import ProxySettings
 from mpicloud.errors import MpicloudError
@@ -35,40 +36,69 @@ def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")]) 
 
 @app.command()
 def up(spec: Annotated[Path, typer.Argument(help="cluster spec with cloud: local")]) -> None:
-    """Start a local cluster (real sshd nodes on loopback, Open MPI) and its job runner."""
+    """Start a local cluster (real sshd nodes on loopback, Open MPI) and its job runner; a stopped cluster of
+    the same spec starts again with its queue and data."""
     started = time.monotonic()
     cluster = Cluster.up(spec)
     record = cluster.record
+    if cluster.outcome == "running":
+        out.print(f"cluster {record.name} is already running; nothing to do", markup=False)
+        return
     nodes = ", ".join(f"{n.name}={n.host}:{n.port}" for n in record.nodes)
-    out.print(f"cluster {record.name} up in {time.monotonic() - started:.1f} s: {nodes}")
+    how = "up" if cluster.outcome == "created" else "started again (queue and data kept)"
+    out.print(f"cluster {record.name} {how} in {time.monotonic() - started:.1f} s: {nodes}", markup=False)
     if record.idle_shutdown_minutes:
-        out.print(f"idle shutdown after {record.idle_shutdown_minutes:g} min without jobs")
-    out.print(f"tear down with: {record.teardown}")
+        out.print(f"idle shutdown after {record.idle_shutdown_minutes:g} min without jobs (stops it, keeps data)")
+    out.print(f"stop with: mpicloud stop {record.name}; remove with its data: {record.teardown}", markup=False)
 
 
 @app.command()
 def down(name: str) -> None:
-    """Stop a local cluster and every process it started (or forget an attached cluster)."""
-    Cluster.get(name).down()
-    out.print(f"cluster {name} is down")
+    """Stop a local cluster and every process it started and remove its data (or forget an attached cluster)."""
+    report = Cluster.get(name).down()
+    if report.still_running:
+        out.print(f"cluster {name} forgotten locally; its machines are STILL RUNNING (and billing). Delete them "
+                  f"with: {report.teardown}", markup=False)
+        return
+    out.print(f"cluster {name} is down; removed {report.jobs_removed} jobs' data at {', '.join(report.removed)}",
+              markup=False)
+
+
+@app.command()
+def stop(name: str, reason: Annotated[str, typer.Option(help="recorded as why it stopped")] =
+         "stopped by `mpicloud stop`") -> None:
+    """Stop a local cluster's processes (running jobs end) and keep its queue, outputs and history."""
+    Cluster.get(name).stop(reason)
+    out.print(f"cluster {name} stopped; data kept. Start it with `mpicloud start {name}`, remove it with "
+              f"`mpicloud down {name}`", markup=False)
+
+
+@app.command()
+def start(name: str) -> None:
+    """Start a stopped local cluster again: queued jobs then run, finished jobs' outputs stay fetchable."""
+    Cluster.get(name).start()
+    out.print(f"cluster {name} started", markup=False)
 
 
 IDLE_FLAG_SECONDS = 30 * 60
 
 
 def _activity(cluster: Cluster) -> dict[str, object]:
-    """Idle time and a flag for a cluster that keeps running (billing) with no recent jobs."""
+    """State, idle time and a flag for a cluster that keeps running (billing) with no recent jobs."""
     try:
         status = cluster.status()
     except MpicloudError as exc:
-        return {"reachable": False, "flag": f"unreachable: {exc}"}
+        return {"state": "unreachable", "reachable": False, "flag": f"unreachable: {exc}"}
+    if status["state"] == "stopped":
+        return {"state": "stopped", "reachable": False,
+                "flag": f"stopped ({status['reason']}); start: {status['start']}"}
     idle = float(status.get("idle_seconds", 0)) if status.get("alive") else None
     flag = ""
     if idle is None:
         flag = "runner not alive"
     elif idle >= IDLE_FLAG_SECONDS:
         flag = f"IDLE {_age(idle)} with no jobs: tear it down?"
-    return {"reachable": True, "idle_seconds": idle, "flag": flag}
+    return {"state": "running", "reachable": True, "idle_seconds": idle, "flag": flag}
 
 
 @app.command()
@@ -89,9 +119,9 @@ def clusters(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if not rows:
         out.print("no clusters; start one with `mpicloud up examples/local.yaml`")
     for row in rows:
-        out.print(f"{row['name']:<16} {row['provider']:<9} {row['os']:<8} {row['nodes']} nodes  {row['head']:<22} "
-                  f"up {_age(float(str(row['uptime_seconds'])))}  teardown: {row['teardown']}  {row['flag']}",
-                  markup=False)
+        out.print(f"{row['name']:<16} {row['provider']:<9} {row['state']:<11} {row['os']:<8} {row['nodes']} nodes  "
+                  f"{row['head']:<22} up {_age(float(str(row['uptime_seconds'])))}  teardown: {row['teardown']}  "
+                  f"{escape_text(str(row['flag']))}", markup=False)
 
 
 @app.command()
@@ -137,10 +167,17 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
     if as_json:
         out.print(json.dumps(data, indent=1), markup=False)
         return
+    if data["state"] == "stopped":
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(data["stopped_at"])) if data["stopped_at"] else "?"
+        out.print(f"cluster {name} is stopped since {since} ({escape_text(data['reason'])}); its queue and data "
+                  f"are kept: start it with `{data['start']}`", markup=False)
+        return
     if not data.get("alive"):
-        out.print(f"cluster {name}: runner not alive (last heartbeat {data.get('heartbeat', 'never')})")
+        out.print(f"cluster {name}: runner not alive (last heartbeat {data.get('heartbeat', 'never')})",
+                  markup=False)
         return
     free = data["slots_total"] - data["slots_busy"]
     out.print(f"cluster {name}: {data['slots_busy']} slots busy, {free} free; {data['queued']} queued, "
               f"{data['running']} running; idle {_age(data['idle_seconds'])}; "
-              f"up {_age(time.time() - cluster.record.created_at)}; teardown: {cluster.record.teardown}")
+              f"up {_age(time.time() - cluster.record.created_at)}; teardown: {cluster.record.teardown}",
+              markup=False)

@@ -13,8 +13,9 @@ import typer
 from mpicloud.api import Cluster
 from mpicloud.cli.app import app, err, out
 from mpicloud.cli.progress import transfer_bar
+from mpicloud.cli.safe_text import TerminalEscaper, escape_text
 from mpicloud.errors import JobError
-from mpicloud.jobs.query import JobInfo
+from mpicloud.jobs.query import LOG_STREAMS, JobInfo
 from mpicloud.jobs.transfer import Summary
 
 
@@ -32,6 +33,7 @@ def submit(
     label: Annotated[str | None, typer.Option("--name", help="a label for the job")] = None,
     post: Annotated[str | None, typer.Option(help="command run after the main one (exit code kept apart)")] = None,
     output_to: Annotated[str | None, typer.Option(help="s3://bucket/prefix/ the cluster uploads outputs to")] = None,
+    no_unpack: Annotated[bool, typer.Option("--no-unpack", help="keep .zip/.tar* inputs as files")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Queue a job; prints the job id as the last line."""
@@ -44,7 +46,8 @@ def submit(
             err.print(f"input {item}: {event}", markup=False)
 
     job = cluster.submit(command, cores=cores, mpi=mpi, inputs=inputs or [], name=label,
-                         post=shlex.split(post) if post else None, output_to=output_to, on_input=on_input)
+                         post=shlex.split(post) if post else None, output_to=output_to, on_input=on_input,
+                         unpack=not no_unpack)
     out.print(json.dumps({"id": job.id, "cluster": name}) if as_json else job.id, markup=False)
 
 
@@ -60,19 +63,48 @@ def jobs(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) ->
     for i in infos:
         code = "-" if i.exit_code is None else str(i.exit_code)
         out.print(f"{i.id:<30} {i.state:<10} {i.cores or '-':>5} {_when(i.submitted_at):>8} {_when(i.started_at):>8} "
-                  f"{_when(i.ended_at):>8} {code:>4}  {i.name or ''}", markup=False)
+                  f"{_when(i.ended_at):>8} {code:>4}  {escape_text(i.name or '')}", markup=False)
 
 
-def _emit(stream: str, data: bytes) -> None:
-    target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
-    target.write(data)
-    target.flush()
+class _Terminal:
+    """Writes log chunks to stdout/stderr: raw bytes into a pipe or file, control characters escaped on a
+    terminal (a job cannot move the cursor, retitle or reprogram it)."""
+
+    def __init__(self) -> None:
+        self._escapers: dict[str, TerminalEscaper] = {}
+
+    def emit(self, stream: str, data: bytes) -> None:
+        target = sys.stderr if stream == "stderr" else sys.stdout
+        if target.isatty():
+            data = self._escapers.setdefault(stream, TerminalEscaper()).feed(data)
+        target.buffer.write(data)
+        target.buffer.flush()
+
+    def close(self) -> None:
+        for stream, escaper in self._escapers.items():
+            self.emit(stream, escaper.flush())
 
 
 @app.command()
-def logs(name: str, job: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
-    """Print a job's output; with --follow, live until it ends."""
-    Cluster.get(name).job(job).logs(_emit, follow=follow)
+def logs(
+    name: str, job: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="live until the job ends; exit status is the "
+                                                                "job's")] = False,
+    streams: Annotated[list[str] | None, typer.Option("--stream", help="stdout, stderr or post (the post command "
+                                                                       "and bucket push); repeatable")] = None,
+) -> None:
+    """Print a job's output (stdout and stderr by default); with --follow, live until it ends."""
+    chosen = tuple(streams or ("stdout", "stderr"))
+    for stream in chosen:
+        if stream not in LOG_STREAMS:
+            raise JobError(f"--stream must be one of {', '.join(LOG_STREAMS)}, not {stream!r}")
+    terminal = _Terminal()
+    try:
+        info = Cluster.get(name).job(job).logs(terminal.emit, follow=follow, streams=chosen)
+    finally:
+        terminal.close()
+    if follow:
+        raise typer.Exit(_exit_for(info))
 
 
 def _exit_for(info: JobInfo) -> int:
@@ -85,7 +117,7 @@ def _exit_for(info: JobInfo) -> int:
 def wait(name: str, job: str, timeout: Annotated[float | None, typer.Option()] = None) -> None:
     """Wait for a job to end; the exit status is the job's."""
     info = Cluster.get(name).job(job).wait(timeout)
-    err.print(f"job {job} {info.state}" + (f": {info.reason}" if info.reason else ""), markup=False)
+    err.print(f"job {job} {info.state}" + (f": {escape_text(info.reason)}" if info.reason else ""), markup=False)
     raise typer.Exit(_exit_for(info))
 
 
@@ -94,6 +126,28 @@ def cancel(name: str, job: str) -> None:
     """Cancel a queued or running job (every rank on every node)."""
     info = Cluster.get(name).job(job).cancel()
     out.print(f"job {job} was already {info.state}" if info.done else f"job {job}: cancel requested", markup=False)
+
+
+@app.command()
+def purge(
+    name: str,
+    job_ids: Annotated[list[str] | None, typer.Argument(help="ended jobs (none: every ended job, with "
+                                                             "--older-than)")] = None,
+    older_than: Annotated[float | None, typer.Option(help="every job that ended more than this many days ago")]
+    = None,
+    logs: Annotated[bool, typer.Option("--logs", help="remove their logs too (the state stays)")] = False,
+) -> None:
+    """Delete ended jobs' outputs (work dirs) on the cluster, and with --logs their logs."""
+    cluster = Cluster.get(name)
+    chosen = list(job_ids or [])
+    if older_than is not None:
+        cutoff = time.time() - older_than * 86400
+        chosen += [i.id for i in cluster.jobs() if i.done and (i.ended_at or 0) < cutoff and i.id not in chosen]
+    elif not chosen:
+        raise JobError("name the jobs to purge or give --older-than DAYS")
+    cluster.purge(chosen, logs)
+    what = "outputs and logs" if logs else "outputs"
+    out.print(f"purged the {what} of {len(chosen)} jobs on cluster {name}", markup=False)
 
 
 @app.command()

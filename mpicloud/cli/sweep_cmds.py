@@ -10,6 +10,7 @@ import typer
 
 from mpicloud.api import Cluster
 from mpicloud.cli.app import app, err, out
+from mpicloud.cli.safe_text import escape_text
 from mpicloud.errors import JobError
 
 
@@ -55,10 +56,12 @@ def _print_status(status: dict[str, object], as_json: bool) -> None:
     counts = status["counts"]
     assert isinstance(counts, dict)
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    out.print(f"sweep {status['id']} ({status['name']}): {status['done']}/{status['total']} done; {parts}",
+    out.print(f"sweep {status['id']} ({escape_text(str(status['name']))}): {status['done']}/{status['total']} done; "
+              f"{parts}",
               markup=False)
     failed = status["failed"]
     assert isinstance(failed, list)
     for item in failed:
-        out.print(f"  failed {item['job']} exit {item['exit_code']}: {item['reason']}  row {item['row']}",
+        out.print(f"  failed {item['job']} exit {item['exit_code']}: {escape_text(str(item['reason']))}  "
+                  f"row {item['row']}",
                   markup=False)

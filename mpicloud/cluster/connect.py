@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,10 @@ def attach(request: AttachRequest, config_path: Path | None = None) -> tuple[Clu
     existing = (registry.cluster_dir(request.name) / "cluster.json").is_file()
     if existing and not request.rekey:
         raise ClusterError(f"cluster {request.name!r} is already registered; use --rekey to re-pin its host key")
+    if existing and registry.load(request.name).provider == "local":
+        raise ClusterError(f"cluster {request.name!r} is a local cluster: its host keys were pinned by `mpicloud "
+                           "up` and only change with it; nothing was re-pinned (attach it under another name "
+                           "to reach it as an attached cluster)")
     ssh = resolve_ssh_config(request.host, config_path)
     host = str(ssh.get("hostname", request.host))
     port = int(request.port or int(str(ssh.get("port", 22))))
@@ -154,28 +158,42 @@ def _jump_user(spec: str | None) -> str | None:
 
 
 def _pin(record: ClusterRecord, expected: str | None) -> list[str]:
-    """Pin the jump host's and head node's keys; return human notes on what was trusted."""
+    """Pin the jump host's and head node's keys; return human notes on what was trusted. The keys are pinned
+    into a new file that replaces known_hosts only once every key was fetched (and verified): a refused or
+    failed re-key leaves the pinned keys as they were."""
     record.dir.mkdir(parents=True, exist_ok=True)
-    if record.known_hosts.exists():
-        record.known_hosts.unlink()
-    notes = []
-    targets = ([record.jump] if record.jump else []) + [record.head]
-    for node in targets:
-        sock: Any = None
-        if node is record.head and record.jump is not None:
-            jump = SSHTransport(endpoint(record, record.head).jump)  # type: ignore[arg-type]
-            outer = jump._client.get_transport()
-            assert outer is not None
-            sock = outer.open_channel("direct-tcpip", (node.host, node.port), ("127.0.0.1", 0))
-        elif (factory := proxy_for(record, node)) is not None:
-            sock = factory(node.host, node.port, 15.0)
-        key = scan_host_key(node.host, node.port, sock=sock)
-        seen = fingerprint(key)
-        if node is record.head and expected and seen != expected:
-            raise HostKeyError(f"{node.host}:{node.port} presented {seen}, not the expected {expected}; "
-                               "nothing was registered")
-        pin_host_key(record.known_hosts, node.host, node.port, key)
-        how = "verified against --host-key-fingerprint" if (node is record.head and expected) else \
-            "trusted on first use"
-        notes.append(f"pinned {node.host}:{node.port} {seen} ({how})")
+    pending = record.dir / "known_hosts.new"
+    pending.unlink(missing_ok=True)
+    try:
+        notes = [_pin_one(record, node, expected if node is record.head else None, pending)
+                 for node in ([record.jump] if record.jump else []) + [record.head]]
+        pending.replace(record.known_hosts)
+    finally:
+        pending.unlink(missing_ok=True)
     return notes
+
+
+def _pin_one(record: ClusterRecord, node: Node, expected: str | None, known_hosts: Path) -> str:
+    sock: Any = None
+    jump: SSHTransport | None = None
+    if node is record.head and record.jump is not None:
+        hop = endpoint(record, record.head).jump
+        assert hop is not None
+        jump = SSHTransport(replace(hop, known_hosts=known_hosts))  # the jump key was pinned just before
+        outer = jump._client.get_transport()
+        assert outer is not None
+        sock = outer.open_channel("direct-tcpip", (node.host, node.port), ("127.0.0.1", 0))
+    elif (factory := proxy_for(record, node)) is not None:
+        sock = factory(node.host, node.port, 15.0)
+    try:
+        key = scan_host_key(node.host, node.port, sock=sock)
+    finally:
+        if jump is not None:
+            jump.close()
+    seen = fingerprint(key)
+    if expected and seen != expected:
+        raise HostKeyError(f"{node.host}:{node.port} presented {seen}, not the expected {expected}; "
+                           "nothing was registered or changed")
+    pin_host_key(known_hosts, node.host, node.port, key)
+    how = "verified against --host-key-fingerprint" if expected else "trusted on first use"
+    return f"pinned {node.host}:{node.port} {seen} ({how})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -15,8 +17,8 @@ from pathlib import Path
 from mpicloud.assets import install_runner
 from mpicloud.cluster import registry
 from mpicloud.cluster.keys import generate_keypair, load_public
-from mpicloud.cluster.processes import MARKER, stop_cluster_processes
-from mpicloud.cluster.registry import ClusterRecord, Node
+from mpicloud.cluster.processes import MARKER, cluster_processes, stop_cluster_processes
+from mpicloud.cluster.registry import ClusterRecord, DownReport, Node
 from mpicloud.errors import ClusterError
 from mpicloud.render.runner_config import node_names, runner_config, runner_config_json
 from mpicloud.render.templating import render_template
@@ -48,7 +50,10 @@ def _addresses(spec: ClusterSpec) -> list[str]:
 
 
 def _port_free(address: str, port: int) -> bool:
+    """True when no process listens on address:port (connections of a stopped sshd in TIME_WAIT do not count:
+    sshd binds with SO_REUSEADDR too)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((address, port))
         except OSError:
@@ -83,15 +88,17 @@ def _node_env(spec: ClusterSpec, name: str, cluster_id: str, ssh_config: Path) -
     return env
 
 
-def up(spec: ClusterSpec) -> ClusterRecord:
-    """Start the cluster's nodes and register it; on any failure stop what was started and remove it."""
+def up(spec: ClusterSpec) -> tuple[ClusterRecord, str]:
+    """Start the cluster's nodes and register it; on any failure stop what was started and remove it.
+    A cluster of the same spec that exists is restarted when stopped and left alone when running; the
+    second value says which: "created", "started" or "running"."""
     if spec.cloud != "local":
         raise ClusterError(f"`mpicloud up` starts local clusters; {spec.cloud} clusters are deployed with "
                            "`pulumi up` or the generated template, then `mpicloud attach`")
     require_tools()
     directory = registry.cluster_dir(spec.name)
     if (directory / "cluster.json").exists():
-        raise ClusterError(f"cluster {spec.name!r} already exists; `mpicloud down {spec.name}` first")
+        return _up_existing(spec, registry.load(spec.name))
     cluster_id = uuid.uuid4().hex
     try:
         record = _create(spec, directory, cluster_id)
@@ -100,7 +107,37 @@ def up(spec: ClusterSpec) -> ClusterRecord:
         stop_cluster_processes(cluster_id, str(directory))
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return record
+    return record, "created"
+
+
+def _spec_digest(spec: ClusterSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+
+
+def _up_existing(spec: ClusterSpec, record: ClusterRecord) -> tuple[ClusterRecord, str]:
+    if record.provider != "local":
+        raise ClusterError(f"{record.name!r} is registered as an attached cluster; `mpicloud up` starts local "
+                           "clusters only (pick another name)")
+    digest = record.local.get("spec_digest")
+    if digest is not None and digest != _spec_digest(spec):
+        raise ClusterError(f"cluster {record.name!r} exists, created from a different spec: `mpicloud start "
+                           f"{record.name}` runs it as it was; `mpicloud down {record.name}` removes it and "
+                           f"every job's data ({job_count(record)} jobs) before an `up` of the new spec")
+    if running(record):
+        return record, "running"
+    return start(record), "started"
+
+
+def _node_python() -> str:
+    """The interpreter the runner and transfer helper use on the nodes: the system's python3 where there is one
+    (what Debian cloud nodes run) when it is 3.11 or newer, so the local cluster exercises it; else this one."""
+    system = "/usr/bin/python3"
+    try:
+        new_enough = subprocess.run([system, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+                                    capture_output=True, timeout=30, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        new_enough = False
+    return system if new_enough else sys.executable
 
 
 def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecord:
@@ -121,12 +158,13 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
     (shared / ".mpicloud").mkdir(parents=True, exist_ok=True)
     record = ClusterRecord(
         name=spec.name, provider="local", os="linux", user=user, nodes=nodes,
-        slots_per_node=spec.slots_per_node, shared_path=str(shared), python=[sys.executable],
+        slots_per_node=spec.slots_per_node, shared_path=str(shared), python=[_node_python()],
         runner=str(directory / "runner" / "runner.py"), key_file=str(identity),
         teardown=f"mpicloud down {spec.name}", idle_shutdown_minutes=spec.idle_shutdown_minutes,
-        local={"cluster_id": cluster_id, "ssh_config": str(ssh_config)})
+        local={"cluster_id": cluster_id, "ssh_config": str(ssh_config), "spec_digest": _spec_digest(spec)})
     install_runner(directory / "runner")
-    stop = ["env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m", "mpicloud.cli", "down", spec.name]
+    stop = ["env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m", "mpicloud.cli", "stop", spec.name,
+            "--reason", "idle shutdown"]
     (shared / ".mpicloud" / "runner.json").write_text(runner_config_json(runner_config(spec, stop)))
     record.save()
     known_nodes: list[str] = []
@@ -147,7 +185,15 @@ def _start_node(spec: ClusterSpec, record: ClusterRecord, node: Node, cluster_id
         pid_file=node_dir / "sshd.pid", authorized_keys=record.dir / "authorized_keys", user=record.user,
         env=_node_env(spec, node.name, cluster_id, Path(record.local["ssh_config"]))))
     pin_host_key(record.known_hosts, node.host, node.port, load_public(host_key))
-    argv = [SSHD, "-D", "-e", "-f", str(config)]
+    _spawn_sshd(record, node, cluster_id)
+    key_text = " ".join(public)
+    return f"{node.name},[{node.host}]:{node.port} {key_text}\n"
+
+
+def _spawn_sshd(record: ClusterRecord, node: Node, cluster_id: str) -> None:
+    """Start a node's sshd from its config in the cluster directory."""
+    node_dir = record.dir / node.name
+    argv = [SSHD, "-D", "-e", "-f", str(node_dir / "sshd_config")]
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         if shutil.which("unshare"):  # a distinct host name per node, where the OS allows it
@@ -156,8 +202,6 @@ def _start_node(spec: ClusterSpec, record: ClusterRecord, node: Node, cluster_id
     subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                      env={**os.environ, MARKER: cluster_id})
     log.close()
-    key_text = " ".join(public)
-    return f"{node.name},[{node.host}]:{node.port} {key_text}\n"
 
 
 def _wait_ready(record: ClusterRecord, timeout: float = 15.0) -> None:
@@ -177,9 +221,92 @@ def _wait_ready(record: ClusterRecord, timeout: float = 15.0) -> None:
             time.sleep(0.05)
 
 
-def down(record: ClusterRecord) -> list[int]:
-    """Stop every process the cluster started (sshds, sessions, runner, jobs, ranks); forget it."""
+def running(record: ClusterRecord) -> bool:
+    """True while any process of the cluster lives (a stopped cluster, or one whose machine rebooted, has none)."""
+    return bool(cluster_processes(record.local["cluster_id"], str(record.dir)))
+
+
+def job_count(record: ClusterRecord) -> int:
+    """How many jobs the cluster's queue holds on disk (every state)."""
+    jobs = Path(record.runner_root) / "jobs"
+    return sum(1 for _ in jobs.iterdir()) if jobs.is_dir() else 0
+
+
+def stop(record: ClusterRecord, reason: str) -> list[int]:
+    """Stop every process of the cluster and keep its files (queue, outputs, history, shutdown record): the
+    runner is asked to stop and waited for first, so it is never killed mid-write. Returns the PIDs that
+    would not stop; with none, the record says stopped."""
+    _stop_runner(Path(record.runner_root))
     survivors = stop_cluster_processes(record.local["cluster_id"], str(record.dir))
     if not survivors:
-        registry.forget(record.name)
+        record.stopped_at = time.time()
+        record.stop_reason = reason
+        record.save()
     return survivors
+
+
+def _stop_runner(root: Path, grace: float = 10.0) -> None:
+    """Ask a serving runner to stop (`stop-runner`) and wait until it let go of its lock."""
+    if _runner_serving(root):
+        (root / "stop-runner").touch()
+        deadline = time.monotonic() + grace
+        while _runner_serving(root) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    (root / "stop-runner").unlink(missing_ok=True)
+
+
+def _runner_serving(root: Path) -> bool:
+    lock = root / "runner.lock"
+    if not lock.is_file():
+        return False
+    with open(lock, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return False
+
+
+def start(record: ClusterRecord) -> ClusterRecord:
+    """Start a stopped cluster's sshds again from its kept files (same addresses, port and host keys); the
+    caller starts the runner, which picks up the queue. On failure stop what was started, keep every file."""
+    require_tools()
+    cluster_id = record.local["cluster_id"]
+    if running(record):
+        if record.stopped_at is None:
+            raise ClusterError(f"cluster {record.name!r} is already running")
+        stop_cluster_processes(cluster_id, str(record.dir))  # leftovers of an interrupted stop
+    for node in record.nodes:
+        if not _port_free(node.host, node.port):
+            raise ClusterError(f"cannot start cluster {record.name!r}: port {node.port} on {node.host} ({node.name}) "
+                               "is taken by another process; stop it and run `mpicloud start "
+                               f"{record.name}` again")
+    (Path(record.runner_root) / "stop-runner").unlink(missing_ok=True)
+    try:
+        for node in record.nodes:
+            _spawn_sshd(record, node, cluster_id)
+        _wait_ready(record)
+    except BaseException:
+        stop_cluster_processes(cluster_id, str(record.dir))
+        raise
+    record.stopped_at = None
+    record.stop_reason = ""
+    record.save()
+    return record
+
+
+def down(record: ClusterRecord) -> DownReport | list[int]:
+    """Stop every process the cluster started (sshds, sessions, runner, jobs, ranks), then remove its files and
+    every job's data; the PIDs that would not stop (nothing removed) when some survive."""
+    survivors = stop_cluster_processes(record.local["cluster_id"], str(record.dir))
+    if survivors:
+        return survivors
+    jobs = job_count(record)
+    removed = [str(record.dir)]
+    root = Path(record.runner_root)
+    if not root.resolve().is_relative_to(record.dir.resolve()):  # shared.path outside: only mpicloud's folder
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(str(root))
+    registry.forget(record.name)
+    return DownReport(name=record.name, provider="local", jobs_removed=jobs, removed=tuple(removed))

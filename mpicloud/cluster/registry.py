@@ -70,6 +70,8 @@ class ClusterRecord:
     proxy_command: str | None = None
     pac_url: str | None = None
     local: dict[str, Any] = field(default_factory=dict)
+    stopped_at: float | None = None  # local clusters: processes stopped, files kept (`mpicloud start` resumes)
+    stop_reason: str = ""
     version: int = RECORD_VERSION
 
     @property
@@ -121,6 +123,18 @@ def all_records() -> list[ClusterRecord]:
     if not root.is_dir():
         return []
     return [load(p.name) for p in sorted(root.iterdir()) if (p / "cluster.json").is_file()]
+
+
+@dataclass(frozen=True)
+class DownReport:
+    """What `down` did: the data it removed, or (attached clusters) that the machines still run."""
+
+    name: str
+    provider: str
+    jobs_removed: int = 0
+    removed: tuple[str, ...] = ()
+    still_running: bool = False
+    teardown: str = ""
 
 
 def forget(name: str) -> None:

@@ -84,25 +84,39 @@ def wait(queue: QueueHandle, job_id: str, timeout: float | None = None, poll: fl
         time.sleep(poll)
 
 
-def read_log(queue: QueueHandle, job_id: str, stream: str = "stdout", offset: int = 0) -> bytes:
-    """Bytes of a job log from offset (empty when the log does not exist yet)."""
+#: the logs of a job: its command's stdout and stderr, and the post step's (post command, bucket push)
+LOG_STREAMS = ("stdout", "stderr", "post")
+LOG_CHUNK = 1 << 20
+
+
+def read_log(queue: QueueHandle, job_id: str, stream: str = "stdout", offset: int = 0,
+             limit: int | None = None) -> bytes:
+    """Bytes of a job log from offset, at most limit (to its end when None); only those bytes are read from the
+    cluster. Empty when the log does not exist (yet)."""
+    if stream not in LOG_STREAMS:
+        raise JobError(f"no log stream {stream!r}; streams are {', '.join(LOG_STREAMS)}")
     path = queue.job_path(job_id, f"{stream}.log")
+    parts: list[bytes] = []
+    want = LOG_CHUNK if limit is None else limit
     try:
-        data = queue.transport.read_bytes(path)
+        while want > 0 and (chunk := queue.transport.read_range(path, offset, min(want, LOG_CHUNK))):
+            parts.append(chunk)
+            offset += len(chunk)
+            want = LOG_CHUNK if limit is None else want - len(chunk)
     except FileNotFoundError:
-        return b""
-    return data[offset:]
+        pass
+    return b"".join(parts)
 
 
-def follow_logs(queue: QueueHandle, job_id: str, emit: Callable[[str, bytes], None],
-                follow: bool = True, poll: float = 0.3) -> JobInfo:
-    """Emit stdout/stderr as they grow; with follow, until the job ends."""
-    offsets = {"stdout": 0, "stderr": 0}
+def follow_logs(queue: QueueHandle, job_id: str, emit: Callable[[str, bytes], None], follow: bool = True,
+                poll: float = 0.3, streams: tuple[str, ...] = ("stdout", "stderr")) -> JobInfo:
+    """Emit the streams' new bytes in chunks as they grow (bounded memory, each byte read once); with follow,
+    until the job ends."""
+    offsets = dict.fromkeys(streams, 0)
     while True:
         info = job_info(queue, job_id)
         for stream in offsets:
-            chunk = read_log(queue, job_id, stream, offsets[stream])
-            if chunk:
+            while chunk := read_log(queue, job_id, stream, offsets[stream], LOG_CHUNK):
                 offsets[stream] += len(chunk)
                 emit(stream, chunk)
         if not follow or info.done:
@@ -122,3 +136,14 @@ def cancel(queue: QueueHandle, job_id: str) -> JobInfo:
             info = job_info(queue, job_id)
     queue.transport.write_bytes(queue.job_path(job_id, "cancel"), b"cancel\n")
     return info
+
+
+def purge_jobs(queue: QueueHandle, job_ids: list[str], logs: bool = False) -> None:
+    """Delete ended jobs' work dirs on the cluster (and, with logs, their logs); JobError naming the jobs the
+    runner refused (not ended)."""
+    if not job_ids:
+        return
+    result = queue.transport.run(queue.command("purge", *job_ids, *(["--logs"] if logs else [])), timeout=300)
+    if result.exit_code != 0:
+        raise JobError(f"could not purge on cluster {queue.cluster!r}: "
+                       f"{result.stderr.decode(errors='replace').strip()}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from mpicloud.errors import JobError
 from mpicloud.protocol.jobs import JOB_VERSION as CLIENT_JOB_VERSION
-from mpicloud.render.quoting import posix_join, windows_join
+from mpicloud.render.quoting import cmd_join, posix_join
 from mpicloud.transport.base import Transport
 
 
@@ -81,7 +81,7 @@ class QueueHandle:
         return self._join([*self.python, f"{folder}{self.sep}transfer.py", *args])
 
     def _join(self, argv: list[str]) -> str:
-        return windows_join(argv) if self.os == "windows" else posix_join(argv)
+        return cmd_join(argv) if self.os == "windows" else posix_join(argv)  # Windows: sshd runs cmd.exe
 
     def runner_json(self, *args: str) -> Any:
         """Run a runner report command (list, status) and parse its JSON."""

@@ -17,6 +17,7 @@ from mpicloud.errors import JobError, TransportError
 from mpicloud.jobs import transfer
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.protocol.jobs import JOB_VERSION
+from mpicloud.transport.base import Stream
 
 ARCHIVES = (".zip", ".tar.gz", ".tgz", ".tar", ".tar.zst", ".tzst")
 
@@ -44,6 +45,7 @@ class JobRequest:
     output_to: str | None = None
     sweep: str | None = None
     extra_files: dict[str, bytes] = field(default_factory=dict)  # written into the job dir (e.g. run.sh)
+    unpack: bool = True  # archive inputs (.zip, .tar*) are unpacked into the work dir; False: kept as files
 
 
 def sha256_file(path: Path) -> str:
@@ -71,34 +73,79 @@ def check_s3_url(url: str, what: str) -> None:
 
 
 def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path], on_event: InputEvent | None = None,
-                  progress: transfer.Progress | None = None) -> list[dict[str, Any]]:
-    """Put each input into the store once (by SHA-256); return the job's input entries in order."""
+                  progress: transfer.Progress | None = None, unpack: bool = True) -> list[dict[str, Any]]:
+    """Put each input into the store once (by SHA-256); return the job's input entries in order. Archives are
+    unpacked into the work dir unless `unpack` is False (then they arrive as the files they are)."""
     entries: list[dict[str, Any]] = []
     for raw in inputs:
         text = str(raw)
         if text.startswith("s3://"):
             name = text.rstrip("/").rsplit("/", 1)[-1]
-            entries.append({"source": "s3", "url": text, "name": name, "unpack": name.lower().endswith(ARCHIVES)})
+            entries.append({"source": "s3", "url": text, "name": name,
+                            "unpack": unpack and name.lower().endswith(ARCHIVES)})
             continue
         item = Path(text)
         if not item.exists() or not os.access(item, os.R_OK):
             raise JobError(f"input {text}: no such readable file or directory")
         for path, name in _local_files(item):
             digest = sha256_file(path)
-            target = queue.path("store", digest)
-            existing = queue.transport.stat(target)
-            if existing is not None and existing.size == path.stat().st_size:
-                event = "reused"
-            else:
-                part = f".{digest}.part"  # deterministic: an interrupted upload resumes, ranges verified
-                sent = transfer.upload(queue, path, queue.cluster_path("store", part), progress=progress)
-                queue.transport.rename(queue.path("store", part), target)
-                event = "uploaded" if sent == path.stat().st_size else "resumed"
+            event = store_object(queue, path, digest, progress)
             if on_event:
                 on_event(name, event)
             entries.append({"source": "store", "sha256": digest, "name": name,
-                            "unpack": item.is_file() and name.lower().endswith(ARCHIVES)})
+                            "unpack": unpack and item.is_file() and name.lower().endswith(ARCHIVES)})
     return entries
+
+
+def store_object(queue: QueueHandle, path: Path, digest: str, progress: transfer.Progress | None = None) -> str:
+    """Make sure store/<digest> holds this file: "reused", "uploaded" or "resumed".
+
+    A claim on the node (`transfer.py claim`, held as long as this stream is open) makes one uploader of an
+    object at a time write its own part file; others wait and reuse its result. The node checks the whole
+    object's SHA-256 before renaming it into the store, so a store object is always complete and right, and
+    one that is there (a single stat) is reused without a claim."""
+    size = path.stat().st_size
+    existing = queue.transport.stat(queue.path("store", digest))
+    if existing is not None and existing.size == size:  # only ever renamed in whole and verified
+        return "reused"
+    claim = queue.transport.open_stream(queue.helper("claim", queue.cluster_path("store"), digest,
+                                                     f"--length={size}"))
+    lines = _Lines(claim)
+    answer, sent = "", 0
+    try:
+        answer = lines.next()
+        if answer == "wait":  # another uploader is sending it: its result, or the claim once it died
+            answer = lines.next()
+        if re.fullmatch(rf"part \.{digest}\.[0-9a-f]+\.part", answer):
+            sent = transfer.upload(queue, path, queue.cluster_path("store", answer[5:]), progress=progress)
+            claim.write(b"commit\n")
+            answer = lines.next()
+    finally:
+        claim.close_input()
+        code, err = claim.finish()
+    if answer == "have":
+        return "reused"
+    if answer != "stored":
+        detail = answer or err.decode(errors="replace").strip() or f"exit code {code}"
+        raise TransportError(f"input {path} was not stored on cluster {queue.cluster!r}: {detail} (run the "
+                             "command again; if this persists, update the runner on the cluster)")
+    return "uploaded" if sent == size else "resumed"
+
+
+class _Lines:
+    """Lines of a stream's stdout, read as they come (the node answers one line at a time)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream, self.buffer = stream, b""
+
+    def next(self) -> str:
+        while b"\n" not in self.buffer:
+            chunk = self.stream.read(4096)
+            if not chunk:
+                return self.buffer.decode(errors="replace").strip()
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode(errors="replace").strip()
 
 
 def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None = None,
@@ -112,7 +159,7 @@ def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None 
             ([(request.output_to, "--output-to")] if request.output_to else []):
         check_s3_url(url, what)
     queue.prepare()
-    inputs = [*preuploaded, *upload_inputs(queue, request.inputs, on_event)]
+    inputs = [*preuploaded, *upload_inputs(queue, request.inputs, on_event, unpack=request.unpack)]
     job_id = job_id or new_job_id()
     job = {"version": JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
            "cores": request.cores, "mpi": request.mpi, "inputs": inputs, "post": request.post,

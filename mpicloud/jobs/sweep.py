@@ -7,24 +7,47 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mpicloud.errors import JobError
 from mpicloud.jobs import query
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, new_job_id, submit, upload_inputs
 from mpicloud.protocol.jobs import TERMINAL
+from mpicloud.render.quoting import UnquotableValue, batch_quote, posix_quote, powershell_quote, python_quote
 
 SWEEP_VERSION = 1
 INTERPRETERS = {".sh": ["sh"], ".bash": ["bash"], ".py": ["python3"], ".ps1": ["powershell", "-NoProfile",
                 "-ExecutionPolicy", "Bypass", "-File"], ".bat": ["cmd", "/c"], ".cmd": ["cmd", "/c"]}
+#: how a value is written into a script of each language: as one literal word or string, never as code
+QUOTERS: dict[str, Callable[[str], str]] = {".sh": posix_quote, ".bash": posix_quote, ".py": python_quote,
+                                            ".ps1": powershell_quote, ".bat": batch_quote, ".cmd": batch_quote}
 RESERVED = {"cores", "name", "s3_input", "s3_output"}
+
+
+class Raw(str):
+    """Text a template marked `{{ value | raw }}`: inserted as it is, unquoted."""
+
+
+def environment(quote: Callable[[str], str]) -> jinja2.Environment:
+    """The sandboxed environment templates render in: no attribute access to Python internals, nothing
+    mutable, every string an expression prints quoted for the script's language unless marked `| raw`
+    (numbers from template arithmetic are printed as they are)."""
+
+    def finalize(value: Any) -> Any:
+        return quote(value) if isinstance(value, str) and not isinstance(value, Raw) else value
+
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                        autoescape=False, finalize=finalize)
+    env.filters["raw"] = Raw
+    return env
 
 
 @dataclass(frozen=True)
@@ -71,12 +94,13 @@ def read_runs(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]
 
 def plan(csv_path: Path, template_path: Path, cores_per_run: int = 1) -> list[Run]:
     """Render the template for every row; any problem is reported before anything is submitted."""
+    script_name, _ = script_command(template_path)
     header, rows = read_runs(csv_path)
     try:
         source = template_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise JobError(f"{template_path}: cannot read the template ({exc})") from None
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env = environment(QUOTERS[Path(script_name).suffix.lower()])
     try:
         parsed = env.parse(source)
         template = env.from_string(source)
@@ -90,7 +114,7 @@ def plan(csv_path: Path, template_path: Path, cores_per_run: int = 1) -> list[Ru
     for line, values in rows:
         try:
             script = template.render(**values)
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, UnquotableValue) as exc:
             raise JobError(f"{template_path}: rendering the run on {csv_path}:{line} failed: {exc}") from None
         cores = values.get("cores") or str(cores_per_run)
         if not cores.isdigit() or int(cores) < 1:
@@ -106,7 +130,7 @@ def plan(csv_path: Path, template_path: Path, cores_per_run: int = 1) -> list[Ru
 def script_command(template_path: Path) -> tuple[str, list[str]]:
     """The run script's file name (template name minus .j2) and the argv that runs it."""
     name = template_path.name.removesuffix(".j2")
-    interpreter = INTERPRETERS.get(Path(name).suffix.lower())
+    interpreter = INTERPRETERS.get(Path(name).suffix.lower())  # the keys of QUOTERS too
     if interpreter is None:
         raise JobError(f"{template_path}: name it *.sh.j2, *.py.j2, *.ps1.j2 or *.bat.j2 so the script's "
                        "interpreter is known")

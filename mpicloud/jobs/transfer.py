@@ -243,7 +243,7 @@ def _unpack(reader: Any, wanted: dict[str, tuple[str, int, float]], dest: Path, 
         for future in futures:
             future.result()
 def upload(queue: QueueHandle, local: Path, remote: str, streams: int = 4, progress: Progress | None = None) -> int:
-    """Send a local file to cluster path `remote` in parallel verified ranges (the caller renames it).
+    """Send a local file to cluster path `remote` in parallel verified ranges (the caller commits it).
     Ranges a previous attempt already left there intact are not sent again; returns the bytes sent."""
     size = local.stat().st_size
     meter = _Meter(size, progress)

@@ -54,15 +54,8 @@ def watch_once(queue: QueueHandle, dest: Path, max_age_days: float | None = None
                                       "state": info.state}
         _save(dest, ledger)
         if delete_after_verify:
-            _purge(queue, info.id)
+            query.purge_jobs(queue, [info.id])
         fetched.append(info.id)
         if on_fetched:
             on_fetched(info.id, summary)
     return fetched
-
-
-def _purge(queue: QueueHandle, job_id: str) -> None:
-    result = queue.transport.run(queue.command("purge", job_id), timeout=300)
-    if result.exit_code != 0:
-        raise JobError(f"could not delete job {job_id}'s outputs on cluster {queue.cluster!r}: "
-                       f"{result.stderr.decode(errors='replace').strip()}")

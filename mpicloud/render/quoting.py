@@ -50,3 +50,39 @@ def windows_arg(value: str) -> str:
 def windows_join(argv: Iterable[str]) -> str:
     """Join argv into one Windows command line."""
     return " ".join(windows_arg(a) for a in argv)
+
+
+#: characters cmd.exe gives a meaning to on a command line (quotes toggle whether the others are special)
+CMD_META = '()%!^"<>&|'
+
+
+class UnquotableValue(ValueError):
+    """A value that cannot be written safely into a command line or script of this language."""
+
+
+def cmd_join(argv: Iterable[str]) -> str:
+    """Join argv into one command line that passes through cmd.exe (what Windows' sshd runs commands with)
+    unchanged: MSVC-quoted, then every cmd.exe metacharacter escaped with `^`, so `&`, `|`, `%VAR%` and
+    quotes inside values are literal (cmd removes the carets and hands the rest to the program). A line
+    break ends a cmd.exe command whatever precedes it: such values are refused (UnquotableValue)."""
+    args = list(argv)
+    for arg in args:
+        if any(c in arg for c in "\r\n\0"):
+            raise UnquotableValue(f"{arg!r}: a line break or NUL cannot pass through cmd.exe")
+    return "".join(f"^{c}" if c in CMD_META else c for c in windows_join(args))
+
+
+def batch_quote(value: str) -> str:
+    """Quote one value for a line of a cmd.exe batch file: inside double quotes `& | < > ^ ( )` are literal and
+    `%` is doubled; a double quote, `!` (delayed expansion), NUL or a line break cannot be made literal there,
+    so such a value is refused (UnquotableValue)."""
+    bad = [c for c in ('"', "!", "\0", "\r", "\n") if c in value]
+    if bad:
+        raise UnquotableValue(f"{value!r}: {bad[0]!r} cannot be quoted safely in a .bat/.cmd script; use a "
+                              ".ps1 or .sh template, or `| raw` if the text is meant as code")
+    return '"' + value.replace("%", "%%") + '"'
+
+
+def python_quote(value: str) -> str:
+    """A Python string literal holding the value."""
+    return repr(value)

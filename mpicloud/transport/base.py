@@ -79,6 +79,10 @@ class Transport(Protocol):
         """Read a whole remote file."""
         ...
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """Up to size bytes of a remote file from offset (b"" past its end); FileNotFoundError if missing."""
+        ...
+
     def write_bytes(self, path: str, data: bytes, *, mode: int | None = None) -> None:
         """Write a whole remote file, with permissions `mode` set before any data (not atomic: rename after)."""
         ...

@@ -181,6 +181,14 @@ class SSHTransport:
             handle.prefetch()
             return handle.read()
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """Up to size bytes of a remote file from offset (only those cross the wire; b"" past the end)."""
+        with self._sftp_lock, self._io(path), self.sftp().open(path, "rb") as handle:
+            size = min(size, (handle.stat().st_size or 0) - offset)
+            if size <= 0:
+                return b""
+            return b"".join(handle.readv([(offset, size)]))  # pipelined requests, as prefetch does
+
     def write_bytes(self, path: str, data: bytes, *, mode: int | None = None) -> None:
         """Write a whole remote file; `mode` is applied while it is still empty."""
         with self._sftp_lock, self._io(path), self.sftp().open(path, "wb") as handle:
@@ -363,17 +371,26 @@ def _collect(channel: paramiko.Channel, timeout: float | None, on_stdout: Output
 
 
 _POOL: dict[Endpoint, SSHTransport] = {}
-_POOL_LOCK = threading.Lock()
+_POOL_LOCK = threading.Lock()  # guards the two dicts only, never held across a connect
+_ENDPOINT_LOCKS: dict[Endpoint, threading.Lock] = {}
 
 
 def connect(endpoint: Endpoint) -> SSHTransport:
-    """The process-wide connection to this endpoint (opened on first use, reopened when it dropped)."""
+    """The process-wide connection to this endpoint (opened on first use, reopened when it dropped). Connects
+    to one endpoint are serialised by that endpoint's own lock, so an unreachable cluster stalls no other."""
     with _POOL_LOCK:
         existing = _POOL.get(endpoint)
         if existing is not None and existing.alive:
             return existing
+        endpoint_lock = _ENDPOINT_LOCKS.setdefault(endpoint, threading.Lock())
+    with endpoint_lock:
+        with _POOL_LOCK:
+            existing = _POOL.get(endpoint)
+        if existing is not None and existing.alive:
+            return existing
         transport = _connect_with_retries(endpoint)
-        _POOL[endpoint] = transport
+        with _POOL_LOCK:
+            _POOL[endpoint] = transport
         return transport
 
 
@@ -389,9 +406,19 @@ def _connect_with_retries(endpoint: Endpoint, attempts: int = 3, delay: float = 
     return SSHTransport(endpoint)
 
 
+def close_cluster(cluster: str) -> None:
+    """Close the pooled connections of one cluster (every node, and their jump hops); others stay open."""
+    with _POOL_LOCK:
+        mine = [e for e in _POOL if e.cluster == cluster]
+        transports = [_POOL.pop(e) for e in mine]
+    for transport in transports:
+        transport.close()
+
+
 def close_all() -> None:
     """Close every pooled connection."""
     with _POOL_LOCK:
-        for transport in _POOL.values():
-            transport.close()
+        transports = list(_POOL.values())
         _POOL.clear()
+    for transport in transports:
+        transport.close()

@@ -30,6 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# an isolated interpreter leaves the script's directory off sys.path: find the protocol package beside it
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mpicloud.protocol.paths import UnsafePath, safe_join
+
 # multipart part size (S3 minimum 5 MiB); files at least this big are uploaded in parts
 PART = max(5, int(os.environ.get("MPICLOUD_S3_PART_MB", "64"))) * 1024 * 1024
 CHUNK = 1024 * 1024
@@ -274,20 +278,32 @@ def get_object(settings: Settings, bucket: str, key: str, dest: Path) -> int:
 
 
 def get(url: str, dest_dir: Path) -> None:
-    """An object into dest_dir/<name>, or every object under a prefix ending in '/' into dest_dir/<name>/."""
+    """An object into dest_dir/<name>, or every object under a prefix ending in '/' into dest_dir/<name>/.
+
+    Every local name comes from the key through the one path rule (mpicloud.protocol.paths), checked for
+    all keys before anything is written: a key that would land outside dest_dir refuses the whole get."""
     settings = resolve()
     bucket, key = split_url(url)
     if key and not key.endswith("/"):
-        size = get_object(settings, bucket, key, dest_dir / key.rsplit("/", 1)[-1])
+        size = get_object(settings, bucket, key, _local(dest_dir, key, key.rsplit("/", 1)[-1]))
         print(f"got s3://{bucket}/{key} ({size} bytes)", flush=True)
         return
-    target = dest_dir / (key.rstrip("/").rsplit("/", 1)[-1] or bucket)
-    for name, _ in list_keys(settings, bucket, key):
-        relative = name[len(key):]
-        if not relative or relative.endswith("/") or ".." in relative.split("/"):
-            continue
-        get_object(settings, bucket, name, target / relative)
+    folder = _local(dest_dir, key or bucket, key.rstrip("/").rsplit("/", 1)[-1] or bucket)
+    wanted = [(name, name[len(key):]) for name, _ in list_keys(settings, bucket, key)]
+    wanted = [(name, relative) for name, relative in wanted if relative and not relative.endswith("/")]
+    for name, relative in wanted:  # refuse before the first byte is written
+        _local(folder, name, relative)
+    for name, relative in wanted:
+        get_object(settings, bucket, name, _local(folder, name, relative))
         print(f"got s3://{bucket}/{name}", flush=True)
+
+
+def _local(folder: Path, key: str, relative: str) -> Path:
+    """folder/relative by the path rule, or S3Error naming the key."""
+    try:
+        return safe_join(folder, relative)
+    except UnsafePath as exc:
+        raise S3Error(f"refusing object key {key!r}: {exc}") from None
 
 
 def put_object(settings: Settings, bucket: str, key: str, path: Path) -> None:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -28,6 +31,7 @@ from typing import Any
 # directory off sys.path: the protocol package installed beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpicloud.protocol.jobs import JOB_VERSION, TERMINAL
+from mpicloud.protocol.paths import UnsafePath, check_name, safe_join
 
 RUNNER_VERSION = 2
 JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB_DIR", "MPICLOUD_WORK_DIR",
@@ -35,6 +39,10 @@ JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB
 WINDOWS = os.name == "nt"
 #: the cluster-side S3 client for s3:// inputs and --output-to, installed beside this file
 BUCKETIO = Path(__file__).with_name("bucketio.py")
+#: what one log stream of a job may take on the shared disk (runner.json `log_limit_bytes`; a job may ask for
+#: less with MPICLOUD_LOG_LIMIT): its first half and its last half are kept
+LOG_LIMIT_BYTES = 1 << 30
+LOG_CHUNK = 1 << 16
 
 
 # ---------------------------------------------------------------- versioned job descriptions
@@ -204,39 +212,120 @@ def launcher_program(name: str) -> str:
 
 # ---------------------------------------------------------------- the job wrapper (one per job)
 def unpack(archive: Path, dest: Path) -> None:
-    """Unpack .zip, .tar.gz/.tgz, .tar.zst into dest, refusing members that escape it."""
+    """Unpack .zip, .tar, .tar.gz/.tgz, .tar.zst/.tzst into dest, member by member by the one path rule
+    (mpicloud.protocol.paths): regular files, directories, and links that stay inside dest; anything else
+    (absolute or `..` names, links leading out, devices, fifos) refuses the whole input."""
     name = archive.name.lower()
     if name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
-            for member in zf.namelist():
-                _inside(dest, member)
-            zf.extractall(dest)
+            for info in zf.infolist():
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    _place_link(dest, info.filename, zf.read(info).decode())
+                elif info.is_dir():
+                    _place_dir(dest, info.filename)
+                else:
+                    with zf.open(info) as source:
+                        _place_file(dest, info.filename, source, mode & 0o777 or 0o644)
         return
     if name.endswith((".tar.gz", ".tgz", ".tar")):
         with tarfile.open(archive) as tf:
-            tf.extractall(dest, filter="data")
+            _untar(tf, dest)
         return
     if name.endswith((".tar.zst", ".tzst")):
         zstd = shutil.which("zstd")
         if zstd is None:
             raise RuntimeError(f"{archive.name}: unpacking .tar.zst needs the 'zstd' program on the cluster")
         proc = subprocess.Popen([zstd, "-dc", str(archive)], stdout=subprocess.PIPE)
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-            tf.extractall(dest, filter="data")
-        if proc.wait() != 0:
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+                _untar(tf, dest)
+        finally:
+            if proc.stdout:
+                proc.stdout.close()
+            code = proc.wait()
+        if code != 0:
             raise RuntimeError(f"{archive.name}: zstd could not decompress it")
         return
-    raise RuntimeError(f"{archive.name}: unknown archive type (use .zip, .tar.gz or .tar.zst)")
+    raise RuntimeError(f"{archive.name}: unknown archive type (use .zip, .tar, .tar.gz or .tar.zst)")
 
 
-def _inside(dest: Path, member: str) -> None:
-    target = (dest / member).resolve()
-    if not str(target).startswith(str(dest.resolve())):
-        raise RuntimeError(f"archive member {member!r} would be written outside the work dir")
+def _untar(tf: tarfile.TarFile, dest: Path) -> None:
+    """Every member of a tar archive (works in stream mode too: members are read in order)."""
+    for member in tf:
+        if member.isdir():
+            _place_dir(dest, member.name)
+        elif member.isfile():
+            source = tf.extractfile(member)
+            assert source is not None
+            _place_file(dest, member.name, source, member.mode & 0o777, member.mtime)
+        elif member.issym():
+            _place_link(dest, member.name, member.linkname)
+        elif member.islnk():  # a hard link to an earlier member: a copy of that file
+            earlier = _target(dest, member.linkname)
+            if not earlier.is_file() or earlier.is_symlink():
+                raise RuntimeError(f"archive member {member.name!r} links to {member.linkname!r}, which is not "
+                                   "a file unpacked before it")
+            with open(earlier, "rb") as source:
+                _place_file(dest, member.name, source, member.mode & 0o777, member.mtime)
+        else:
+            raise RuntimeError(f"archive member {member.name!r} is a device or fifo; refusing to unpack it")
+
+
+def _target(dest: Path, member: str) -> Path:
+    """Where an archive member goes (leading `./` and a trailing `/` allowed); RuntimeError when refused."""
+    name = member.rstrip("/")
+    while name.startswith("./"):
+        name = name[2:]
+    try:
+        return safe_join(dest, name)
+    except UnsafePath as exc:
+        raise RuntimeError(f"archive member refused: {exc}") from None
+
+
+def _place_dir(dest: Path, member: str) -> None:
+    if member.rstrip("/") in ("", "."):
+        return
+    _target(dest, member).mkdir(parents=True, exist_ok=True)
+
+
+def _place_file(dest: Path, member: str, source: Any, mode: int, mtime: float | None = None) -> None:
+    target = _target(dest, member)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise RuntimeError(f"archive member {member!r} is a file where a directory already is")
+    with open(target, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+    os.chmod(target, (mode & 0o777) | 0o600)  # no setuid/setgid/sticky bits; always readable by the job
+    if mtime is not None:
+        os.utime(target, (mtime, mtime))
+
+
+def _place_link(dest: Path, member: str, link: str) -> None:
+    """A symbolic link whose target is relative and stays inside dest (checked lexically, by the path rule)."""
+    target = _target(dest, member)
+    relative = posixpath.normpath(posixpath.join(posixpath.dirname(target.relative_to(dest).as_posix()), link))
+    try:
+        check_name(relative)  # an absolute link, `..` leading out or a backslash is refused here
+    except UnsafePath:
+        raise RuntimeError(f"archive member {member!r} is a link to {link!r}, outside the work dir") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    os.symlink(link, target)
+
+
+def _inputs_name(name: str) -> Path:
+    """An input's name as a relative path; RuntimeError naming it when it is refused by the path rule."""
+    try:
+        return Path(*check_name(name).parts)
+    except UnsafePath as exc:
+        raise RuntimeError(f"input name refused: {exc}") from None
 
 
 def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env: dict[str, str]) -> None:
-    """Place inputs in the work dir in the order given; archives marked unpack are overlaid in order."""
+    """Place inputs in the work dir in the order given; archives marked unpack are overlaid in order. A
+    directory input arrives as a folder of the same name (its files' names are `DIR/...`)."""
     for item in job["inputs"]:
         source = item.get("source", "store")
         if source == "s3":
@@ -244,7 +333,7 @@ def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env:
         elif source == "store":
             path = _named(root / "store" / item["sha256"], item["name"], jobdir / ".inputs")
         else:
-            path = jobdir / item["name"]
+            path = jobdir / _inputs_name(item["name"])
         if path.is_dir():
             shutil.copytree(path, work / path.name, dirs_exist_ok=True)
             continue
@@ -253,7 +342,9 @@ def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env:
         if item.get("unpack"):
             unpack(path, work)
         else:
-            shutil.copyfile(path, work / item["name"])
+            target = _target(work, item["name"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
 
 
 def snapshot(work: Path, manifest: Path) -> None:
@@ -265,8 +356,8 @@ def snapshot(work: Path, manifest: Path) -> None:
 
 def _named(path: Path, name: str, folder: Path) -> Path:
     """Archives are typed by their file name: link the store object under its original name."""
-    folder.mkdir(exist_ok=True)
-    link = folder / name
+    link = folder / _inputs_name(name)
+    link.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file() and not link.exists():
         try:
             os.link(path, link)
@@ -355,9 +446,10 @@ def run_job(root: Path, job_id: str) -> int:
         argv[0] = launcher_program(argv[0])
     out, err, post = jobdir / "stdout.log", jobdir / "stderr.log", jobdir / "post.log"
     snapshot(work, jobdir / "inputs.json")
-    result["exit_code"], result["reason"] = _run(argv, work, env, out, err)
+    limit = log_limit(config, job)
+    result["exit_code"], result["reason"] = _run(argv, work, env, out, err, limit)
     if job.get("post") and not (jobdir / "cancel").exists():
-        result["post_exit_code"], _ = _run(list(job["post"]), work, env, post, post)
+        result["post_exit_code"], _ = _run(list(job["post"]), work, env, post, post, limit)
     if job.get("output_to") and not (jobdir / "cancel").exists():
         with open(jobdir / "post.log", "ab") as log:
             code = subprocess.run([sys.executable, str(BUCKETIO), "put", str(work), job["output_to"], "--skip",
@@ -368,16 +460,110 @@ def run_job(root: Path, job_id: str) -> int:
     return _finish(jobdir, result)
 
 
-def _run(argv: list[str], work: Path, env: dict[str, str], out: Path, err: Path) -> tuple[int, str | None]:
-    with open(out, "ab") as stdout, open(err, "ab") as stderr:
+def log_limit(config: dict[str, Any], job: dict[str, Any]) -> int:
+    """Bytes one log stream of this job may keep: the cluster's cap, or less when the job asks for less."""
+    limit = int(config.get("log_limit_bytes") or LOG_LIMIT_BYTES)
+    asked = str(job.get("env", {}).get("MPICLOUD_LOG_LIMIT", "")).strip()
+    if asked.isdigit():
+        limit = min(limit, int(asked))
+    return max(limit, 2)
+
+
+class CappedLog:
+    """A job log that keeps its first and its last limit/2 bytes. The head goes to the log as it arrives (so
+    `logs --follow` shows it live); past it a marker line is written and the output goes round a ring file
+    (`<log>.tail`) of limit/2 bytes, appended to the log after a second marker when the stream ends."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path = path
+        self.log = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
+        self.head_room = max(0, limit - limit // 2 - self.log.tell())
+        self.ring_size = limit // 2
+        self.ring: Any = None
+        self.ring_pos = 0
+        self.tail_bytes = 0
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            if self.head_room:
+                head = data[:self.head_room]
+                self.log.write(head)
+                self.head_room -= len(head)
+                data = data[len(head):]
+            if data:
+                self._to_ring(data)
+
+    def _to_ring(self, data: bytes) -> None:
+        if self.ring is None:
+            self.ring = open(f"{self.path}.tail", "w+b")  # noqa: SIM115 - closed by close()
+            self.log.write(f"\n[mpicloud: log limit reached; the last {self.ring_size} bytes of the rest are "
+                           "added when the job ends]\n".encode())
+        self.tail_bytes += len(data)
+        if len(data) > self.ring_size:  # only the last ring_size bytes can survive
+            self.ring_pos = (self.ring_pos + len(data) - self.ring_size) % self.ring_size
+            data = data[-self.ring_size:]
+        while data:
+            n = min(len(data), self.ring_size - self.ring_pos)
+            self.ring.seek(self.ring_pos)
+            self.ring.write(data[:n])
+            self.ring_pos = (self.ring_pos + n) % self.ring_size
+            data = data[n:]
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.ring is not None:
+                kept = min(self.tail_bytes, self.ring_size)
+                self.log.write(f"\n[mpicloud: {self.tail_bytes - kept} bytes dropped; the last {kept} bytes "
+                               "follow]\n".encode())
+                spans = [(self.ring_pos, self.ring_size), (0, self.ring_pos)] if self.tail_bytes > self.ring_size \
+                    else [(0, self.ring_pos or kept)]
+                for start, end in spans:
+                    self.ring.seek(start)
+                    left = end - start
+                    while left > 0:
+                        chunk = self.ring.read(min(left, 1 << 20))
+                        self.log.write(chunk)
+                        left -= len(chunk)
+                self.ring.close()
+                os.unlink(f"{self.path}.tail")
+            self.log.close()
+
+
+def _pump(source: Any, sink: CappedLog) -> None:
+    while chunk := source.read1(LOG_CHUNK):
+        sink.write(chunk)
+
+
+def _run(argv: list[str], work: Path, env: dict[str, str], out: Path, err: Path,
+         limit: int = LOG_LIMIT_BYTES) -> tuple[int, str | None]:
+    sinks = {out: CappedLog(out, limit)}
+    if err not in sinks:
+        sinks[err] = CappedLog(err, limit)
+    try:
         try:
             proc = subprocess.Popen(argv, cwd=str(work), env=env, stdin=subprocess.DEVNULL,
-                                    stdout=stdout, stderr=stderr)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
             return 127, f"command not found on the cluster: {argv[0]}"
         except PermissionError:
             return 126, f"command is not executable: {argv[0]}"
+        pumps = [threading.Thread(target=_pump, args=(pipe, sinks[path]), daemon=True)
+                 for pipe, path in ((proc.stdout, out), (proc.stderr, err))]
+        for pump in pumps:
+            pump.start()
         code = proc.wait()
+        for pump in pumps:  # a background process the job left behind may hold the pipes: stop listening
+            pump.join(timeout=5.0)
+    finally:
+        for sink in sinks.values():
+            sink.close()
     if code < 0:
         return 128 - code, f"killed by signal {-code}"
     return code, None if code == 0 else f"exited with code {code}"
@@ -577,13 +763,18 @@ class Runner:
             time.sleep(self.poll)
 
     def idle_shutdown(self) -> str:
-        command = self.config.get("stop_command")
+        """Record the shutdown; main() runs the stop action once every file of this runner is written."""
         minutes = self.config.get("idle_shutdown_minutes")
         write_json(self.root / "shutdown.json", {"at": now(), "reason": f"idle for {minutes} min",
-                                                 "command": command})
+                                                 "command": self.config.get("stop_command")})
+        return "idle shutdown"
+
+    def stop_action(self) -> None:
+        """The cluster's stop action, started as this runner's very last step (it may stop this process; on a
+        local cluster it waits for the runner lock to be free first)."""
+        command = self.config.get("stop_command")
         if command:
             spawn_detached(list(command), self.root, self.root / "shutdown.log")
-        return "idle shutdown"
 
 
 # ---------------------------------------------------------------- reports for clients (one exec each)
@@ -614,17 +805,25 @@ def status(root: Path) -> dict[str, Any]:
     return data
 
 
-def purge(root: Path, job_id: str) -> int:
-    """Delete an ended job's work dir (after the client verified its download); keep its state and logs."""
-    jobdir = root / "jobs" / job_id
-    state = read_json(jobdir / "state.json")
-    if state["state"] not in TERMINAL:
-        print(f"job {job_id} is {state['state']}; only ended jobs can be purged", file=sys.stderr)
-        return 2
-    shutil.rmtree(jobdir / "work", ignore_errors=True)
-    state["purged_at"] = now()
-    write_json(jobdir / "state.json", state)
-    return 0
+def purge(root: Path, job_ids: list[str], logs: bool = False) -> int:
+    """Delete ended jobs' work dirs (after the client verified a download) and, with logs, their logs; the
+    state stays. Jobs still queued or running are named and left alone (exit 2)."""
+    code = 0
+    for job_id in job_ids:
+        jobdir = root / "jobs" / job_id
+        state = read_json(jobdir / "state.json")
+        if state["state"] not in TERMINAL:
+            print(f"job {job_id} is {state['state']}; only ended jobs can be purged", file=sys.stderr)
+            code = 2
+            continue
+        shutil.rmtree(jobdir / "work", ignore_errors=True)
+        state["purged_at"] = now()
+        if logs:
+            for log in [*jobdir.glob("*.log"), *jobdir.glob("*.log.tail")]:
+                log.unlink(missing_ok=True)
+            state["logs_purged_at"] = now()
+        write_json(jobdir / "state.json", state)
+    return code
 
 
 def lock(root: Path) -> Any:
@@ -650,14 +849,15 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="runner.py", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("command", choices=["serve", "exec", "list", "status", "start", "purge"])
-    parser.add_argument("job", nargs="?")
+    parser.add_argument("job", nargs="*")
     parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--logs", action="store_true", help="purge: remove the jobs' logs too")
     args = parser.parse_args(argv)
     root: Path = args.root
     if args.command == "exec":
-        return run_job(root, args.job)
+        return run_job(root, args.job[0])
     if args.command == "purge":
-        return purge(root, args.job)
+        return purge(root, args.job, args.logs)
     if args.command == "list":
         print(json.dumps(list_jobs(root)))
         return 0
@@ -678,6 +878,8 @@ def main(argv: list[str]) -> int:
     reason = runner.serve()
     runner.write_status()
     print(f"runner stopped: {reason}", file=sys.stderr)
+    if reason == "idle shutdown":
+        runner.stop_action()
     return 0
 
 

@@ -8,6 +8,10 @@
       "have"; a frame with an empty name ends the stream
   recv PATH --offset N --length L                      stdin bytes into PATH at offset; stdout: "sha256 HEX"
   hash PATH --offset N --length L                      "sha256 HEX" of a range already there (resume checks)
+  claim STORE SHA --length SIZE                        the right to put one object into the input store, held
+      while stdin stays open; stdout lines: "have" (it is there), "wait" (another uploader has it: wait for
+      its result), "part NAME" (ours: upload into STORE/NAME, then write "commit" to stdin); after commit:
+      "stored" once the whole object's SHA-256 was checked and it was renamed in, or "refused REASON"
 Compression uses a multi-threaded program on the node when there is one (zstd -T0, pigz, pbzip2), Python's
 zlib/bz2 otherwise; the client recognises the format by its magic bytes.
 """
@@ -16,15 +20,19 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import contextlib
 import fnmatch
 import hashlib
 import io
 import json
 import os
+import re
+import secrets
 import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +40,8 @@ from typing import IO, Any
 BLOCK = 1 << 20
 MANIFEST = ".mpicloud-manifest.json"
 FRAME = "!HQ"
+#: a dead uploader's part file of an object nobody claims is deleted after this long
+STALE_PART = 24 * 3600
 PROGRAMS = {"zstd": ["zstd", "-T0", "-3", "-q", "-c"], "gzip": ["pigz", "-c"], "bzip2": ["pbzip2", "-c"]}
 
 
@@ -208,9 +218,123 @@ def range_hash(path: Path, offset: int, length: int) -> int:
     return 0
 
 
+def _lock(path: Path, wait: bool) -> int | None:
+    """An exclusive lock on path held by this process (released when it exits, however it exits); None when
+    another process holds it and wait is False."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if os.name == "nt":
+        import msvcrt
+
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+                return fd
+            except OSError:
+                if not wait:
+                    os.close(fd)
+                    return None
+                time.sleep(0.2)
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _complete(store: Path, sha: str, size: int) -> bool:
+    target = store / sha
+    return target.is_file() and target.stat().st_size == size
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def reap(store: Path, age: float = STALE_PART) -> None:
+    """Delete part files older than age whose object nobody holds a claim on (their uploader died)."""
+    cutoff = time.time() - age
+    for part in store.glob(".*.part"):
+        sha = part.name[1:].split(".", 1)[0]
+        try:
+            if part.stat().st_mtime >= cutoff or not re.fullmatch(r"[0-9a-f]{64}", sha):
+                continue
+        except OSError:
+            continue
+        fd = _lock(store / f".{sha}.lock", wait=False)
+        if fd is not None:
+            part.unlink(missing_ok=True)
+            os.close(fd)
+
+
+def _release(fd: int, lock: Path) -> None:
+    """Release and remove an object's lock once the object is in the store: whoever locks it next (through
+    this file or a new one) finds the object complete. Windows keeps the file while a waiter has it open."""
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        lock.unlink(missing_ok=True)
+
+
+def claim(store: Path, sha: str, size: int) -> int:
+    """Hold the claim on store/SHA while stdin is open (see the module doc). Objects enter the store only
+    whole and verified, so an existing one of the right size is complete. Waiting uploaders block on the
+    claim's lock; an uploader that dies (its connection closes) releases it, and the next claimant resumes
+    from its part file, whose ranges are checked before reuse and whose whole hash is checked at commit."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        print(f"not a SHA-256: {sha!r}", file=sys.stderr)
+        return 2
+    store.mkdir(parents=True, exist_ok=True)
+    if _complete(store, sha, size):
+        _say("have")
+        return 0
+    lock = store / f".{sha}.lock"
+    fd = _lock(lock, wait=False)
+    if fd is None:
+        _say("wait")
+        fd = _lock(lock, wait=True)
+        assert fd is not None  # a waiting lock returns only once held
+    if _complete(store, sha, size):  # it arrived meanwhile (the lock file may be one made after it was removed)
+        _release(fd, lock)
+        _say("have")
+        return 0
+    reap(store)
+    mine = store / f".{sha}.{secrets.token_hex(8)}.part"
+    earlier = sorted(store.glob(f".{sha}*.part"), key=lambda p: p.stat().st_mtime)
+    if earlier:  # a previous claimant died: resume from its newest part, drop the rest
+        os.replace(earlier[-1], mine)
+        for old in earlier[:-1]:
+            old.unlink(missing_ok=True)
+    _say(f"part {mine.name}")
+    if sys.stdin.readline().strip() != "commit":
+        return 0  # the uploader went away: keep the part for the next claimant
+    try:
+        got = _file_hash(mine) if mine.is_file() and mine.stat().st_size == size else None
+    except OSError as exc:
+        got = f"unreadable ({exc})"
+    if got != sha:
+        mine.unlink(missing_ok=True)
+        _say(f"refused: the uploaded object has SHA-256 {got or 'of the wrong size'}, not {sha}")
+        return 3
+    os.replace(mine, store / sha)
+    _release(fd, lock)
+    _say("stored")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="transfer.py")
-    parser.add_argument("command", choices=["send", "pack", "recv", "hash"])
+    parser.add_argument("command", choices=["send", "pack", "recv", "hash", "claim"])
     parser.add_argument("base", type=Path)
     parser.add_argument("path", nargs="?")
     parser.add_argument("--glob", action="append", default=[])
@@ -225,6 +349,8 @@ def main(argv: list[str]) -> int:
             return send(args.base, args.path, args.offset, args.length, args.compress)
         if args.command == "pack":
             return pack(args.base, args.glob, args.filter, args.big, json.load(sys.stdin)["have"], args.compress)
+        if args.command == "claim":
+            return claim(args.base, args.path, args.length)
         if args.command == "hash":
             return range_hash(args.base, args.offset, args.length)
         return recv(args.base, args.offset, args.length)

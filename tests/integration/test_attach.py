@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from mpicloud.api import Cluster
@@ -69,3 +70,54 @@ def test_ssh_config_alias_and_jump_host(local_cluster: Cluster, home: Path, tmp_
     job = cluster.submit(["sh", "-c", "echo via-jump"])
     assert job.wait(60).state == "succeeded" and job.stdout() == "via-jump\n"
     assert os.environ.get("HOME") != str(fake_home)
+
+
+def _attach_argv(cluster: Cluster, name: str, *extra: str) -> list[str]:
+    r = cluster.record
+    return ["attach", name, "--host", r.head.host, "--port", str(r.head.port), "--user", r.user, "--key",
+            str(r.key_file), *attach_args(cluster), *extra]
+
+
+def _attach(cluster: Cluster, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return cli(*_attach_argv(cluster, name, *extra))
+
+
+def test_down_of_attached_cluster_says_it_still_runs(local_cluster: Cluster, home: Path) -> None:
+    assert _attach(local_cluster, "billed").returncode == 0
+    down = cli("down", "billed")
+    assert down.returncode == 0
+    assert "forgotten locally" in down.stdout and "STILL RUNNING" in down.stdout
+    assert "pulumi destroy" in down.stdout and "is down" not in down.stdout
+    assert not (home / "clusters" / "billed").exists()
+
+
+def test_rekey_with_wrong_fingerprint_keeps_the_pinned_keys(local_cluster: Cluster, home: Path) -> None:
+    assert _attach(local_cluster, "pinned", "--host-key-fingerprint", fingerprint_of(local_cluster)).returncode == 0
+    known = home / "clusters" / "pinned" / "known_hosts"
+    before = known.read_text()
+    refused = _attach(local_cluster, "pinned", "--rekey", "--host-key-fingerprint",
+                      "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+    assert refused.returncode == 2 and "not the expected" in refused.stderr
+    assert known.read_text() == before
+    assert not (home / "clusters" / "pinned" / "known_hosts.new").exists()
+    assert cli("jobs", "pinned").returncode == 0  # still usable
+
+
+def test_rekey_of_a_local_cluster_is_refused(local_cluster: Cluster, cluster_home: Path) -> None:
+    env = {"MPICLOUD_HOME": str(cluster_home)}
+    record = cluster_home / "clusters" / "itest" / "cluster.json"
+    before = record.read_text()
+    refused = cli(*_attach_argv(local_cluster, "itest", "--rekey"), env=env)
+    assert refused.returncode == 2 and "is a local cluster" in refused.stderr
+    assert record.read_text() == before
+    assert cli("jobs", "itest", env=env).returncode == 0
+
+
+def test_down_closes_only_its_own_connections(local_cluster: Cluster, home: Path) -> None:
+    assert _attach(local_cluster, "first").returncode == 0
+    assert _attach(local_cluster, "second").returncode == 0
+    first, second = Cluster.get("first"), Cluster.get("second")
+    mine, other = first.queue.transport, second.queue.transport
+    first.down()
+    assert not mine.alive
+    assert other.alive and Cluster.get("second").queue.transport is other

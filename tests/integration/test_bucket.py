@@ -250,3 +250,27 @@ def test_keys_with_spaces_and_plus_signs(world: S3World, tmp_path: Path) -> None
     assert put.returncode == 0, put.stderr
     body = world.client("s3").get_object(Bucket=BUCKET, Key="output/odd names/run 7/a+b c.txt")["Body"].read()
     assert body == b"odd name"
+
+
+def test_hostile_object_keys_never_write_outside_the_destination(world: S3World, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    hostile = {"abs": f"input/evil-abs//{outside}/escaped", "backslash": "input/evil-bs/..\\..\\escaped",
+               "drive": "input/evil-drive/C:/escaped", "dotdot": "input/evil-dd/sub/../../../escaped"}
+    s3 = world.client("s3")
+    env = _profile_dir(tmp_path, world, world.user_key, grant="iam_user")
+    try:
+        for case, key in hostile.items():
+            prefix = key.split("/", 2)[1]
+            s3.put_object(Bucket=BUCKET, Key=f"input/{prefix}/aaa-ordinary.txt", Body=b"fine")
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"pwned")
+            dest = tmp_path / f"in-{case}"
+            got = _bucketio(env, "get", f"s3://{BUCKET}/input/{prefix}/", str(dest))
+            assert got.returncode == 1 and "refusing object key" in got.stderr, (case, got.stderr)
+            assert not list(dest.rglob("*")), f"{case}: files written before the refusal"
+        single = _bucketio(env, "get", f"s3://{BUCKET}/input/evil-abs/..", str(tmp_path / "in-single"))
+        assert single.returncode == 1 and "refusing object key" in single.stderr
+        assert not list(outside.iterdir()) and not list(tmp_path.glob("escaped"))
+    finally:
+        for item in s3.list_objects_v2(Bucket=BUCKET, Prefix="input/evil-").get("Contents", []):
+            s3.delete_object(Bucket=BUCKET, Key=item["Key"])

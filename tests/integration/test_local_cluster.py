@@ -67,7 +67,7 @@ def test_cli_submit_logs_wait_and_exit_code(local_cluster: Cluster, cluster_home
     row = next(r for r in listing if r["id"] == job_id)
     assert row["exit_code"] == 7 and row["state"] == "failed" and row["cores"] == 1
     follow = cli("logs", "itest", job_id, "--follow", env=env)
-    assert follow.returncode == 0 and follow.stdout == "out\n"
+    assert follow.returncode == 7 and follow.stdout == "out\n"  # the job's exit status, like wait
 
 
 def test_missing_command_and_unreadable_input(local_cluster: Cluster, cluster_home: Path, tmp_path: Path) -> None:

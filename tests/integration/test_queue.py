@@ -157,18 +157,3 @@ def test_sweep_bulk_cancel(local_cluster: Cluster, tmp_path: Path) -> None:
     assert local_cluster.cancel_sweep(sweep_id) == 5
     states = [j.wait(30).state for j in jobs]
     assert states == ["cancelled"] * 5
-
-
-def test_idle_shutdown_fires_on_a_local_cluster(home: Path, tmp_path: Path) -> None:
-    spec = tmp_path / "idle.yaml"
-    spec.write_text("name: idler\ncloud: local\nnodes: 1\nidle_shutdown_minutes: 0.05\n"
-                    "local: {address_base: 127.0.95.1}\n")
-    up = cli("up", str(spec))
-    assert up.returncode == 0, up.stderr
-    assert "idle shutdown after 0.05 min" in up.stdout
-    deadline = time.monotonic() + 30
-    while (home / "clusters" / "idler").exists():
-        assert time.monotonic() < deadline, "idle shutdown did not fire"
-        time.sleep(0.2)
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(home / "clusters" / "idler") not in ps
