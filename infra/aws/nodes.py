@@ -63,7 +63,8 @@ class Nodes(pulumi.ComponentResource):
             name=options.ami_ssm_parameter, opts=pulumi.InvokeOptions(parent=self)).value
         ips = node_addresses(options.subnet_cidr, spec.nodes)
         common = {
-            "ami": self.ami, "instance_type": spec.size, "key_name": key_name, "iam_instance_profile": args.profile_name,
+            "ami": self.ami, "instance_type": spec.size, "key_name": key_name,
+            "iam_instance_profile": args.profile_name,
             "placement_group": group.name if group else None, "metadata_options": METADATA_OPTIONS,
             "root_block_device": {"encrypted": True, "volume_size": options.root_volume_gb, "volume_type": "gp3",
                                   "tags": args.tags},
@@ -83,9 +84,9 @@ class Nodes(pulumi.ComponentResource):
                 type="gp3", encrypted=True, tags={**args.tags, "Name": f"{spec.name}-shared"},
                 opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
         self.instances = [self._instance(f"{name}-node{i}", i, ips, common, args) for i in range(spec.nodes)]
-        self.shared_attachment = None if self.shared_volume is None else aws.ec2.VolumeAttachment(f"{name}-shared-attach", device_name=SHARED_VOLUME_DEVICE,
-                                     volume_id=self.shared_volume.id, instance_id=self.instances[0].id,
-            stop_instance_before_detaching=True, opts=child)
+        self.shared_attachment = None if self.shared_volume is None else aws.ec2.VolumeAttachment(
+            f"{name}-shared-attach", device_name=SHARED_VOLUME_DEVICE, volume_id=self.shared_volume.id,
+            instance_id=self.instances[0].id, stop_instance_before_detaching=True, opts=child)
         # EFA nodes are reached through their Elastic IPs (a pre-made interface has no automatic public address)
         self.public_ips = pulumi.Output.all(*[a.public_ip for a in self.addresses]) if self.addresses else \
             pulumi.Output.all(*[n.public_ip for n in self.instances])

@@ -12,7 +12,6 @@ from azure_mpi.nodes import Nodes, NodesArgs
 from mpicloud.render import azure, windows
 from mpicloud.spec import ClusterSpec
 
-
 #: the stack secret holding the admin password: `pulumi config set --secret mpicloud:adminPassword`
 PASSWORD_CONFIG = "adminPassword"
 

@@ -158,6 +158,5 @@ def user_data_base64(spec: ClusterSpec, index: int | None, ips: list[str] | None
     packed = gzip.compress(cloud_config(spec, index, ips).encode("utf-8"), 9, mtime=0)
     if len(packed) > USER_DATA_LIMIT:
         raise RenderError(f"user data of node {'N' if index is None else index} is {len(packed)} bytes compressed; "
-                          f"EC2 allows "
-                          f"{USER_DATA_LIMIT}")
+                          f"EC2 allows {USER_DATA_LIMIT}")
     return base64.b64encode(packed).decode("ascii")
