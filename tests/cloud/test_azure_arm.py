@@ -29,6 +29,8 @@ CHECKOV_SKIPS = {
                      "encrypted at rest with platform keys",
     "CKV_AZURE_97": "encryption at host needs the EncryptionAtHost subscription feature and a supporting size; "
                     "enabling it by default would break deployments for most users",
+    "CKV_AZURE_177": "automatic updates are the user's choice (patchMode); the default Manual means no Windows "
+                     "Update reboot in the middle of a job (docs/azure-windows.md, item 5)",
     "CKV_AZURE_45": "detect-secrets over the 26 KB bootstrap takes minutes; the same rule (no secret in "
                     "customData) is test_custom_data_and_settings_hold_no_secret",
 }
