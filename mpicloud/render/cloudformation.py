@@ -48,7 +48,9 @@ def _ref(name: str) -> dict[str, str]:
 def _parameters(spec: ClusterSpec) -> dict[str, Any]:
     options = spec.aws_options
     return {
-        "NodeCount": {"Type": "Number", "Default": spec.nodes, "MinValue": 1, "MaxValue": MAX_TEMPLATE_NODES,
+        # a String: Conditions compare text, and moto (unlike CloudFormation) keeps a Number's Ref numeric
+        "NodeCount": {"Type": "String", "Default": str(spec.nodes),
+                      "AllowedValues": [str(n) for n in range(1, MAX_TEMPLATE_NODES + 1)],
                       "Description": f"number of nodes (1 to {MAX_TEMPLATE_NODES}; node0 is the head node)"},
         "SlotsPerNode": {"Type": "Number", "Default": spec.slots_per_node, "MinValue": 1, "MaxValue": 1024,
                          "Description": "MPI slots per node (usually the core count)"},

@@ -26,7 +26,7 @@ CHECKOV_SKIPS = {
     "CKV_AWS_88",
 }
 #: resource types moto's CloudFormation silently skips (a UserWarning only): covered by cfn-lint/project checks
-MOTO_SKIPS = {"AWS::EC2::PlacementGroup"}
+MOTO_SKIPS = {"AWS::EC2::PlacementGroup", "AWS::EC2::SecurityGroupEgress"}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,30 @@ def test_ssh_is_open_only_to_the_parameter(template: dict[str, Any]) -> None:
     self_rule = next(i for i in ingress if "SourceSecurityGroupId" in i)
     assert self_rule["SourceSecurityGroupId"] == self_rule["GroupId"] == {"Ref": "SecurityGroup"}
     assert "Default" not in template["Parameters"]["AllowedSshCidr"]
+
+
+def test_members_egress_to_the_group_itself(template: dict[str, Any]) -> None:
+    egress = template["Resources"]["ClusterEgress"]
+    assert egress["Type"] == "AWS::EC2::SecurityGroupEgress"
+    assert egress["Properties"]["GroupId"] == egress["Properties"]["DestinationSecurityGroupId"] == \
+        {"Ref": "SecurityGroup"} and egress["Properties"]["IpProtocol"] == "-1"
+
+
+def test_image_is_pinnable_and_shared_volume_is_snapshotted(template: dict[str, Any]) -> None:
+    assert template["Parameters"]["LatestImageId"]["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+    assert template["Parameters"]["ImageId"]["Default"] == ""
+    assert template["Outputs"]["ImageId"]["Value"] == {
+        "Fn::If": ["HasPinnedImage", {"Ref": "ImageId"}, {"Ref": "LatestImageId"}]}
+    volume = template["Resources"]["SharedVolume"]
+    assert volume["DeletionPolicy"] == volume["UpdateReplacePolicy"] == "Snapshot"
+    assert volume["Properties"]["Encrypted"] is True
+    attach = template["Resources"]["SharedVolumeAttachment"]["Properties"]
+    assert attach == {"Device": "/dev/sdf", "InstanceId": {"Ref": "Node0"}, "VolumeId": {"Ref": "SharedVolume"}}
+    key = template["Resources"]["SecretsKey"]
+    assert key["Properties"]["EnableKeyRotation"] is True
+    use = key["Properties"]["KeyPolicy"]["Statement"][1]
+    assert use["Principal"] == {"AWS": {"Fn::GetAtt": ["NodeRole", "Arn"]}}
+    assert "kms:Decrypt" not in key["Properties"]["KeyPolicy"]["Statement"][0]["Action"]
 
 
 def test_nodes_imdsv2_encrypted_placed_and_conditional(template: dict[str, Any]) -> None:
@@ -185,13 +209,17 @@ def test_moto_deploys_the_template() -> None:
         ec2.create_key_pair(KeyName="me")
         image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         # moto reserves /aws/ names, ships no Debian parameter and resolves the Default even when a value is
-        # given, and reads SSM parameter Tags as a list: the deployed copy differs only in those two places
+        # given, reads SSM parameter Tags as a list and KMS key Tags as TagKey/TagValue: the deployed copy
+        # differs only in those three places
         body = cluster_template()
         body["Parameters"]["LatestImageId"]["Default"] = "/test/debian-12"
         for resource in body["Resources"].values():  # moto wants a Key/Value list, CloudFormation a map
             if resource["Type"] == "AWS::SSM::Parameter":
                 resource["Properties"]["Tags"] = [{"Key": k, "Value": v}
                                                   for k, v in resource["Properties"]["Tags"].items()]
+            if resource["Type"] == "AWS::KMS::Key":  # moto passes CloudFormation's Key/Value to KMS' TagKey API
+                resource["Properties"]["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]}
+                                                  for t in resource["Properties"]["Tags"]]
         boto3.client("ssm", region_name=region).put_parameter(Name="/test/debian-12", Value=image, Type="String")
         cfn = boto3.client("cloudformation", region_name=region)
         cfn.create_stack(StackName="mpi", TemplateBody=json.dumps(body), Capabilities=["CAPABILITY_IAM"],
@@ -232,7 +260,10 @@ def test_moto_deploys_the_template() -> None:
     assert outputs["ImageId"] == image  # what the user pins on updates
     assert outputs["SsmPrefix"] == f"/mpicloud/mpi/{key_id}"  # the deployment's own nonce
     assert {t["Key"]: t["Value"] for i in instances for t in i["Tags"]}["mpicloud:kms-key"] == key_id
-    assert len(volumes) == 1 and volumes[0]["Encrypted"] and volumes[0]["Attachments"][0]["Device"] == "/dev/sdf"
+    # moto ignores the volume's Encrypted/VolumeType (asserted on the template); it does attach it to node0
+    node0 = next(i["InstanceId"] for i in instances for t in i["Tags"] if t["Value"] == "mpi-node0")
+    assert len(volumes) == 1 and volumes[0]["Attachments"][0]["Device"] == "/dev/sdf"
+    assert volumes[0]["Attachments"][0]["InstanceId"] == node0
     assert all(i["IamInstanceProfile"]["Arn"] for i in instances)
     perms = [p for g in groups["SecurityGroups"] for p in g["IpPermissions"]]
     assert any(p.get("IpRanges") == [{"CidrIp": "203.0.113.0/24", "Description": "SSH from the allowed network only"}]
@@ -251,9 +282,8 @@ def test_template_from_a_spec_keeps_its_defaults_and_limit() -> None:
     with pytest.raises(RenderError, match="too small for 256 nodes"):  # the template always declares 256
         cluster_template(aws_spec(nodes=4))
     template = cluster_template(aws_spec(nodes=4, slots_per_node=16, aws={"subnet_cidr": "10.0.0.0/23"}))
-    assert template["Parameters"]["NodeCount"]["Default"] == 4
-    assert (template["Parameters"]["NodeCount"]["MinValue"], template["Parameters"]["NodeCount"]["MaxValue"]) == (
-        1, 256)
+    assert template["Parameters"]["NodeCount"]["Default"] == "4"
+    assert template["Parameters"]["NodeCount"]["AllowedValues"] == [str(n) for n in range(1, 257)]
     assert template["Parameters"]["SlotsPerNode"]["Default"] == 16
     from mpicloud.spec.model import ClusterSpec
 
