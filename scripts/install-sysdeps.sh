@@ -2,7 +2,8 @@
 # Install the Debian packages mpicloud's local cluster and tests need (only what is missing; root only).
 set -euo pipefail
 want=(openssh-server openssh-client openmpi-bin libopenmpi-dev samba smbclient cifs-utils squid dante-server
-      pigz pbzip2 zstd iproute2 procps util-linux cloud-init)
+      pigz pbzip2 zstd iproute2 procps util-linux cloud-init
+      slurmctld slurmd slurm-client munge libpmix-dev)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -16,9 +17,21 @@ fi
 echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
+# Package scripts must not start daemons: mpicloud's local clusters and tests run their own instances.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 apt-get install -y -q --no-install-recommends "${missing[@]}"
-# Debian starts the services it installs; mpicloud's tests run their own instances.
 for svc in smbd nmbd squid danted ssh; do
   (command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1) || true
   (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
+done
+# Not `service slurmd stop`: Debian's init scripts stop every slurmd/slurmctld by executable name, which
+# would also end the local clusters' own daemons. Stop only the packaged instances, by their PID files.
+for svc in munge slurmctld slurmd; do
+  (command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1) || true
+done
+for pidfile in /run/munge/munged.pid /run/slurmctld.pid /run/slurmd.pid; do
+  [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
 done

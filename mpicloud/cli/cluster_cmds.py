@@ -36,8 +36,8 @@ def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")]) 
 
 @app.command()
 def up(spec: Annotated[Path, typer.Argument(help="cluster spec with cloud: local")]) -> None:
-    """Start a local cluster (real sshd nodes on loopback, Open MPI) and its job runner; a stopped cluster of
-    the same spec starts again with its queue and data."""
+    """Start a local cluster (real sshd nodes, Open MPI, Slurm with scheduler: slurm) and its job runner; a
+    stopped cluster of the same spec starts again with its queue and data."""
     started = time.monotonic()
     cluster = Cluster.up(spec)
     record = cluster.record

@@ -1,4 +1,4 @@
-"""The embedded local cluster: one real OpenSSH sshd per node on its own loopback address, real Open MPI."""
+"""The embedded local cluster: one real OpenSSH sshd per node (own loopback address, or own namespaces), Open MPI."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from mpicloud.assets import install_runner
-from mpicloud.cluster import registry
+from mpicloud.cluster import local_ns, registry
 from mpicloud.cluster.keys import generate_keypair, load_public
 from mpicloud.cluster.processes import MARKER, cluster_processes, stop_cluster_processes
 from mpicloud.cluster.registry import ClusterRecord, DownReport, Node
@@ -23,7 +23,7 @@ from mpicloud.errors import ClusterError
 from mpicloud.render.runner_config import node_names, runner_config, runner_config_json
 from mpicloud.render.templating import render_template
 from mpicloud.spec.model import ClusterSpec
-from mpicloud.transport.hostkeys import pin_host_key
+from mpicloud.transport.hostkeys import host_entry, pin_host_key
 
 SSHD = "/usr/sbin/sshd"
 
@@ -75,13 +75,14 @@ def _pick_port(spec: ClusterSpec, addresses: list[str]) -> int:
     raise ClusterError(f"no free port between 22220 and 23000 on {addresses[0]}; set local.port")
 
 
-def _node_env(spec: ClusterSpec, name: str, cluster_id: str, ssh_config: Path) -> dict[str, str]:
+def _node_env(record: ClusterRecord, name: str, cluster_id: str, ssh_config: Path) -> dict[str, str]:
+    interfaces = record.local.get("subnet", "lo")
     env = {
-        MARKER: cluster_id, "MPICLOUD_NODE": name, "MPICLOUD_CLUSTER": spec.name,
+        MARKER: cluster_id, "MPICLOUD_NODE": name, "MPICLOUD_CLUSTER": record.name,
         "OMPI_MCA_plm_rsh_agent": f"ssh -F {ssh_config}", "OMPI_MCA_plm_rsh_no_tree_spawn": "1",
-        "OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "lo",
+        "OMPI_MCA_btl_tcp_if_include": interfaces, "OMPI_MCA_oob_tcp_if_include": interfaces,
         "OMPI_MCA_btl_vader_single_copy_mechanism": "none", "OMPI_MCA_rmaps_base_oversubscribe": "0",
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), **local_ns.session_env(record),
     }
     if os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
@@ -96,6 +97,7 @@ def up(spec: ClusterSpec) -> tuple[ClusterRecord, str]:
         raise ClusterError(f"`mpicloud up` starts local clusters; {spec.cloud} clusters are deployed with "
                            "`pulumi up` or the generated template, then `mpicloud attach`")
     require_tools()
+    local_ns.require(spec)
     directory = registry.cluster_dir(spec.name)
     if (directory / "cluster.json").exists():
         return _up_existing(spec, registry.load(spec.name))
@@ -103,8 +105,10 @@ def up(spec: ClusterSpec) -> tuple[ClusterRecord, str]:
     try:
         record = _create(spec, directory, cluster_id)
         _wait_ready(record)
+        local_ns.start_scheduler(spec, record)
     except BaseException:
         stop_cluster_processes(cluster_id, str(directory))
+        local_ns.teardown(cluster_id)
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return record, "created"
@@ -141,11 +145,12 @@ def _node_python() -> str:
 
 
 def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecord:
-    addresses = _addresses(spec)
-    port = _pick_port(spec, addresses)
     names = node_names(spec)
     user = _user()
     directory.mkdir(parents=True)
+    network = local_ns.create_network(spec, cluster_id, names)
+    addresses = network.addresses() if network else _addresses(spec)
+    port = 22 if network else _pick_port(spec, addresses)
     identity = directory / "id_ed25519"
     (directory / "authorized_keys").write_text(generate_keypair(identity, f"mpicloud-{spec.name}") + "\n")
     nodes = [Node(name=n, host=a, port=port) for n, a in zip(names, addresses, strict=True)]
@@ -161,20 +166,23 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
         slots_per_node=spec.slots_per_node, shared_path=str(shared), python=[_node_python()],
         runner=str(directory / "runner" / "runner.py"), key_file=str(identity),
         teardown=f"mpicloud down {spec.name}", idle_shutdown_minutes=spec.idle_shutdown_minutes,
-        local={"cluster_id": cluster_id, "ssh_config": str(ssh_config), "spec_digest": _spec_digest(spec)})
+        local={"cluster_id": cluster_id, "ssh_config": str(ssh_config), "spec_digest": _spec_digest(spec),
+               **local_ns.record_fields(spec, str(directory), cluster_id, network)})
     install_runner(directory / "runner")
-    stop = ["env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m", "mpicloud.cli", "stop", spec.name,
-            "--reason", "idle shutdown"]
+    stop = [*local_ns.host_prefix(record), "env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m",
+            "mpicloud.cli", "stop", spec.name, "--reason", "idle shutdown"]
     (shared / ".mpicloud" / "runner.json").write_text(runner_config_json(runner_config(spec, stop)))
     record.save()
     known_nodes: list[str] = []
-    for node in nodes:
-        known_nodes.append(_start_node(spec, record, node, cluster_id))
+    prefixes = local_ns.start_nodes(record, network)
+    for node, prefix in zip(nodes, prefixes, strict=True):
+        known_nodes.append(_start_node(spec, record, node, cluster_id, prefix))
     (directory / "known_hosts_nodes").write_text("".join(known_nodes))
     return record
 
 
-def _start_node(spec: ClusterSpec, record: ClusterRecord, node: Node, cluster_id: str) -> str:
+def _start_node(spec: ClusterSpec, record: ClusterRecord, node: Node, cluster_id: str,
+                enter: list[str] | None) -> str:
     """Write the node's sshd config and host key, start sshd, pin its key; return known_hosts lines."""
     node_dir = record.dir / node.name
     host_key = node_dir / "ssh_host_ed25519_key"
@@ -183,18 +191,21 @@ def _start_node(spec: ClusterSpec, record: ClusterRecord, node: Node, cluster_id
     config.write_text(render_template(
         "local/sshd_config.j2", node=node.name, address=node.host, port=node.port, host_key=host_key,
         pid_file=node_dir / "sshd.pid", authorized_keys=record.dir / "authorized_keys", user=record.user,
-        env=_node_env(spec, node.name, cluster_id, Path(record.local["ssh_config"]))))
+        env=_node_env(record, node.name, cluster_id, Path(record.local["ssh_config"]))))
     pin_host_key(record.known_hosts, node.host, node.port, load_public(host_key))
-    _spawn_sshd(record, node, cluster_id)
+    _spawn_sshd(record, node, cluster_id, enter)
     key_text = " ".join(public)
-    return f"{node.name},[{node.host}]:{node.port} {key_text}\n"
+    return f"{node.name},{host_entry(node.host, node.port)} {key_text}\n"
 
 
-def _spawn_sshd(record: ClusterRecord, node: Node, cluster_id: str) -> None:
-    """Start a node's sshd from its config in the cluster directory."""
+def _spawn_sshd(record: ClusterRecord, node: Node, cluster_id: str, enter: list[str] | None = None) -> None:
+    """Start a node's sshd from its config in the cluster directory (inside `enter`'s namespaces if given)."""
     node_dir = record.dir / node.name
     argv = [SSHD, "-D", "-e", "-f", str(node_dir / "sshd_config")]
-    if os.geteuid() == 0:
+    if enter is not None:  # the node's own namespaces
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        argv = [*enter, *argv]
+    elif os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         if shutil.which("unshare"):  # a distinct host name per node, where the OS allows it
             argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', node.name, *argv]
@@ -239,6 +250,7 @@ def stop(record: ClusterRecord, reason: str) -> list[int]:
     _stop_runner(Path(record.runner_root))
     survivors = stop_cluster_processes(record.local["cluster_id"], str(record.dir))
     if not survivors:
+        local_ns.teardown(record.local["cluster_id"], strict=True)
         record.stopped_at = time.time()
         record.stop_reason = reason
         record.save()
@@ -272,6 +284,7 @@ def start(record: ClusterRecord) -> ClusterRecord:
     """Start a stopped cluster's sshds again from its kept files (same addresses, port and host keys); the
     caller starts the runner, which picks up the queue. On failure stop what was started, keep every file."""
     require_tools()
+    local_ns.refuse_restart(record)
     cluster_id = record.local["cluster_id"]
     if running(record):
         if record.stopped_at is None:
@@ -302,6 +315,7 @@ def down(record: ClusterRecord) -> DownReport | list[int]:
     survivors = stop_cluster_processes(record.local["cluster_id"], str(record.dir))
     if survivors:
         return survivors
+    local_ns.teardown(record.local["cluster_id"], strict=True)
     jobs = job_count(record)
     removed = [str(record.dir)]
     root = Path(record.runner_root)

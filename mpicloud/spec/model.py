@@ -208,10 +208,15 @@ class AwsOptions(_Model):
 
 
 class LocalOptions(_Model):
-    """Options for the embedded local cluster (real sshd nodes on loopback addresses)."""
+    """Options for the embedded local cluster (real sshd nodes on loopback addresses or in namespaces)."""
 
-    address_base: str = Field(default="127.0.77.1", description="first node's loopback address")
-    port: int = Field(default=0, ge=0, le=65535, description="sshd port on every node; 0 picks a free one")
+    address_base: str = Field(default="127.0.77.1", description="loopback mode: first node's address")
+    port: int = Field(default=0, ge=0, le=65535, description="loopback mode: sshd port on every node; 0 picks "
+                                                             "a free one")
+    network: Literal["loopback", "namespaces"] | None = Field(
+        default=None, description="loopback: nodes on 127.x addresses; namespaces (root): each node its own "
+                                  "network/UTS/mount namespace on a private bridge in 198.18.0.0/15. Default: "
+                                  "namespaces with scheduler slurm, else loopback")
 
     @field_validator("address_base")
     @classmethod
@@ -246,6 +251,9 @@ class ClusterSpec(_Model):
     azure: AzureOptions | None = None
     aws: AwsOptions | None = None
     local: LocalOptions | None = None
+    scheduler: Literal["builtin", "slurm"] = Field(
+        default="builtin", description="what schedules jobs on the nodes: mpicloud's built-in queue or Slurm "
+                                       "(Linux)")
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -273,13 +281,27 @@ class ClusterSpec(_Model):
         if self.os == "linux" and self.cloud != "local" and not self.admin.ssh_public_key:
             raise ValueError("os linux needs admin.ssh_public_key")
         if self.azure is not None and not self.azure.password_ssh and not self.admin.ssh_public_key:
-            raise ValueError("azure.password_ssh false needs admin.ssh_public_key, or nobody could log in over SSH")
+            raise ValueError("azure.password_ssh false needs admin.ssh_public_key (or nobody can log in over SSH)")
         if self.cloud == "aws":
             for key in self.tags:
                 if not _IMDS_TAG_KEY.match(key) or key in (".", "..", "_index"):
                     raise ValueError(f"tags: key {key!r} is not allowed on AWS instances that expose tags over "
                                      "instance metadata (letters, digits and + - = . , _ : @ only; no spaces or /)")
+        self._scheduler_supported()
         return self
+
+    def _scheduler_supported(self) -> None:
+        if self.scheduler == "builtin":
+            return
+        if self.os != "linux":
+            raise ValueError(f"scheduler: {self.scheduler} runs on Linux clusters only; os {self.os} uses the "
+                             "built-in queue (scheduler: builtin)")
+        if self.cloud != "local":
+            raise ValueError(f"scheduler: {self.scheduler} is not supported yet for cloud: {self.cloud} "
+                             "(local clusters only for now); use scheduler: builtin")
+        if self.local_options.network == "loopback":
+            raise ValueError("scheduler: slurm on the local cluster needs local.network: namespaces "
+                             "(one network namespace per node, as root)")
 
     @property
     def password_only(self) -> bool:
@@ -320,6 +342,14 @@ class ClusterSpec(_Model):
     def local_options(self) -> LocalOptions:
         """Local cluster options with defaults."""
         return self.local or LocalOptions()
+
+    @property
+    def local_network(self) -> Literal["loopback", "namespaces"]:
+        """How local nodes are separated: the explicit choice, else namespaces for Slurm, loopback otherwise."""
+        chosen = self.local_options.network
+        if chosen is not None:
+            return chosen
+        return "namespaces" if self.scheduler == "slurm" else "loopback"
 
     @property
     def total_slots(self) -> int:

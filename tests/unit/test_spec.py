@@ -105,3 +105,26 @@ def test_windows_without_a_key_is_password_only_and_key_only_needs_a_key() -> No
     keyed = spec_from_dict({**base, "admin": {**base["admin"], "ssh_public_key": AWS["admin"]["ssh_public_key"]},
                             "azure": {"password_ssh": False}})
     assert not keyed.password_only
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("name: a1\ncloud: azure\nos: windows\nnodes: 1\nsize: x\nregion: y\nscheduler: slurm\n"
+     "admin: {password: {env: P}}\n", "scheduler: slurm runs on Linux clusters only"),
+    ("name: a1\ncloud: aws\nnodes: 1\nsize: x\nregion: y\nscheduler: slurm\n"
+     "admin: {ssh_public_key: 'ssh-ed25519 AAAA'}\n", "scheduler: slurm is not supported yet for cloud: aws"),
+    ("name: a1\ncloud: local\nnodes: 1\nscheduler: slurm\nlocal: {network: loopback}\n",
+     "scheduler: slurm on the local cluster needs local.network: namespaces"),
+    ("name: a1\ncloud: local\nnodes: 1\nscheduler: pbs\n", "scheduler: Input should be 'builtin' or 'slurm'"),
+    ("name: a1\ncloud: local\nnodes: 1\nlocal: {network: bridge}\n",
+     "local.network: Input should be 'loopback' or 'namespaces'"),
+])
+def test_scheduler_is_checked_against_os_cloud_and_network(text: str, expected: str) -> None:
+    assert any(expected in p for p in problems(text)), problems(text)
+
+
+def test_local_network_defaults_follow_the_scheduler() -> None:
+    base = {"name": "a1", "cloud": "local", "nodes": 2}
+    assert spec_from_dict(base).scheduler == "builtin"
+    assert spec_from_dict(base).local_network == "loopback"
+    assert spec_from_dict({**base, "scheduler": "slurm"}).local_network == "namespaces"
+    assert spec_from_dict({**base, "local": {"network": "namespaces"}}).local_network == "namespaces"

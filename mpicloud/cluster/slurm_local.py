@@ -1,0 +1,135 @@
+"""Slurm on the local cluster (root): one munged for every node, slurmctld on node0, one slurmd per node.
+
+Layout under `<cluster dir>/slurm/`: `slurm.conf`, `state/`, `slurmctld.log`, per node `<node>/slurmd.log`,
+`jobcomp.txt`. What holds Unix sockets lives under `/run/mpicloud-<tag>/` (short paths: sun_path has 108
+bytes; munged also demands a socket path every user may traverse, which a 0700 home is not):
+`munge/` (socket, key, log) and per node `<node>/{spool,tmp}` (slurmd's and PMIx's sockets). Every Slurm command needs
+`SLURM_CONF` (`client_env`); the nodes' sshds hand it to every session. Daemons carry the cluster's marker
+variable, so `down` stops them with every other process of the cluster.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpicloud.cluster.registry import Node
+from mpicloud.errors import ClusterError
+from mpicloud.render.templating import render_template
+
+PROGRAMS = (("munged", "munge"), ("mungekey", "munge"), ("slurmctld", "slurmctld"), ("slurmd", "slurmd"),
+            ("sbatch", "slurm-client"), ("scontrol", "slurm-client"), ("sinfo", "slurm-client"))
+
+
+@dataclass(frozen=True)
+class SlurmLayout:
+    """Where one local cluster keeps its Slurm configuration, sockets, state and logs."""
+
+    root: Path
+    run: Path  # short-path directory for sockets: munge/, <node>/spool, <node>/tmp
+
+    @property
+    def munge_dir(self) -> Path:
+        """munged's directory (mode 711, as munged demands)."""
+        return self.run / "munge"
+
+    @property
+    def conf(self) -> Path:
+        """slurm.conf (what SLURM_CONF names)."""
+        return self.root / "slurm.conf"
+
+    @property
+    def munge_socket(self) -> Path:
+        """The socket every node's Slurm daemons and commands authenticate through."""
+        return self.munge_dir / "munge.socket"
+
+    def client_env(self) -> dict[str, str]:
+        """Environment that lets `sbatch`, `squeue`, `scontrol`, `srun` reach this cluster."""
+        return {"SLURM_CONF": str(self.conf)}
+
+
+def require_slurm() -> None:
+    """Fail with the Debian package to install when a Slurm or munge program or PMIx is missing."""
+    if os.geteuid() != 0:
+        raise ClusterError("scheduler: slurm on the local cluster runs Slurm's daemons as root; run as root")
+    for program, package in PROGRAMS:
+        if shutil.which(program) is None and not Path("/usr/sbin", program).is_file():
+            raise ClusterError(f"scheduler: slurm needs {program}: apt-get install {package}")
+    if not glob.glob("/usr/lib/*/libpmix.so") and not glob.glob("/usr/lib/libpmix.so"):
+        raise ClusterError("scheduler: slurm needs libpmix.so (srun --mpi=pmix): apt-get install libpmix-dev")
+
+
+def write_config(layout: SlurmLayout, cluster: str, nodes: Sequence[Node], cpus: int) -> None:
+    """Write slurm.conf and a fresh munge key."""
+    for node in nodes:
+        (layout.root / node.name).mkdir(parents=True, exist_ok=True)
+        for sub in ("spool", "tmp"):
+            (layout.run / node.name / sub).mkdir(parents=True, exist_ok=True)
+    (layout.root / "state").mkdir(parents=True, exist_ok=True)
+    layout.munge_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    layout.munge_dir.chmod(0o711)
+    layout.conf.write_text(render_template(
+        "local/slurm.conf.j2", cluster=cluster, nodes=list(nodes), cpus=cpus, root=layout.root, run=layout.run,
+        munge_socket=layout.munge_socket))
+    _run(["mungekey", "--create", "--force", f"--keyfile={layout.munge_dir / 'munge.key'}"], {})
+
+
+def start(layout: SlurmLayout, nodes: Sequence[Node], enter: Sequence[list[str]], env: dict[str, str],
+          timeout: float = 30.0) -> None:
+    """Start munged, slurmctld in node 0, one slurmd per node (`enter[i]` runs a command in node i);
+    return when every node is idle."""
+    munge = layout.munge_dir
+    _spawn(["munged", "-F", f"--socket={layout.munge_socket}", f"--key-file={munge / 'munge.key'}",
+            f"--log-file={munge / 'munged.log'}", f"--pid-file={munge / 'munged.pid'}",
+            f"--seed-file={munge / 'munged.seed'}"], munge / "munged.out", env)
+    _until(lambda: layout.munge_socket.exists(), timeout, "munged did not create its socket", munge / "munged.out")
+    daemon_env = {**env, **layout.client_env()}
+    _spawn([*enter[0], "slurmctld", "-D", "-f", str(layout.conf)], layout.root / "slurmctld.out", daemon_env)
+    _until(lambda: "is UP" in _query(["scontrol", "ping"], layout), timeout, "slurmctld did not answer",
+           layout.root / "slurmctld.log")
+    for node, prefix in zip(nodes, enter, strict=True):
+        _spawn([*prefix, "slurmd", "-D", "-N", node.name, "-f", str(layout.conf)],
+               layout.root / node.name / "slurmd.out", daemon_env)
+    names = {n.name for n in nodes}
+    _until(lambda: _idle(layout) == names, timeout, "the slurmds did not register as idle",
+           layout.root / nodes[-1].name / "slurmd.log")
+
+
+def _idle(layout: SlurmLayout) -> set[str]:
+    rows = _query(["sinfo", "-h", "-N", "-o", "%N %t"], layout).split("\n")
+    return {r.split()[0] for r in rows if r.strip() and r.split()[-1] == "idle"}
+
+
+def _query(argv: list[str], layout: SlurmLayout) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **layout.client_env()},
+                          timeout=10, check=False)
+    return done.stdout
+
+
+def _spawn(argv: list[str], log_path: Path, env: dict[str, str]) -> None:
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                     env={**os.environ, **env})
+    log.close()
+
+
+def _run(argv: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env}, check=False)
+    if done.returncode != 0:
+        raise ClusterError(f"`{argv[0]}` failed: {done.stderr.strip() or done.returncode}")
+
+
+def _until(ready: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            raise ClusterError(f"{what} within {timeout:.0f} s" + (f": {tail[0]}" if tail else "")
+                               + f" (logs in {log.parent})")
+        time.sleep(0.05)

@@ -1,0 +1,207 @@
+"""The local cluster in namespaced mode with real Slurm: munged, slurmctld, a slurmd and an sshd per node.
+
+Root only (network namespaces, a bridge, Slurm's daemons as root); a machine without the packages fails
+with the package to install. `down` and failed `up`s are checked against `ip netns`, `ip link` and /proc.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mpicloud.api import Cluster
+from mpicloud.spec import spec_from_dict
+from tests.conftest import ROOT, cli, require
+
+LAB = ipaddress.IPv4Network("198.18.0.0/15")
+
+
+def require_slurm() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the Slurm local-cluster tests run as root (namespaces, Slurm daemons)")
+    for program, package in (("slurmctld", "slurmctld"), ("slurmd", "slurmd"), ("sbatch", "slurm-client"),
+                             ("munged", "munge"), ("nsenter", "util-linux"), ("ip", "iproute2"),
+                             ("mpicc", "libopenmpi-dev")):
+        require(program, package)
+    if not list(Path("/usr/lib").glob("*/libpmix.so")):
+        pytest.fail("libpmix.so is missing: install the Debian package libpmix-dev")
+
+
+def ours() -> set[str]:
+    """Every namespace, interface (prefix mpc) and /run directory a local cluster could own."""
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    names = {line.split()[0] for line in netns.splitlines() if line.strip()}
+    names |= {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()}
+    return {n for n in names if n.startswith("mpc")} | {p.name for p in Path("/run").glob("mpicloud-[0-9a-f]*")}
+
+
+def processes_with(text: str) -> list[int]:
+    """PIDs whose environment or command line mentions `text` (the test's own MPICLOUD_HOME)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text.encode() in blob and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 2-node x 2-CPU namespaced local cluster with Slurm, in a private MPICLOUD_HOME."""
+    require_slurm()
+    home = tmp_path_factory.mktemp("slurm-home")
+    old = os.environ.get("MPICLOUD_HOME")
+    os.environ["MPICLOUD_HOME"] = str(home)
+    before = ours()
+    cluster = Cluster.up(spec_from_dict({"name": "slurmtest", "cloud": "local", "nodes": 2,
+                                         "slots_per_node": 2, "scheduler": "slurm"}))
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+        if old is None:
+            os.environ.pop("MPICLOUD_HOME", None)
+        else:
+            os.environ["MPICLOUD_HOME"] = old
+    assert ours() <= before
+    assert processes_with(str(home)) == []
+
+
+def slurm_env(cluster: Cluster) -> dict[str, str]:
+    return {**os.environ, "SLURM_CONF": cluster.record.local["slurm_conf"]}
+
+
+def test_nodes_have_their_own_address_hostname_and_sshd(slurm_cluster: Cluster) -> None:
+    nodes = slurm_cluster.record.nodes
+    assert len({n.host for n in nodes}) == 2
+    for node in nodes:
+        assert ipaddress.IPv4Address(node.host) in LAB and node.port == 22
+        with socket.create_connection((node.host, node.port), timeout=5) as sock:  # from the host
+            assert sock.recv(4) == b"SSH-"
+        ssh = subprocess.run(["ssh", "-F", slurm_cluster.record.local["ssh_config"], node.name,
+                              "hostname; ip -4 -o addr show eth0"], capture_output=True, text=True, timeout=60)
+        assert ssh.returncode == 0, ssh.stderr
+        lines = ssh.stdout.splitlines()
+        assert lines[0] == node.name and f"inet {node.host}/" in lines[1]
+
+
+def test_srun_spans_two_hostnames(slurm_cluster: Cluster) -> None:
+    done = subprocess.run(["srun", "-N2", "-n4", "hostname"], capture_output=True, text=True, timeout=120,
+                          env=slurm_env(slurm_cluster))
+    assert done.returncode == 0, done.stderr
+    names = done.stdout.split()
+    assert len(names) == 4 and set(names) == {"node0", "node1"}
+
+
+def test_sbatch_with_mpirun_runs_four_ranks_over_both_nodes(slurm_cluster: Cluster) -> None:
+    work = Path(slurm_cluster.record.shared_path) / "mpi-sbatch"
+    work.mkdir()
+    (work / "allreduce.c").write_bytes((ROOT / "examples/mpi/allreduce.c").read_bytes())
+    transport = slurm_cluster.queue.transport  # one SSH session to node0, inside its namespaces
+    script = (f"cd {work} && mpicc -O2 -o allreduce allreduce.c && "
+              "sbatch --parsable --wait -N2 -n4 -o out.txt --wrap 'mpirun ./allreduce'")
+    result = transport.run(script, timeout=180)
+    assert result.exit_code == 0, result.stderr.decode()
+    out = (work / "out.txt").read_text()
+    assert "allreduce sum=10 expected=10" in out
+    ranks = [line for line in out.splitlines() if line.startswith("rank ")]
+    assert len(ranks) == 4
+    assert {line.split(" on ")[1].split()[0] for line in ranks} == {"node0", "node1"}
+
+
+def test_builtin_queue_runs_mpi_over_namespaced_nodes(slurm_cluster: Cluster) -> None:
+    job = slurm_cluster.submit(["sh", "run.sh"], cores=4, name="allreduce-ns",
+                               inputs=[ROOT / "examples/mpi/allreduce.c", ROOT / "examples/mpi/run.sh"])
+    info = job.wait(180)
+    assert info.state == "succeeded", job.stderr()
+    assert "allreduce sum=10 expected=10" in job.stdout()
+    assert [h for h, _ in info.hosts] == ["node0", "node1"]
+
+
+def spec_file(tmp_path: Path, text: str) -> tuple[Path, Path]:
+    """A private MPICLOUD_HOME and a spec file in tmp_path (after checking the packages)."""
+    require_slurm()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    return tmp_path / "home", spec
+
+
+@pytest.mark.parametrize("point", ["network", "holders", "slurm"])
+def test_failed_up_leaves_no_daemon_namespace_or_link(point: str, tmp_path: Path) -> None:
+    home, spec = spec_file(tmp_path, "name: failing\ncloud: local\nnodes: 2\nscheduler: slurm\n")
+    before = ours()
+    failed = cli("up", str(spec), env={"MPICLOUD_HOME": str(home), "MPICLOUD_FAIL_AT": point})
+    assert failed.returncode != 0 and f"failing at {point!r}" in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert ours() <= before
+    assert processes_with(str(home)) == []
+    assert not (home / "clusters" / "failing").exists()
+
+
+@pytest.mark.parametrize("point", ["holders", "slurm"])
+def test_down_after_up_was_killed_leaves_nothing(point: str, tmp_path: Path) -> None:
+    home, spec = spec_file(tmp_path, "name: killed\ncloud: local\nnodes: 2\nscheduler: slurm\n")
+    before = ours()
+    env = {"MPICLOUD_HOME": str(home)}
+    killed = cli("up", str(spec), env={**env, "MPICLOUD_FAIL_AT": f"{point}:kill"})
+    assert killed.returncode == -9
+    assert ours() > before and processes_with(str(home))  # the crash left the cluster half made
+    down = cli("down", "killed", env=env)
+    assert down.returncode == 0, down.stderr
+    assert ours() <= before
+    assert processes_with(str(home)) == []
+    assert not (home / "clusters" / "killed").exists()
+
+
+def test_demo_script_runs_the_slurm_example(tmp_path: Path) -> None:
+    require_slurm()
+    env = {**os.environ, "MPICLOUD_HOME": str(tmp_path / "home"), "DEMO_OUT": str(tmp_path / "out"),
+           "DEMO_SPEC": "examples/local-slurm.yaml", "MPICLOUD": f"{sys.executable} -m mpicloud.cli"}
+    before = ours()
+    done = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ranks=4 sum=10 expected=10 OK" in done.stdout
+    assert "2 node0" in done.stdout and "2 node1" in done.stdout  # srun's hostnames, counted
+    assert ours() <= before and processes_with(str(tmp_path / "home")) == []
+
+
+def test_idle_shutdown_from_node0_stops_the_namespaced_cluster(tmp_path: Path) -> None:
+    home, spec = spec_file(tmp_path, "name: idle\ncloud: local\nnodes: 2\nidle_shutdown_minutes: 0.05\n"
+                                     "local: {network: namespaces}\n")
+    before = ours()
+    env = {"MPICLOUD_HOME": str(home)}
+    up = cli("up", str(spec), env=env)
+    assert up.returncode == 0, up.stderr
+    assert "198.18." in up.stdout or "198.19." in up.stdout
+    record = home / "clusters" / "idle" / "cluster.json"
+    deadline = time.monotonic() + 120  # the runner in node0 runs `stop` in the host's namespaces
+
+    def stopped() -> bool:
+        return json.loads(record.read_text()).get("stopped_at") is not None and not processes_with(str(home))
+
+    while not stopped() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stopped()
+    assert ours() <= before  # no namespace, veth or bridge kept while stopped
+    again = cli("start", "idle", env=env)
+    assert again.returncode != 0 and "cannot restart yet" in again.stderr and "Traceback" not in again.stderr
+    down = cli("down", "idle", env=env)
+    assert down.returncode == 0, down.stderr
+    assert not (home / "clusters" / "idle").exists()
