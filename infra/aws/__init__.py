@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_aws as aws
 
 from aws.iam import NodeIdentity, NodeIdentityArgs
 from aws.network import Network, NetworkArgs
@@ -27,25 +28,30 @@ class MpiCluster(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MpiClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mpicloud:aws:MpiCluster", name, None, opts)
-        spec, child = args.spec, pulumi.ResourceOptions(parent=self)
+        spec = args.spec
+        # one explicit provider from spec.region: every resource, invoke and ARN uses that region, never the
+        # ambient AWS_REGION / aws:region of the machine running `pulumi up`
+        self.provider = aws.Provider(f"{name}-aws", region=spec.region, opts=pulumi.ResourceOptions(parent=self))
+        child = pulumi.ResourceOptions(parent=self, providers={"aws": self.provider})
         tags = cluster_tags(spec)
         self.network = Network(f"{name}-net", NetworkArgs(spec, tags), child)
         self.identity = NodeIdentity(f"{name}-id", NodeIdentityArgs(spec, tags), child)
         # the nodes wait for the whole network (internet route included): cloud-init installs packages at boot
-        self.nodes = Nodes(f"{name}-nodes", NodesArgs(spec, self.network.subnet_id,
-                                                      self.network.security_group_id,
-                                                      self.identity.profile_name, tags),
-                           pulumi.ResourceOptions(parent=self, depends_on=[self.network]))
-        head = self.nodes.instances[0]
+        self.nodes = Nodes(f"{name}-nodes", NodesArgs(
+            spec, self.network.subnet_id, self.network.availability_zone, self.network.security_group_id,
+            self.identity.profile_name, self.identity.ssm_prefix, self.identity.key.key_id, tags),
+            pulumi.ResourceOptions(parent=self, providers={"aws": self.provider}, depends_on=[self.network]))
+        head_ip = self.nodes.public_ips.apply(lambda ips: ips[0])
         user = spec.admin.username
         self.outputs = {
             "public_ips": self.nodes.public_ips,
             "private_ips": pulumi.Output.all(*[n.private_ip for n in self.nodes.instances]),
-            "ssh_command": head.public_ip.apply(lambda ip: f"ssh {user}@{ip}"),
-            "attach_command": head.public_ip.apply(
+            "ami": self.nodes.ami,
+            "ssh_command": head_ip.apply(lambda ip: f"ssh {user}@{ip}"),
+            "attach_command": head_ip.apply(
                 lambda ip: f"mpicloud attach {spec.name} --host {ip} --user {user} --slots {spec.slots_per_node}"),
             # Pulumi cannot read console output: cloud-init prints the host key fingerprints there
-            "host_key_fingerprints": head.id.apply(
+            "host_key_fingerprints": self.nodes.instances[0].id.apply(
                 lambda i: f"aws ec2 get-console-output --latest --output text --instance-id {i} "
                           "| sed -n '/BEGIN SSH HOST KEY FINGERPRINTS/,/END SSH HOST KEY FINGERPRINTS/p'"),
         }

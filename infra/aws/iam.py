@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from mpicloud.render.aws_common import secrets_policy, ssm_prefix
+from mpicloud.render.aws_common import secrets_key_policy, secrets_policy, ssm_prefix
 from mpicloud.render.iam import assume_bucket_role_policy, bucket_access_policy, ec2_trust_policy
 from mpicloud.spec import ClusterSpec
 
@@ -28,17 +28,28 @@ class NodeIdentity(pulumi.ComponentResource):
 
     profile_name: pulumi.Output[str]
     policies: list[aws.iam.RolePolicy]
+    key: aws.kms.Key  # the deployment's own key for its SSM secrets; its id is the SSM path's nonce
+    ssm_prefix: pulumi.Output[str]
 
     def __init__(self, name: str, args: NodeIdentityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mpicloud:aws:NodeIdentity", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        invoke = pulumi.InvokeOptions(parent=self)
         role = aws.iam.Role(f"{name}-role", assume_role_policy=json.dumps(ec2_trust_policy()), tags=args.tags,
                             opts=child)
-        identity, partition = aws.get_caller_identity_output(), aws.get_partition_output()
+        identity, partition = aws.get_caller_identity_output(opts=invoke), aws.get_partition_output(opts=invoke)
+        root = pulumi.Output.concat("arn:", partition.partition, ":iam::", identity.account_id, ":root")
+        self.key = aws.kms.Key(
+            f"{name}-secrets-key", description=f"mpicloud {args.spec.name}: cluster SSH key and Samba password",
+            enable_key_rotation=True, deletion_window_in_days=7, tags=args.tags, opts=child,
+            policy=pulumi.Output.all(root, role.arn).apply(
+                lambda a: json.dumps(secrets_key_policy(a[0], a[1]), sort_keys=True)))
+        self.ssm_prefix = self.key.key_id.apply(lambda nonce: ssm_prefix(args.spec.name, nonce))
         arn = pulumi.Output.concat("arn:", partition.partition, ":ssm:", args.spec.region or "", ":",
-                                   identity.account_id, ":parameter", ssm_prefix(args.spec.name), "/*")
+                                   identity.account_id, ":parameter", self.ssm_prefix, "/*")
         self.policies = [aws.iam.RolePolicy(f"{name}-secrets", role=role.id, opts=child,
-                                            policy=arn.apply(lambda a: json.dumps(secrets_policy(a), sort_keys=True)))]
+                                            policy=pulumi.Output.all(arn, self.key.arn).apply(
+                lambda a: json.dumps(secrets_policy(a[0], a[1]), sort_keys=True)))]
         bucket, grant = args.spec.bucket, args.spec.bucket_grant
         if bucket is not None and grant == "instance_role":
             self.policies.append(aws.iam.RolePolicy(f"{name}-bucket", role=role.id, opts=child,
@@ -50,4 +61,4 @@ class NodeIdentity(pulumi.ComponentResource):
                                                                       sort_keys=True)))
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=args.tags, opts=child)
         self.profile_name = profile.name
-        self.register_outputs({"profile_name": self.profile_name})
+        self.register_outputs({"profile_name": self.profile_name, "ssm_prefix": self.ssm_prefix})

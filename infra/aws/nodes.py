@@ -1,4 +1,4 @@
-"""The nodes: cluster placement group, key pair, N instances (IMDSv2, encrypted root, optional EFA)."""
+"""The nodes: cluster placement group, key pair, N instances (IMDSv2, encrypted root, optional EFA), /shared volume."""
 
 from __future__ import annotations
 
@@ -8,19 +8,33 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from mpicloud.render.aws_common import METADATA_OPTIONS, literal_node_tags, ssm_prefix
+from mpicloud.render.aws_common import (
+    METADATA_OPTIONS,
+    SHARED_VOLUME_DEVICE,
+    TAG_SHARED_VOLUME,
+    idle_tag,
+    node_tags,
+)
 from mpicloud.render.linux import node_addresses, runner_parameters, user_data_base64
 from mpicloud.spec import ClusterSpec
+
+#: instance inputs a later `pulumi up` leaves alone: the AMI is resolved once (a newer "latest" image must not
+#: replace every node), and user data only runs at first boot anyway (changing it would stop and start the node)
+INSTANCE_IGNORED = ["ami", "userData", "userDataBase64"]
 
 
 @dataclass
 class NodesArgs:
-    """Where the nodes go (subnet, security group, instance profile) and the tags for every resource."""
+    """Where the nodes go (subnet and its zone, security group, instance profile), the deployment's SSM path and
+    KMS key, and the tags for every resource."""
 
     spec: ClusterSpec
     subnet_id: pulumi.Input[str]
+    availability_zone: pulumi.Input[str]
     security_group_id: pulumi.Input[str]
     profile_name: pulumi.Input[str]
+    ssm_prefix: pulumi.Output[str]
+    key_id: pulumi.Input[str]
     tags: dict[str, str]
 
 
@@ -30,7 +44,10 @@ class Nodes(pulumi.ComponentResource):
     instances: list[aws.ec2.Instance]
     addresses: list[aws.ec2.Eip]  # EFA nodes only: a pre-made interface gets no automatic public address
     runner_parts: list[aws.ssm.Parameter]  # the runner, too big for user data; the head node joins them
+    shared_volume: aws.ebs.Volume | None  # the head node's shared directory, a volume of its own
+    shared_attachment: aws.ec2.VolumeAttachment | None
     public_ips: pulumi.Output[list[str]]
+    ami: pulumi.Output[str]
 
     def __init__(self, name: str, args: NodesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mpicloud:aws:Nodes", name, None, opts)
@@ -42,39 +59,61 @@ class Nodes(pulumi.ComponentResource):
         if key_name is None:
             key_name = aws.ec2.KeyPair(f"{name}-key", public_key=spec.admin.ssh_public_key, tags=args.tags,
                                        opts=child).key_name
-        ami = aws.ssm.get_parameter_output(name=options.ami_ssm_parameter).value
+        self.ami = pulumi.Output.from_input(options.ami) if options.ami else aws.ssm.get_parameter_output(
+            name=options.ami_ssm_parameter, opts=pulumi.InvokeOptions(parent=self)).value
         ips = node_addresses(options.subnet_cidr, spec.nodes)
         common = {
-            "ami": ami, "instance_type": spec.size, "key_name": key_name, "iam_instance_profile": args.profile_name,
+            "ami": self.ami, "instance_type": spec.size, "key_name": key_name,
+            "iam_instance_profile": args.profile_name,
             "placement_group": group.name if group else None, "metadata_options": METADATA_OPTIONS,
-            "root_block_device": {"encrypted": True, "volume_size": options.root_volume_gb, "volume_type": "gp3"},
+            "root_block_device": {"encrypted": True, "volume_size": options.root_volume_gb, "volume_type": "gp3",
+                                  "tags": args.tags},
             "instance_initiated_shutdown_behavior": "stop", "monitoring": True, "ebs_optimized": True,
         }
         self.addresses = []
         self.runner_parts = [
-            aws.ssm.Parameter(f"{name}-runner-{i}", name=key, type="String", value=value, tier="Standard",
-                              description="mpicloud runner (gzip+base64 piece)", tags=args.tags, opts=child)
-            for i, (key, value) in enumerate(sorted(runner_parameters(ssm_prefix(spec.name)).items()))]
+            aws.ssm.Parameter(f"{name}-runner-{i}", name=args.ssm_prefix.apply(lambda p, k=key: p + k), type="String",
+                              value=value, tier="Standard", description="mpicloud runner (gzip+base64 piece)",
+                              tags=args.tags, opts=child)
+            for i, (key, value) in enumerate(sorted(runner_parameters("").items()))]
+        self.shared_volume = None
+        if spec.shared_storage.kind != "local":
+            # retain_on_delete: even `pulumi destroy` keeps the results; docs/aws-linux.md says how to delete it
+            self.shared_volume = aws.ebs.Volume(
+                f"{name}-shared", availability_zone=args.availability_zone, size=options.shared_volume_gb,
+                type="gp3", encrypted=True, tags={**args.tags, "Name": f"{spec.name}-shared"},
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
         self.instances = [self._instance(f"{name}-node{i}", i, ips, common, args) for i in range(spec.nodes)]
-        self.public_ips = pulumi.Output.all(*[n.public_ip for n in self.instances])
-        self.register_outputs({"public_ips": self.public_ips})
+        self.shared_attachment = None if self.shared_volume is None else aws.ec2.VolumeAttachment(
+            f"{name}-shared-attach", device_name=SHARED_VOLUME_DEVICE, volume_id=self.shared_volume.id,
+            instance_id=self.instances[0].id, stop_instance_before_detaching=True, opts=child)
+        # EFA nodes are reached through their Elastic IPs (a pre-made interface has no automatic public address)
+        self.public_ips = pulumi.Output.all(*[a.public_ip for a in self.addresses]) if self.addresses else \
+            pulumi.Output.all(*[n.public_ip for n in self.instances])
+        self.register_outputs({"public_ips": self.public_ips, "ami": self.ami})
 
     def _instance(self, name: str, index: int, ips: list[str], common: dict[str, Any],
                   args: NodesArgs) -> aws.ec2.Instance:
         child = pulumi.ResourceOptions(parent=self)
-        after = pulumi.ResourceOptions(parent=self, depends_on=list(self.runner_parts) if index == 0 else [])
-        tags = {**args.tags, **literal_node_tags(args.spec), "Name": name}
+        after = pulumi.ResourceOptions(parent=self, depends_on=list(self.runner_parts) if index == 0 else [],
+                                       ignore_changes=INSTANCE_IGNORED)
+        spec = args.spec
+        tags: dict[str, pulumi.Input[str]] = {
+            **args.tags, **node_tags(str(spec.nodes), str(spec.slots_per_node), args.ssm_prefix, idle_tag(spec),
+                                     args.key_id), "Name": name}
+        if index == 0 and self.shared_volume is not None:
+            tags[TAG_SHARED_VOLUME] = self.shared_volume.id
         network: dict[str, Any] = {"subnet_id": args.subnet_id, "private_ip": ips[index],
                                    "vpc_security_group_ids": [args.security_group_id],
                                    "associate_public_ip_address": True}
         eni = None
-        if args.spec.aws_options.efa:
+        if spec.aws_options.efa:
             eni = aws.ec2.NetworkInterface(f"{name}-efa", subnet_id=args.subnet_id, interface_type="efa",
                                            private_ips=[ips[index]], security_groups=[args.security_group_id],
                                            tags=args.tags, opts=child)
             network = {"network_interfaces": [{"network_interface_id": eni.id, "device_index": 0}]}
-        instance = aws.ec2.Instance(name, user_data_base64=user_data_base64(args.spec, index, ips), tags=tags,
-                                    volume_tags=args.tags, opts=after, **common, **network)
+        instance = aws.ec2.Instance(name, user_data_base64=user_data_base64(spec, index, ips), tags=tags,
+                                    opts=after, **common, **network)
         if eni is not None:
             self.addresses.append(aws.ec2.Eip(f"{name}-ip", domain="vpc", network_interface=eni.id, tags=args.tags,
                                               opts=child))

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import pulumi
 
-from azure_mpi.cluster import MpiCluster, MpiClusterArgs
+from azure_mpi.cluster import PASSWORD_CONFIG, MpiCluster, MpiClusterArgs
 from mpicloud.spec import ClusterSpec
 
 __all__ = ["MpiCluster", "MpiClusterArgs", "deploy"]
 
 
 def deploy(spec: ClusterSpec) -> MpiCluster:
-    """Create the cluster described by `spec` and export addresses, admin user, SSH command and host keys."""
-    cluster = MpiCluster(spec.name, MpiClusterArgs(spec=spec))
+    """Create the cluster described by `spec` and export addresses, admin user, SSH command and host keys.
+
+    The admin password is the stack secret mpicloud:adminPassword (`pulumi config set --secret`), not an
+    environment variable every `pulumi up` would need."""
+    password = pulumi.Config("mpicloud").require_secret(PASSWORD_CONFIG)
+    cluster = MpiCluster(spec.name, MpiClusterArgs(spec=spec, admin_password=password))
     for key, value in cluster.outputs().items():
         pulumi.export(key, value)
     return cluster

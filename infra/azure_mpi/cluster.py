@@ -10,15 +10,18 @@ from pulumi_azure_native import compute, resources
 from azure_mpi.network import Network, NetworkArgs
 from azure_mpi.nodes import Nodes, NodesArgs
 from mpicloud.render import azure, windows
-from mpicloud.secret import secret_from_env
 from mpicloud.spec import ClusterSpec
+
+#: the stack secret holding the admin password: `pulumi config set --secret mpicloud:adminPassword`
+PASSWORD_CONFIG = "adminPassword"
 
 
 @dataclass
 class MpiClusterArgs:
-    """Inputs of the cluster: the spec (the admin password is read from its environment variable)."""
+    """Inputs of the cluster: the spec and the admin password (deploy() reads it from the stack's secret config)."""
 
     spec: ClusterSpec
+    admin_password: pulumi.Input[str]
 
 
 class MpiCluster(pulumi.ComponentResource):
@@ -28,8 +31,7 @@ class MpiCluster(pulumi.ComponentResource):
         super().__init__("mpicloud:azure:MpiCluster", name, None, opts)
         spec = self.spec = args.spec
         child = pulumi.ResourceOptions(parent=self)
-        assert spec.admin.password is not None  # the spec model requires it for Windows
-        password = pulumi.Output.secret(secret_from_env(spec.admin.password.env, "admin password").reveal())
+        password = pulumi.Output.secret(args.admin_password)
         group_name = spec.azure_options.resource_group or f"{spec.name}-rg"
         self.group = resources.ResourceGroup(group_name, resource_group_name=group_name, location=spec.region,
                                              tags=azure.tags(spec), opts=child)
@@ -50,6 +52,7 @@ class MpiCluster(pulumi.ComponentResource):
             "attach_command": head_ip.apply(lambda ip: azure.attach_command(
                 spec.name, ip or "<N0 public IP>", spec.admin.username,
                 spec.admin.password.env if spec.admin.password else "MPICLOUD_ADMIN_PASSWORD")),
+            "password_only": spec.password_only,
             "host_key_fingerprints": pulumi.Output.all(*[_host_keys(self.group.name, n.vm.name, n.extension.name)
                                                          for n in nodes]).apply(_merge),
         }

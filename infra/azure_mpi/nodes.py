@@ -37,58 +37,73 @@ class Node(pulumi.ComponentResource):
         spec, tags, child = args.spec, azure.tags(args.spec), pulumi.ResourceOptions(parent=self)
         options = spec.azure_options
         self.public_ip = None
+        resource = azure.vm_name(spec.name, name)
         if options.public_ip == "per_node" or index == 0:
-            self.public_ip = public_ip(f"{name}-ip", NetworkArgs(spec, args.resource_group_name, args.location), self)
+            self.public_ip = public_ip(f"{resource}-ip", NetworkArgs(spec, args.resource_group_name, args.location),
+                                       self)
         self.nic = network.NetworkInterface(
-            f"{name}-nic", network_interface_name=f"{name}-nic", resource_group_name=args.resource_group_name,
+            f"{name}-nic", network_interface_name=f"{resource}-nic", resource_group_name=args.resource_group_name,
             location=args.location, enable_accelerated_networking=options.accelerated_networking, tags=tags,
             ip_configurations=[network.NetworkInterfaceIPConfigurationArgs(
                 name="ipconfig", private_ip_allocation_method="Dynamic", subnet=network.SubnetArgs(id=args.subnet_id),
                 public_ip_address=network.PublicIPAddressArgs(id=self.public_ip.id) if self.public_ip else None)],
             opts=child)
-        self.vm = compute.VirtualMachine(name, **_vm_args(name, args, self.nic, ppg, script), opts=child)
+        # the bootstrap is userData (updated in place); a new password or image must not replace the VM (and
+        # wipe C:\shared on N0): ARM refuses to change adminPassword, and the image is pinned at creation
+        self.vm = compute.VirtualMachine(name, **_vm_args(name, index, args, self.nic, ppg, script),
+                                         opts=pulumi.ResourceOptions(parent=self, ignore_changes=VM_IGNORED))
         self.extension = compute.VirtualMachineExtension(
             f"{name}-{azure.EXTENSION_NAME}", vm_extension_name=azure.EXTENSION_NAME, vm_name=self.vm.name,
             resource_group_name=args.resource_group_name, location=args.location, tags=tags,
             publisher=azure.EXTENSION["publisher"], type=azure.EXTENSION["type"],
             type_handler_version=azure.EXTENSION["typeHandlerVersion"], auto_upgrade_minor_version=True,
-            settings={"timestamp": windows.script_version(script)},
+            force_update_tag=windows.force_update_tag(script), settings={"timestamp": windows.script_version(script)},
             protected_settings=pulumi.Output.secret(pulumi.Output.from_input(args.admin_password).apply(
-                lambda password: {"commandToExecute": _command(spec, index, password)})),
+                lambda password: {"commandToExecute": _command(spec, index, script),
+                                  windows.PASSWORD_SETTING: password})),
             opts=child)
         self.private_ip = self.nic.ip_configurations.apply(
             lambda configs: (configs[0].private_ip_address or "") if configs else "")
         self.register_outputs({"vm_id": self.vm.id, "private_ip": self.private_ip})
 
 
-def _vm_args(name: str, args: NodesArgs, nic: network.NetworkInterface,
+#: VM inputs a later `pulumi up` leaves alone (osProfile is fixed at creation; the image is pinned)
+VM_IGNORED = ["osProfile.adminPassword", "osProfile.customData", "storageProfile.imageReference"]
+
+
+def _vm_args(name: str, index: int, args: NodesArgs, nic: network.NetworkInterface,
              ppg: compute.ProximityPlacementGroup | None, script: str) -> dict[str, object]:
     spec = args.spec
+    patch = spec.azure_options.patch_mode
+    identity = compute.VirtualMachineIdentityArgs(type="SystemAssigned") \
+        if index == 0 and spec.idle_shutdown_minutes else None
     return dict(
-        vm_name=name, resource_group_name=args.resource_group_name, location=args.location, tags=azure.tags(spec),
-        identity=compute.VirtualMachineIdentityArgs(type="SystemAssigned"),
+        vm_name=azure.vm_name(spec.name, name), resource_group_name=args.resource_group_name, location=args.location,
+        tags=azure.tags(spec), identity=identity, user_data=windows.user_data(script),
         hardware_profile=compute.HardwareProfileArgs(vm_size=spec.size),
         os_profile=compute.OSProfileArgs(
             computer_name=name, admin_username=spec.admin.username, admin_password=args.admin_password,
-            custom_data=windows.b64(script),
-            windows_configuration=compute.WindowsConfigurationArgs(provision_vm_agent=True,
-                                                                   enable_automatic_updates=True)),
+            windows_configuration=compute.WindowsConfigurationArgs(
+                provision_vm_agent=True, enable_automatic_updates=patch != "Manual",
+                patch_settings=compute.PatchSettingsArgs(patch_mode=patch))),
         storage_profile=compute.StorageProfileArgs(
             image_reference=compute.ImageReferenceArgs(**azure.image_reference(spec.azure_options.windows_version)),
             os_disk=compute.OSDiskArgs(create_option="FromImage", delete_option="Delete",
                                        managed_disk=compute.ManagedDiskParametersArgs(
-                                           storage_account_type=azure.OS_DISK_TYPE))),
+                                           storage_account_type=azure.os_disk_type(spec.size or "")))),
         network_profile=compute.NetworkProfileArgs(network_interfaces=[
             compute.NetworkInterfaceReferenceArgs(id=nic.id, delete_option="Delete")]),
         diagnostics_profile=compute.DiagnosticsProfileArgs(boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)),
         proximity_placement_group=compute.SubResourceArgs(id=ppg.id) if ppg else None)
 
 
-def _command(spec: ClusterSpec, index: int, password: str) -> str:
+def _command(spec: ClusterSpec, index: int, script: str) -> str:
     return windows.bootstrap_command({
         "NodeIndex": str(index), "NodeCount": str(spec.nodes), "SlotsPerNode": str(spec.slots_per_node),
         "IdleMinutes": str(spec.idle_shutdown_minutes or 0), "ArmEndpoint": ARM_ENDPOINT,
-        "AdminUserB64": windows.b64(spec.admin.username), "AdminPasswordB64": windows.b64(password)})
+        "AdminUserB64": windows.b64(spec.admin.username), "VmPrefixB64": windows.b64(spec.name),
+        "AdminKeyB64": windows.key_b64(spec.admin.ssh_public_key),
+        "PasswordSsh": "1" if spec.azure_options.password_ssh else "0"}, script)
 
 
 class Nodes(pulumi.ComponentResource):
@@ -106,17 +121,25 @@ class Nodes(pulumi.ComponentResource):
         script = windows.bootstrap_ps1(spec)
         self.nodes = [Node(n, i, args, self.ppg, script, child) for i, n in enumerate(node_names(spec))]
         if spec.idle_shutdown_minutes:
-            self._grant_deallocate(child)
+            self._grant_deallocate(args, child)
         self.register_outputs({"names": [n.vm.name for n in self.nodes]})
 
-    def _grant_deallocate(self, opts: pulumi.ResourceOptions) -> None:
+    def _grant_deallocate(self, args: NodesArgs, opts: pulumi.ResourceOptions) -> None:
+        """A custom role (read + deallocate VMs only) for N0's identity, assigned on each VM of the cluster."""
         head = self.nodes[0].vm
-        subscription = authorization.get_client_config_output().subscription_id
-        role = pulumi.Output.concat("/subscriptions/", subscription, "/providers/Microsoft.Authorization/"
-                                    "roleDefinitions/", azure.VM_CONTRIBUTOR_ROLE)
+        group = authorization.get_client_config_output().subscription_id.apply(
+            lambda sub: f"/subscriptions/{sub}/resourceGroups/")
+        scope = pulumi.Output.concat(group, args.resource_group_name)
+        self.role = authorization.RoleDefinition(
+            f"{args.spec.name}-deallocate-role", scope=scope,
+            role_name=pulumi.Output.concat("mpicloud deallocate ", args.spec.name, " (", args.resource_group_name, ")"),
+            role_type="CustomRole", assignable_scopes=[scope],
+            description="mpicloud idle shutdown: the head node may read and deallocate the cluster's VMs",
+            permissions=[authorization.PermissionArgs(actions=list(azure.DEALLOCATE_ACTIONS), not_actions=[])],
+            opts=opts)
         for node in self.nodes:
             authorization.RoleAssignment(
-                f"{node.node_name}-deallocate", scope=node.vm.id, role_definition_id=role,
+                f"{node.node_name}-deallocate", scope=node.vm.id, role_definition_id=self.role.id,
                 principal_type="ServicePrincipal",
                 principal_id=head.identity.apply(lambda identity: identity.principal_id if identity else ""),
                 description="mpicloud: the head node deallocates the cluster when idle", opts=opts)

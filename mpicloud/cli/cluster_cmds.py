@@ -29,6 +29,9 @@ def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")]) 
     """Check a spec; report every problem with its field path."""
     parsed = load_spec(spec)
     out.print(f"{spec}: valid ({parsed.cloud}, {parsed.os}, {parsed.nodes} nodes x {parsed.slots_per_node} slots)")
+    if parsed.password_only:
+        out.print("note: no admin.ssh_public_key, so the cluster is password-only (SSH logins and mpicloud attach "
+                  "use the admin password); add a key to log in with it")
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mpicloud.render import azure, windows
-from mpicloud.render.arm_ui import create_ui_definition
+from mpicloud.render.arm_ui import NUMBER_LIMITS, create_ui_definition
 from mpicloud.spec import ClusterSpec, load_spec
 
 SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#"
@@ -16,7 +16,8 @@ SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTempl
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "azure-windows.yaml"
 PASSWORD_ENV = "MPICLOUD_ADMIN_PASSWORD"
 PORTAL = "https://portal.azure.com/#create/Microsoft.Template/uri/"
-NODE = "format('N{0}', copyIndex())"
+NODE = "format('{0}-N{1}', parameters('clusterName'), copyIndex())"
+ROLE = "guid(resourceGroup().id, parameters('clusterName'), 'deallocate-role')"
 VNET, NSG, PPG = "variables('names').vnet", "variables('names').nsg", "variables('names').ppg"
 Json = dict[str, Any]
 
@@ -39,7 +40,12 @@ def _loop(name: str) -> Json:
 
 
 def _node(suffix: str = "") -> str:
-    return f"format('N{{0}}{suffix}', copyIndex())"
+    return f"format('{{0}}-N{{1}}{suffix}', parameters('clusterName'), copyIndex())"
+
+
+def _limits(name: str) -> Json:
+    low, high = NUMBER_LIMITS[name]
+    return {"minValue": low, "maxValue": high}
 
 
 def parameters(spec: ClusterSpec) -> Json:
@@ -48,30 +54,45 @@ def parameters(spec: ClusterSpec) -> Json:
         return {"metadata": {"description": text}}
     return {
         "location": {"type": "string", "defaultValue": "[resourceGroup().location]", **meta("Azure region")},
-        "nodeCount": {"type": "int", "defaultValue": spec.nodes, "minValue": 1, "maxValue": 256,
+        "clusterName": {"type": "string", "defaultValue": spec.name, "minLength": 2, "maxLength": 32,
+                        **meta("prefix of every resource name (lower-case letters, digits, '-'): two clusters "
+                               "can share a resource group under different names")},
+        "nodeCount": {"type": "int", "defaultValue": spec.nodes, **_limits("nodeCount"),
                       **meta("number of Windows Server VMs (N0 is the head node)")},
         "vmSize": {"type": "string", "defaultValue": spec.size, **meta("VM size of every node")},
-        "slotsPerNode": {"type": "int", "defaultValue": spec.slots_per_node, "minValue": 1, "maxValue": 1024,
+        "slotsPerNode": {"type": "int", "defaultValue": spec.slots_per_node, **_limits("slotsPerNode"),
                          **meta("MPI ranks per node (usually the size's core count)")},
         "adminUsername": {"type": "string", "minLength": 1, "maxLength": 20,
                           **meta("administrator on every node (same password everywhere: MS-MPI needs it)")},
         "adminPassword": {"type": "securestring", "minLength": 12, "maxLength": 123,
                           **meta("administrator password (passed to the nodes in protected settings only)")},
+        "adminSshPublicKey": {"type": "string", "defaultValue": "",
+                              **meta("OpenSSH public key for the administrator (empty: password-only SSH)")},
+        "sshKeyOnly": {"type": "bool", "defaultValue": False,
+                       **meta("turn password logins over SSH off (needs adminSshPublicKey)")},
+        "patchMode": {"type": "string", "defaultValue": spec.azure_options.patch_mode,
+                      "allowedValues": list(azure.PATCH_MODES),
+                      **meta("Windows Update: Manual never reboots a node in the middle of a job; the automatic "
+                             "modes may")},
         "allowedSourceCidr": {"type": "string", "minLength": 9,
                               **meta("the only network allowed to reach SSH (22) and RDP (3389), e.g. 203.0.113.7/32")},
         "windowsVersion": {"type": "string", "defaultValue": spec.azure_options.windows_version,
                            "allowedValues": sorted(azure.IMAGE_SKUS), **meta("Windows Server version")},
         "acceleratedNetworking": {"type": "bool", "defaultValue": spec.azure_options.accelerated_networking,
                                   **meta("accelerated networking (the VM size must support it)")},
-        "idleShutdownMinutes": {"type": "int", "defaultValue": round(spec.idle_shutdown_minutes or 0),
-                                "minValue": 0, "maxValue": 10080,
-                                **meta("deallocate every VM after this many idle minutes (0: never)")},
+        "idleShutdownMinutes": {"type": "int", "defaultValue": 0, **_limits("idleShutdownMinutes"),
+                                **meta("deallocate every VM after this many idle minutes (0: never). Above 0 the "
+                                       "deployment creates a custom role and role assignments, which needs "
+                                       f"{azure.ROLE_ADMINS} on the resource group (Contributor is not enough)")},
     }
 
 
 def variables(spec: ClusterSpec) -> Json:
     """Template variables: names, tags, image SKUs and the bootstrap script text (no secrets)."""
-    return {"names": azure.resource_names(spec), "tags": azure.tags(spec), "imageSkus": dict(azure.IMAGE_SKUS),
+    names = {key: f"[format('{{0}}{value[len(spec.name):]}', parameters('clusterName'))]"
+             for key, value in azure.resource_names(spec).items() if key in ("vnet", "nsg", "ppg")}
+    tags = {**azure.tags(spec), "mpicloud-cluster": "[parameters('clusterName')]"}
+    return {"names": names, "tags": tags, "imageSkus": dict(azure.IMAGE_SKUS),
             "bootstrap": windows.bootstrap_ps1(spec),
             "subnetId": f"[{_rid('Microsoft.Network/virtualNetworks/subnets', VNET, _lit(azure.SUBNET_NAME))}]"}
 
@@ -115,14 +136,18 @@ def _vm(spec: ClusterSpec) -> Json:
     depends = [nic]
     props: Json = {
         "hardwareProfile": {"vmSize": f"[{_p('vmSize')}]"},
-        "osProfile": {"computerName": f"[{NODE}]", "adminUsername": f"[{_p('adminUsername')}]",
-                      "adminPassword": f"[{_p('adminPassword')}]", "customData": "[base64(variables('bootstrap'))]",
-                      "windowsConfiguration": {"provisionVMAgent": True, "enableAutomaticUpdates": True}},
+        "osProfile": {"computerName": "[format('N{0}', copyIndex())]", "adminUsername": f"[{_p('adminUsername')}]",
+                      "adminPassword": f"[{_p('adminPassword')}]",
+                      "windowsConfiguration": {
+                          "provisionVMAgent": True,
+                          "enableAutomaticUpdates": f"[not(equals({_p('patchMode')}, 'Manual'))]",
+                          "patchSettings": {"patchMode": f"[{_p('patchMode')}]"}}},
+        "userData": "[base64(variables('bootstrap'))]",
         "storageProfile": {
             "imageReference": {**azure.image_reference(spec.azure_options.windows_version),
                                "sku": f"[variables('imageSkus')[{_p('windowsVersion')}]]"},
             "osDisk": {"createOption": "FromImage", "deleteOption": "Delete",
-                       "managedDisk": {"storageAccountType": azure.OS_DISK_TYPE}}},
+                       "managedDisk": {"storageAccountType": f"[{azure.os_disk_type_expression(_p('vmSize'))}]"}}},
         "networkProfile": {"networkInterfaces": [
             {"id": nic, "properties": {"deleteOption": "Delete"}}]},
         "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
@@ -132,16 +157,32 @@ def _vm(spec: ClusterSpec) -> Json:
         props["proximityPlacementGroup"] = {"id": ppg}
         depends.append(ppg)
     return {**_base("Microsoft.Compute/virtualMachines", azure.COMPUTE_API, f"[{NODE}]"), "copy": _loop("vms"),
-            "dependsOn": depends, "identity": {"type": "SystemAssigned"}, "properties": props}
+            "dependsOn": depends, "properties": props,
+            "identity": {"type": f"[if(and(equals(copyIndex(), 0), greater({_p('idleShutdownMinutes')}, 0)), "
+                                 "'SystemAssigned', 'None')]"}}
 
 
-def _command() -> str:
+def _command(script: str) -> str:
+    key = _p("adminSshPublicKey")
     values = {"NodeIndex": "string(copyIndex())", "NodeCount": f"string({_p('nodeCount')})",
               "SlotsPerNode": f"string({_p('slotsPerNode')})", "IdleMinutes": f"string({_p('idleShutdownMinutes')})",
               "ArmEndpoint": "environment().resourceManager", "AdminUserB64": f"base64({_p('adminUsername')})",
-              "AdminPasswordB64": f"base64({_p('adminPassword')})"}
-    pieces = windows.command_pieces(values)
+              "VmPrefixB64": f"base64({_p('clusterName')})",
+              "AdminKeyB64": f"if(empty({key}), {_lit(windows.NO_KEY)}, base64({key}))",
+              "PasswordSsh": f"if({_p('sshKeyOnly')}, '0', '1')"}
+    pieces = windows.command_pieces(values, script)
     return "[concat(" + ", ".join(_lit(t) if literal else t for literal, t in pieces) + ")]"
+
+
+def _deallocate_role() -> Json:
+    """The custom role of the head node's identity: read and deallocate VMs, nothing else (idle shutdown)."""
+    return {"type": "Microsoft.Authorization/roleDefinitions", "apiVersion": azure.AUTHORIZATION_API,
+            "name": f"[{ROLE}]", "condition": f"[greater({_p('idleShutdownMinutes')}, 0)]",
+            "properties": {
+                "roleName": f"[format('mpicloud deallocate {{0}} ({{1}})', {_p('clusterName')}, {ROLE})]",
+                "description": "mpicloud idle shutdown: the head node may read and deallocate the cluster's VMs",
+                "type": "CustomRole", "assignableScopes": ["[resourceGroup().id]"],
+                "permissions": [{"actions": list(azure.DEALLOCATE_ACTIONS)}]}}
 
 
 def compute(spec: ClusterSpec) -> list[Json]:
@@ -150,31 +191,36 @@ def compute(spec: ClusterSpec) -> list[Json]:
     if spec.azure_options.proximity_placement_group:
         out.append({**_base("Microsoft.Compute/proximityPlacementGroups", azure.COMPUTE_API,
                             "[variables('names').ppg]"), "properties": {"proximityPlacementGroupType": "Standard"}})
+    script = windows.bootstrap_ps1(spec)
     extension = {**_base("Microsoft.Compute/virtualMachines/extensions", azure.COMPUTE_API,
-                         f"[format('N{{0}}/{azure.EXTENSION_NAME}', copyIndex())]"),
+                         f"[format('{{0}}-N{{1}}/{azure.EXTENSION_NAME}', {_p('clusterName')}, copyIndex())]"),
                  "copy": _loop("bootstraps"),
                  "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]"],
                  "properties": {**azure.EXTENSION, "autoUpgradeMinorVersion": True,
-                                "settings": {"timestamp": windows.script_version(windows.bootstrap_ps1(spec))},
-                                "protectedSettings": {"commandToExecute": _command()}}}
-    head = _rid("Microsoft.Compute/virtualMachines", _lit("N0"))
+                                "forceUpdateTag": windows.force_update_tag(script),
+                                "settings": {"timestamp": windows.script_version(script)},
+                                "protectedSettings": {"commandToExecute": _command(script),
+                                                      windows.PASSWORD_SETTING: f"[{_p('adminPassword')}]"}}}
+    head = _rid("Microsoft.Compute/virtualMachines", f"format('{{0}}-N0', {_p('clusterName')})")
+    role_id = f"subscriptionResourceId('Microsoft.Authorization/roleDefinitions', {ROLE})"
     role = {"type": "Microsoft.Authorization/roleAssignments", "apiVersion": azure.AUTHORIZATION_API,
-            "name": f"[guid(resourceGroup().id, {_lit(spec.name)}, {NODE}, 'deallocate')]",
+            "name": f"[guid(resourceGroup().id, {_p('clusterName')}, {NODE}, 'deallocate')]",
             "condition": f"[greater({_p('idleShutdownMinutes')}, 0)]", "copy": _loop("deallocateRoles"),
-            "scope": "[format('Microsoft.Compute/virtualMachines/N{0}', copyIndex())]",
-            "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]", f"[{head}]"],
+            "scope": f"[format('Microsoft.Compute/virtualMachines/{{0}}-N{{1}}', {_p('clusterName')}, copyIndex())]",
+            "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]", f"[{head}]",
+                          f"[{_rid('Microsoft.Authorization/roleDefinitions', ROLE)}]"],
             "properties": {
-                "roleDefinitionId": f"[subscriptionResourceId('Microsoft.Authorization/roleDefinitions', "
-                                    f"{_lit(azure.VM_CONTRIBUTOR_ROLE)})]",
+                "roleDefinitionId": f"[{role_id}]",
                 "principalId": f"[reference({head}, '{azure.COMPUTE_API}', 'full').identity.principalId]",
                 "principalType": "ServicePrincipal",
                 "description": "mpicloud: the head node deallocates the cluster when idle"}}
-    return [*out, _vm(spec), extension, role]
+    return [*out, _vm(spec), extension, _deallocate_role(), role]
 
 
 def outputs(spec: ClusterSpec) -> Json:
     """Addresses and how to connect; never a secret."""
-    ip = f"reference({_rid('Microsoft.Network/publicIPAddresses', _lit('N0-ip'))}).ipAddress"
+    head_ip = f"format('{{0}}-N0-ip', {_p('clusterName')})"
+    ip = f"reference({_rid('Microsoft.Network/publicIPAddresses', head_ip)}).ipAddress"
     nic = f"reference({_rid('Microsoft.Network/networkInterfaces', _node('-nic'))})"
     user = _p("adminUsername")
     return {
@@ -185,7 +231,7 @@ def outputs(spec: ClusterSpec) -> Json:
         "adminUsername": {"type": "string", "value": f"[{user}]"},
         "sshCommand": {"type": "string", "value": f"[concat('ssh ', {user}, '@', {ip})]"},
         "attachCommand": {"type": "string", "value": (
-            f"[concat('mpicloud attach ', {_lit(spec.name)}, ' --host ', {ip}, ' --user ', {user}, "
+            f"[concat('mpicloud attach ', {_p('clusterName')}, ' --host ', {ip}, ' --user ', {user}, "
             f"' --password-env {PASSWORD_ENV} --os windows')]")},
     }
 
@@ -193,7 +239,10 @@ def outputs(spec: ClusterSpec) -> Json:
 def azuredeploy(spec: ClusterSpec) -> Json:
     """The whole deployment template (classic array-form resources, copy loops, no secrets)."""
     return {"$schema": SCHEMA, "contentVersion": "1.0.0.0",
-            "metadata": {"description": f"mpicloud Windows MS-MPI cluster (generated from {EXAMPLE.name})"},
+            "metadata": {"description": (
+                f"mpicloud Windows MS-MPI cluster (generated from {EXAMPLE.name}). A Contributor can deploy it with "
+                f"idleShutdownMinutes 0 (the default); idle shutdown creates a custom role and role assignments, "
+                f"which needs {azure.ROLE_ADMINS}.")},
             "parameters": parameters(spec), "variables": variables(spec),
             "resources": [*network(spec), *compute(spec)], "outputs": outputs(spec)}
 

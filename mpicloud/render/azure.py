@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from mpicloud.errors import RenderError
@@ -18,10 +19,14 @@ IMAGE_SKUS = {"2022": "2022-datacenter-g2", "2025": "2025-datacenter-g2"}
 #: the bootstrap extension (one CustomScriptExtension per VM)
 EXTENSION = {"publisher": "Microsoft.Compute", "type": "CustomScriptExtension", "typeHandlerVersion": "1.10"}
 EXTENSION_NAME = "bootstrap"
-#: built-in role "Virtual Machine Contributor": lets the head node deallocate the cluster's VMs when idle
-VM_CONTRIBUTOR_ROLE = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c"
-OS_DISK_TYPE = "Premium_LRS"
+#: the only actions of the custom role the head node's identity gets (idle shutdown): read and deallocate VMs;
+#: not "Virtual Machine Contributor", which allows Run Command and extension writes (code as SYSTEM everywhere)
+DEALLOCATE_ACTIONS = ("Microsoft.Compute/virtualMachines/read", "Microsoft.Compute/virtualMachines/deallocate/action")
 SUBNET_NAME = "cluster"
+#: who may create role definitions and assignments (what idle shutdown needs beyond Contributor)
+ROLE_ADMINS = "Owner or User Access Administrator"
+#: patch modes of Windows VMs (osProfile.windowsConfiguration.patchSettings.patchMode)
+PATCH_MODES = ("Manual", "AutomaticByOS", "AutomaticByPlatform")
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,34 @@ def tags(spec: ClusterSpec) -> dict[str, str]:
 
 
 def resource_names(spec: ClusterSpec) -> dict[str, str]:
-    """Azure names of the cluster-wide resources (per-node resources are named after the node: N0, N0-nic ...)."""
+    """Azure names of the cluster-wide resources; per-node ones are vm_name(...) plus -nic / -ip."""
     return {"vnet": f"{spec.name}-vnet", "nsg": f"{spec.name}-nsg", "ppg": f"{spec.name}-ppg",
             "nat": f"{spec.name}-nat", "nat_ip": f"{spec.name}-nat-ip"}
+
+
+def vm_name(cluster: str, node: str) -> str:
+    """Resource name of a node's VM: the cluster name first, so two clusters can share a resource group
+    (the computer name stays the node name, N0 ..., which each cluster's own VNet resolves)."""
+    return f"{cluster}-{node}"
+
+
+def os_disk_type(size: str) -> str:
+    """Premium_LRS when the size supports premium storage (an 's' among the feature letters after the vCPU
+    count: Standard_D4s_v5, Standard_HB120rs_v3), else StandardSSD_LRS (Standard_D4_v5, Standard_A2_v2).
+
+    The same rule as the ARM template's os_disk_type_expression: the letters after the size's last digit."""
+    parts = size.split("_")
+    if len(parts) < 2:
+        raise RenderError(f"size {size!r} is not an Azure VM size such as Standard_D4s_v5")
+    features = re.split(r"[0-9]", parts[1])[-1]
+    return "Premium_LRS" if "s" in features.lower() else "StandardSSD_LRS"
+
+
+def os_disk_type_expression(size: str) -> str:
+    """The ARM expression of os_disk_type for a size expression (split on every digit, keep the last piece)."""
+    digits = ", ".join(f"'{d}'" for d in "0123456789")
+    features = f"last(split(split({size}, '_')[1], createArray({digits})))"
+    return f"if(contains(toLower({features}), 's'), 'Premium_LRS', 'StandardSSD_LRS')"
 
 
 def image_reference(windows_version: str) -> dict[str, str]:

@@ -12,8 +12,11 @@ from mpicloud.render.aws_common import (
     MAX_TEMPLATE_NODES,
     METADATA_OPTIONS,
     ROOT_DEVICE,
+    SHARED_VOLUME_DEVICE,
     SSH_PORT,
+    TAG_SHARED_VOLUME,
     node_tags,
+    secrets_key_policy,
     secrets_policy,
 )
 from mpicloud.render.cfn_bucket import BUCKET_CONDITIONS, BUCKET_PARAMETERS, prefix_policy_statements
@@ -24,12 +27,18 @@ from mpicloud.spec.model import ClusterSpec
 
 _S3_HOST = re.compile(r"(^|\.)s3[.-]([a-z0-9-]+\.)?amazonaws\.com(\.cn)?$")
 _CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
+#: the deployment's SSM path: stack name and the id of its own KMS key (a nonce per deployment)
+PREFIX = "/mpicloud/${AWS::StackName}/${SecretsKey}"
+#: Fn::Or takes at most 10 conditions: HasNode{i} lists NodeCount i+1 .. i+STRIDE and refers to HasNode{i+STRIDE}
+STRIDE = 9
 
 
 def template_spec() -> ClusterSpec:
     """The spec the checked-in template is generated from (what stays fixed; the rest are Parameters)."""
     return spec_from_dict({"name": "mpicloud", "cloud": "aws", "nodes": 2, "size": "c5n.large",
-                           "region": "us-east-1", "admin": {"ssh_public_key": "ssh-ed25519 AAAA-key-pair-instead"}})
+                           "region": "us-east-1", "admin": {"ssh_public_key": "ssh-ed25519 AAAA-key-pair-instead"},
+                           # a /23: room for MAX_TEMPLATE_NODES fixed addresses from host .10
+                           "aws": {"subnet_cidr": "10.0.0.0/23"}})
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -39,16 +48,26 @@ def _ref(name: str) -> dict[str, str]:
 def _parameters(spec: ClusterSpec) -> dict[str, Any]:
     options = spec.aws_options
     return {
-        "NodeCount": {"Type": "String", "Default": str(spec.nodes), "Description": "number of nodes",
-                      "AllowedValues": [str(n) for n in range(1, MAX_TEMPLATE_NODES + 1)]},
+        # a String: Conditions compare text, and moto (unlike CloudFormation) keeps a Number's Ref numeric
+        "NodeCount": {"Type": "String", "Default": str(spec.nodes),
+                      "AllowedValues": [str(n) for n in range(1, MAX_TEMPLATE_NODES + 1)],
+                      "Description": f"number of nodes (1 to {MAX_TEMPLATE_NODES}; node0 is the head node)"},
         "SlotsPerNode": {"Type": "Number", "Default": spec.slots_per_node, "MinValue": 1, "MaxValue": 1024,
                          "Description": "MPI slots per node (usually the core count)"},
         "InstanceType": {"Type": "String", "Default": spec.size, "Description": "EC2 instance type"},
         "KeyName": {"Type": "AWS::EC2::KeyPair::KeyName", "Description": "EC2 key pair for SSH logins"},
         "AllowedSshCidr": {"Type": "String", "AllowedPattern": _CIDR_PATTERN,
                            "Description": "the only network allowed to reach SSH, e.g. 203.0.113.0/24"},
-        "ImageId": {"Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
-                    "Default": options.ami_ssm_parameter, "Description": "SSM parameter of the Debian 12 AMI"},
+        "LatestImageId": {"Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
+                          "Default": options.ami_ssm_parameter,
+                          "Description": "SSM parameter of the Debian 12 AMI, used while ImageId is empty. "
+                                         "CloudFormation resolves it again on EVERY stack update: a newer image "
+                                         "replaces every node unless ImageId pins the one in use"},
+        "ImageId": {"Type": "String", "Default": "", "AllowedPattern": r"^$|^ami-[0-9a-f]{8,17}$",
+                    "Description": "pinned AMI id; on updates pass the stack output ImageId here (keeps the nodes)"},
+        "SharedVolumeGb": {"Type": "Number", "Default": options.shared_volume_gb, "MinValue": 1, "MaxValue": 16384,
+                           "Description": "EBS volume of /shared on node0 (kept as a snapshot when the stack or "
+                                          "node0 goes)"},
         "RootVolumeGb": {"Type": "Number", "Default": options.root_volume_gb, "MinValue": 8, "MaxValue": 16384,
                          "Description": "encrypted root volume size (GiB)"},
         "IdleShutdownMinutes": {"Type": "Number", "Default": 60, "MinValue": 0,
@@ -66,12 +85,15 @@ def _conditions() -> dict[str, Any]:
     """Node i exists when NodeCount > i: chained Or of Equals (CloudFormation compares only for equality)."""
     conditions: dict[str, Any] = {"HasBucket": {"Fn::Not": [{"Fn::Equals": [_ref("BucketName"), ""]}]},
                                   "HasBucketRole": {"Fn::Not": [{"Fn::Equals": [_ref("BucketRoleArn"), ""]}]},
+                                  "HasPinnedImage": {"Fn::Not": [{"Fn::Equals": [_ref("ImageId"), ""]}]},
                                   **BUCKET_CONDITIONS}
-    last = MAX_TEMPLATE_NODES - 1
-    conditions[f"HasNode{last}"] = {"Fn::Equals": [_ref("NodeCount"), str(last + 1)]}
-    for i in range(last - 1, 0, -1):
-        conditions[f"HasNode{i}"] = {"Fn::Or": [{"Fn::Equals": [_ref("NodeCount"), str(i + 1)]},
-                                                {"Condition": f"HasNode{i + 1}"}]}
+    for i in range(MAX_TEMPLATE_NODES - 1, 0, -1):
+        # node i exists when NodeCount is one of i+1 .. i+STRIDE, or when node i+STRIDE exists
+        terms: list[dict[str, Any]] = [{"Fn::Equals": [_ref("NodeCount"), str(n)]}
+                                       for n in range(i + 1, min(i + STRIDE, MAX_TEMPLATE_NODES) + 1)]
+        if i + STRIDE < MAX_TEMPLATE_NODES:
+            terms.append({"Condition": f"HasNode{i + STRIDE}"})
+        conditions[f"HasNode{i}"] = terms[0] if len(terms) == 1 else {"Fn::Or": terms}
     return conditions
 
 
@@ -107,6 +129,9 @@ def _security() -> dict[str, Any]:
             "VpcId": _ref("Vpc"), "Tags": _tags(),
             "SecurityGroupEgress": [{"IpProtocol": "-1", "CidrIp": "0.0.0.0/0",
                                      "Description": "packages, SSM and the bucket"}]}},
+        "ClusterEgress": {"Type": "AWS::EC2::SecurityGroupEgress", "Properties": {
+            "GroupId": _ref("SecurityGroup"), "IpProtocol": "-1",
+            "DestinationSecurityGroupId": _ref("SecurityGroup"), "Description": "MPI and EFA between members"}},
         "SshIngress": {"Type": "AWS::EC2::SecurityGroupIngress", "Properties": {
             "GroupId": _ref("SecurityGroup"), "IpProtocol": "tcp", "FromPort": SSH_PORT, "ToPort": SSH_PORT,
             "CidrIp": _ref("AllowedSshCidr"), "Description": "SSH from the allowed network only"}},
@@ -127,13 +152,24 @@ def _role_policy(condition: str, name: str, statement: dict[str, Any]) -> dict[s
 
 
 def _iam() -> dict[str, Any]:
+    """The node role, its policies, and the deployment's own KMS key for the SSM secrets (the head node creates
+    them at first boot: CloudFormation cannot create SecureString parameters). The key goes with the stack
+    (7-day deletion window), so the values the head stored become unreadable with it."""
     secrets = secrets_policy({"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
-                                         "/mpicloud/${AWS::StackName}/*"})
+                                         f"{PREFIX}/*"}, {"Fn::GetAtt": ["SecretsKey", "Arn"]})
+    key_policy = secrets_key_policy({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"},
+                                    {"Fn::GetAtt": ["NodeRole", "Arn"]})
     return {
+        "SecretsKey": {"Type": "AWS::KMS::Key", "DeletionPolicy": "Delete", "UpdateReplacePolicy": "Delete",
+                       "Properties": {
+                           "Description": {"Fn::Sub": "mpicloud ${AWS::StackName}: cluster SSH key and Samba password"},
+                           "EnableKeyRotation": True, "PendingWindowInDays": 7, "KeyPolicy": key_policy,
+                           "Tags": _tags()}},
+        "NodeSecretsPolicy": {"Type": "AWS::IAM::Policy", "Properties": {
+            "PolicyName": "cluster-secrets", "Roles": [_ref("NodeRole")], "PolicyDocument": secrets}},
         "NodeRole": {"Type": "AWS::IAM::Role", "Properties": {
             "AssumeRolePolicyDocument": ec2_trust_policy(), "Tags": _tags(),
-            "Policies": [{"PolicyName": "cluster-secrets", "PolicyDocument": secrets},
-                         {"Fn::If": ["HasBucket", {"PolicyName": "bucket-access",
+            "Policies": [{"Fn::If": ["HasBucket", {"PolicyName": "bucket-access",
                                                    "PolicyDocument": {
                                                        "Version": "2012-10-17",
                                                        "Statement": prefix_policy_statements()}},
@@ -145,9 +181,11 @@ def _iam() -> dict[str, Any]:
     }
 
 
-def _launch_template() -> dict[str, Any]:
-    """What AWS::EC2::Instance cannot say itself (IMDSv2 above all); image, type, key and role are on the nodes."""
+def _launch_template(worker_user_data: str) -> dict[str, Any]:
+    """What AWS::EC2::Instance cannot say itself (IMDSv2 above all), and the user data every worker shares (node0
+    has its own); image, type, key and role are on the nodes."""
     data = {
+        "UserData": worker_user_data,
         "MetadataOptions": {"".join(w.capitalize() for w in k.split("_")): v for k, v in METADATA_OPTIONS.items()},
         "BlockDeviceMappings": [{"DeviceName": ROOT_DEVICE, "Ebs": {
             "Encrypted": True, "VolumeSize": _ref("RootVolumeGb"), "VolumeType": "gp3",
@@ -163,29 +201,48 @@ def _launch_template() -> dict[str, Any]:
 
 def _runner_parts() -> dict[str, Any]:
     """The runner's files as SSM String parameters the head node joins at boot (fetch-runner.sh)."""
-    parts = runner_parameters("/mpicloud/${AWS::StackName}")
+    parts = runner_parameters(PREFIX)
     return {f"RunnerPart{i}": {"Type": "AWS::SSM::Parameter", "Properties": {
         "Name": {"Fn::Sub": name}, "Type": "String", "Value": value, "Tier": "Standard",
         "Description": "mpicloud runner (gzip+base64 piece)", "Tags": {"mpicloud:cluster": {"Ref": "AWS::StackName"}}}}
         for i, (name, value) in enumerate(sorted(parts.items()))}
 
 
+IMAGE = {"Fn::If": ["HasPinnedImage", _ref("ImageId"), _ref("LatestImageId")]}
+
+
 def _node(spec: ClusterSpec, index: int, ips: list[str], after: list[str]) -> dict[str, Any]:
-    tags = node_tags(_ref("NodeCount"), _ref("SlotsPerNode"),
-                     {"Fn::Sub": "/mpicloud/${AWS::StackName}"}, _ref("IdleShutdownMinutes"))
-    node: dict[str, Any] = {"Type": "AWS::EC2::Instance", "DependsOn": ["DefaultRoute", *after], "Properties": {
+    tags: dict[str, Any] = node_tags(_ref("NodeCount"), _ref("SlotsPerNode"), {"Fn::Sub": PREFIX},
+                                     _ref("IdleShutdownMinutes"), _ref("SecretsKey"))
+    props: dict[str, Any] = {
         "LaunchTemplate": {"LaunchTemplateId": _ref("NodeLaunchTemplate"),
                            "Version": {"Fn::GetAtt": ["NodeLaunchTemplate", "LatestVersionNumber"]}},
-        "ImageId": _ref("ImageId"), "InstanceType": _ref("InstanceType"), "KeyName": _ref("KeyName"),
+        "ImageId": IMAGE, "InstanceType": _ref("InstanceType"), "KeyName": _ref("KeyName"),
         "IamInstanceProfile": _ref("NodeProfile"),
         "NetworkInterfaces": [{"DeviceIndex": "0", "SubnetId": _ref("Subnet"), "PrivateIpAddress": ips[index],
                                "GroupSet": [_ref("SecurityGroup")], "AssociatePublicIpAddress": True,
-                               "DeleteOnTermination": True}],
-        "UserData": user_data_base64(spec, index, ips),
-        "Tags": _tags({"Name": {"Fn::Sub": f"${{AWS::StackName}}-node{index}"}, **tags})}}
+                               "DeleteOnTermination": True}]}
+    if index == 0:
+        props["UserData"] = user_data_base64(spec, 0, ips)
+        tags[TAG_SHARED_VOLUME] = _ref("SharedVolume")
+    props["Tags"] = _tags({"Name": {"Fn::Sub": f"${{AWS::StackName}}-node{index}"}, **tags})
+    node: dict[str, Any] = {"Type": "AWS::EC2::Instance", "DependsOn": ["DefaultRoute", "NodeSecretsPolicy", *after],
+                            "Properties": props}
     if index:
         node["Condition"] = f"HasNode{index}"
     return node
+
+
+def _shared_volume() -> dict[str, Any]:
+    """/shared on its own encrypted volume, snapshotted when the stack (or a replacement) removes it."""
+    return {
+        "SharedVolume": {"Type": "AWS::EC2::Volume", "DeletionPolicy": "Snapshot", "UpdateReplacePolicy": "Snapshot",
+                         "Properties": {"AvailabilityZone": {"Fn::GetAtt": ["Subnet", "AvailabilityZone"]},
+                                        "Size": _ref("SharedVolumeGb"), "VolumeType": "gp3", "Encrypted": True,
+                                        "Tags": _tags()}},
+        "SharedVolumeAttachment": {"Type": "AWS::EC2::VolumeAttachment", "Properties": {
+            "Device": SHARED_VOLUME_DEVICE, "InstanceId": _ref("Node0"), "VolumeId": _ref("SharedVolume")}},
+    }
 
 
 def _outputs(user: str) -> dict[str, Any]:
@@ -200,6 +257,10 @@ def _outputs(user: str) -> dict[str, Any]:
         "HeadInstanceId": {"Description": "host key fingerprints: aws ec2 get-console-output --instance-id",
                            "Value": _ref("Node0")},
         "SecurityGroupId": {"Value": _ref("SecurityGroup")},
+        "ImageId": {"Description": "the AMI of the nodes: pass it as the ImageId parameter on every update",
+                    "Value": IMAGE},
+        "SsmPrefix": {"Description": "where the head node keeps this deployment's secrets",
+                      "Value": {"Fn::Sub": PREFIX}},
     }
 
 
@@ -211,7 +272,8 @@ def cluster_template(spec: ClusterSpec | None = None) -> dict[str, Any]:
                           f"{spec.nodes}")
     ips = node_addresses(spec.aws_options.subnet_cidr, MAX_TEMPLATE_NODES)
     parts = _runner_parts()
-    resources = {**_network(spec), **_security(), **_iam(), **_launch_template(), **parts}
+    resources = {**_network(spec), **_security(), **_iam(), **_launch_template(user_data_base64(spec, None, ips)),
+                 **parts, **_shared_volume()}
     resources.update({f"Node{i}": _node(spec, i, ips, sorted(parts) if i == 0 else [])
                       for i in range(MAX_TEMPLATE_NODES)})
     return {
@@ -222,9 +284,17 @@ def cluster_template(spec: ClusterSpec | None = None) -> dict[str, Any]:
     }
 
 
+#: CloudFormation's limit for a template read from S3 (bytes)
+TEMPLATE_LIMIT = 1_000_000
+
+
 def cluster_template_json(spec: ClusterSpec | None = None) -> str:
-    """Deterministic JSON text of the cluster template."""
-    return json.dumps(cluster_template(spec), sort_keys=True, indent=2) + "\n"
+    """Deterministic JSON text of the cluster template (indent 1: 256 nodes must stay under TEMPLATE_LIMIT)."""
+    text = json.dumps(cluster_template(spec), sort_keys=True, indent=1) + "\n"
+    if len(text.encode()) > TEMPLATE_LIMIT:
+        raise RenderError(f"the CloudFormation template is {len(text)} bytes; CloudFormation reads at most "
+                          f"{TEMPLATE_LIMIT} from S3")
+    return text
 
 
 def launch_stack_url(template_url: str, region: str, stack_name: str = "mpi-cluster",

@@ -12,7 +12,14 @@ import re
 from mpicloud.assets import provision_dir, runner_files
 from mpicloud.errors import RenderError
 from mpicloud.render.quoting import posix_join
-from mpicloud.render.runner_config import runner_config, runner_config_json, runner_root
+from mpicloud.render.runner_config import (
+    SHARE_MARKER,
+    SHARE_PROBE,
+    root_file,
+    runner_config,
+    runner_config_json,
+    runner_root,
+)
 from mpicloud.render.templating import gzip_base64, render_template
 from mpicloud.spec.model import ClusterSpec
 
@@ -22,6 +29,8 @@ OPT = "/opt/mpicloud"
 STOP_COMMAND = [f"{OPT}/stop-cluster.sh"]
 SMB_PASSWORD_FILE = "/etc/mpicloud/smb-password"
 _SCRIPTS = ("node-env.sh", "cluster-secrets.sh", "cluster-files.sh", "shared-storage.sh")
+#: head node only: the shared directory's own EBS volume (outlives the instance)
+_HEAD_SCRIPTS = ("fetch-runner.sh", "stop-cluster.sh", "shared-volume.sh")
 #: EC2 user data limit (bytes, before base64)
 USER_DATA_LIMIT = 16384
 #: characters per SSM parameter holding a piece of the runner (standard tier: at most 4096)
@@ -73,12 +82,13 @@ def _files(spec: ClusterSpec, head: bool) -> list[dict[str, str]]:
     files = [_file(f"{OPT}/{name}", (linux / name).read_text(encoding="utf-8")) for name in _SCRIPTS]
     files.append(_file(f"{OPT}/install-software.sh", _software_script(spec)))
     if head:
-        config = runner_config(spec, STOP_COMMAND)
-        root = runner_root(spec.shared_storage.path)
+        path = spec.shared_storage.path
+        config = {**runner_config(spec, STOP_COMMAND), "share_marker": root_file(path, SHARE_MARKER),
+                  "share_probe": SHARE_PROBE}
+        root = runner_root(path)
+        files += [_file(f"{OPT}/{name}", (linux / name).read_text(encoding="utf-8")) for name in _HEAD_SCRIPTS]
         files += [
-            _file(f"{OPT}/fetch-runner.sh", (linux / "fetch-runner.sh").read_text(encoding="utf-8")),
             _file(f"{OPT}/runner.base.json", runner_config_json(config), "0644"),
-            _file(f"{OPT}/stop-cluster.sh", (linux / "stop-cluster.sh").read_text(encoding="utf-8")),
             _file("/etc/systemd/system/mpicloud-runner.service", render_template(
                 "linux/mpicloud-runner.service.j2", user=spec.admin.username, root=root), "0644"),
         ]
@@ -101,13 +111,17 @@ def _storage_command(spec: ClusterSpec, head: bool) -> list[str]:
             "--server", "node0", "--clients", spec.aws_options.subnet_cidr]
 
 
-def _commands(spec: ClusterSpec, index: int, ips: list[str]) -> list[list[str]]:
+def _commands(spec: ClusterSpec, index: int | None, ips: list[str]) -> list[list[str]]:
     head = index == 0
     user = spec.admin.username
-    commands = [
-        ["bash", f"{OPT}/node-env.sh"],
+    commands = [["bash", f"{OPT}/node-env.sh"]]
+    if head and spec.shared_storage.kind != "local":
+        # before anything writes to the shared directory; the volume id is an instance tag (node-env.sh)
+        commands.append(["bash", f"{OPT}/shared-volume.sh", spec.shared_storage.path])
+    commands += [
         ["bash", f"{OPT}/cluster-secrets.sh", "head" if head else "worker", user],
-        ["bash", f"{OPT}/cluster-files.sh", str(index), user, spec.shared_storage.path, *ips],
+        ["bash", f"{OPT}/cluster-files.sh", "auto" if index is None else str(index), user, spec.shared_storage.path,
+         *ips],
     ]
     if spec.shared_storage.kind != "local":
         commands.append(_storage_command(spec, head))
@@ -118,8 +132,9 @@ def _commands(spec: ClusterSpec, index: int, ips: list[str]) -> list[list[str]]:
     return commands
 
 
-def cloud_config(spec: ClusterSpec, index: int, ips: list[str] | None = None) -> str:
-    """The #cloud-config user data of node `index` (0 is the head node); contains no secret.
+def cloud_config(spec: ClusterSpec, index: int | None, ips: list[str] | None = None) -> str:
+    """The #cloud-config user data of node `index` (0 is the head node; None: any worker, which finds its index
+    from its private address at boot); contains no secret.
 
     `ips` are the fixed private addresses of nodes 0.. (default: spec.nodes of them from aws.subnet_cidr); node
     count, slots, idle minutes and the SSM path come from instance tags (aws_common.node_tags) and the login key
@@ -138,10 +153,10 @@ def cloud_config(spec: ClusterSpec, index: int, ips: list[str] | None = None) ->
         files=_files(spec, head), commands=_commands(spec, index, ips))
 
 
-def user_data_base64(spec: ClusterSpec, index: int, ips: list[str] | None = None) -> str:
+def user_data_base64(spec: ClusterSpec, index: int | None, ips: list[str] | None = None) -> str:
     """The cloud-config gzip-compressed (cloud-init unpacks it) and base64-encoded, within the EC2 16 KB limit."""
     packed = gzip.compress(cloud_config(spec, index, ips).encode("utf-8"), 9, mtime=0)
     if len(packed) > USER_DATA_LIMIT:
-        raise RenderError(f"user data of node {index} is {len(packed)} bytes compressed; EC2 allows "
-                          f"{USER_DATA_LIMIT}")
+        raise RenderError(f"user data of node {'N' if index is None else index} is {len(packed)} bytes compressed; "
+                          f"EC2 allows {USER_DATA_LIMIT}")
     return base64.b64encode(packed).decode("ascii")

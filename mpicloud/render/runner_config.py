@@ -8,6 +8,12 @@ from typing import Any
 from mpicloud.spec.model import ClusterSpec
 
 RUNNER_CONFIG_VERSION = 1
+#: in the runner root: written by start-runner.ps1 once saved MS-MPI credentials work without -pwd
+SAVECREDS_MARKER = "savecreds.ok"
+#: in the runner root: written by the head node; every node must see it before an MPI job starts
+SHARE_MARKER = "share-marker"
+#: how the runner asks a node whether it sees the share marker (the cluster's own SSH key, no prompts)
+SHARE_PROBE = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
 
 
 def node_names(spec: ClusterSpec) -> list[str]:
@@ -35,6 +41,12 @@ def runner_config(spec: ClusterSpec, stop_command: list[str] | None,
         "stop_command": stop_command,
         "env": dict(env or {}),
     }
+
+
+def root_file(shared_path: str, name: str) -> str:
+    """A file in the runner root on the shared storage."""
+    root = runner_root(shared_path)
+    return root + ("\\" if "\\" in root else "/") + name
 
 
 def runner_config_json(config: dict[str, Any]) -> str:

@@ -11,7 +11,13 @@ from typing import Any
 from mpicloud.assets import provision_dir, runner_files
 from mpicloud.errors import RenderError
 from mpicloud.render.quoting import powershell_quote
-from mpicloud.render.runner_config import node_names, runner_config, runner_config_json
+from mpicloud.render.runner_config import (
+    SAVECREDS_MARKER,
+    node_names,
+    root_file,
+    runner_config,
+    runner_config_json,
+)
 from mpicloud.render.templating import gzip_base64, render_template
 from mpicloud.spec.model import ClusterSpec
 
@@ -34,12 +40,16 @@ PYTHON = Download("3.12.10", "https://www.python.org/ftp/python/3.12.10/python-3
 DATA_DIR = "C:\\ProgramData\\mpicloud"
 SHARE_NAME = "shared"
 LAUNCH_PORT = 8677
-#: where Windows writes osProfile.customData; the extension copies it to a .ps1 and runs it
-CUSTOM_DATA = "C:\\AzureData\\CustomData.bin"
-SCRIPT = "C:\\AzureData\\mpicloud-bootstrap.ps1"
-#: script parameters passed by the extension, in order (values must be digits or base64)
+#: the script is the VM's userData (updatable in place, unlike customData); the extension reads it from IMDS,
+#: checks its SHA-256 against the one in its command (IMDS may briefly serve the previous version), runs it
+USER_DATA_URL = "http://169.254.169.254/metadata/instance/compute/userData?api-version=2021-01-01&format=text"
+SCRIPT = f"{DATA_DIR}\\bootstrap.ps1"
+#: script parameters passed by the extension, in order (values must be digits or base64); never the password,
+#: which the script reads from the extension's protected settings (PASSWORD_SETTING)
 PARAMETERS = ("NodeIndex", "NodeCount", "SlotsPerNode", "IdleMinutes", "ArmEndpoint", "AdminUserB64",
-              "AdminPasswordB64")
+              "VmPrefixB64", "AdminKeyB64", "PasswordSsh")
+PASSWORD_SETTING = "adminPassword"
+NO_KEY = "none"
 _TOKEN = re.compile(r"^[A-Za-z0-9+/=.:_-]+$")
 
 
@@ -59,9 +69,13 @@ def _installers(spec: ClusterSpec) -> list[dict[str, str]]:
 
 
 def _base_runner_config(spec: ClusterSpec) -> str:
-    """runner.json without the node list and idle minutes, which the script fills in from its parameters."""
+    """runner.json without the node list and idle minutes, which the script fills in from its parameters;
+    MPI jobs wait for the marker of working saved credentials (start-runner.ps1)."""
     config: dict[str, Any] = runner_config(spec, stop_command())
-    return runner_config_json({**config, "nodes": [], "idle_shutdown_minutes": None})
+    marker = {"path": root_file(spec.shared_storage.path, SAVECREDS_MARKER),
+              "reason": "MS-MPI credentials are not saved and verified yet (mpiexec -savecreds, then a run without "
+                        "-pwd; see C:\\ProgramData\\mpicloud\\runner-task.log on N0)"}
+    return runner_config_json({**config, "nodes": [], "idle_shutdown_minutes": None, "require_files": [marker]})
 
 
 def bootstrap_ps1(spec: ClusterSpec) -> str:
@@ -77,6 +91,7 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
         node_prefix=q(node_names(spec)[0][:-1]), msmpi_version=MSMPI.version, msmpi_url=q(MSMPI.url),
         msmpi_sha256=q(MSMPI.sha256), python_version=PYTHON.version, python_url=q(PYTHON.url),
         python_sha256=q(PYTHON.sha256), launch_port=LAUNCH_PORT, installers=_installers(spec),
+        openssh_msi=_openssh_msi(spec),
         runner_files=[(q(n), q(gzip_base64(data))) for n, data in runner_files().items()],
         runner_config=q(_base_runner_config(spec)),
         stop_script=q(gzip_base64((windows / "stop-cluster.ps1").read_bytes())),
@@ -86,38 +101,72 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
     return text
 
 
+def _openssh_msi(spec: ClusterSpec) -> dict[str, str] | None:
+    msi = spec.azure_options.openssh_msi
+    return {"url": powershell_quote(msi.url), "sha256": powershell_quote(msi.sha256)} if msi else None
+
+
+def script_sha256(script: str) -> str:
+    """SHA-256 (upper-case hex, as Get-FileHash prints it) of the script bytes in userData."""
+    return hashlib.sha256(script.encode("ascii")).hexdigest().upper()
+
+
 def script_version(script: str) -> int:
     """A stable integer derived from the script (CustomScriptExtension settings.timestamp: reruns on change)."""
     return int(hashlib.sha256(script.encode()).hexdigest()[:7], 16)
 
 
-def command_pieces(values: dict[str, str]) -> list[tuple[bool, str]]:
+def force_update_tag(script: str) -> str:
+    """The extension's forceUpdateTag: a new script makes the extension run again on the existing VM."""
+    return script_sha256(script)[:16].lower()
+
+
+def user_data(script: str) -> str:
+    """The VM's userData: the script, base64."""
+    return base64.b64encode(script.encode("ascii")).decode("ascii")
+
+
+def command_pieces(values: dict[str, str], script: str) -> list[tuple[bool, str]]:
     """The extension's commandToExecute as (is_literal, text) pieces; values are inserted as they are.
 
-    Pulumi joins the pieces with concrete values; ARM passes expressions as values and wraps them in concat().
+    The command fetches the script from IMDS userData, retries until its SHA-256 is the one of `script`, and runs
+    it. Pulumi joins the pieces with concrete values; ARM passes expressions as values and wraps them in concat().
     """
     missing = set(PARAMETERS) - set(values)
     if missing:
         raise RenderError(f"bootstrap command is missing {sorted(missing)}")
-    head = (f'powershell.exe -NoProfile -ExecutionPolicy Bypass -Command "Copy-Item -Force {CUSTOM_DATA} '
-            f'{SCRIPT}; & {SCRIPT}')
+    sha = script_sha256(script)
+    head = ('powershell.exe -NoProfile -ExecutionPolicy Bypass -Command "$ErrorActionPreference = \'Stop\'; '
+            f"New-Item -ItemType Directory -Force -Path '{DATA_DIR}' | Out-Null; $h = ''; "
+            "for ($i = 0; $i -lt 60 -and $h -ne '" + sha + "'; $i++) { try { "
+            "$b = [Convert]::FromBase64String((Invoke-RestMethod -UseBasicParsing -Headers @{ Metadata = 'true' } "
+            f"-Uri '{USER_DATA_URL}')); "
+            "$h = (Get-FileHash -Algorithm SHA256 -InputStream ([IO.MemoryStream]::new($b))).Hash } catch { }; "
+            "if ($h -ne '" + sha + "') { Start-Sleep -Seconds 10 } }; "
+            "if ($h -ne '" + sha + "') { throw 'IMDS userData is not the expected bootstrap script' }; "
+            f"[IO.File]::WriteAllBytes('{SCRIPT}', $b); & '{SCRIPT}'")
     pieces: list[tuple[bool, str]] = [(True, head)]
     for name in PARAMETERS:
         pieces += [(True, f" -{name} "), (False, values[name])]
     return [*pieces, (True, '"')]
 
 
-def bootstrap_command(values: dict[str, str]) -> str:
+def bootstrap_command(values: dict[str, str], script: str) -> str:
     """The concrete commandToExecute (Pulumi); every value must be a plain token (digits, base64, a URL)."""
     for name, value in values.items():
         if not _TOKEN.match(value):
             raise RenderError(f"bootstrap parameter {name} must be digits or base64, got an unsafe value")
-    return "".join(text for _, text in command_pieces(values))
+    return "".join(text for _, text in command_pieces(values, script))
 
 
 def b64(text: str) -> str:
-    """UTF-8 then base64, how the extension passes user name and password to the script."""
+    """UTF-8 then base64, how the extension passes the user name, cluster name and public key to the script."""
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def key_b64(key: str | None) -> str:
+    """The AdminKeyB64 parameter: the public key base64, or NO_KEY."""
+    return b64(key) if key else NO_KEY
 
 
 def host_key_fingerprints(output: str) -> dict[str, list[str]]:

@@ -12,6 +12,8 @@ SPEC_VERSION = 1
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: instance tag keys readable over IMDS (instance_metadata_tags): no spaces, no '/'
+_IMDS_TAG_KEY = re.compile(r"^[A-Za-z0-9+\-=.,_:@]{1,128}$")
 
 
 class _Model(BaseModel):
@@ -180,12 +182,21 @@ class AzureOptions(_Model):
     vnet_cidr: str = "10.0.0.0/16"
     subnet_cidr: str = "10.0.0.0/24"
     resource_group: str | None = None
+    patch_mode: Literal["Manual", "AutomaticByOS", "AutomaticByPlatform"] = Field(
+        default="Manual", description="Windows Update: Manual (default) never reboots a node in the middle of a job")
+    password_ssh: bool = Field(default=True, description="password logins over SSH; false needs admin.ssh_public_key")
+    openssh_msi: Installer | None = Field(
+        default=None, description="pinned Win32-OpenSSH MSI (url, sha256) if Add-WindowsCapability keeps failing")
 
 
 class AwsOptions(_Model):
     """Options only the AWS program and CloudFormation template read."""
 
     ami_ssm_parameter: str = "/aws/service/debian/release/12/latest/amd64"
+    ami: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$",
+                            description="pinned AMI id (default: resolved once from ami_ssm_parameter)")
+    shared_volume_gb: int = Field(default=100, ge=1, le=16384,
+                                  description="EBS volume of the head node's shared directory (kept on replacement)")
     vpc_id: str | None = None
     subnet_id: str | None = None
     vpc_cidr: str = "10.0.0.0/16"
@@ -269,6 +280,13 @@ class ClusterSpec(_Model):
                              "MS-MPI launches ranks with the password")
         if self.os == "linux" and self.cloud != "local" and not self.admin.ssh_public_key:
             raise ValueError("os linux needs admin.ssh_public_key")
+        if self.azure is not None and not self.azure.password_ssh and not self.admin.ssh_public_key:
+            raise ValueError("azure.password_ssh false needs admin.ssh_public_key (or nobody can log in over SSH)")
+        if self.cloud == "aws":
+            for key in self.tags:
+                if not _IMDS_TAG_KEY.match(key) or key in (".", "..", "_index"):
+                    raise ValueError(f"tags: key {key!r} is not allowed on AWS instances that expose tags over "
+                                     "instance metadata (letters, digits and + - = . , _ : @ only; no spaces or /)")
         self._scheduler_supported()
         return self
 
@@ -284,6 +302,11 @@ class ClusterSpec(_Model):
         if self.local_options.network == "loopback":
             raise ValueError("scheduler: slurm on the local cluster needs local.network: namespaces "
                              "(one network namespace per node, as root)")
+
+    @property
+    def password_only(self) -> bool:
+        """Windows nodes without an SSH key: logins (and mpicloud attach) use the admin password."""
+        return self.os == "windows" and not self.admin.ssh_public_key
 
     @property
     def shared_storage(self) -> Shared:

@@ -2,6 +2,8 @@
 # mpicloud node identity and cluster files: /etc/hosts names node0..nodeN-1, MPICLOUD_NODE machine-wide,
 # the Open MPI hostfile, and on the head node runner.json (N nodes of SLOTS slots, idle shutdown minutes).
 # usage: cluster-files.sh INDEX USER SHARED IP0 IP1 ... (N, SLOTS from /etc/mpicloud/node.env)
+# INDEX auto (a worker of the CloudFormation template, whose nodes share one user data): the position of this
+# node's private address (MPICLOUD_PRIVATE_IP) among IP1..; the host name is set to nodeINDEX then.
 # MPICLOUD_SYSROOT (tests only) prefixes /etc and /opt.
 set -euo pipefail
 index=$1 user=$2 shared=$3
@@ -11,6 +13,12 @@ root=${MPICLOUD_SYSROOT:-}
 count=$MPICLOUD_COUNT slots=$MPICLOUD_SLOTS
 ips=("$@")
 [ "${#ips[@]}" -ge "$count" ] || { echo "cluster-files.sh: $count nodes but ${#ips[@]} addresses" >&2; exit 2; }
+if [ "$index" = auto ]; then
+  for ((i = 1; i < count; i++)); do [ "${ips[$i]}" = "${MPICLOUD_PRIVATE_IP:-}" ] && index=$i && break; done
+  [ "$index" != auto ] || { echo "cluster-files.sh: ${MPICLOUD_PRIVATE_IP:-?} is no worker address" >&2; exit 2; }
+  echo "node$index" > "$root/etc/hostname"
+  [ -n "$root" ] || hostnamectl set-hostname "node$index"
+fi
 install -d -m 755 "$root/etc/mpicloud"
 : > "$root/etc/mpicloud/hostfile"
 for ((i = 0; i < count; i++)); do
@@ -20,6 +28,8 @@ done
 grep -q '^MPICLOUD_NODE=' "$root/etc/environment" || echo "MPICLOUD_NODE=node$index" >> "$root/etc/environment"
 [ "$index" = 0 ] || exit 0
 install -d -m 775 -o "$user" -g "$(id -gn "$user")" "$shared" "$shared/.mpicloud"
+# every node must see this file before the runner starts an MPI job there (runner.py: share_problem)
+[ -f "$shared/.mpicloud/share-marker" ] || echo "mpicloud shared storage of node0" > "$shared/.mpicloud/share-marker"
 python3 - "$count" "$slots" "$MPICLOUD_IDLE_MINUTES" "$shared/.mpicloud/runner.json" "$root" <<'PY'
 import json, sys
 count, slots, idle, target = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]

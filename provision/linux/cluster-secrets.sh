@@ -1,13 +1,13 @@
 #!/bin/bash
 # mpicloud intra-cluster secrets, never in user data: the head node creates the cluster SSH key and the Samba
-# password and stores them as SSM SecureString parameters (the instance role allows only PREFIX/*);
-# workers wait for them. usage: cluster-secrets.sh head|worker USER   (values from /etc/mpicloud/node.env)
+# password and stores them as SSM SecureString parameters under the deployment's own PREFIX (a nonce per
+# deployment), encrypted with the deployment's own KMS key that only the node role may use; workers wait for them. usage: cluster-secrets.sh head|worker USER   (values from /etc/mpicloud/node.env)
 # MPICLOUD_SYSROOT (tests only) prefixes /etc and the user's home.
 set -euo pipefail
 role=$1 user=$2
 root=${MPICLOUD_SYSROOT:-}
 . "$root/etc/mpicloud/node.env"
-prefix=$MPICLOUD_SSM_PREFIX region=$MPICLOUD_REGION
+prefix=$MPICLOUD_SSM_PREFIX region=$MPICLOUD_REGION kms_key=$MPICLOUD_KMS_KEY
 home=$root$(getent passwd "$user" | cut -d: -f6)
 group=$(id -gn "$user")
 key=$home/.ssh/id_ed25519 password=$root/etc/mpicloud/smb-password
@@ -15,8 +15,8 @@ umask 077
 install -d -m 700 -o "$user" -g "$group" "$home/.ssh"
 install -d -m 700 "$root/etc/mpicloud"
 
-put() { aws ssm put-parameter --region "$region" --name "$prefix/$1" --type SecureString --overwrite \
-          --value "file://$2" >/dev/null; }
+put() { aws ssm put-parameter --region "$region" --name "$prefix/$1" --type SecureString --key-id "$kms_key" \
+          --overwrite --value "file://$2" >/dev/null; }
 get() { aws ssm get-parameter --region "$region" --name "$prefix/$1" --with-decryption \
           --query Parameter.Value --output text > "$2"; }
 fetch() {

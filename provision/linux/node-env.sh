@@ -12,6 +12,10 @@ install -d -m 755 /etc/mpicloud
   echo "MPICLOUD_SLOTS=$(md tags/instance/mpicloud:slots)"
   echo "MPICLOUD_SSM_PREFIX=$(md tags/instance/mpicloud:ssm-prefix)"
   echo "MPICLOUD_IDLE_MINUTES=$(md tags/instance/mpicloud:idle-minutes)"
+  echo "MPICLOUD_KMS_KEY=$(md tags/instance/mpicloud:kms-key)"
+  # the head node only: its shared directory's own EBS volume
+  echo "MPICLOUD_SHARED_VOLUME=$(md tags/instance/mpicloud:shared-volume 2>/dev/null || true)"
   echo "MPICLOUD_REGION=$(md placement/region)"
+  echo "MPICLOUD_PRIVATE_IP=$(md local-ipv4)"
 } > /etc/mpicloud/node.env
 md public-keys/0/openssh-key > /etc/mpicloud/admin.pub

@@ -4,6 +4,10 @@
 #        [--server HOST] [--clients CIDR] [--conf-dir DIR] [--port N] [--listen ADDR] [--daemon]
 # --conf-dir/--port/--listen/--daemon let a test run a private smbd; the defaults are the cloud's.
 # MPICLOUD_SYSROOT (tests only) prefixes the client's /etc.
+# SMB3 without unix extensions has no per-file modes: files created over SMB get mode 0775 on the server
+# (force create mode) and every file shows as 0775 on the workers (file_mode), so programs on the share run on
+# every node. Clients mount through a systemd automount that retries on every access; while nothing is
+# mounted the mount point is immutable, so a job can never write to a bare local /shared by mistake.
 set -euo pipefail
 etc=${MPICLOUD_SYSROOT:-}/etc
 role=${1:?server or client}; shift
@@ -59,8 +63,10 @@ smb_conf() {
     echo "  valid users = $user"
     echo "  force user = $user"
     echo "  read only = no"
-    echo "  create mask = 0664"
+    echo "  create mask = 0775"
+    echo "  force create mode = 0775"
     echo "  directory mask = 0775"
+    echo "  force directory mode = 0775"
   } > "$conf_dir/smb.conf"
 }
 
@@ -90,14 +96,18 @@ smb_client() {
   uid=$(id -u "$user"); gid=$(id -g "$user")
   install -d -m 700 "$etc/mpicloud"
   (umask 077; printf 'username=%s\npassword=%s\n' "$user" "$(cat "$password_file")" > "$cred")
-  echo "//$server/shared $path cifs vers=3.1.1,port=$port,credentials=$cred,uid=$uid,gid=$gid,file_mode=0664,dir_mode=0775,nobrl,_netdev,nofail 0 0" >> "$etc/fstab"
+  echo "//$server/shared $path cifs vers=3.1.1,port=$port,credentials=$cred,uid=$uid,gid=$gid,file_mode=0775,dir_mode=0775,nobrl,$AUTOMOUNT 0 0" >> "$etc/fstab"
 }
 
 nfs_client() {
-  echo "$server:$path $path nfs4 rw,hard,_netdev,nofail 0 0" >> "$etc/fstab"
+  echo "$server:$path $path nfs4 rw,hard,$AUTOMOUNT 0 0" >> "$etc/fstab"
 }
 
+# mounted on first access and retried on every later one (a worker may boot before node0 serves the share)
+AUTOMOUNT=_netdev,nofail,x-systemd.automount,x-systemd.mount-timeout=30s,x-systemd.requires=network-online.target
+
 mkdir -p "$path"
+findmnt -n -M "$path" >/dev/null 2>&1 || chattr -i "$path" 2>/dev/null || true
 chown "$user:$group" "$path"
 case "$role:$kind" in
   server:smb) smb_server ;;
@@ -105,7 +115,14 @@ case "$role:$kind" in
   client:smb|client:nfs)
     [ -n "$server" ] || { echo "shared-storage.sh: client needs --server" >&2; exit 2; }
     grep -q " $path " "$etc/fstab" || "${kind}_client"
-    for _ in $(seq 120); do mountpoint -q "$path" || mount "$path" 2>/dev/null && exit 0; sleep 5; done
+    chattr +i "$path"
+    systemctl daemon-reload
+    systemctl restart remote-fs.target || true
+    for _ in $(seq 120); do
+      findmnt -n -t cifs,smb3,nfs,nfs4 -M "$path" >/dev/null 2>&1 && exit 0
+      mount "$path" 2>/dev/null && exit 0
+      sleep 5
+    done
     echo "shared-storage.sh: could not mount $path from $server" >&2; exit 1 ;;
   *) echo "shared-storage.sh: role must be server or client, kind smb or nfs" >&2; exit 2 ;;
 esac

@@ -489,6 +489,27 @@ def job_env(root: Path, jobdir: Path, job: dict[str, Any], hosts: list[tuple[str
     return env
 
 
+def preflight_problem(config: dict[str, Any], hosts: list[tuple[str, int]]) -> str | None:
+    """Why an MPI job must not start: a file the deployment requires is missing (`require_files`: path and
+    reason, e.g. MS-MPI's verified saved credentials), or a node does not see the shared storage (its
+    `share_marker` file, asked over `share_probe` + HOST + `test -f MARKER`). None when all is well."""
+    for required in config.get("require_files") or []:
+        if not Path(required["path"]).is_file():
+            return f"not ready: {required['reason']}"
+    marker, probe = config.get("share_marker"), config.get("share_probe")
+    if not (marker and probe):
+        return None
+    for host in sorted({h for h, _ in hosts}):
+        try:
+            seen = subprocess.run([*probe, host, "test", "-f", marker], stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=60, check=False).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            seen = False
+        if not seen:
+            return f"{host} does not see the shared storage ({marker} is missing there); the job was not started"
+    return None
+
+
 def run_job(root: Path, job_id: str, launch: str) -> int:
     """`exec`: run one launch of a job to completion in its own process group and write result.json; nothing
     when the runner gave this launch up (it restarted before the wrapper started)."""
@@ -513,6 +534,10 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
         return _finish(jobdir, result)
     argv = list(job["argv"])
     if job.get("mpi"):
+        problem = preflight_problem(config, hosts)
+        if problem:
+            result.update(exit_code=126, reason=problem)
+            return _finish(jobdir, result)
         exported = {k: env[k] for k in env if k in JOB_VARS or k in job.get("env", {})}
         argv = launch_argv(config["launcher"], hosts, int(job["cores"]), str(jobdir / "hostfile"),
                            str(work), exported, argv)

@@ -1,7 +1,7 @@
 # mpicloud idle-shutdown action, run by the runner on the head node when the cluster has been idle.
 # Deallocates every VM (the head last) through Azure Resource Manager with the head node's managed identity,
-# which the deployment grants "Virtual Machine Contributor" on the resource group. If that fails, the head
-# shuts itself down: a VM stopped from inside is NOT deallocated and still bills compute.
+# which the deployment grants a custom role holding only virtualMachines/read and deallocate/action on each VM.
+# If that fails, the head shuts itself down: a VM stopped from inside is NOT deallocated and still bills compute.
 $ErrorActionPreference = 'Stop'
 $data = Join-Path $env:ProgramData 'mpicloud'
 $cluster = Get-Content -Raw -Path (Join-Path $data 'cluster.json') | ConvertFrom-Json
@@ -14,7 +14,7 @@ try {
   $token = Invoke-RestMethod -Headers $headers -Uri "$imds/identity/oauth2/token?api-version=2018-02-01&resource=$resource"
   $auth = @{ Authorization = 'Bearer ' + $token.access_token }
   $group = $cluster.arm.TrimEnd('/') + '/subscriptions/' + $vm.subscriptionId + '/resourceGroups/' + $vm.resourceGroupName
-  $order = @($cluster.nodes | Where-Object { $_ -ne $vm.name }) + @($vm.name)
+  $order = @($cluster.vms | Where-Object { $_ -ne $vm.name }) + @($vm.name)
   foreach ($name in $order) {
     $uri = $group + '/providers/Microsoft.Compute/virtualMachines/' + $name + '/deallocate?api-version=2024-11-01'
     Invoke-RestMethod -Method Post -Headers $auth -Uri $uri | Out-Null

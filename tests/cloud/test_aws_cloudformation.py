@@ -26,7 +26,7 @@ CHECKOV_SKIPS = {
     "CKV_AWS_88",
 }
 #: resource types moto's CloudFormation silently skips (a UserWarning only): covered by cfn-lint/project checks
-MOTO_SKIPS = {"AWS::EC2::PlacementGroup"}
+MOTO_SKIPS = {"AWS::EC2::PlacementGroup", "AWS::EC2::SecurityGroupEgress"}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,30 @@ def test_ssh_is_open_only_to_the_parameter(template: dict[str, Any]) -> None:
     assert "Default" not in template["Parameters"]["AllowedSshCidr"]
 
 
+def test_members_egress_to_the_group_itself(template: dict[str, Any]) -> None:
+    egress = template["Resources"]["ClusterEgress"]
+    assert egress["Type"] == "AWS::EC2::SecurityGroupEgress"
+    assert egress["Properties"]["GroupId"] == egress["Properties"]["DestinationSecurityGroupId"] == \
+        {"Ref": "SecurityGroup"} and egress["Properties"]["IpProtocol"] == "-1"
+
+
+def test_image_is_pinnable_and_shared_volume_is_snapshotted(template: dict[str, Any]) -> None:
+    assert template["Parameters"]["LatestImageId"]["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+    assert template["Parameters"]["ImageId"]["Default"] == ""
+    assert template["Outputs"]["ImageId"]["Value"] == {
+        "Fn::If": ["HasPinnedImage", {"Ref": "ImageId"}, {"Ref": "LatestImageId"}]}
+    volume = template["Resources"]["SharedVolume"]
+    assert volume["DeletionPolicy"] == volume["UpdateReplacePolicy"] == "Snapshot"
+    assert volume["Properties"]["Encrypted"] is True
+    attach = template["Resources"]["SharedVolumeAttachment"]["Properties"]
+    assert attach == {"Device": "/dev/sdf", "InstanceId": {"Ref": "Node0"}, "VolumeId": {"Ref": "SharedVolume"}}
+    key = template["Resources"]["SecretsKey"]
+    assert key["Properties"]["EnableKeyRotation"] is True
+    use = key["Properties"]["KeyPolicy"]["Statement"][1]
+    assert use["Principal"] == {"AWS": {"Fn::GetAtt": ["NodeRole", "Arn"]}}
+    assert "kms:Decrypt" not in key["Properties"]["KeyPolicy"]["Statement"][0]["Action"]
+
+
 def test_nodes_imdsv2_encrypted_placed_and_conditional(template: dict[str, Any]) -> None:
     data = template["Resources"]["NodeLaunchTemplate"]["Properties"]["LaunchTemplateData"]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
@@ -91,21 +115,26 @@ def test_nodes_imdsv2_encrypted_placed_and_conditional(template: dict[str, Any])
     assert template["Resources"]["PlacementGroup"]["Properties"]["Strategy"] == "cluster"
     nodes = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::EC2::Instance"}
     parts = sorted(k for k, v in template["Resources"].items() if v["Type"] == "AWS::SSM::Parameter")
-    assert parts and nodes["Node0"]["DependsOn"] == ["DefaultRoute", *parts]
-    assert len(nodes) == MAX_TEMPLATE_NODES and "Condition" not in nodes["Node0"]
+    assert parts and nodes["Node0"]["DependsOn"] == ["DefaultRoute", "NodeSecretsPolicy", *parts]
+    assert len(nodes) == MAX_TEMPLATE_NODES == 256 and "Condition" not in nodes["Node0"]
     ips = node_addresses(template_spec().aws_options.subnet_cidr, MAX_TEMPLATE_NODES)
+    # node0 has its own user data; every worker takes the launch template's, which finds its index at boot
+    shared = gzip.decompress(base64.b64decode(data["UserData"])).decode()
+    assert shared == cloud_config(template_spec(), None, ips)
     for i in range(MAX_TEMPLATE_NODES):
         props = nodes[f"Node{i}"]["Properties"]
         assert props["NetworkInterfaces"][0]["PrivateIpAddress"] == ips[i]
-        text = gzip.decompress(base64.b64decode(props["UserData"])).decode()
-        assert text == cloud_config(template_spec(), i, ips)
+        assert ("UserData" in props) == (i == 0)
         assert {"Key": TAG_NODES, "Value": {"Ref": "NodeCount"}} in props["Tags"]
+        assert props["ImageId"] == {"Fn::If": ["HasPinnedImage", {"Ref": "ImageId"}, {"Ref": "LatestImageId"}]}
+    text = gzip.decompress(base64.b64decode(nodes["Node0"]["Properties"]["UserData"])).decode()
+    assert text == cloud_config(template_spec(), 0, ips)
 
 
 def test_every_taggable_resource_is_tagged(template: dict[str, Any]) -> None:
     untaggable = {"AWS::EC2::Route", "AWS::EC2::SubnetRouteTableAssociation", "AWS::EC2::VPCGatewayAttachment",
                   "AWS::EC2::SecurityGroupIngress", "AWS::IAM::InstanceProfile", "AWS::EC2::LaunchTemplate",
-                  "AWS::IAM::Policy"}
+                  "AWS::IAM::Policy", "AWS::EC2::SecurityGroupEgress", "AWS::EC2::VolumeAttachment"}
     cluster = {"Key": "mpicloud:cluster", "Value": {"Ref": "AWS::StackName"}}
     for name, resource in template["Resources"].items():
         if resource["Type"] == "AWS::SSM::Parameter":  # the one type whose Tags are a map
@@ -131,7 +160,7 @@ def _enabled(conditions: dict[str, Any], name: str, count: str) -> bool:
     return ev(conditions[name])
 
 
-@pytest.mark.parametrize("count", [1, 2, 5, MAX_TEMPLATE_NODES])
+@pytest.mark.parametrize("count", [1, 2, 5, 9, 10, 11, 16, 100, 247, 248, 255, MAX_TEMPLATE_NODES])
 def test_node_count_switches_exactly_that_many_nodes_on(template: dict[str, Any], count: int) -> None:
     on = 1 + sum(_enabled(template["Conditions"], f"HasNode{i}", str(count)) for i in range(1, MAX_TEMPLATE_NODES))
     assert on == count
@@ -139,14 +168,17 @@ def test_node_count_switches_exactly_that_many_nodes_on(template: dict[str, Any]
 
 def test_bucket_policy_is_prefix_scoped_and_partition_aware(template: dict[str, Any]) -> None:
     policies = template["Resources"]["NodeRole"]["Properties"]["Policies"]
-    bucket = policies[1]["Fn::If"][1]["PolicyDocument"]["Statement"]
+    bucket = policies[0]["Fn::If"][1]["PolicyDocument"]["Statement"]
     listing = next(s for s in bucket if s["Action"] == "s3:ListBucket")
     assert listing["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}"}
     assert listing["Condition"]["StringLike"]["s3:prefix"][1] == {"Fn::Sub": "${InputPrefix}*"}
     write = next(s for s in bucket if "s3:PutObject" in s["Action"])
     assert write["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/${OutputPrefix}*"}
-    secrets = policies[0]["PolicyDocument"]["Statement"][0]
-    assert secrets["Resource"]["Fn::Sub"].endswith(":parameter/mpicloud/${AWS::StackName}/*")
+    secrets = template["Resources"]["NodeSecretsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert secrets[0]["Resource"]["Fn::Sub"].endswith(":parameter/mpicloud/${AWS::StackName}/${SecretsKey}/*")
+    assert secrets[1] == {"Sid": "ClusterSecretsKey", "Effect": "Allow",
+                          "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+                          "Resource": {"Fn::GetAtt": ["SecretsKey", "Arn"]}}
 
 
 def test_kms_and_bucket_role_policies_only_when_given(template: dict[str, Any]) -> None:
@@ -177,18 +209,22 @@ def test_moto_deploys_the_template() -> None:
         ec2.create_key_pair(KeyName="me")
         image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         # moto reserves /aws/ names, ships no Debian parameter and resolves the Default even when a value is
-        # given, and reads SSM parameter Tags as a list: the deployed copy differs only in those two places
+        # given, reads SSM parameter Tags as a list and KMS key Tags as TagKey/TagValue: the deployed copy
+        # differs only in those three places
         body = cluster_template()
-        body["Parameters"]["ImageId"]["Default"] = "/test/debian-12"
+        body["Parameters"]["LatestImageId"]["Default"] = "/test/debian-12"
         for resource in body["Resources"].values():  # moto wants a Key/Value list, CloudFormation a map
             if resource["Type"] == "AWS::SSM::Parameter":
                 resource["Properties"]["Tags"] = [{"Key": k, "Value": v}
                                                   for k, v in resource["Properties"]["Tags"].items()]
+            if resource["Type"] == "AWS::KMS::Key":  # moto passes CloudFormation's Key/Value to KMS' TagKey API
+                resource["Properties"]["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]}
+                                                  for t in resource["Properties"]["Tags"]]
         boto3.client("ssm", region_name=region).put_parameter(Name="/test/debian-12", Value=image, Type="String")
         cfn = boto3.client("cloudformation", region_name=region)
         cfn.create_stack(StackName="mpi", TemplateBody=json.dumps(body), Capabilities=["CAPABILITY_IAM"],
                          Parameters=[{"ParameterKey": "KeyName", "ParameterValue": "me"},
-                                     {"ParameterKey": "NodeCount", "ParameterValue": "3"},
+                                     {"ParameterKey": "NodeCount", "ParameterValue": "16"},
                                      {"ParameterKey": "AllowedSshCidr", "ParameterValue": "203.0.113.0/24"},
                                      {"ParameterKey": "BucketName", "ParameterValue": "my-simulation-data"},
                                      {"ParameterKey": "KmsKeyArn", "ParameterValue": KMS_KEY},
@@ -205,19 +241,29 @@ def test_moto_deploys_the_template() -> None:
         assume = iam.get_role_policy(RoleName=role[0]["RoleName"], PolicyName="assume-bucket-role")["PolicyDocument"]
         pages = boto3.client("ssm", region_name=region).get_paginator("get_parameters_by_path")
         stored = [p for page in pages.paginate(Path="/mpicloud/mpi", Recursive=True) for p in page["Parameters"]]
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+        key_id = boto3.client("kms", region_name=region).list_keys()["Keys"][0]["KeyId"]
+        volumes = ec2.describe_volumes(Filters=[{"Name": "size", "Values": ["100"]}])["Volumes"]
     skipped = {str(w.message).split("parse ")[1].split(" but")[0] for w in caught
                if "but it's not supported" in str(w.message)}
     assert skipped == MOTO_SKIPS
-    # every declared resource is created except the skipped types and the nodes NodeCount=3 switches off
+    # every declared resource is created except the skipped types and the nodes NodeCount=16 switches off
     expected = {name: r["Type"] for name, r in cluster_template()["Resources"].items()
-                if r["Type"] not in MOTO_SKIPS and name not in {f"Node{i}" for i in range(3, MAX_TEMPLATE_NODES)}}
+                if r["Type"] not in MOTO_SKIPS and name not in {f"Node{i}" for i in range(16, MAX_TEMPLATE_NODES)}}
     assert created == expected
     # moto applies neither the launch template nor NetworkInterfaces to instances (fixed IPs, IMDSv2, encryption
     # and placement are asserted on the template above and by cfn-lint); it does honour image, key, role, tags
-    assert len(instances) == 3
+    assert len(instances) == 16
     assert all(i["KeyName"] == "me" and i["ImageId"] == image for i in instances)
-    assert sorted(t["Value"] for i in instances for t in i["Tags"] if t["Key"] == "Name") == [
-        "mpi-node0", "mpi-node1", "mpi-node2"]
+    assert sorted(t["Value"] for i in instances for t in i["Tags"] if t["Key"] == "Name") == sorted(
+        f"mpi-node{i}" for i in range(16))
+    assert outputs["ImageId"] == image  # what the user pins on updates
+    assert outputs["SsmPrefix"] == f"/mpicloud/mpi/{key_id}"  # the deployment's own nonce
+    assert {t["Key"]: t["Value"] for i in instances for t in i["Tags"]}["mpicloud:kms-key"] == key_id
+    # moto ignores the volume's Encrypted/VolumeType (asserted on the template); it does attach it to node0
+    node0 = next(i["InstanceId"] for i in instances for t in i["Tags"] if t["Value"] == "mpi-node0")
+    assert len(volumes) == 1 and volumes[0]["Attachments"][0]["Device"] == "/dev/sdf"
+    assert volumes[0]["Attachments"][0]["InstanceId"] == node0
     assert all(i["IamInstanceProfile"]["Arn"] for i in instances)
     perms = [p for g in groups["SecurityGroups"] for p in g["IpPermissions"]]
     assert any(p.get("IpRanges") == [{"CidrIp": "203.0.113.0/24", "Description": "SSH from the allowed network only"}]
@@ -227,17 +273,22 @@ def test_moto_deploys_the_template() -> None:
     assert kms["Statement"][0]["Resource"] == KMS_KEY
     assert assume["Statement"] == [{"Sid": "AssumeBucketRole", "Effect": "Allow", "Action": "sts:AssumeRole",
                                     "Resource": BUCKET_ROLE}]
-    assert {p["Name"]: p["Value"] for p in stored} == runner_parameters("/mpicloud/mpi")
+    assert {p["Name"]: p["Value"] for p in stored} == runner_parameters(f"/mpicloud/mpi/{key_id}")
 
 
 def test_template_from_a_spec_keeps_its_defaults_and_limit() -> None:
     from tests.specdata import aws_spec
 
-    template = cluster_template(aws_spec(nodes=4, slots_per_node=16))
+    with pytest.raises(RenderError, match="too small for 256 nodes"):  # the template always declares 256
+        cluster_template(aws_spec(nodes=4))
+    template = cluster_template(aws_spec(nodes=4, slots_per_node=16, aws={"subnet_cidr": "10.0.0.0/23"}))
     assert template["Parameters"]["NodeCount"]["Default"] == "4"
+    assert template["Parameters"]["NodeCount"]["AllowedValues"] == [str(n) for n in range(1, 257)]
     assert template["Parameters"]["SlotsPerNode"]["Default"] == 16
-    with pytest.raises(RenderError, match="at most"):
-        cluster_template(aws_spec(nodes=MAX_TEMPLATE_NODES + 1))
+    from mpicloud.spec.model import ClusterSpec
+
+    nodes_field = ClusterSpec.model_fields["nodes"].metadata
+    assert any(getattr(m, "le", None) == MAX_TEMPLATE_NODES for m in nodes_field)  # the template covers the spec
 
 
 def test_launch_stack_url() -> None:

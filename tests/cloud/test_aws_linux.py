@@ -91,7 +91,14 @@ def test_head_runs_runner_workers_mount(spec: ClusterSpec) -> None:
     digest = hashlib.sha256((provision_dir() / "runner" / "runner.py").read_bytes()).hexdigest()
     assert fetch[2].startswith("runner.py:") and fetch[2].endswith(f":{digest}")
     assert head["runcmd"].index(fetch) < head["runcmd"].index(["systemctl", "daemon-reload"])
-    assert json.loads(head_files["/opt/mpicloud/runner.base.json"]) == runner_config(spec, STOP_COMMAND)
+    assert json.loads(head_files["/opt/mpicloud/runner.base.json"]) == {
+        **runner_config(spec, STOP_COMMAND), "share_marker": "/shared/.mpicloud/share-marker",
+        "share_probe": ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]}
+    # the head mounts its own /shared volume before anything writes there
+    volume = ["bash", "/opt/mpicloud/shared-volume.sh", "/shared"]
+    assert head["runcmd"].index(volume) < head["runcmd"].index(next(c for c in head["runcmd"] if "cluster-files.sh"
+                                                                    in c[1]))
+    assert volume not in worker["runcmd"] and "/opt/mpicloud/shared-volume.sh" in head_files
     service = head_files["/etc/systemd/system/mpicloud-runner.service"]
     assert "User=mpiadmin" in service and "serve --wait-lock --root /shared/.mpicloud" in service
     # restarted whatever killed it; stopping or restarting it spares the job wrappers in its cgroup
@@ -148,3 +155,11 @@ def test_the_example_spec_renders_for_every_node() -> None:
     sizes = [len(base64.b64decode(user_data_base64(spec, i))) for i in range(spec.nodes)]
     assert all(size <= USER_DATA_LIMIT for size in sizes) and sizes[0] > sizes[1]
     assert "python3-numpy" in yaml.safe_load(cloud_config(spec, 1))["packages"]
+
+
+def test_any_worker_user_data_is_index_free(spec: ClusterSpec) -> None:
+    any_worker = yaml.safe_load(cloud_config(spec, None))
+    assert "hostname" not in any_worker
+    assert ["bash", "/opt/mpicloud/cluster-files.sh", "auto", "mpiadmin", "/shared",
+            "10.0.0.10", "10.0.0.11", "10.0.0.12"] in any_worker["runcmd"]
+    assert cloud_config(spec, None).replace("auto", "1") != cloud_config(spec, 1)  # node 1 names itself

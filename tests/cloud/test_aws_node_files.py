@@ -30,14 +30,14 @@ def _sysroot(tmp_path: Path, count: int, idle: str) -> Path:
     (root / "etc" / "environment").write_text("")
     (root / "etc" / "mpicloud" / "node.env").write_text(
         f"MPICLOUD_COUNT={count}\nMPICLOUD_SLOTS=4\nMPICLOUD_SSM_PREFIX=/mpicloud/demo\n"
-        f"MPICLOUD_IDLE_MINUTES={idle}\nMPICLOUD_REGION=eu-west-1\n")
+        f"MPICLOUD_IDLE_MINUTES={idle}\nMPICLOUD_REGION=eu-west-1\nMPICLOUD_KMS_KEY=key-of-this-deployment\n")
     files = {f["path"]: f["content"] for f in yaml.safe_load(cloud_config(aws_spec(), 0))["write_files"]}
     (root / "opt" / "mpicloud").mkdir(parents=True)
     (root / "opt" / "mpicloud" / "runner.base.json").write_text(files["/opt/mpicloud/runner.base.json"])
     return root
 
 
-def _run(root: Path, index: int, shared: Path, ips: list[str]) -> subprocess.CompletedProcess[str]:
+def _run(root: Path, index: int | str, shared: Path, ips: list[str]) -> subprocess.CompletedProcess[str]:
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
     return subprocess.run(["bash", str(SCRIPT), str(index), user, str(shared), *ips], capture_output=True,
                           text=True, env={**os.environ, "MPICLOUD_SYSROOT": str(root)}, timeout=60)
@@ -55,7 +55,9 @@ def test_head_node_files(tmp_path: Path, count: int, idle: str, expected_idle: f
     assert (root / "etc" / "environment").read_text() == "MPICLOUD_NODE=node0\n"
     written = json.loads((shared / ".mpicloud" / "runner.json").read_text())
     spec = aws_spec(nodes=count, slots_per_node=4, idle_shutdown_minutes=expected_idle)
-    assert written == runner_config(spec, STOP_COMMAND)
+    assert written == {**runner_config(spec, STOP_COMMAND), "share_marker": "/shared/.mpicloud/share-marker",
+                       "share_probe": ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]}
+    assert (shared / ".mpicloud" / "share-marker").is_file()
     assert _run(root, 0, shared, IPS).returncode == 0  # a second run (reboot) adds nothing
     assert len((root / "etc" / "hosts").read_text().splitlines()) == count + 1
 
@@ -148,6 +150,8 @@ def test_cluster_key_and_smb_password_pass_from_head_to_worker_through_ssm(tmp_p
         assert (ssh / "id_ed25519").stat().st_mode & 0o077 == 0
     argv = (tmp_path / "ssm.argv").read_text()
     assert password not in argv and "PRIVATE KEY" not in argv and "--type SecureString" in argv
+    # encrypted with the deployment's own key, never the account-wide aws/ssm default
+    assert argv.count("--key-id key-of-this-deployment") == 2
 
 
 def test_idle_shutdown_halts_workers_then_the_head(tmp_path: Path) -> None:
@@ -163,3 +167,16 @@ def test_idle_shutdown_halts_workers_then_the_head(tmp_path: Path) -> None:
         "ssh -o BatchMode=yes -o ConnectTimeout=10 node1 sudo -n /sbin/shutdown -h now",
         "ssh -o BatchMode=yes -o ConnectTimeout=10 node2 sudo -n /sbin/shutdown -h now",
         "sudo -n /sbin/shutdown -h now"]
+
+
+def test_a_worker_finds_its_index_from_its_private_address(tmp_path: Path) -> None:
+    root, shared = _sysroot(tmp_path, 3, "0"), tmp_path / "shared"
+    env = root / "etc" / "mpicloud" / "node.env"
+    env.write_text(env.read_text() + "MPICLOUD_PRIVATE_IP=10.0.0.12\n")
+    done = _run(root, "auto", shared, IPS)
+    assert done.returncode == 0, done.stderr
+    assert (root / "etc" / "environment").read_text() == "MPICLOUD_NODE=node2\n"
+    assert (root / "etc" / "hostname").read_text() == "node2\n"
+    env.write_text(env.read_text().replace("10.0.0.12", "10.0.0.13"))  # beyond NodeCount 3: not a worker
+    done = _run(root, "auto", shared, IPS)
+    assert done.returncode == 2 and "no worker address" in done.stderr

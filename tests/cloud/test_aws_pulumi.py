@@ -1,4 +1,7 @@
-"""infra/aws under Pulumi mocks: placement group, IMDSv2, SG exposure, tags, no secret in user data, node count."""
+"""infra/aws under Pulumi mocks: placement group, IMDSv2, SG exposure, tags, no secret in user data, node count,
+one region for everything, pinned image and user data, the shared volume, per-deployment secrets, EFA.
+
+Mocks are installed per test (the `seen` fixture), never at import, so the order of test files does not matter."""
 
 from __future__ import annotations
 
@@ -31,9 +34,12 @@ class Mocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, dict[str, Any]]] = []
+        self.providers: dict[str, str] = {}  # resource name -> its provider reference (URN::id)
+        self.invokes: list[tuple[str, str | None]] = []  # (token, provider) of every invoke
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.seen.append((args.typ, args.name, dict(args.inputs)))
+        self.providers[args.name] = args.provider
         state = dict(args.inputs)
         state.setdefault("name", args.name)
         state.setdefault("keyName", args.name)
@@ -41,10 +47,16 @@ class Mocks(pulumi.runtime.Mocks):
         if args.typ == "aws:ec2/instance:Instance":
             state["publicIp"] = f"198.51.100.{len(self.seen)}"
             state.setdefault("privateIp", args.inputs.get("privateIp", "10.0.0.99"))
+        if args.typ == "aws:ec2/eip:Eip":
+            state["publicIp"] = f"203.0.113.{len(self.seen)}"
+        if args.typ == "aws:kms/key:Key":
+            state["keyId"], state["arn"] = KEY_ID, KEY_ARN
         return f"{args.name}_id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        self.invokes.append((args.token, args.provider))
         answers: dict[str, dict[str, Any]] = {
+            "aws:ec2/getSubnet:getSubnet": {"id": "subnet-1", "availabilityZone": "eu-west-1b"},
             "aws:ssm/getParameter:getParameter": {"value": "ami-0123456789abcdef0", "name": "x", "type": "String"},
             "aws:index/getCallerIdentity:getCallerIdentity": {"accountId": ACCOUNT, "arn": "x", "userId": "x"},
             "aws:index/getPartition:getPartition": {"partition": "aws", "dnsSuffix": "amazonaws.com"},
@@ -53,16 +65,26 @@ class Mocks(pulumi.runtime.Mocks):
         return answers.get(args.token, {})
 
 
-MOCKS = Mocks()
-pulumi.runtime.set_mocks(MOCKS, preview=False)
 sys.path.insert(0, str(ROOT / "infra"))
-import aws as program  # noqa: E402  - the Pulumi program, imported after set_mocks as `pulumi up` would
+import aws as program  # noqa: E402  - the Pulumi program (mocks are installed per test below)
+from aws.nodes import INSTANCE_IGNORED  # noqa: E402
+
+KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
+KEY_ARN = f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{KEY_ID}"
+PREFIX = f"/mpicloud/demo/{KEY_ID}"
 
 
 @pytest.fixture()
-def seen() -> Iterator[list[tuple[str, str, dict[str, Any]]]]:
-    MOCKS.seen.clear()
-    yield MOCKS.seen
+def mocks() -> Iterator[Mocks]:
+    """Fresh mocks for this test only (another file's set_mocks cannot leak in, nor ours out)."""
+    fresh = Mocks()
+    pulumi.runtime.set_mocks(fresh, preview=False)
+    yield fresh
+
+
+@pytest.fixture()
+def seen(mocks: Mocks) -> list[tuple[str, str, dict[str, Any]]]:
+    return mocks.seen
 
 
 def _of(seen: list[tuple[str, str, dict[str, Any]]], typ: str) -> list[dict[str, Any]]:
@@ -90,16 +112,17 @@ def test_nodes_in_placement_group_with_imdsv2_encryption_and_fixed_ips(seen: lis
             assert node["placementGroup"] == "demo-nodes-pg"  # the name (mock state), not the id "..._id"
             assert node["metadataOptions"]["httpTokens"] == "required"
             assert node["metadataOptions"]["instanceMetadataTags"] == "enabled"
-            assert node["rootBlockDevice"] == {"encrypted": True, "volumeSize": 30, "volumeType": "gp3"}
+            assert node["rootBlockDevice"] == {"encrypted": True, "volumeSize": 30, "volumeType": "gp3",
+                                               "tags": {"project": "mpicloud-test", "mpicloud:cluster": "demo"}}
             assert node["privateIp"] == f"10.0.0.{10 + i}" and node["ami"] == "ami-0123456789abcdef0"
             assert node["tags"][TAG_NODES] == "3" and node["iamInstanceProfile"]
-            assert node["volumeTags"]["mpicloud:cluster"] == "demo"
+            assert "volumeTags" not in node  # it would fight the shared volume's own tags
             text = gzip.decompress(base64.b64decode(node["userDataBase64"])).decode()
             assert text == cloud_config(spec, i)
             assert "PRIVATE KEY-----" not in text
         # `value` is a secret output in pulumi-aws, so the mock sees it wrapped: {<secret sig>: ..., "value": ...}
         stored = {p["name"]: p["value"]["value"] for p in _of(seen, "ssm/parameter:Parameter")}
-        assert stored == runner_parameters("/mpicloud/demo")
+        assert stored == runner_parameters(PREFIX)
         (key,) = _of(seen, "ec2/keyPair:KeyPair")
         assert key["publicKey"] == spec.admin.ssh_public_key
     return _deployed(spec).apply(check)
@@ -139,7 +162,7 @@ def test_role_carries_bucket_policy_and_secrets_path(seen: list[Any]) -> pulumi.
         policies = [json.loads(p["policy"]) for p in _of(seen, "iam/rolePolicy:RolePolicy")]
         assert bucket_access_policy(spec.bucket) in policies  # type: ignore[arg-type]
         secrets = next(p for p in policies if p["Statement"][0]["Sid"] == "ClusterSecrets")
-        assert secrets["Statement"][0]["Resource"] == f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/mpicloud/demo/*"
+        assert secrets["Statement"][0]["Resource"] == f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter{PREFIX}/*"
         for policy in policies:  # parliament: known actions, resources that fit them
             assert [f.issue for f in analyze_policy_string(json.dumps(policy)).findings] == []
     return _deployed(spec).apply(check)
@@ -188,5 +211,118 @@ def test_existing_network_efa_and_single_node(seen: list[Any]) -> pulumi.Output[
 
 
 def test_no_allowed_cidrs_is_refused() -> None:
+    pulumi.runtime.set_mocks(Mocks(), preview=False)
     with pytest.raises(pulumi.RunError, match="allowed_cidrs"):
         program.MpiCluster("x", program.MpiClusterArgs(aws_spec(access={"allowed_cidrs": []})))
+
+
+def _provider_of(mocks: Mocks, name: str) -> str:
+    """The provider resource name a resource was registered with (its reference is URN::id)."""
+    return mocks.providers[name].split("::")[-2] if mocks.providers.get(name) else ""
+
+
+@pulumi.runtime.test
+def test_every_resource_and_invoke_uses_the_provider_of_spec_region(mocks: Mocks) -> pulumi.Output[Any]:
+    spec = aws_spec(aws={"vpc_id": "vpc-1", "subnet_id": "subnet-1"})
+
+    def check(_: Any) -> None:
+        (provider,) = [(n, i) for t, n, i in mocks.seen if t == "pulumi:providers:aws"]
+        assert provider[1]["region"] == spec.region == "eu-west-1"
+        custom = [n for t, n, _ in mocks.seen if t.startswith("aws:")]
+        assert len(custom) > 10
+        assert {n: _provider_of(mocks, n) for n in custom} == {n: provider[0] for n in custom}
+        assert mocks.invokes and all(p and p.split("::")[-2] == provider[0] for _, p in mocks.invokes), mocks.invokes
+    return _deployed(spec).apply(check)
+
+
+@pulumi.runtime.test
+def test_image_and_user_data_are_pinned_on_updates(mocks: Mocks) -> pulumi.Output[Any]:
+    spec = aws_spec()
+    options: dict[str, pulumi.ResourceOptions] = {}
+
+    def record(args: pulumi.ResourceTransformationArgs) -> None:
+        options[args.name] = args.opts
+
+    cluster = program.MpiCluster(spec.name, program.MpiClusterArgs(spec), pulumi.ResourceOptions(
+        transformations=[record]))
+
+    def check(out: list[Any]) -> None:
+        names = [n for t, n, _ in mocks.seen if t == "aws:ec2/instance:Instance"]
+        assert len(names) == 3 and all(options[n].ignore_changes == INSTANCE_IGNORED for n in names)
+        assert INSTANCE_IGNORED == ["ami", "userData", "userDataBase64"]
+        assert out[-1] == "ami-0123456789abcdef0"  # exported, so `aws.ami` can pin it in the spec
+    return pulumi.Output.all(*[n.id for n in cluster.nodes.instances], cluster.outputs["ami"]).apply(check)
+
+
+@pulumi.runtime.test
+def test_a_pinned_ami_is_used_without_a_lookup(mocks: Mocks) -> pulumi.Output[Any]:
+    spec = aws_spec(aws={"ami": "ami-0fedcba9876543210"})
+
+    def check(_: Any) -> None:
+        assert {n["ami"] for n in _of(mocks.seen, "ec2/instance:Instance")} == {"ami-0fedcba9876543210"}
+        assert "aws:ssm/getParameter:getParameter" not in {t for t, _ in mocks.invokes}
+    return _deployed(spec).apply(check)
+
+
+@pulumi.runtime.test
+def test_shared_directory_is_its_own_retained_volume_on_the_head(mocks: Mocks) -> pulumi.Output[Any]:
+    spec = aws_spec()
+    options: dict[str, pulumi.ResourceOptions] = {}
+    cluster = program.MpiCluster(spec.name, program.MpiClusterArgs(spec), pulumi.ResourceOptions(
+        transformations=[lambda a: options.__setitem__(a.name, a.opts)]))
+
+    def check(_: Any) -> None:
+        (volume,) = _of(mocks.seen, "ebs/volume:Volume")
+        assert volume["encrypted"] is True and volume["size"] == 100 and volume["type"] == "gp3"
+        assert volume["availabilityZone"] == "eu-west-1a"  # the subnet's zone
+        assert options["demo-nodes-shared"].retain_on_delete is True
+        (attach,) = _of(mocks.seen, "ec2/volumeAttachment:VolumeAttachment")
+        assert attach["instanceId"] == "demo-nodes-node0_id" and attach["volumeId"] == "demo-nodes-shared_id"
+        assert attach["deviceName"] == "/dev/sdf"
+        nodes = _of(mocks.seen, "ec2/instance:Instance")
+        assert nodes[0]["tags"]["mpicloud:shared-volume"] == "demo-nodes-shared_id"
+        assert all("mpicloud:shared-volume" not in n["tags"] for n in nodes[1:])
+    assert cluster.nodes.shared_attachment is not None
+    return pulumi.Output.all(*[n.id for n in cluster.nodes.instances], cluster.nodes.shared_attachment.id).apply(check)
+
+
+@pulumi.runtime.test
+def test_secrets_have_a_per_deployment_path_and_key(mocks: Mocks) -> pulumi.Output[Any]:
+    def check(_: Any) -> None:
+        (key,) = _of(mocks.seen, "kms/key:Key")
+        assert key["enableKeyRotation"] is True
+        policy = json.loads(key["policy"])
+        admin, use = policy["Statement"]
+        assert admin["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}
+        assert not [a for a in admin["Action"] if a in {"kms:Decrypt", "kms:*", "kms:Encrypt"}]
+        assert use["Principal"] == {"AWS": "arn:aws:mock:::demo-id-role"}
+        assert use["Action"] == ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"]
+        policies = [json.loads(p["policy"]) for p in _of(mocks.seen, "iam/rolePolicy:RolePolicy")]
+        secrets = next(p for p in policies if p["Statement"][0]["Sid"] == "ClusterSecrets")
+        assert secrets["Statement"][1] == {"Sid": "ClusterSecretsKey", "Effect": "Allow", "Action": use["Action"],
+                                           "Resource": KEY_ARN}
+        for node in _of(mocks.seen, "ec2/instance:Instance"):
+            assert node["tags"]["mpicloud:ssm-prefix"] == PREFIX and node["tags"]["mpicloud:kms-key"] == KEY_ID
+        assert [f.issue for f in analyze_policy_string(json.dumps(secrets)).findings] == []
+    return _deployed(aws_spec()).apply(check)
+
+
+@pulumi.runtime.test
+def test_members_egress_to_the_group_itself(mocks: Mocks) -> pulumi.Output[Any]:
+    def check(_: Any) -> None:
+        rules = _of(mocks.seen, "vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+        (member,) = [r for r in rules if "referencedSecurityGroupId" in r]
+        assert member["referencedSecurityGroupId"] == member["securityGroupId"] and member["ipProtocol"] == "-1"
+    return _deployed(aws_spec(aws={"efa": True})).apply(check)
+
+
+@pulumi.runtime.test
+def test_efa_nodes_are_reached_through_their_elastic_ips(mocks: Mocks) -> pulumi.Output[Any]:
+    spec = aws_spec(aws={"efa": True})
+    cluster = program.MpiCluster(spec.name, program.MpiClusterArgs(spec))
+
+    def check(out: list[Any]) -> None:
+        ips, ssh = out
+        assert len(ips) == 3 and all(ip.startswith("203.0.113.") for ip in ips)
+        assert ssh == f"ssh mpiuser@{ips[0]}" or ssh.endswith(f"@{ips[0]}")
+    return pulumi.Output.all(cluster.outputs["public_ips"], cluster.outputs["ssh_command"]).apply(check)

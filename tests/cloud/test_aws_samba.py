@@ -1,7 +1,12 @@
 """provision/linux/shared-storage.sh for real: a private smbd on 127.0.93.1 serves the share it configured,
 and smbclient writes and reads a file there with the credentials the script set up. The client branch runs
-too, with stand-in `mount`/`mountpoint` (this container has no cifs kernel module: `mount -t cifs` fails with
-"No such device"): its fstab line is checked, and the credentials file it writes logs in with smbclient."""
+too, with stand-in `mount`/`findmnt`/`systemctl` (this container has no cifs kernel module: `mount -t cifs` fails
+with "No such device"): its exact fstab line is checked, and the credentials file it writes logs in with smbclient.
+
+What is verified for real about programs on the share: a file a worker creates over SMB3 (smbclient, the same
+protocol and server config the cifs client uses) gets mode 0775 on the head node's disk, so it runs there; the
+client's `file_mode=0775` (every file shows executable on workers) is checked as text only, because the kernel
+cifs client cannot run here."""
 
 from __future__ import annotations
 
@@ -101,7 +106,7 @@ def test_script_refuses_bad_arguments(tmp_path: Path) -> None:
 
 MOUNT = """#!/bin/bash
 echo "$(basename "$0") $*" >> "$FAKE_LOG"
-[ "$(basename "$0")" = mount ]
+[ "$(basename "$0")" != findmnt ]
 """
 
 
@@ -112,7 +117,7 @@ def test_client_branch_writes_fstab_and_credentials_that_log_in(served: tuple[Pa
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "fstab").write_text("# fstab\n")
     bin_dir.mkdir()
-    for name in ("mount", "mountpoint"):
+    for name in ("mount", "findmnt", "systemctl"):
         (bin_dir / name).write_text(MOUNT)
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MPICLOUD_SYSROOT": str(root),
@@ -125,10 +130,27 @@ def test_client_branch_writes_fstab_and_credentials_that_log_in(served: tuple[Pa
     cred = root / "etc" / "mpicloud" / "smb-credentials"
     fstab = (root / "etc" / "fstab").read_text().splitlines()
     assert fstab[1:] == [f"//{ADDRESS}/shared {tmp / 'mnt'} cifs vers=3.1.1,port={port},credentials={cred},"
-                         f"uid={os.getuid()},gid={os.getgid()},file_mode=0664,dir_mode=0775,nobrl,_netdev,nofail 0 0"]
+                         f"uid={os.getuid()},gid={os.getgid()},file_mode=0775,dir_mode=0775,nobrl,_netdev,nofail,"
+                         "x-systemd.automount,x-systemd.mount-timeout=30s,x-systemd.requires=network-online.target 0 0"]
     assert cred.stat().st_mode & 0o777 == 0o600
-    assert f"mount {tmp / 'mnt'}" in (tmp / "mount.log").read_text()
+    log = (tmp / "mount.log").read_text()
+    assert f"mount {tmp / 'mnt'}" in log and "systemctl daemon-reload" in log
+    # while nothing is mounted, the mount point refuses writes (a job never writes to a bare local directory)
+    with pytest.raises(PermissionError):
+        (tmp / "mnt" / "lost.txt").write_text("x")
+    subprocess.run(["chattr", "-i", str(tmp / "mnt")], check=True)
     (tmp / "from-worker.txt").write_text("written by a worker\n")
     done = _smbclient(port, cred, f"put {tmp / 'from-worker.txt'} w.txt")
     assert done.returncode == 0, done.stdout + done.stderr
     assert (share / "w.txt").read_text() == "written by a worker\n"
+
+
+def test_files_written_over_smb_are_executable_on_the_head_node(served: tuple[Path, int, Path]) -> None:
+    share, port, tmp = served
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp / "run.sh").write_text("#!/bin/sh\necho ran\n")
+    done = _smbclient(port, _auth(tmp / "auth", user, "s3cret-pw"), f"mkdir sub; put {tmp / 'run.sh'} sub/run.sh")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (share / "sub" / "run.sh").stat().st_mode & 0o777 == 0o775
+    assert (share / "sub").stat().st_mode & 0o777 == 0o775
+    assert subprocess.run([str(share / "sub" / "run.sh")], capture_output=True, text=True).stdout == "ran\n"

@@ -15,7 +15,8 @@ from mpicloud.render import arm
 from mpicloud.spec import ClusterSpec
 
 #: the newest GA apiVersion of a type when it is older than the 730-day window (arm-ttk accepts those)
-NEWEST_GA = {"Microsoft.Authorization/roleAssignments": "2022-04-01"}
+NEWEST_GA = {"Microsoft.Authorization/roleAssignments": "2022-04-01",
+             "Microsoft.Authorization/roleDefinitions": "2022-04-01"}
 HARDCODED_HOSTS = ("management.azure.com", "core.windows.net", "database.windows.net", "login.microsoftonline.com",
                    "graph.windows.net", "vault.azure.net", "azuredatalakestore.net", "azurecr.io", "gallery.azure.com")
 BLANK_OK = {"resources", "outputs", "variables", "parameters", "functions", "properties", "defaultValue", "value",
@@ -110,7 +111,9 @@ def test_commands_with_secrets_only_in_protected_settings(template: dict[str, An
         assert props["type"] == "CustomScriptExtension" and props["autoUpgradeMinorVersion"] is True
         assert "commandToExecute" not in props["settings"] and props["settings"]
         assert not _uses_secret(json.dumps(props["settings"]), secure)
-        assert _uses_secret(props["protectedSettings"]["commandToExecute"], secure)
+        # the password is a protected setting of its own, read by the script: never part of the command line
+        assert not _uses_secret(props["protectedSettings"]["commandToExecute"], secure)
+        assert props["protectedSettings"]["adminPassword"] == "[parameters('adminPassword')]"
 
 
 def test_custom_data_and_settings_hold_no_secret(template: dict[str, Any]) -> None:
@@ -119,7 +122,9 @@ def test_custom_data_and_settings_hold_no_secret(template: dict[str, Any]) -> No
         if key in {"customData", "userData"} or path.startswith("/variables"):
             assert not _uses_secret(json.dumps(value), secure), (path, key)
     vm = next(r for r in template["resources"] if r["type"] == "Microsoft.Compute/virtualMachines")
-    assert vm["properties"]["osProfile"]["customData"] == "[base64(variables('bootstrap'))]"
+    # userData can change on an existing VM (customData cannot: PropertyChangeNotAllowed on redeploy)
+    assert vm["properties"]["userData"] == "[base64(variables('bootstrap'))]"
+    assert "customData" not in vm["properties"]["osProfile"]
 
 
 def test_outputs_hold_no_secrets(template: dict[str, Any]) -> None:
@@ -163,7 +168,8 @@ def test_no_hardcoded_cloud_hosts(template: dict[str, Any]) -> None:
 def test_mpicloud_rules(template: dict[str, Any]) -> None:
     res = {r["type"]: r for r in template["resources"]}
     vm = res["Microsoft.Compute/virtualMachines"]
-    assert vm["name"] == vm["properties"]["osProfile"]["computerName"] == "[format('N{0}', copyIndex())]"
+    assert vm["properties"]["osProfile"]["computerName"] == "[format('N{0}', copyIndex())]"
+    assert vm["name"] == "[format('{0}-N{1}', parameters('clusterName'), copyIndex())]"
     assert len(f"N{255}") <= 15
     assert "proximityPlacementGroups" in vm["properties"]["proximityPlacementGroup"]["id"]
     pip = res["Microsoft.Network/publicIPAddresses"]
@@ -172,7 +178,8 @@ def test_mpicloud_rules(template: dict[str, Any]) -> None:
         assert rule["properties"]["sourceAddressPrefix"] == "[parameters('allowedSourceCidr')]"
         assert rule["properties"]["destinationPortRange"] in {"22", "3389"}
     for resource in template["resources"]:
-        assert resource["type"] == "Microsoft.Authorization/roleAssignments" or \
+        assert resource["type"] in {"Microsoft.Authorization/roleAssignments",
+                                    "Microsoft.Authorization/roleDefinitions"} or \
             resource["tags"] == "[variables('tags')]", resource["type"]
     role = res["Microsoft.Authorization/roleAssignments"]
     assert role["scope"].startswith("[format('Microsoft.Compute/virtualMachines/")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import re
 
@@ -102,23 +103,93 @@ def test_linux_spec_is_refused() -> None:
 def _values(**over: str) -> dict[str, str]:
     return {"NodeIndex": "1", "NodeCount": "4", "SlotsPerNode": "4", "IdleMinutes": "60",
             "ArmEndpoint": "https://management.example/", "AdminUserB64": windows.b64("mpiadmin"),
-            "AdminPasswordB64": windows.b64(PASSWORD), **over}
+            "VmPrefixB64": windows.b64("mpi"), "AdminKeyB64": windows.NO_KEY, "PasswordSsh": "1", **over}
 
 
-def test_command_passes_the_password_as_a_base64_parameter() -> None:
-    command = windows.bootstrap_command(_values())
-    assert command.startswith("powershell.exe -NoProfile -ExecutionPolicy Bypass -Command \"Copy-Item -Force "
-                              "C:\\AzureData\\CustomData.bin C:\\AzureData\\mpicloud-bootstrap.ps1; & ")
-    assert f"-AdminPasswordB64 {windows.b64(PASSWORD)}\"" in command and PASSWORD not in command
-    assert [t for lit, t in windows.command_pieces(_values()) if not lit] == list(_values().values())
+def test_command_runs_the_userdata_script_only_with_the_expected_hash(azure_spec: ClusterSpec) -> None:
+    script = windows.bootstrap_ps1(azure_spec)
+    command = windows.bootstrap_command(_values(), script)
+    assert command.startswith("powershell.exe -NoProfile -ExecutionPolicy Bypass -Command \"")
+    assert windows.USER_DATA_URL in command and "CustomData" not in command
+    sha = hashlib.sha256(script.encode()).hexdigest().upper()
+    assert command.count(f"'{sha}'") == 3  # the loop condition, the retry test and the final check
+    assert command.endswith(f"& '{windows.SCRIPT}' -NodeIndex 1 -NodeCount 4 -SlotsPerNode 4 -IdleMinutes 60 "
+                            "-ArmEndpoint https://management.example/ -AdminUserB64 bXBpYWRtaW4= -VmPrefixB64 bXBp "
+                            "-AdminKeyB64 none -PasswordSsh 1\"")
+    # the prologue parses (tree-sitter's grammar rejects parameter names with digits such as -AdminUserB64,
+    # which PowerShell accepts, so the call's arguments are left out)
+    assert syntax_problems(command.split(' -Command "', 1)[1].split(" -NodeIndex ")[0]) == []
+    assert windows.user_data(script) == base64.b64encode(script.encode()).decode()
+    other = windows.bootstrap_ps1(spec_from_dict({**azure_spec.model_dump(mode="json", exclude_none=True),
+                                                  "slots_per_node": 8}))
+    assert windows.force_update_tag(other) != windows.force_update_tag(script)
 
 
 @pytest.mark.parametrize("bad", ["1; Remove-Item C:\\", "1\" & calc", "x y", ""])
-def test_command_rejects_values_that_are_not_tokens(bad: str) -> None:
+def test_command_rejects_values_that_are_not_tokens(bad: str, azure_spec: ClusterSpec) -> None:
+    script = windows.bootstrap_ps1(azure_spec)
     with pytest.raises(RenderError, match="NodeIndex"):
-        windows.bootstrap_command(_values(NodeIndex=bad))
+        windows.bootstrap_command(_values(NodeIndex=bad), script)
     with pytest.raises(RenderError, match="missing"):
-        windows.bootstrap_command({"NodeIndex": "0"})
+        windows.bootstrap_command({"NodeIndex": "0"}, script)
+
+
+def password_forms(password: str) -> list[str]:
+    """Every encoding in which a password could leak: plain, base64 of UTF-8 and of UTF-16LE (-EncodedCommand)."""
+    return [password, base64.b64encode(password.encode()).decode(),
+            base64.b64encode(password.encode("utf-16-le")).decode()]
+
+
+def test_no_form_of_the_password_in_the_command_or_script(azure_spec: ClusterSpec) -> None:
+    script = windows.bootstrap_ps1(azure_spec)
+    text = windows.bootstrap_command(_values(), script) + script + windows.user_data(script)
+    for form in password_forms(PASSWORD):
+        assert form not in text
+    assert "AdminPassword" not in "".join(windows.PARAMETERS)
+
+
+def test_script_logs_to_its_own_acl_file_and_never_the_password(azure_spec: ClusterSpec) -> None:
+    script = windows.bootstrap_ps1(azure_spec)
+    assert "Transcript" not in script.replace("instead of Start-Transcript", "")
+    assert "icacls.exe $Log /inheritance:r /grant:r '*S-1-5-32-544:F' '*S-1-5-18:F'" in script
+    logging = [line for line in script.splitlines() if re.search(r"Write-(Step|Output|Host)|Add-Content|Out-File",
+                                                                 line)]
+    assert logging and not [line for line in logging if "Password" in line or "$secret" in line]
+    assert "$AdminPassword = Get-AdminPassword" in script and "$AdminPassword = $null" in script
+    assert "'adminPassword'" not in script and f"$settings.{windows.PASSWORD_SETTING}" in script
+
+
+def test_downloads_and_openssh_are_retried_with_backoff(azure_spec: ClusterSpec) -> None:
+    script = windows.bootstrap_ps1(azure_spec)
+    assert 'Invoke-WithRetry "download of $Url" { Invoke-WebRequest' in script
+    assert "Invoke-WithRetry 'Add-WindowsCapability OpenSSH.Server'" in script
+    assert "[Math]::Pow(2, $try)" in script
+    assert "set azure.openssh_msi" in script and "msiexec" not in script
+    doc = azure_spec.model_dump(mode="json", exclude_none=True)
+    doc["azure"] = {**doc.get("azure", {}), "openssh_msi": {"url": "https://example.org/OpenSSH-Win64.msi",
+                                                            "sha256": "B" * 64}}
+    pinned = windows.bootstrap_ps1(spec_from_dict(doc))
+    assert syntax_problems(pinned) == []
+    assert "Get-Verified 'https://example.org/OpenSSH-Win64.msi' '" + "b" * 64 + "' 'openssh.msi'" in pinned
+
+
+def test_ssh_key_goes_to_administrators_authorized_keys(azure_spec: ClusterSpec) -> None:
+    script = windows.bootstrap_ps1(azure_spec)
+    assert "$keys = Join-Path $sshData 'administrators_authorized_keys'" in script
+    assert "icacls.exe $keys /inheritance:r /grant:r '*S-1-5-32-544:F' '*S-1-5-18:F'" in script
+    assert "if ($PasswordSsh -eq 0 -and (Test-Path $sshdConfig))" in script
+    assert windows.key_b64(None) == windows.NO_KEY and windows.key_b64("ssh-ed25519 AAAA x") == windows.b64(
+        "ssh-ed25519 AAAA x")
+
+
+def test_mpi_jobs_wait_for_verified_saved_credentials(azure_spec: ClusterSpec) -> None:
+    config = json.loads(re.search(r"\$config = '(.*?)' \| ConvertFrom-Json", windows.bootstrap_ps1(azure_spec),
+                                  re.S).group(1).replace("''", "'"))  # type: ignore[union-attr]
+    assert config["require_files"][0]["path"] == "C:\\shared\\.mpicloud\\savecreds.ok"
+    start = (provision_dir() / "windows" / "start-runner.ps1").read_text()
+    saved, verified = start.index("-pwd $secret -savecreds"), start.index("& $mpiexec @hosts cmd.exe /c exit 0")
+    assert saved < verified < start.index("[IO.File]::WriteAllText($marker")
+    assert "if ($saved -eq 0 -and $verified -eq 0)" in start
 
 
 def test_host_key_fingerprints_from_extension_output() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections.abc import Callable
@@ -16,11 +17,13 @@ from mpicloud.render import windows
 from mpicloud.spec import ClusterSpec, spec_from_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra"))
+import azure_mpi
 from azure_mpi import MpiCluster, MpiClusterArgs
+from azure_mpi.nodes import VM_IGNORED
 
 PASSWORD = "Very'Secret\"Pw-42!"
 #: azure-native types without a `tags` property
-UNTAGGABLE = {"azure-native:authorization:RoleAssignment"}
+UNTAGGABLE = {"azure-native:authorization:RoleAssignment", "azure-native:authorization:RoleDefinition"}
 
 
 def _secret(node: Any) -> bool:
@@ -44,6 +47,11 @@ class Mocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.created: list[tuple[str, str, dict[str, Any], bool]] = []
         self.raw: list[tuple[str, str, dict[str, Any]]] = []
+        self.options: dict[str, pulumi.ResourceOptions] = {}
+
+    def record(self, args: pulumi.ResourceTransformationArgs) -> None:
+        """A transformation on the cluster component: sees every child's resource options (ignore_changes)."""
+        self.options[args.name] = args.opts
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.raw.append((args.typ, args.name, dict(args.inputs)))
@@ -77,7 +85,8 @@ def _deploy(spec: ClusterSpec, check: Callable[[list[tuple[str, str, dict[str, A
             mocks: Mocks | None = None) -> pulumi.Output[None]:
     mocks = mocks or Mocks()
     pulumi.runtime.set_mocks(mocks, preview=False)
-    outputs = MpiCluster(spec.name, MpiClusterArgs(spec=spec)).outputs()
+    outputs = MpiCluster(spec.name, MpiClusterArgs(spec=spec, admin_password=PASSWORD),
+                         pulumi.ResourceOptions(transformations=[mocks.record])).outputs()
     return pulumi.Output.all(**outputs).apply(lambda out: check(mocks.created, out))
 
 
@@ -86,11 +95,6 @@ def _count(created: list[tuple[str, str, dict[str, Any], bool]]) -> dict[str, in
     for typ, *_ in created:
         counts[typ] = counts.get(typ, 0) + 1
     return counts
-
-
-@pytest.fixture(autouse=True)
-def _password(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MPICLOUD_ADMIN_PASSWORD", PASSWORD)
 
 
 @pytest.mark.parametrize("nodes", [1, 2, 16])
@@ -104,7 +108,7 @@ def test_resource_counts(azure_spec: ClusterSpec, nodes: int) -> pulumi.Output[N
             "azure-native:compute:ProximityPlacementGroup": 1, "azure-native:network:PublicIPAddress": nodes,
             "azure-native:network:NetworkInterface": nodes, "azure-native:compute:VirtualMachine": nodes,
             "azure-native:compute:VirtualMachineExtension": nodes,
-            "azure-native:authorization:RoleAssignment": nodes}
+            "azure-native:authorization:RoleDefinition": 1, "azure-native:authorization:RoleAssignment": nodes}
         vms = [i for t, _, i, _ in created if t == "azure-native:compute:VirtualMachine"]
         assert sorted(v["osProfile"]["computerName"] for v in vms) == sorted(f"N{i}" for i in range(nodes))
         assert all(v["proximityPlacementGroup"]["id"].endswith("winmpi-ppg") for v in vms)
@@ -155,7 +159,7 @@ def test_nsg_open_only_when_the_spec_says_so(azure_spec: ClusterSpec) -> pulumi.
 def test_empty_allowed_cidrs_is_refused(azure_spec: ClusterSpec) -> None:
     pulumi.runtime.set_mocks(Mocks(), preview=False)
     with pytest.raises(Exception, match="allowed_cidrs is empty"):
-        MpiCluster("x", MpiClusterArgs(spec=_spec(azure_spec, access={"allowed_cidrs": []})))
+        MpiCluster("x", MpiClusterArgs(spec=_spec(azure_spec, access={"allowed_cidrs": []}), admin_password="x"))
 
 
 def _paths(node: Any, needle: str, path: str = "", secret: bool = False) -> list[str]:
@@ -175,15 +179,17 @@ def test_secrets_only_in_protected_settings_and_admin_password(azure_spec: Clust
 
     def check(created: list[tuple[str, str, dict[str, Any], bool]], out: dict[str, Any]) -> None:
         assert len(mocks.raw) == len(created) > 10
+        utf16 = base64.b64encode(PASSWORD.encode("utf-16-le")).decode()
         for typ, name, inputs in mocks.raw:
-            found = (_paths(inputs, PASSWORD), _paths(inputs, windows.b64(PASSWORD)))
+            found = (_paths(inputs, PASSWORD), _paths(inputs, windows.b64(PASSWORD)), _paths(inputs, utf16))
             if typ == "azure-native:compute:VirtualMachine":
-                assert found == (["/osProfile/adminPassword (secret)"], []), name
+                assert found == (["/osProfile/adminPassword (secret)"], [], []), name
             elif typ == "azure-native:compute:VirtualMachineExtension":
-                assert found == ([], ["/protectedSettings/commandToExecute (secret)"]), name
+                # a protected setting of its own (the script decrypts it), never inside commandToExecute
+                assert found == (["/protectedSettings/adminPassword (secret)"], [], []), name
                 assert "commandToExecute" not in inputs["settings"]
             else:
-                assert found == ([], []), (typ, name)
+                assert found == ([], [], []), (typ, name)
         assert PASSWORD not in json.dumps(out) and windows.b64(PASSWORD) not in json.dumps(out)
     return _deploy(_spec(azure_spec, nodes=2), check, mocks)
 
@@ -195,3 +201,83 @@ def test_tags_on_every_taggable_resource(azure_spec: ClusterSpec) -> pulumi.Outp
             if custom and typ not in UNTAGGABLE:
                 assert inputs.get("tags") == {"project": "cfd-regression", "mpicloud-cluster": "winmpi"}, (typ, name)
     return _deploy(_spec(azure_spec, nodes=2, azure={"public_ip": "head_nat"}), check)
+
+
+@pulumi.runtime.test
+def test_bootstrap_is_user_data_and_an_update_does_not_replace_nodes(azure_spec: ClusterSpec) -> pulumi.Output[None]:
+    mocks = Mocks()
+    spec = _spec(azure_spec, nodes=2)
+    script = windows.bootstrap_ps1(spec)
+
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
+        vms = {n: i for t, n, i, _ in created if t == "azure-native:compute:VirtualMachine"}
+        exts = [i for t, _, i, _ in created if t == "azure-native:compute:VirtualMachineExtension"]
+        for name, vm in vms.items():
+            assert vm["userData"] == windows.user_data(script) and "customData" not in vm["osProfile"]
+            assert vm["vmName"] == f"winmpi-{name}" and vm["osProfile"]["computerName"] == name
+            assert mocks.options[name].ignore_changes == VM_IGNORED
+        assert VM_IGNORED == ["osProfile.adminPassword", "osProfile.customData", "storageProfile.imageReference"]
+        assert all(e["forceUpdateTag"] == windows.force_update_tag(script) for e in exts)
+        assert all(windows.script_sha256(script) in plain(e["protectedSettings"])["commandToExecute"] for e in exts)
+    return _deploy(spec, check, mocks)
+
+
+@pulumi.runtime.test
+def test_deallocate_role_has_exactly_two_actions_and_only_n0_an_identity(azure_spec: ClusterSpec
+                                                                        ) -> pulumi.Output[None]:
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
+        role = next(i for t, _, i, _ in created if t == "azure-native:authorization:RoleDefinition")
+        assert role["permissions"] == [{"actions": ["Microsoft.Compute/virtualMachines/read",
+                                                    "Microsoft.Compute/virtualMachines/deallocate/action"],
+                                        "notActions": []}]
+        assert role["roleType"] == "CustomRole"
+        assert role["assignableScopes"] == [role["scope"]] == ["/subscriptions/sub/resourceGroups/winmpi-rg"]
+        assignments = [i for t, _, i, _ in created if t == "azure-native:authorization:RoleAssignment"]
+        assert len(assignments) == 3 and all(a["roleDefinitionId"].endswith("winmpi-deallocate-role")
+                                             for a in assignments)
+        assert "9980e02c" not in json.dumps(created)
+        vms = {n: i for t, n, i, _ in created if t == "azure-native:compute:VirtualMachine"}
+        assert {n for n, v in vms.items() if v.get("identity")} == {"N0"}
+        assert all(a["principalId"] == "principal-N0" for a in assignments)
+    return _deploy(_spec(azure_spec, nodes=3), check)
+
+
+@pulumi.runtime.test
+def test_without_idle_shutdown_no_identity_and_no_role(azure_spec: ClusterSpec) -> pulumi.Output[None]:
+    doc = azure_spec.model_dump(mode="json", exclude_none=True)
+    doc.pop("idle_shutdown_minutes", None)
+
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
+        types = {t for t, *_ in created}
+        assert not {"azure-native:authorization:RoleDefinition", "azure-native:authorization:RoleAssignment"} & types
+        assert not [i for t, _, i, _ in created if t == "azure-native:compute:VirtualMachine" and i.get("identity")]
+    return _deploy(spec_from_dict(doc), check)
+
+
+@pytest.mark.parametrize(("size", "disk"), [("Standard_D4s_v5", "Premium_LRS"), ("Standard_D4_v5", "StandardSSD_LRS")])
+@pulumi.runtime.test
+def test_os_disk_and_patch_mode(azure_spec: ClusterSpec, size: str, disk: str) -> pulumi.Output[None]:
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
+        vm = next(i for t, _, i, _ in created if t == "azure-native:compute:VirtualMachine")
+        assert vm["storageProfile"]["osDisk"]["managedDisk"]["storageAccountType"] == disk
+        config = vm["osProfile"]["windowsConfiguration"]
+        assert config["patchSettings"] == {"patchMode": "Manual"} and config["enableAutomaticUpdates"] is False
+    return _deploy(_spec(azure_spec, nodes=1, size=size), check)
+
+
+@pulumi.runtime.test
+def test_admin_password_is_the_stack_secret_not_an_env_var(azure_spec: ClusterSpec,
+                                                            monkeypatch: pytest.MonkeyPatch) -> pulumi.Output[None]:
+    monkeypatch.delenv("MPICLOUD_ADMIN_PASSWORD", raising=False)
+    mocks = Mocks()
+    pulumi.runtime.set_mocks(mocks, preview=False)
+    pulumi.runtime.set_all_config({"mpicloud:adminPassword": PASSWORD}, ["mpicloud:adminPassword"])
+    try:
+        cluster = azure_mpi.deploy(_spec(azure_spec, nodes=1))
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+
+    def check(_: Any) -> None:
+        ext = next(i for t, _, i in mocks.raw if t == "azure-native:compute:VirtualMachineExtension")
+        assert _paths(ext, PASSWORD) == ["/protectedSettings/adminPassword (secret)"]
+    return cluster.nodes.nodes[0].extension.id.apply(check)

@@ -85,6 +85,28 @@ def test_version_chain_applies_each_step_in_order() -> None:
         upgrade({"version": 4}, chain, current=3)
 
 
+AWS = {"name": "c1", "cloud": "aws", "nodes": 2, "size": "c5n.large", "region": "eu-west-1",
+       "admin": {"ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9r me"}}
+
+
+@pytest.mark.parametrize("key", ["cost center", "team/a", "..", "_index"])
+def test_aws_tag_keys_must_be_readable_over_instance_metadata(key: str) -> None:
+    with pytest.raises(SpecError, match="instance metadata"):
+        spec_from_dict({**AWS, "tags": {key: "x"}})
+    assert spec_from_dict({**AWS, "tags": {"cost-center:team@a": "x"}}).tags
+
+
+def test_windows_without_a_key_is_password_only_and_key_only_needs_a_key() -> None:
+    base = {"name": "w1", "cloud": "azure", "os": "windows", "nodes": 1, "size": "Standard_D4s_v5",
+            "region": "westeurope", "admin": {"password": {"env": "PW"}}}
+    assert spec_from_dict(base).password_only
+    with pytest.raises(SpecError, match="password_ssh"):
+        spec_from_dict({**base, "azure": {"password_ssh": False}})
+    keyed = spec_from_dict({**base, "admin": {**base["admin"], "ssh_public_key": AWS["admin"]["ssh_public_key"]},
+                            "azure": {"password_ssh": False}})
+    assert not keyed.password_only
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("name: a1\ncloud: azure\nos: windows\nnodes: 1\nsize: x\nregion: y\nscheduler: slurm\n"
      "admin: {password: {env: P}}\n", "scheduler: slurm runs on Linux clusters only"),
