@@ -88,12 +88,13 @@ def parameters(spec: ClusterSpec) -> Json:
 
 
 def variables(spec: ClusterSpec) -> Json:
-    """Template variables: names, tags, image SKUs and the bootstrap script text (no secrets)."""
+    """Template variables: names, tags, image SKUs and the bootstrap script as userData (no secrets)."""
     names = {key: f"[format('{{0}}{value[len(spec.name):]}', parameters('clusterName'))]"
              for key, value in azure.resource_names(spec).items() if key in ("vnet", "nsg", "ppg")}
     tags = {**azure.tags(spec), "mpicloud-cluster": "[parameters('clusterName')]"}
+    script = windows.bootstrap_ps1(spec)
     return {"names": names, "tags": tags, "imageSkus": dict(azure.IMAGE_SKUS),
-            "bootstrap": windows.bootstrap_ps1(spec),
+            "bootstrapUserData": windows.user_data(script),
             "subnetId": f"[{_rid('Microsoft.Network/virtualNetworks/subnets', VNET, _lit(azure.SUBNET_NAME))}]"}
 
 
@@ -142,7 +143,7 @@ def _vm(spec: ClusterSpec) -> Json:
                           "provisionVMAgent": True,
                           "enableAutomaticUpdates": f"[not(equals({_p('patchMode')}, 'Manual'))]",
                           "patchSettings": {"patchMode": f"[{_p('patchMode')}]"}}},
-        "userData": "[base64(variables('bootstrap'))]",
+        "userData": "[variables('bootstrapUserData')]",
         "storageProfile": {
             "imageReference": {**azure.image_reference(spec.azure_options.windows_version),
                                "sku": f"[variables('imageSkus')[{_p('windowsVersion')}]]"},

@@ -40,7 +40,7 @@ PYTHON = Download("3.12.10", "https://www.python.org/ftp/python/3.12.10/python-3
 DATA_DIR = "C:\\ProgramData\\mpicloud"
 SHARE_NAME = "shared"
 LAUNCH_PORT = 8677
-#: the script is the VM's userData (updatable in place, unlike customData); the extension reads it from IMDS,
+#: the script is the VM's userData, gzipped (updatable in place, unlike customData); the extension reads it from IMDS,
 #: checks its SHA-256 against the one in its command (IMDS may briefly serve the previous version), runs it
 USER_DATA_URL = "http://169.254.169.254/metadata/instance/compute/userData?api-version=2021-01-01&format=text"
 SCRIPT = f"{DATA_DIR}\\bootstrap.ps1"
@@ -121,9 +121,18 @@ def force_update_tag(script: str) -> str:
     return script_sha256(script)[:16].lower()
 
 
+#: Azure's limit for userData (base64 text)
+USER_DATA_LIMIT = 65535
+
+
 def user_data(script: str) -> str:
-    """The VM's userData: the script, base64."""
-    return base64.b64encode(script.encode("ascii")).decode("ascii")
+    """The VM's userData: the script, gzip then base64 (the runner files inside it would not fit in
+    USER_DATA_LIMIT as plain base64); RenderError when even that is too large."""
+    packed = gzip_base64(script.encode("ascii"))
+    if len(packed) > USER_DATA_LIMIT:
+        raise RenderError(f"the Windows bootstrap is {len(packed)} characters of userData; Azure takes at most "
+                          f"{USER_DATA_LIMIT}")
+    return packed
 
 
 def command_pieces(values: dict[str, str], script: str) -> list[tuple[bool, str]]:
@@ -139,8 +148,10 @@ def command_pieces(values: dict[str, str], script: str) -> list[tuple[bool, str]
     head = ('powershell.exe -NoProfile -ExecutionPolicy Bypass -Command "$ErrorActionPreference = \'Stop\'; '
             f"New-Item -ItemType Directory -Force -Path '{DATA_DIR}' | Out-Null; $h = ''; "
             "for ($i = 0; $i -lt 60 -and $h -ne '" + sha + "'; $i++) { try { "
-            "$b = [Convert]::FromBase64String((Invoke-RestMethod -UseBasicParsing -Headers @{ Metadata = 'true' } "
-            f"-Uri '{USER_DATA_URL}')); "
+            "$z = [IO.Compression.GZipStream]::new([IO.MemoryStream]::new([Convert]::FromBase64String("
+            "(Invoke-RestMethod -UseBasicParsing -Headers @{ Metadata = 'true' } "
+            f"-Uri '{USER_DATA_URL}'))), [IO.Compression.CompressionMode]::Decompress); "
+            "$m = [IO.MemoryStream]::new(); $z.CopyTo($m); $b = $m.ToArray(); "
             "$h = (Get-FileHash -Algorithm SHA256 -InputStream ([IO.MemoryStream]::new($b))).Hash } catch { }; "
             "if ($h -ne '" + sha + "') { Start-Sleep -Seconds 10 } }; "
             "if ($h -ne '" + sha + "') { throw 'IMDS userData is not the expected bootstrap script' }; "

@@ -123,7 +123,7 @@ def test_custom_data_and_settings_hold_no_secret(template: dict[str, Any]) -> No
             assert not _uses_secret(json.dumps(value), secure), (path, key)
     vm = next(r for r in template["resources"] if r["type"] == "Microsoft.Compute/virtualMachines")
     # userData can change on an existing VM (customData cannot: PropertyChangeNotAllowed on redeploy)
-    assert vm["properties"]["userData"] == "[base64(variables('bootstrap'))]"
+    assert vm["properties"]["userData"] == "[variables('bootstrapUserData')]"
     assert "customData" not in vm["properties"]["osProfile"]
 
 

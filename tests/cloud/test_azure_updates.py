@@ -5,6 +5,7 @@ on N0 only, the SSH key, patch mode, an OS disk that fits the size, form limits 
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 from typing import Any
@@ -52,18 +53,23 @@ def test_no_form_of_a_real_password_in_the_rendered_command(azure_spec: ClusterS
     assert not [form for form in _forms(PASSWORD) if form in rendered]
 
 
+def _script(template: dict[str, Any]) -> str:
+    """The bootstrap script a template's VMs get (gzip + base64 userData)."""
+    return gzip.decompress(base64.b64decode(template["variables"]["bootstrapUserData"])).decode("ascii")
+
+
 def test_bootstrap_is_user_data_and_reruns_when_it_changes(azure_spec: ClusterSpec) -> None:
     first = arm.azuredeploy(azure_spec)
     changed = arm.azuredeploy(spec_from_dict({**azure_spec.model_dump(mode="json", exclude_none=True),
                                               "slots_per_node": 16}))
     vm = _res(first, "Microsoft.Compute/virtualMachines")["properties"]
-    assert vm["userData"] == "[base64(variables('bootstrap'))]" and "customData" not in vm["osProfile"]
+    assert vm["userData"] == "[variables('bootstrapUserData')]" and "customData" not in vm["osProfile"]
     ext1, ext2 = (_res(t, "Microsoft.Compute/virtualMachines/extensions")["properties"] for t in (first, changed))
-    assert ext1["forceUpdateTag"] == windows.force_update_tag(first["variables"]["bootstrap"])
+    assert ext1["forceUpdateTag"] == windows.force_update_tag(_script(first))
     assert ext1["forceUpdateTag"] != ext2["forceUpdateTag"]
     # the command only runs the userData whose hash it names (IMDS may still serve the previous script)
-    assert windows.script_sha256(changed["variables"]["bootstrap"]) in ext2["protectedSettings"]["commandToExecute"]
-    assert windows.script_sha256(first["variables"]["bootstrap"]) not in ext2["protectedSettings"]["commandToExecute"]
+    assert windows.script_sha256(_script(changed)) in ext2["protectedSettings"]["commandToExecute"]
+    assert windows.script_sha256(_script(first)) not in ext2["protectedSettings"]["commandToExecute"]
 
 
 def test_idle_shutdown_role_is_custom_minimal_and_opt_in(template: dict[str, Any]) -> None:
