@@ -231,6 +231,19 @@ def choose_codec(base: Path, paths: list[str], requested: str) -> str:
     return "zstd" if shutil.which("zstd") else "gzip"
 
 
+def copy_range(source: IO[bytes], sink: IO[bytes], length: int, digest: Any) -> int:
+    """Copy up to length bytes from source to sink, hashing them into digest; returns the bytes missing."""
+    left = length
+    while left > 0:
+        block = source.read(min(BLOCK, left))
+        if not block:
+            break
+        digest.update(block)
+        sink.write(block)
+        left -= len(block)
+    return left
+
+
 def send(base: Path, rel: str, offset: int, length: int, codec: str, size: int, mtime: int) -> int:
     """Stream a byte range of one regular file; the range's SHA-256 goes to stderr at the end. CHANGED
     when the file is not (or stops being) the size/mtime the client listed."""
@@ -248,14 +261,7 @@ def send(base: Path, rel: str, offset: int, length: int, codec: str, size: int, 
         codec = choose_codec(base, [rel], codec)
         with Compressed(out, codec) as sink:
             handle.seek(offset)
-            left = length
-            while left > 0:
-                block = handle.read(min(BLOCK, left))
-                if not block:
-                    break
-                digest.update(block)
-                sink.write(block)
-                left -= len(block)
+            left = copy_range(handle, sink, length, digest)
         if left > 0 or (size >= 0 and not same(os.fstat(handle.fileno()), size, mtime)):
             print(f"{rel}: changed while it was sent", file=sys.stderr)
             return CHANGED
@@ -310,14 +316,7 @@ def recv(path: Path, offset: int, length: int) -> int:
     source = sys.stdin.buffer
     with open(path, mode) as handle:
         handle.seek(offset)
-        left = length
-        while left > 0:
-            block = source.read(min(BLOCK, left))
-            if not block:
-                break
-            digest.update(block)
-            handle.write(block)
-            left -= len(block)
+        left = copy_range(source, handle, length, digest)
     if left:
         print(f"short input: {left} bytes missing", file=sys.stderr)
         return 3
