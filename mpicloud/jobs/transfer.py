@@ -194,7 +194,11 @@ def download(queue: QueueHandle, base: str, dest: Path, globs: list[str] | None 
             _unpack(reader, run, {r.rel: r for r in todo if r.size < BIG}, meter)
             ranged.result()
         _links(run, listing["links"])
-    except (OSError, EOFError, ValueError) as exc:
+    except EOFError:  # the helper ended early: its own error says why
+        code, err = stream.finish()
+        raise TransportError(f"transfer from cluster {queue.cluster!r} broke off: the stream ended early "
+                             f"(helper exit {code}: {err.decode(errors='replace').strip() or 'no message'})") from None
+    except (OSError, ValueError) as exc:
         stream.abort()
         raise TransportError(f"transfer from cluster {queue.cluster!r} broke off: {exc}") from None
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 from tests.runnerlib import NODE_PYTHON, LocalQueue
@@ -53,16 +54,19 @@ def test_purge_removes_logs_only_when_asked_and_only_of_ended_jobs(tmp_path: Pat
     try:
         done = q.submit(["sh", "-c", "echo out; echo kept > f"])
         assert q.wait(done)["state"] == "succeeded"
-        running = q.submit(["sleep", "30"])
-        while q.state(running)["state"] != "running":
-            pass
+        running = q.submit(["sh", "-c", "touch started; sleep 30"])
+        started = q.root / "jobs" / running / "work" / "started"
+        deadline = time.monotonic() + 60
+        while not started.exists():  # "running" is recorded before the wrapper makes the work dir
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
         purge = subprocess.run([NODE_PYTHON, str(q.runner), "purge", done, running, "--logs", "--root",
                                 str(q.root)], capture_output=True, text=True)
         assert purge.returncode == 2 and f"job {running} is running" in purge.stderr
         jobdir = q.root / "jobs" / done
         assert not (jobdir / "stdout.log").exists() and not (jobdir / "work").exists()
         assert json.loads((jobdir / "state.json").read_text())["state"] == "succeeded"
-        assert (q.root / "jobs" / running / "work").exists()
+        assert started.exists()
     finally:
         (q.root / "jobs" / running / "cancel").touch()
         q.wait(running)
