@@ -13,6 +13,10 @@ from mpicloud.protocol.jobs import TERMINAL
 from mpicloud.protocol.paths import UnsafePath, check_name
 
 
+class NoWorkDir(JobError):
+    """The job has no work dir to fetch from: it never started, or its outputs were purged."""
+
+
 @dataclass(frozen=True)
 class GetOptions:
     """What to fetch and how: `only` names, globs, substrings, exclude globs, `no_inputs` (leave out staged
@@ -37,11 +41,14 @@ def fetch_job(queue: QueueHandle, job_id: str, dest: Path, options: GetOptions =
     A job that has not ended is refused unless options.partial (its outputs may still change)."""
     info = query.job_info(queue, job_id)
     if info.state in ("submitted", "queued"):
-        raise JobError(f"job {job_id} has not started yet; nothing to fetch")
+        raise NoWorkDir(f"job {job_id} has not started yet; nothing to fetch")
     running = info.state not in TERMINAL
     if running and not options.partial:
         raise JobError(f"job {job_id} is {info.state}: its outputs are not final; wait for it to end, or fetch "
                        "what is there now with --partial")
+    if queue.transport.stat(queue.job_path(job_id, "work")) is None:
+        raise NoWorkDir(f"job {job_id} has no work dir on the cluster: it never started, or its outputs were "
+                        "purged; nothing to fetch")
     globs = list(options.globs)
     if options.only:
         for name in options.only:

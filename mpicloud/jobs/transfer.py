@@ -25,7 +25,7 @@ from mpicloud.jobs.deststate import DestState
 from mpicloud.jobs.ranges import RangeJob, progress_file, run_ranges, verify
 from mpicloud.jobs.remote import QueueHandle, sftp_path
 from mpicloud.jobs.streams import StreamReader, decoded
-from mpicloud.protocol.paths import UnsafePath, check_name, safe_join
+from mpicloud.protocol.paths import UnsafePath, check_link, check_name, safe_join
 from mpicloud.protocol.transfer import BIG, FRAME, MANIFEST, SKIPPED
 
 RANGE = 64 << 20  # large files move in ranges of this size: the unit of parallelism and of resume
@@ -400,6 +400,11 @@ def _links(run: _Download, links: list[dict[str, str]]) -> None:
     never followed here. An existing different entry is left alone unless overwrite."""
     for item in links:
         rel, link = str(item["path"]), str(item["target"])
+        try:
+            check_link(rel, link)  # the node checks it too; a hostile node must not plant a link out of dest
+        except UnsafePath as exc:
+            run.problem(rel, str(exc))
+            continue
         target = run.target(rel, link=True)
         if target is None:
             continue

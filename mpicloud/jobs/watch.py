@@ -14,7 +14,7 @@ from typing import Any
 
 from mpicloud.errors import JobError
 from mpicloud.jobs import query
-from mpicloud.jobs.fetch import GetOptions, fetch_job
+from mpicloud.jobs.fetch import GetOptions, NoWorkDir, fetch_job
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.transfer import Progress, Summary
 
@@ -59,10 +59,8 @@ def watch_once(queue: QueueHandle, dest: Path, max_age_days: float | None = None
         try:
             summary = fetch_job(queue, info.id, dest / info.id, GetOptions(filters=filters, excludes=excludes),
                                 progress)
-        except JobError as exc:
-            if "no work dir" in str(exc) or "has not started" in str(exc):
-                continue
-            raise
+        except NoWorkDir:
+            continue  # nothing there, ever (it never started or was purged)
         done[info.id] = {"at": time.time(), "files": summary.files, "bytes": summary.bytes, "state": info.state,
                          "empty": not summary.verified and not summary.not_downloaded,
                          "not_downloaded": summary.not_downloaded}

@@ -3,6 +3,7 @@ names, --only names): a relative path that stays inside its directory on POSIX a
 
 from __future__ import annotations
 
+import posixpath
 import re
 from pathlib import Path, PurePosixPath
 
@@ -37,6 +38,17 @@ def check_name(name: str) -> PurePosixPath:
         if _RESERVED.match(part) or part.endswith((".", " ")) or any(ch in part for ch in '<>:"|?*'):
             raise UnsafePath(f"{name!r}: {part!r} is not a valid file name on Windows")
     return PurePosixPath(*parts)
+
+
+def check_link(name: str, target: str) -> None:
+    """UnsafePath unless `name -> target` is a safe name and a relative link that stays inside its directory by
+    its text (no absolute, drive, UNC or backslash target, no `..` climbing out)."""
+    check_name(name)
+    if not target or target.startswith("/") or "\\" in target or ":" in target or "\0" in target:
+        raise UnsafePath(f"{name!r}: link target {target!r} is not a relative path")
+    lexical = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+    if lexical in (".", "..") or lexical.startswith("../"):
+        raise UnsafePath(f"{name!r}: link target {target!r} leads outside the directory")
 
 
 def safe_join(base: Path, name: str) -> Path:

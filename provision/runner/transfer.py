@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import os
-import posixpath
 import re
 import secrets
 import shutil
@@ -48,7 +47,7 @@ from typing import IO, Any
 # an isolated interpreter leaves the script's own directory off sys.path: the protocol package installed
 # beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mpicloud.protocol.paths import UnsafePath, check_name
+from mpicloud.protocol.paths import UnsafePath, check_link, check_name
 from mpicloud.protocol.transfer import BIG, BOOKKEEPING, CHANGED, FRAME, MANIFEST, SKIPPED
 
 BLOCK = 1 << 20
@@ -93,10 +92,11 @@ def unportable(rel: str) -> str | None:
 
 def link_inside(base: Path, rel: str, target: str) -> bool:
     """A relative link target that stays inside base, by its text and (when it exists) by where it leads."""
-    if not target or target.startswith("/") or "\\" in target or ":" in target or unportable(rel) is not None:
+    if unportable(rel) is not None:
         return False
-    lexical = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
-    if lexical in (".", "..") or lexical.startswith("../"):
+    try:
+        check_link(rel, target)
+    except UnsafePath:
         return False
     real = os.path.realpath(base / rel)
     root = os.path.realpath(base)

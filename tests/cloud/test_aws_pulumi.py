@@ -221,9 +221,11 @@ def _provider_of(mocks: Mocks, name: str) -> str:
     return mocks.providers[name].split("::")[-2] if mocks.providers.get(name) else ""
 
 
+@pytest.mark.parametrize("network", [{"vpc_id": "vpc-1", "subnet_id": "subnet-1"}, {}], ids=["existing", "new"])
 @pulumi.runtime.test
-def test_every_resource_and_invoke_uses_the_provider_of_spec_region(mocks: Mocks) -> pulumi.Output[Any]:
-    spec = aws_spec(aws={"vpc_id": "vpc-1", "subnet_id": "subnet-1"})
+def test_every_resource_and_invoke_uses_the_provider_of_spec_region(mocks: Mocks,
+                                                                    network: dict[str, str]) -> pulumi.Output[Any]:
+    spec = aws_spec(aws=network)
 
     def check(_: Any) -> None:
         (provider,) = [(n, i) for t, n, i in mocks.seen if t == "pulumi:providers:aws"]

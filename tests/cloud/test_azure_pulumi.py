@@ -15,6 +15,7 @@ from pulumi.runtime import rpc
 
 from mpicloud.render import windows
 from mpicloud.spec import ClusterSpec, spec_from_dict
+from tests.specdata import PUBKEY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra"))
 import azure_mpi
@@ -281,3 +282,21 @@ def test_admin_password_is_the_stack_secret_not_an_env_var(azure_spec: ClusterSp
         ext = next(i for t, _, i in mocks.raw if t == "azure-native:compute:VirtualMachineExtension")
         assert _paths(ext, PASSWORD) == ["/protectedSettings/adminPassword (secret)"]
     return cluster.nodes.nodes[0].extension.id.apply(check)
+
+
+@pytest.mark.parametrize(("admin", "azure", "key", "password_ssh"), [
+    ({"ssh_public_key": PUBKEY}, {"password_ssh": False}, windows.b64(PUBKEY), "0"),
+    ({}, {}, windows.NO_KEY, "1")], ids=["key-only", "password-only"])
+@pulumi.runtime.test
+def test_the_key_and_the_password_ssh_switch_reach_every_bootstrap(azure_spec: ClusterSpec, admin: dict[str, Any],
+                                                                   azure: dict[str, Any], key: str,
+                                                                   password_ssh: str) -> pulumi.Output[None]:
+    spec = _spec(azure_spec, nodes=2, admin=admin, azure=azure)
+
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
+        exts = [i for t, _, i, _ in created if t == "azure-native:compute:VirtualMachineExtension"]
+        assert len(exts) == 2
+        for ext in exts:
+            command = plain(ext["protectedSettings"])["commandToExecute"]
+            assert f" -AdminKeyB64 {key} " in command and f" -PasswordSsh {password_ssh}" in command
+    return _deploy(spec, check)

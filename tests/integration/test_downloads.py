@@ -250,6 +250,11 @@ def test_exclude_and_no_inputs_and_api_and_cli_land_in_the_same_place(local_clus
               "build.*", env=env_for(cluster_home))
     assert got.returncode == 0, got.stderr
     assert files_under(tmp_path / "cli" / job.id) == files_under(tmp_path / "api" / job.id)
+    for hostile in ("../config.txt", "/etc/passwd", "C:/x", "a\\b"):
+        refused = cli("get", "itest", job.id, "--dest", str(tmp_path / "only"), "--only", hostile,
+                      env=env_for(cluster_home))
+        assert refused.returncode == 2 and "--only" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "only").exists()
 
 
 def test_delete_after_verify_deletes_only_what_was_downloaded(local_cluster: Cluster, cluster_home: Path,
@@ -278,6 +283,20 @@ def test_watch_remembers_per_selection_and_revisits_after_an_empty_match(local_c
     assert job.id in second.stdout and (dest / job.id / "sel-b-q10b.txt").read_text() == "b"
     repeat = cli("watch", "itest", "--dest", str(dest), "--once", "--filter", "sel-a-q10b", env=env)
     assert job.id not in repeat.stdout
+
+
+def test_jobs_without_a_work_dir_are_passed_over_by_watch_and_named_by_get(local_cluster: Cluster,
+                                                                           cluster_home: Path, tmp_path: Path) -> None:
+    purged = run_job(local_cluster, "open('gone-q10b.txt', 'w').write('x')")
+    purged.purge()
+    kept = run_job(local_cluster, "open('kept-q10b.txt', 'w').write('y')")
+    env = env_for(cluster_home)
+    watched = cli("watch", "itest", "--dest", str(tmp_path / "w"), "--once", "--filter", "q10b.txt", env=env)
+    assert watched.returncode == 0, watched.stderr
+    assert (tmp_path / "w" / kept.id / "kept-q10b.txt").read_text() == "y"
+    assert not (tmp_path / "w" / purged.id).exists()
+    got = cli("get", "itest", purged.id, "--dest", str(tmp_path / "g"), env=env)
+    assert got.returncode != 0 and "no work dir" in got.stderr and "Traceback" not in got.stderr
 
 
 @pytest.mark.parametrize("changed", [False, True])

@@ -9,11 +9,15 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
 
-from mpicloud.api import Cluster, Job
+import pytest
+
+from mpicloud.api import Cluster, Job, JobInfo
+from mpicloud.jobs import query
 from tests.conftest import ROOT, cli
 
 SUBMITTER = """
@@ -54,10 +58,7 @@ def test_cancel_stops_every_rank_on_every_node(local_cluster: Cluster) -> None:
     marker = "3607.25"
     job = local_cluster.submit(["sleep", marker], cores=4, mpi=True)
     _wait_ranks(job, marker, 4)
-    nodes = subprocess.run(["sh", "-c", f"for p in $(pgrep -f '^sleep {marker}$'); do "
-                            "tr '\\0' '\\n' < /proc/$p/environ | grep ^MPICLOUD_NODE=; done"],
-                           capture_output=True, text=True).stdout.split()
-    assert sorted(nodes) == ["MPICLOUD_NODE=node0"] * 2 + ["MPICLOUD_NODE=node1"] * 2
+    assert _rank_nodes(marker) == ["MPICLOUD_NODE=node0"] * 2 + ["MPICLOUD_NODE=node1"] * 2
     job.cancel()
     info = job.wait(30)
     assert info.state == "cancelled"
@@ -65,6 +66,54 @@ def test_cancel_stops_every_rank_on_every_node(local_cluster: Cluster) -> None:
     while _count(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _count(marker) == 0
+
+
+def _ranks_ignoring_term(marker: str) -> list[str]:
+    """A rank command that ignores SIGTERM (inherited across exec) and shows as `sleep MARKER`."""
+    return ["sh", "-c", f"trap '' TERM; exec sleep {marker}"]
+
+
+def _rank_nodes(marker: str) -> list[str]:
+    return sorted(subprocess.run(["sh", "-c", f"for p in $(pgrep -f '^sleep {marker}$'); do "
+                                 "tr '\\0' '\\n' < /proc/$p/environ | grep ^MPICLOUD_NODE=; done"],
+                                 capture_output=True, text=True).stdout.split())
+
+
+def _state_file(cluster: Cluster, job: Job) -> Path:
+    return Path(cluster.record.shared_path) / ".mpicloud" / "jobs" / job.id / "state.json"
+
+
+def test_cancel_of_term_ignoring_ranks_ends_only_when_every_rank_on_every_node_is_gone(
+        local_cluster: Cluster) -> None:
+    marker = "3607.5"
+    job = local_cluster.submit(_ranks_ignoring_term(marker), cores=4, mpi=True)
+    _wait_ranks(job, marker, 4)
+    assert _rank_nodes(marker) == ["MPICLOUD_NODE=node0"] * 2 + ["MPICLOUD_NODE=node1"] * 2
+    job.cancel()
+    deadline = time.monotonic() + 60
+    while not (info := job.info()).done:
+        assert time.monotonic() < deadline, f"cancel never ended: {info}"
+        time.sleep(0.05)
+    assert info.state == "cancelled"
+    assert _count(marker) == 0, "the job was reported cancelled while ranks still ran"
+
+
+def test_killed_wrapper_of_an_mpi_job_keeps_its_slots_until_every_rank_is_gone(local_cluster: Cluster) -> None:
+    marker = "3607.75"
+    job = local_cluster.submit(_ranks_ignoring_term(marker), cores=4, mpi=True)
+    _wait_ranks(job, marker, 4)
+    behind = local_cluster.submit(["true"], cores=4)  # needs every slot: may start only once the ranks are gone
+    os.kill(int(json.loads(_state_file(local_cluster, job).read_text())["pid"]), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not (info := job.info()).done:
+        assert time.monotonic() < deadline, f"the job never ended: {info}"
+        assert behind.info().state in ("submitted", "queued"), "the slots went to the next job while ranks ran"
+        time.sleep(0.05)
+    assert info.state == "failed" and "died without recording a result" in (info.reason or ""), info
+    assert _count(marker) == 0, "the job was failed while ranks still ran"
+    after = behind.wait(60)
+    assert after.state == "succeeded" and after.started_at is not None and info.ended_at is not None
+    assert after.started_at >= info.ended_at
 
 
 def _wait_ranks(job: Job, marker: str, ranks: int) -> None:
@@ -281,6 +330,21 @@ def test_dead_runner_is_restarted_by_its_watchdog_and_by_clients(local_cluster: 
     cancelled = cli("cancel", "itest", slow, env=env)
     assert cancelled.returncode == 0 and "Traceback" not in cancelled.stderr, cancelled.stderr
     assert local_cluster.job(slow).wait(60).state == "cancelled"
+
+
+def test_wait_outlives_a_runner_and_watchdog_killed_while_it_waits(local_cluster: Cluster,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(query, "RUNNER_CHECK_SECONDS", 1.0)
+    job = local_cluster.submit(["sh", "-c", "sleep 2; echo waited"])
+    waited: list[JobInfo] = []
+    waiter = threading.Thread(target=lambda: waited.append(job.wait(120)))
+    waiter.start()
+    runner = _runner_pid(local_cluster)
+    os.kill(_parent(runner), signal.SIGKILL)  # nothing on the cluster restarts it now: only the waiting client
+    os.kill(runner, signal.SIGKILL)
+    waiter.join(150)
+    assert waited and waited[0].state == "succeeded" and job.stdout() == "waited\n"
+    assert _runner_pid(local_cluster) != runner
 
 
 CHAOS_SUBMITTER = """

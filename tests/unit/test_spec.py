@@ -10,6 +10,8 @@ from mpicloud.errors import SpecError
 from mpicloud.secret import Secret
 from mpicloud.spec import load_spec, parse_spec, spec_from_dict
 from mpicloud.spec.versions import upgrade
+from tests.conftest import cli
+from tests.specdata import PUBKEY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,6 +107,18 @@ def test_windows_without_a_key_is_password_only_and_key_only_needs_a_key() -> No
     keyed = spec_from_dict({**base, "admin": {**base["admin"], "ssh_public_key": AWS["admin"]["ssh_public_key"]},
                             "azure": {"password_ssh": False}})
     assert not keyed.password_only
+
+
+def test_validate_says_when_a_cluster_is_password_only(tmp_path: Path) -> None:
+    spec = tmp_path / "w.yaml"
+    spec.write_text("name: w1\ncloud: azure\nos: windows\nnodes: 1\nsize: Standard_D4s_v5\nregion: westeurope\n"
+                    "admin: {password: {env: PW}}\n")
+    done = cli("validate", str(spec))
+    assert done.returncode == 0 and "password-only" in done.stdout, done.stderr
+    spec.write_text(spec.read_text().replace("{password: {env: PW}}", f"{{password: {{env: PW}}, ssh_public_key: "
+                                             f"'{PUBKEY}'}}"))
+    keyed = cli("validate", str(spec))
+    assert keyed.returncode == 0 and "password-only" not in keyed.stdout, keyed.stderr
 
 
 @pytest.mark.parametrize(("text", "expected"), [
