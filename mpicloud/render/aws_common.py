@@ -46,7 +46,7 @@ def cluster_tags(spec: ClusterSpec) -> dict[str, str]:
 #: what the node role may do with the deployment's key (SSM SecureString put and get)
 KEY_USE_ACTIONS = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"]
 #: what the account may do with the key: manage it, never use it (only the node role decrypts)
-KEY_ADMIN_ACTIONS = ["kms:CancelKeyDeletion", "kms:Create*", "kms:Delete*", "kms:Describe*", "kms:Disable*",
+KEY_ADMIN_ACTIONS = ["kms:CancelKeyDeletion", "kms:CreateAlias", "kms:Delete*", "kms:Describe*", "kms:Disable*",
                      "kms:Enable*", "kms:Get*", "kms:List*", "kms:Put*", "kms:Revoke*", "kms:ScheduleKeyDeletion",
                      "kms:TagResource", "kms:UntagResource", "kms:Update*"]
 

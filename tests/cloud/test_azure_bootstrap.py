@@ -197,3 +197,19 @@ def test_host_key_fingerprints_from_extension_output() -> None:
            "MPICLOUD-HOSTKEY N0 3072 SHA256:Zz0 root@N0 (RSA)\nMPICLOUD-HOSTKEY N1 256 SHA256:q1 x (ECDSA)\n")
     assert windows.host_key_fingerprints(out) == {"N0": ["ED25519 SHA256:abc+/9=", "RSA SHA256:Zz0"],
                                                   "N1": ["ECDSA SHA256:q1"]}
+
+
+def test_start_runner_uses_the_password_only_for_savecreds_and_logs_none_of_it() -> None:
+    """The one place the password is on a command line (MS-MPI offers no other way to save credentials): the
+    -savecreds run. Nothing written to the log mentions it, and it is dropped right after."""
+    script = (provision_dir() / "windows" / "start-runner.ps1").read_text(encoding="utf-8")
+    uses = [line.strip() for line in script.splitlines() if "$secret" in line or "$plain" in line]
+    assert uses == [
+        "$plain = [Security.Cryptography.ProtectedData]::Unprotect([IO.File]::ReadAllBytes($blob), $null, "
+        "'LocalMachine')",
+        "$secret = [Text.Encoding]::UTF8.GetString($plain)",
+        "& $mpiexec @hosts -pwd $secret -savecreds cmd.exe /c exit 0 2>&1 | Out-File -Append -FilePath $log",
+        "$secret = $null"]
+    logged = [line for line in script.splitlines() if "Out-File" in line and "-pwd" not in line]
+    assert logged and not any("$secret" in line or "$plain" in line or "$blob" in line for line in logged)
+    assert "Start-Transcript" not in script and "Remove-Item -Force -Path $blob" in script
