@@ -37,6 +37,11 @@ MSMPI = Download("10.1.3", "https://download.microsoft.com/download/7/2/7/72731e
 #: CPython embeddable package for the runner (3.12.10 is the last 3.12 release with Windows binaries)
 PYTHON = Download("3.12.10", "https://www.python.org/ftp/python/3.12.10/python-3.12.10-embed-amd64.zip",
                   "4acbed6dd1c744b0376e3b1cf57ce906f9dc9e95e68824584c8099a63025a3c3")
+#: Win32-OpenSSH MSI, the fallback when Add-WindowsCapability keeps failing (`azure.openssh_msi` replaces it); the
+#: pin is the one Google's compute-image-windows OpenSSH package uses for this file, not verified here: a wrong pin
+#: fails closed (Get-Verified refuses the download)
+OPENSSH_MSI = Download("8.9.1.0", "https://github.com/PowerShell/Win32-OpenSSH/releases/download/v8.9.1.0p1-Beta/"
+                       "OpenSSH-Win64-v8.9.1.0.msi", "f4b9808d0fa29bfc50feb4bd4611ee852458638480dc63ad97380b10abd9aa39")
 DATA_DIR = "C:\\ProgramData\\mpicloud"
 SHARE_NAME = "shared"
 LAUNCH_PORT = 8677
@@ -101,9 +106,9 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
     return text
 
 
-def _openssh_msi(spec: ClusterSpec) -> dict[str, str] | None:
-    msi = spec.azure_options.openssh_msi
-    return {"url": powershell_quote(msi.url), "sha256": powershell_quote(msi.sha256)} if msi else None
+def _openssh_msi(spec: ClusterSpec) -> dict[str, str]:
+    msi = spec.azure_options.openssh_msi or OPENSSH_MSI
+    return {"url": powershell_quote(msi.url), "sha256": powershell_quote(msi.sha256)}
 
 
 def script_sha256(script: str) -> str:

@@ -164,7 +164,9 @@ def test_downloads_and_openssh_are_retried_with_backoff(azure_spec: ClusterSpec)
     assert 'Invoke-WithRetry "download of $Url" { Invoke-WebRequest' in script
     assert "Invoke-WithRetry 'Add-WindowsCapability OpenSSH.Server'" in script
     assert "[Math]::Pow(2, $try)" in script
-    assert "set azure.openssh_msi" in script and "msiexec" not in script
+    assert f"Get-Verified '{windows.OPENSSH_MSI.url}' '{windows.OPENSSH_MSI.sha256}' 'openssh.msi'" in script
+    order = [script.index(s) for s in ("Add-WindowsCapability -Online", "msiexec.exe", "Set-Service -Name sshd")]
+    assert order == sorted(order)
     doc = azure_spec.model_dump(mode="json", exclude_none=True)
     doc["azure"] = {**doc.get("azure", {}), "openssh_msi": {"url": "https://example.org/OpenSSH-Win64.msi",
                                                             "sha256": "B" * 64}}

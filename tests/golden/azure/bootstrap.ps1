@@ -104,7 +104,10 @@ if (-not (Get-Service -Name sshd -ErrorAction SilentlyContinue)) {
       if (-not (Get-Service -Name sshd -ErrorAction SilentlyContinue)) { throw 'sshd is still missing' }
     } | Out-Null
   } catch {
-    throw "OpenSSH server could not be installed (set azure.openssh_msi for a pinned MSI fallback): $_"
+    Write-Step "mpicloud: falling back to the pinned Win32-OpenSSH MSI ($_)"
+    $msi = Get-Verified 'https://github.com/PowerShell/Win32-OpenSSH/releases/download/v8.9.1.0p1-Beta/OpenSSH-Win64-v8.9.1.0.msi' 'f4b9808d0fa29bfc50feb4bd4611ee852458638480dc63ad97380b10abd9aa39' 'openssh.msi'
+    $proc = Start-Process -FilePath 'msiexec.exe' -ArgumentList '/i', $msi, '/qn', 'ADDLOCAL=Server' -Wait -PassThru
+    if ($proc.ExitCode -ne 0) { throw "the OpenSSH MSI exited with $($proc.ExitCode)" }
   }
 }
 Set-Service -Name sshd -StartupType Automatic
