@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -104,8 +105,11 @@ def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path], on_event: In
             event = store_object(queue, path, digest, progress)
             if on_event:
                 on_event(name, event)
+            st = path.stat()
             entries.append({"source": "store", "sha256": digest, "name": name,
-                            "unpack": unpack and item.is_file() and name.lower().endswith(ARCHIVES)})
+                            "unpack": unpack and item.is_file() and name.lower().endswith(ARCHIVES),
+                            "mode": None if os.name == "nt" else stat.S_IMODE(st.st_mode) & 0o777,
+                            "mtime": st.st_mtime_ns})
     return entries
 
 

@@ -438,6 +438,15 @@ def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env:
             target = _target(work, item["name"])
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
+            _keep_mode_and_time(target, item)
+
+
+def _keep_mode_and_time(target: Path, item: dict[str, Any]) -> None:
+    """The uploader's permission bits (never setuid/setgid/sticky; not on Windows) and modification time."""
+    if item.get("mode") is not None and not WINDOWS:
+        os.chmod(target, int(item["mode"]) & 0o777)
+    if item.get("mtime") is not None:
+        os.utime(target, ns=(int(item["mtime"]), int(item["mtime"])))
 
 
 def snapshot(work: Path, manifest: Path) -> None:

@@ -170,6 +170,22 @@ def test_directory_input_arrives_as_a_folder_with_nested_files(local_cluster: Cl
     assert job.stdout() == "top\nnested\nd/a\nd/sub/deeper/b.txt\n"
 
 
+def test_inputs_arrive_with_their_modes_and_times(local_cluster: Cluster, tmp_path: Path) -> None:
+    """`./solve.sh` runs straight from the work dir on every node; times survive too (make-style tools)."""
+    script = tmp_path / "solve.sh"
+    script.write_text("#!/bin/sh\necho solved\n")
+    script.chmod(0o750)
+    private = tmp_path / "folder" / "secret.cfg"
+    private.parent.mkdir()
+    private.write_text("k=v\n")
+    private.chmod(0o4640)  # setuid never reaches the cluster
+    os.utime(script, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    job = local_cluster.submit(["sh", "-c", "./solve.sh && stat -c '%a %Y' solve.sh folder/secret.cfg"],
+                               inputs=[script, private.parent])
+    assert job.wait(60).state == "succeeded", job.stderr()
+    assert job.stdout() == f"solved\n750 1600000000\n640 {int(private.stat().st_mtime)}\n"
+
+
 def test_archives_kept_as_files_with_no_unpack(local_cluster: Cluster, cluster_home: Path, tmp_path: Path) -> None:
     archive = tmp_path / "bundle.zip"
     with zipfile.ZipFile(archive, "w") as zf:
