@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from mpicloud.errors import TransportError
-from mpicloud.jobs.remote import QueueHandle
+from mpicloud.jobs.remote import QueueHandle, sftp_path
 from mpicloud.jobs.streams import StreamReader, decoded
-from mpicloud.protocol.transfer import CHANGED
+from mpicloud.protocol.transfer import CHANGED, MARK_EVERY
 
 PROCESS_THRESHOLD = 256 << 20  # this much range data is worth worker processes (each its own connection)
 PROCESS_MIN_CPUS = 4  # with fewer cores, encryption already saturates them: threads do as well
 OnBytes = Callable[[int], None]
-MARK_EVERY = 4 << 20  # a download records how far each range got this often (resume within a range)
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class RangeJob:
     size: int = -1  # get: the file's size and mtime_ns in the listing (the node refuses a changed file)
     mtime: int = -1
     done: int = 0  # get: bytes a killed earlier attempt wrote at the range's start (checked by hash)
+    mark: str = ""  # put: cluster path prefix of the node's progress marker (+ offset), for resume within a range
 
 
 @dataclass(frozen=True)
@@ -157,19 +157,40 @@ def fetch_range(queue: QueueHandle, job: RangeJob, on_bytes: OnBytes) -> RangeRe
     return RangeResult(job, raw.wire_bytes, 0, codec)
 
 
+def _remote_hash(queue: QueueHandle, job: RangeJob, length: int) -> str:
+    return queue.transport.run(queue.helper("hash", job.remote, f"--offset={job.offset}", f"--length={length}"),
+                               timeout=600).text.strip()
+
+
+def _pushed_before(queue: QueueHandle, job: RangeJob) -> int:
+    """Bytes at the range's start that an earlier, killed upload left on the node (its progress marker) and
+    that still hash like the local file's; 0 when none."""
+    try:
+        done = int(queue.transport.read_bytes(sftp_path(queue.os, f"{job.mark}{job.offset}")).strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+    if not 0 < done < job.length:
+        return 0
+    return done if _remote_hash(queue, job, done) == f"sha256 {local_hash(Path(job.local), job.offset, done)}" \
+        else 0
+
+
 def push_range(queue: QueueHandle, job: RangeJob, on_bytes: OnBytes) -> RangeResult:
-    """Send one range of a local file; skipped when a previous attempt left it intact (resume)."""
+    """Send one range of a local file; skipped when a previous attempt left it intact (resume), and started
+    where a killed attempt's progress marker says when those bytes are intact."""
     local = Path(job.local)
-    span = [f"--offset={job.offset}", f"--length={job.length}"]
-    if job.resume and queue.transport.run(queue.helper("hash", job.remote, *span)).text.strip() == \
-            f"sha256 {local_hash(local, job.offset, job.length)}":
+    if job.resume and _remote_hash(queue, job, job.length) == f"sha256 {local_hash(local, job.offset, job.length)}":
         on_bytes(job.length)
         return RangeResult(job, 0, 0, "none")
-    stream = queue.transport.open_stream(queue.helper("recv", job.remote, *span))
+    skip = _pushed_before(queue, job) if job.resume and job.mark else 0
+    on_bytes(skip)
+    stream = queue.transport.open_stream(queue.helper(
+        "recv", job.remote, f"--offset={job.offset}", f"--length={job.length}", f"--skip={skip}",
+        *([f"--mark={job.mark}{job.offset}"] if job.mark else [])))
     digest = hashlib.sha256()
     with open(local, "rb") as handle:
-        handle.seek(job.offset)
-        left = job.length
+        handle.seek(job.offset + skip)
+        left = job.length - skip
         while left > 0:
             block = handle.read(min(1 << 20, left))
             digest.update(block)
@@ -184,9 +205,9 @@ def push_range(queue: QueueHandle, job: RangeJob, on_bytes: OnBytes) -> RangeRes
     if code != 0:
         raise TransportError(f"upload of {local} to cluster {queue.cluster!r} failed: "
                              f"{err.decode(errors='replace').strip()}")
-    verify(f"{local.name} bytes {job.offset}-{job.offset + job.length}", digest.hexdigest(),
+    verify(f"{local.name} bytes {job.offset + skip}-{job.offset + job.length}", digest.hexdigest(),
            answer.decode().split("sha256 ")[-1], queue.cluster)
-    return RangeResult(job, job.length, job.length, "none")
+    return RangeResult(job, job.length - skip, job.length - skip, "none")
 
 
 def _move(queue: QueueHandle, job: RangeJob, on_bytes: OnBytes) -> RangeResult:

@@ -18,6 +18,7 @@ from mpicloud.errors import JobError, TransportError
 from mpicloud.jobs import transfer
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.protocol.jobs import JOB_VERSION
+from mpicloud.protocol.transfer import upload_mark
 from mpicloud.transport.base import Stream
 
 ARCHIVES = (".zip", ".tar.gz", ".tgz", ".tar", ".tar.zst", ".tzst")
@@ -139,7 +140,8 @@ def store_object(queue: QueueHandle, path: Path, digest: str, progress: transfer
         if answer == "wait":  # another uploader is sending it: its result, or the claim once it died
             answer = lines.next()
         if re.fullmatch(rf"part \.{digest}\.[0-9a-f]+\.part", answer):
-            sent = transfer.upload(queue, path, queue.cluster_path("store", answer[5:]), progress=progress)
+            sent = transfer.upload(queue, path, queue.cluster_path("store", answer[5:]), progress=progress,
+                                   mark=queue.cluster_path("store", upload_mark(digest)))
             claim.write(b"commit\n")
             answer = lines.next()
     finally:

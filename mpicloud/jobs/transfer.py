@@ -428,15 +428,18 @@ def _links(run: _Download, links: list[dict[str, str]]) -> None:
         run.verified({"path": rel, "target": link})
 
 
-def upload(queue: QueueHandle, local: Path, remote: str, streams: int = 4, progress: Progress | None = None) -> int:
+def upload(queue: QueueHandle, local: Path, remote: str, streams: int = 4, progress: Progress | None = None,
+           mark: str = "") -> int:
     """Send a local file to cluster path `remote` in parallel verified ranges (the caller commits it).
-    Ranges a previous attempt already left there intact are not sent again; returns the bytes sent."""
+    Ranges a previous attempt already left there intact are not sent again, nor (with `mark`, the cluster path
+    prefix of the node's progress markers) the intact start of a range it was killed in; returns the bytes
+    sent."""
     size = local.stat().st_size
     meter = _Meter(size, progress)
     if size == 0:
         queue.transport.write_bytes(sftp_path(queue.os, remote), b"")
         return 0
     resume = queue.transport.stat(sftp_path(queue.os, remote)) is not None
-    jobs = [RangeJob("put", index, index * RANGE, min(RANGE, size - index * RANGE), str(local), remote, resume=resume)
-            for index in range(-(-size // RANGE))]
+    jobs = [RangeJob("put", index, index * RANGE, min(RANGE, size - index * RANGE), str(local), remote, resume=resume,
+                     mark=mark) for index in range(-(-size // RANGE))]
     return sum(result.sent for result in run_ranges(queue, jobs, streams, meter.add))

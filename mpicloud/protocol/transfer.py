@@ -23,3 +23,10 @@ BOOKKEEPING = ".mpicloud"
 BIG = 32 << 20
 #: exit status of `send` when the file is no longer what the listing said (size or mtime changed)
 CHANGED = 4
+#: a range transfer records how far it got this often (a resumed range starts there after a hash check)
+MARK_EVERY = 4 << 20
+
+
+def upload_mark(sha: str) -> str:
+    """Name prefix, in the input store, of the progress markers of an object's upload (+ the range's offset)."""
+    return f".{sha}.r"

@@ -9,7 +9,9 @@
       the manifest of the selection, every selected file smaller than N not in "have", the files skipped
       while sending; --unchanged names a {path: [size, mtime_ns]} snapshot (the job's staged inputs):
       files still exactly as recorded there are left out
-  recv PATH --offset N --length L                      stdin bytes into PATH at offset; stdout: "sha256 HEX"
+  recv PATH --offset N --length L [--skip K] [--mark M]
+      stdin bytes into PATH at offset+K (the range's first K bytes are there); stdout: "sha256 HEX" of what
+      arrived; M records every MARK_EVERY bytes how much of the range is written (removed once complete)
   hash PATH --offset N --length L                      "sha256 HEX" of a range already there (resume checks)
   claim STORE SHA --length SIZE                        the right to put one object into the input store, held
       while stdin stays open; stdout lines: "have" (it is there), "wait" (another uploader has it: wait for
@@ -48,7 +50,7 @@ from typing import IO, Any
 # beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpicloud.protocol.paths import UnsafePath, check_link, check_name
-from mpicloud.protocol.transfer import BIG, BOOKKEEPING, CHANGED, FRAME, MANIFEST, SKIPPED
+from mpicloud.protocol.transfer import BIG, BOOKKEEPING, CHANGED, FRAME, MANIFEST, MARK_EVERY, SKIPPED, upload_mark
 
 BLOCK = 1 << 20
 #: a dead uploader's part file of an object nobody claims is deleted after this long
@@ -308,20 +310,39 @@ def pack(base: Path, selection: Selection, big: int, have: dict[str, list[Any]],
     return 0
 
 
-def recv(path: Path, offset: int, length: int) -> int:
-    """Write stdin into path at offset (the file is created when missing); print the range's SHA-256."""
+def recv(path: Path, offset: int, length: int, skip: int = 0, mark: Path | None = None) -> int:
+    """Write stdin into the range's bytes skip.. of path at offset (the file is created when missing; the first
+    skip bytes are there from an earlier attempt); print the SHA-256 of what arrived. With mark, record there
+    every MARK_EVERY bytes how much of the range is written, so a killed upload resumes where it stopped."""
     path.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     mode = "r+b" if path.exists() else "w+b"
     source = sys.stdin.buffer
+    done = skip
     with open(path, mode) as handle:
-        handle.seek(offset)
-        left = copy_range(source, handle, length, digest)
-    if left:
-        print(f"short input: {left} bytes missing", file=sys.stderr)
+        handle.seek(offset + skip)
+        while done < length:
+            chunk = min(MARK_EVERY, length - done)
+            missing = copy_range(source, handle, chunk, digest)
+            done += chunk - missing
+            if missing:
+                break
+            if mark is not None:
+                handle.flush()
+                _write_mark(mark, done)
+    if done < length:
+        print(f"short input: {length - done} bytes missing", file=sys.stderr)
         return 3
+    if mark is not None:
+        mark.unlink(missing_ok=True)
     print(f"sha256 {digest.hexdigest()}")
     return 0
+
+
+def _write_mark(mark: Path, done: int) -> None:
+    tmp = mark.with_name(f"{mark.name}.{os.getpid()}.tmp")
+    tmp.write_text(str(done), encoding="ascii")
+    os.replace(tmp, mark)
 
 
 def range_hash(path: Path, offset: int, length: int) -> int:
@@ -385,10 +406,16 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _drop_marks(store: Path, sha: str) -> None:
+    for mark in store.glob(f"{upload_mark(sha)}*"):
+        mark.unlink(missing_ok=True)
+
+
 def reap(store: Path, age: float = STALE_PART) -> None:
-    """Delete part files older than age whose object nobody holds a claim on (their uploader died)."""
+    """Delete part files (and upload progress markers) older than age whose object nobody holds a claim on
+    (their uploader died)."""
     cutoff = time.time() - age
-    for part in store.glob(".*.part"):
+    for part in [*store.glob(".*.part"), *store.glob(".*.r[0-9]*")]:
         sha = part.name[1:].split(".", 1)[0]
         try:
             if part.stat().st_mtime >= cutoff or not re.fullmatch(r"[0-9a-f]{64}", sha):
@@ -438,6 +465,8 @@ def claim(store: Path, sha: str, size: int) -> int:
         os.replace(earlier[-1], mine)
         for old in earlier[:-1]:
             old.unlink(missing_ok=True)
+    else:  # progress markers of a part that is gone describe nothing
+        _drop_marks(store, sha)
     _say(f"part {mine.name}")
     if sys.stdin.readline().strip() != "commit":
         return 0  # the uploader went away: keep the part for the next claimant
@@ -450,6 +479,7 @@ def claim(store: Path, sha: str, size: int) -> int:
         _say(f"refused: the uploaded object has SHA-256 {got or 'of the wrong size'}, not {sha}")
         return 3
     os.replace(mine, store / sha)
+    _drop_marks(store, sha)
     _release(fd, lock)
     _say("stored")
     return 0
@@ -469,6 +499,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size", type=int, default=-1)
     parser.add_argument("--mtime", type=int, default=-1)
     parser.add_argument("--big", type=int, default=BIG)
+    parser.add_argument("--skip", type=int, default=0)
+    parser.add_argument("--mark", type=Path)
     parser.add_argument("--compress", default="none", choices=["auto", "none", "zstd", "gzip", "bzip2"])
     args = parser.parse_args(argv)
     try:
@@ -483,7 +515,7 @@ def main(argv: list[str]) -> int:
             return claim(args.base, args.path, args.length)
         if args.command == "hash":
             return range_hash(args.base, args.offset, args.length)
-        return recv(args.base, args.offset, args.length)
+        return recv(args.base, args.offset, args.length, args.skip, args.mark)
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"transfer.py {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -139,6 +139,30 @@ def test_upload_resumes_after_a_kill(local_cluster: Cluster, cluster_home: Path,
     assert job.stdout().split()[0] == digest(data)
 
 
+def test_upload_killed_inside_its_first_range_resumes_there(local_cluster: Cluster, cluster_home: Path,
+                                                            tmp_path: Path) -> None:
+    data = tmp_path / "one-range.bin"
+    data.write_bytes(os.urandom(60 << 20))  # a single range: without resume inside it, a retry sends it all
+    sha = digest(data)
+    env = {**os.environ, "MPICLOUD_HOME": str(cluster_home)}
+    argv = [sys.executable, "-m", "mpicloud.cli", "submit", "itest", "--input", str(data), "--", "true"]
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store = Path(local_cluster.record.runner_root) / "store"
+    deadline = time.monotonic() + 60
+    while not list(store.glob(f".{sha}.r0")):  # the node marked at least one chunk
+        assert proc.poll() is None and time.monotonic() < deadline, "upload ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    events: list[tuple[str, str]] = []
+    job = local_cluster.submit(["sha256sum", "one-range.bin"], inputs=[data],
+                               on_input=lambda n, e: events.append((n, e)))
+    assert events == [("one-range.bin", "resumed")]
+    assert job.wait(60).state == "succeeded"
+    assert job.stdout().split()[0] == sha
+    assert not list(store.glob(f".{sha}.*"))  # no part, marker or lock left behind
+
+
 def test_watch_downloads_each_job_once(local_cluster: Cluster, cluster_home: Path, tmp_path: Path) -> None:
     first = local_cluster.submit(["sh", "-c", "echo one > out.txt"])
     second = local_cluster.submit(["sh", "-c", "echo two > out.txt; exit 1"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mpicloud.assets import install_runner
-from mpicloud.protocol.transfer import CHANGED, FRAME, MANIFEST, SKIPPED
+from mpicloud.protocol.transfer import CHANGED, FRAME, MANIFEST, MARK_EVERY, SKIPPED
 from tests.runnerlib import NODE_PYTHON
 
 
@@ -80,3 +80,17 @@ def test_send_takes_option_like_names_and_refuses_changed_or_special_files(helpe
     os.mkfifo(work / "fifo")
     fifo = run(helper, "send", "--offset=0", "--length=5", "--", str(work), "fifo")  # would block if opened
     assert fifo.returncode == 2 and b"not a regular file" in fifo.stderr
+
+
+def test_recv_marks_its_progress_and_a_retry_sends_only_the_rest(helper: Path, tmp_path: Path) -> None:
+    data = os.urandom(3 * MARK_EVERY + 12345)
+    part, mark = tmp_path / "obj.part", tmp_path / "obj.r0"
+    cut = run(helper, "recv", str(part), "--offset=0", f"--length={len(data)}", f"--mark={mark}",
+              stdin=data[:2 * MARK_EVERY + 999])  # the uploader dies 999 bytes into the third chunk
+    assert cut.returncode == 3 and b"bytes missing" in cut.stderr
+    assert mark.read_text() == str(2 * MARK_EVERY)
+    done = int(mark.read_text())
+    rest = run(helper, "recv", str(part), "--offset=0", f"--length={len(data)}", f"--skip={done}",
+               f"--mark={mark}", stdin=data[done:])
+    assert rest.returncode == 0 and rest.stdout.decode() == f"sha256 {hashlib.sha256(data[done:]).hexdigest()}\n"
+    assert part.read_bytes() == data and not mark.exists()
