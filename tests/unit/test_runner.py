@@ -346,3 +346,35 @@ def test_full_disk_fails_the_job_that_filled_it_not_the_runner(tmp_path: Path) -
         q.stop()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_processes_that_survive_kill_are_named_and_keep_their_slots(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancel says so when it cannot end a job: a process that outlives KILL (e.g. stuck in the kernel) is named
+    in the reason and its slots stay taken. The process table is faked (a real unkillable process cannot be
+    made on purpose); the runner's stop logic and clock are the real ones, the clock stepped by hand."""
+    q = LocalQueue(tmp_path / "root", [2])
+    jobdir = q.root / "jobs" / "stuck"
+    jobdir.mkdir(parents=True)
+    clock = [1000.0]
+    signals: list[int] = []
+    monkeypatch.setattr(runner, "now", lambda: clock[0])
+    monkeypatch.setattr(runner, "signal_marked", lambda job_id, launch, sig: signals.append(sig) or [4242])
+    run = runner.Runner(q.root)
+    runner.write_json(jobdir / "state.json", {"id": "stuck", "state": "running", "hosts": [["n0", 2]],
+                                              "pid": None, "launch": "L1", "cores": 2})
+    run.running["stuck"] = run.state("stuck")
+    (jobdir / "cancel").touch()
+    run.cancel_requests()
+    clock[0] += runner.STOP_GRACE
+    run.reap()
+    assert signals[0] == signal.SIGTERM and runner.SIGKILL in signals
+    clock[0] += 31
+    run.reap()
+    state = run.state("stuck")
+    assert state["state"] == "running" and run.busy() == {"n0": 2}
+    assert state["reason"] == ("cancelled while running: 1 processes would not stop (n0:4242); their slots stay "
+                               "taken")
+    monkeypatch.setattr(runner, "signal_marked", lambda job_id, launch, sig: [])  # it finally went
+    run.reap()
+    assert run.state("stuck")["state"] == "cancelled" and run.busy() == {}
