@@ -659,14 +659,15 @@ def _run(argv: list[str], work: Path, env: dict[str, str], out: Path, err: Path,
         sinks[err] = CappedLog(err, limit)
     try:
         try:
-            proc = subprocess.Popen(argv, cwd=str(work), env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(argv, cwd=str(work), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT if err == out else subprocess.PIPE)
         except FileNotFoundError:
             return 127, f"command not found on the cluster: {argv[0]}"
         except PermissionError:
             return 126, f"command is not executable: {argv[0]}"
-        pumps = [threading.Thread(target=_pump, args=(pipe, sinks[path]), daemon=True)
-                 for pipe, path in ((proc.stdout, out), (proc.stderr, err))]
+        # one log for both streams: one pipe, so the lines stay in the order the command wrote them
+        pipes = ((proc.stdout, out),) if err == out else ((proc.stdout, out), (proc.stderr, err))
+        pumps = [threading.Thread(target=_pump, args=(pipe, sinks[path]), daemon=True) for pipe, path in pipes]
         for pump in pumps:
             pump.start()
         code = proc.wait()

@@ -71,3 +71,15 @@ def test_purge_removes_logs_only_when_asked_and_only_of_ended_jobs(tmp_path: Pat
         (q.root / "jobs" / running / "cancel").touch()
         q.wait(running)
         q.stop()
+
+
+def test_a_log_both_streams_share_keeps_the_order_they_were_written_in(tmp_path: Path) -> None:
+    q = LocalQueue(tmp_path / "root", [1])
+    q.serve()
+    try:
+        job = q.submit(["true"], post=["sh", "-c", "for i in $(seq 1 300); do echo o$i; echo e$i >&2; done"])
+        assert q.wait(job)["state"] == "succeeded"
+    finally:
+        q.stop()
+    expected = "".join(f"o{i}\ne{i}\n" for i in range(1, 301))
+    assert (q.root / "jobs" / job / "post.log").read_text() == expected
