@@ -9,7 +9,7 @@ from pathlib import Path
 from mpicloud.errors import JobError
 from mpicloud.jobs import query, transfer
 from mpicloud.jobs.remote import QueueHandle
-from mpicloud.protocol.jobs import TERMINAL
+from mpicloud.protocol.jobs import JOBS, TERMINAL, JobState
 from mpicloud.protocol.paths import UnsafePath, check_name
 
 
@@ -40,7 +40,7 @@ def fetch_job(queue: QueueHandle, job_id: str, dest: Path, options: GetOptions =
 
     A job that has not ended is refused unless options.partial (its outputs may still change)."""
     info = query.job_info(queue, job_id)
-    if info.state in ("submitted", "queued"):
+    if info.state in (JobState.SUBMITTED, JobState.QUEUED):
         raise NoWorkDir(f"job {job_id} has not started yet; nothing to fetch")
     running = info.state not in TERMINAL
     if running and not options.partial:
@@ -61,8 +61,8 @@ def fetch_job(queue: QueueHandle, job_id: str, dest: Path, options: GetOptions =
             raise JobError(f"job {job_id} has no file {missing[0]!r} in its work dir")
         globs = list(options.only)
     selection = transfer.Selection(tuple(globs), tuple(options.filters), tuple(options.excludes),
-                                   queue.cluster_path("jobs", job_id, "inputs.json") if options.no_inputs else None)
-    summary = transfer.download(queue, queue.cluster_path("jobs", job_id, "work"), dest, compress=options.compress,
+                                   queue.cluster_path(JOBS, job_id, "inputs.json") if options.no_inputs else None)
+    summary = transfer.download(queue, queue.cluster_path(JOBS, job_id, "work"), dest, compress=options.compress,
                                 streams=options.streams, progress=progress, selection=selection,
                                 overwrite=options.overwrite)
     summary.partial = running

@@ -10,7 +10,7 @@ from typing import Any
 
 from mpicloud.errors import JobError, TransportError
 from mpicloud.jobs.remote import QueueHandle
-from mpicloud.protocol.jobs import TERMINAL
+from mpicloud.protocol.jobs import CANCEL_FILE, QUEUE, STATE_FILE, TERMINAL, JobState
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,13 @@ class JobInfo:
 def job_info(queue: QueueHandle, job_id: str) -> JobInfo:
     """The current state of one job; JobError when the cluster has no such job."""
     try:
-        return JobInfo.from_state(json.loads(queue.transport.read_bytes(queue.job_path(job_id, "state.json"))))
+        return JobInfo.from_state(json.loads(queue.transport.read_bytes(queue.job_path(job_id, STATE_FILE))))
     except FileNotFoundError:
         pass
-    if queue.transport.stat(queue.path("queue", job_id)) is not None:
-        return JobInfo(id=job_id, state="submitted")
+    if queue.transport.stat(queue.path(QUEUE, job_id)) is not None:
+        return JobInfo(id=job_id, state=JobState.SUBMITTED)
     if queue.transport.stat(queue.job_path(job_id)) is not None:  # accepted, state being written
-        return JobInfo(id=job_id, state="queued")
+        return JobInfo(id=job_id, state=JobState.QUEUED)
     raise JobError(f"cluster {queue.cluster!r} has no job {job_id!r}; `mpicloud jobs {queue.cluster}` lists them")
 
 
@@ -147,9 +147,9 @@ def cancel(queue: QueueHandle, job_id: str) -> JobInfo:
         info = job_info(queue, job_id)
         if info.done:
             return info
-        where = queue.path("queue", job_id) if info.state == "submitted" else queue.job_path(job_id)
+        where = queue.path(QUEUE, job_id) if info.state == JobState.SUBMITTED else queue.job_path(job_id)
         try:
-            queue.transport.write_bytes(f"{where}/cancel", b"cancel\n")
+            queue.transport.write_bytes(f"{where}/{CANCEL_FILE}", b"cancel\n")
         except (FileNotFoundError, TransportError):
             time.sleep(0.05)  # moved from queue/ into jobs/ meanwhile: write it there
             continue

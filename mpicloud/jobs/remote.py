@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mpicloud.errors import JobError
-from mpicloud.protocol.jobs import JOB_VERSION as CLIENT_JOB_VERSION
+from mpicloud.protocol.jobs import JOB_VERSION, JOBS, ROOT_DIRS, version_problem
 from mpicloud.render.quoting import cmd_join, posix_join
 from mpicloud.transport.base import Transport
 
@@ -41,12 +41,10 @@ class QueueHandle:
         if self._prepared:
             return
         status = self.ensure_runner()
-        runner_version = int(status.get("job_version", CLIENT_JOB_VERSION))
-        if runner_version < CLIENT_JOB_VERSION:
-            raise JobError(f"the runner on cluster {self.cluster!r} reads job format v{runner_version}, this "
-                           f"mpicloud writes v{CLIENT_JOB_VERSION}: update the runner on the cluster (`mpicloud "
-                           f"up` for local clusters, re-run the bootstrap or re-deploy for cloud clusters)")
-        for name in ("spool", "queue", "store", "jobs", "sweeps"):
+        problem = version_problem(int(status.get("job_version", JOB_VERSION)), self.cluster)
+        if problem:
+            raise JobError(problem)
+        for name in ROOT_DIRS:
             self.transport.makedirs(self.path(name))
         self._prepared = True
 
@@ -61,7 +59,7 @@ class QueueHandle:
 
     def job_path(self, job_id: str, *parts: str) -> str:
         """SFTP path inside an accepted job's directory."""
-        return self.path("jobs", job_id, *parts)
+        return self.path(JOBS, job_id, *parts)
 
     @property
     def sep(self) -> str:

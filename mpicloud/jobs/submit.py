@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mpicloud.errors import JobError, TransportError
 from mpicloud.jobs import transfer
 from mpicloud.jobs.remote import QueueHandle
-from mpicloud.protocol.jobs import JOB_VERSION
+from mpicloud.protocol.jobs import JOB_FILE, JOB_VERSION, QUEUE, SPOOL, STORE, InputEntry, JobDoc
 from mpicloud.protocol.transfer import upload_mark
 from mpicloud.transport.base import Stream
 
@@ -87,10 +86,10 @@ def check_s3_url(url: str, what: str) -> None:
 
 
 def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path], on_event: InputEvent | None = None,
-                  progress: transfer.Progress | None = None, unpack: bool = True) -> list[dict[str, Any]]:
+                  progress: transfer.Progress | None = None, unpack: bool = True) -> list[InputEntry]:
     """Put each input into the store once (by SHA-256); return the job's input entries in order. Archives are
     unpacked into the work dir unless `unpack` is False (then they arrive as the files they are)."""
-    entries: list[dict[str, Any]] = []
+    entries: list[InputEntry] = []
     for raw in inputs:
         text = str(raw)
         if text.startswith("s3://"):
@@ -116,7 +115,7 @@ def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path], on_event: In
 
 def existing_job(queue: QueueHandle, job_id: str) -> bool:
     """True when the cluster already has this job id (submitted or accepted, in any state)."""
-    return queue.transport.stat(queue.path("queue", job_id)) is not None or \
+    return queue.transport.stat(queue.path(QUEUE, job_id)) is not None or \
         queue.transport.stat(queue.job_path(job_id)) is not None
 
 
@@ -128,10 +127,10 @@ def store_object(queue: QueueHandle, path: Path, digest: str, progress: transfer
     object's SHA-256 before renaming it into the store, so a store object is always complete and right, and
     one that is there (a single stat) is reused without a claim."""
     size = path.stat().st_size
-    existing = queue.transport.stat(queue.path("store", digest))
+    existing = queue.transport.stat(queue.path(STORE, digest))
     if existing is not None and existing.size == size:  # only ever renamed in whole and verified
         return "reused"
-    claim = queue.transport.open_stream(queue.helper("claim", queue.cluster_path("store"), digest,
+    claim = queue.transport.open_stream(queue.helper("claim", queue.cluster_path(STORE), digest,
                                                      f"--length={size}"))
     lines = _Lines(claim)
     answer, sent = "", 0
@@ -140,8 +139,8 @@ def store_object(queue: QueueHandle, path: Path, digest: str, progress: transfer
         if answer == "wait":  # another uploader is sending it: its result, or the claim once it died
             answer = lines.next()
         if re.fullmatch(rf"part \.{digest}\.[0-9a-f]+\.part", answer):
-            sent = transfer.upload(queue, path, queue.cluster_path("store", answer[5:]), progress=progress,
-                                   mark=queue.cluster_path("store", upload_mark(digest)))
+            sent = transfer.upload(queue, path, queue.cluster_path(STORE, answer[5:]), progress=progress,
+                                   mark=queue.cluster_path(STORE, upload_mark(digest)))
             claim.write(b"commit\n")
             answer = lines.next()
     finally:
@@ -173,7 +172,7 @@ class _Lines:
 
 
 def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None = None,
-           job_id: str | None = None, preuploaded: Sequence[dict[str, Any]] = ()) -> str:
+           job_id: str | None = None, preuploaded: Sequence[InputEntry] = ()) -> str:
     """Queue a job and return its id. A client-chosen job_id is an idempotency key: when the cluster already
     has that job (an earlier try of this submit got through), its id is returned and nothing is queued
     again. Refused before anything is written when the job needs more cores than the cluster has.
@@ -195,17 +194,17 @@ def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None 
         return job_id
     inputs = [*preuploaded, *upload_inputs(queue, request.inputs, on_event, unpack=request.unpack)]
     job_id = job_id or new_job_id()
-    job = {"version": JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
-           "cores": request.cores, "mpi": request.mpi, "inputs": inputs, "post": request.post,
-           "env": request.env, "output_to": request.output_to, "sweep": request.sweep,
-           "submitted_at": time.time()}
-    spool = queue.path("spool", job_id)
+    job: JobDoc = {"version": JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
+                   "cores": request.cores, "mpi": request.mpi, "inputs": inputs, "post": request.post,
+                   "env": request.env, "output_to": request.output_to, "sweep": request.sweep,
+                   "submitted_at": time.time()}
+    spool = queue.path(SPOOL, job_id)
     queue.transport.makedirs(spool)
     for name, data in request.extra_files.items():
         queue.transport.write_bytes(f"{spool}/{name}", data)
-    queue.transport.write_bytes(f"{spool}/job.json", json.dumps(job, indent=1).encode())
+    queue.transport.write_bytes(f"{spool}/{JOB_FILE}", json.dumps(job, indent=1).encode())
     try:
-        queue.transport.rename(spool, queue.path("queue", job_id))
+        queue.transport.rename(spool, queue.path(QUEUE, job_id))
     except TransportError:
         if not existing_job(queue, job_id):
             raise

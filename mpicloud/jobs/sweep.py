@@ -20,7 +20,7 @@ from mpicloud.errors import JobError
 from mpicloud.jobs import query
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, new_job_id, submit, upload_inputs
-from mpicloud.protocol.jobs import TERMINAL
+from mpicloud.protocol.jobs import SWEEPS, TERMINAL, JobState
 from mpicloud.render.quoting import UnquotableValue, batch_quote, posix_quote, powershell_quote, python_quote
 
 SWEEP_VERSION = 1
@@ -150,7 +150,7 @@ def submit_sweep(queue: QueueHandle, csv_path: Path, template_path: Path, cores_
     record = {"version": SWEEP_VERSION, "id": sweep_id, "name": label or csv_path.stem, "created_at": time.time(),
               "runs_file": csv_path.name, "template": template_path.name, "jobs": job_ids,
               "rows": [r.values for r in runs]}
-    queue.transport.write_bytes(queue.path("sweeps", f"{sweep_id}.json"), json.dumps(record, indent=1).encode())
+    queue.transport.write_bytes(queue.path(SWEEPS, f"{sweep_id}.json"), json.dumps(record, indent=1).encode())
     for run, job_id in zip(runs, job_ids, strict=True):
         request = JobRequest(argv=argv, cores=run.cores, name=f"{record['name']}:{run.line}", sweep=sweep_id,
                              inputs=[run.s3_input] if run.s3_input else [], output_to=run.s3_output,
@@ -163,7 +163,7 @@ def submit_sweep(queue: QueueHandle, csv_path: Path, template_path: Path, cores_
 def load_sweep(queue: QueueHandle, sweep_id: str) -> dict[str, Any]:
     """A sweep's record; JobError naming the cluster when it does not exist."""
     try:
-        data: dict[str, Any] = json.loads(queue.transport.read_bytes(queue.path("sweeps", f"{sweep_id}.json")))
+        data: dict[str, Any] = json.loads(queue.transport.read_bytes(queue.path(SWEEPS, f"{sweep_id}.json")))
     except FileNotFoundError:
         raise JobError(f"cluster {queue.cluster!r} has no sweep {sweep_id!r}") from None
     return data
@@ -179,7 +179,7 @@ def sweep_status(queue: QueueHandle, sweep_id: str) -> dict[str, Any]:
         info = states.get(job_id)
         state = info.state if info else "not submitted"
         counts[state] += 1
-        if info and info.state == "failed":
+        if info and info.state == JobState.FAILED:
             failed.append({"job": job_id, "row": row, "exit_code": info.exit_code, "reason": info.reason})
     return {"id": sweep_id, "name": record["name"], "total": len(record["jobs"]), "counts": dict(counts),
             "done": sum(counts[s] for s in TERMINAL), "failed": failed}

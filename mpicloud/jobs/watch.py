@@ -17,6 +17,7 @@ from mpicloud.jobs import query
 from mpicloud.jobs.fetch import GetOptions, NoWorkDir, fetch_job
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.transfer import Progress, Summary
+from mpicloud.protocol.jobs import JobState
 
 LEDGER = ".mpicloud-watch.json"
 Fetched = Callable[[str, Summary], None]
@@ -52,7 +53,7 @@ def watch_once(queue: QueueHandle, dest: Path, max_age_days: float | None = None
     oldest = time.time() - max_age_days * 86400 if max_age_days else 0.0
     fetched = []
     for info in query.list_jobs(queue):
-        if info.state not in ("succeeded", "failed") or info.id in done:
+        if info.state not in (JobState.SUCCEEDED, JobState.FAILED) or info.id in done:
             continue
         if (info.ended_at or 0) < oldest:
             continue

@@ -40,7 +40,7 @@ from typing import Any
 # an isolated interpreter (-I, or Windows' embeddable Python with its ._pth file) leaves the script's own
 # directory off sys.path: the protocol package installed beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mpicloud.protocol.jobs import JOB_VERSION, TERMINAL
+from mpicloud.protocol.jobs import JOB_VERSION, TERMINAL, upgrade_job
 from mpicloud.protocol.paths import UnsafePath, check_name, safe_join
 
 RUNNER_VERSION = 2
@@ -63,32 +63,6 @@ BUCKETIO = Path(__file__).with_name("bucketio.py")
 #: less with MPICLOUD_LOG_LIMIT): its first half and its last half are kept
 LOG_LIMIT_BYTES = 1 << 30
 LOG_CHUNK = 1 << 16
-
-
-# ---------------------------------------------------------------- versioned job descriptions
-def _v1_to_v2(job: dict[str, Any]) -> dict[str, Any]:
-    """v1 (first cut): inputs were plain file names in the job dir; no post, sweep or output_to."""
-    job["inputs"] = [{"name": n, "source": "jobdir", "unpack": False} for n in job.get("inputs", [])]
-    job.setdefault("post", None)
-    job.setdefault("sweep", None)
-    job.setdefault("output_to", None)
-    return job
-
-
-UPGRADES = {1: _v1_to_v2}
-
-
-def upgrade_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Upgrade a job description to JOB_VERSION through the transform chain; ValueError if too new."""
-    version = int(job.get("version", 1))
-    if version > JOB_VERSION:
-        raise ValueError(f"job format v{version} is newer than this runner understands (v{JOB_VERSION}); "
-                         "update the runner on the cluster (`mpicloud up` or re-attach)")
-    while version < JOB_VERSION:
-        job = UPGRADES[version](dict(job))
-        version += 1
-        job["version"] = version
-    return job
 
 
 # ---------------------------------------------------------------- small file helpers

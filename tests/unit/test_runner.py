@@ -44,16 +44,6 @@ def test_hostfile_formats() -> None:
     assert runner.hostfile_text([("N0", 2)], "windows") == "N0 2\n"
 
 
-def test_job_format_chain_upgrades_v1_and_rejects_too_new() -> None:
-    v1 = {"version": 1, "id": "j", "argv": ["true"], "cores": 1, "inputs": ["a.txt"]}
-    up = runner.upgrade_job(v1)
-    assert up["version"] == runner.JOB_VERSION
-    assert up["inputs"] == [{"name": "a.txt", "source": "jobdir", "unpack": False}]
-    assert up["post"] is None and up["output_to"] is None
-    with pytest.raises(ValueError, match="newer than this runner"):
-        runner.upgrade_job({"version": runner.JOB_VERSION + 1})
-
-
 @pytest.fixture()
 def queue(tmp_path: Path) -> LocalQueue:
     q = LocalQueue(tmp_path / "root", [2])
