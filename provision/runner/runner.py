@@ -58,6 +58,9 @@ HEARTBEAT_STALE = 5.0
 STOP_GRACE = 5.0
 SIGKILL = getattr(signal, "SIGKILL", 9)  # Windows' signal module has none (taskkill /F is used there)
 WINDOWS = os.name == "nt"
+#: Slurm backend: seconds between two `squeue` calls, two `sinfo` calls, after a failed `sbatch`; seconds a
+#: sweep's rows are waited for after the last accepted job; most tasks in one array (Slurm's MaxArraySize 1001)
+SLURM_POLL, SLURM_INFO, SLURM_RETRY, SWEEP_HOLD, ARRAY_MAX = 0.5, 5.0, 2.0, 5.0, 1000
 #: the cluster-side S3 client for s3:// inputs and --output-to, installed beside this file
 BUCKETIO = Path(__file__).with_name("bucketio.py")
 #: what one log stream of a job may take on the shared disk (runner.json `log_limit_bytes`; a job may ask for
@@ -100,10 +103,15 @@ def read_json(path: Path) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write (temporary file + replace)."""
+    write_text(path, json.dumps(data, sort_keys=True, indent=1))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic text write (temporary file + replace)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True, indent=1)
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -523,11 +531,18 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
     state = read_json(jobdir / "state.json")
     config = read_json(root / "runner.json")
     hosts = [(h, int(n)) for h, n in state["hosts"]]
+    in_slurm = not hosts and "SLURM_JOB_ID" in os.environ
+    result: dict[str, Any] = {"exit_code": None, "post_exit_code": None, "reason": None}
+    try:
+        if in_slurm:
+            hosts = record_allocation(jobdir, config["os"])
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        result.update(exit_code=126, reason=f"could not read the Slurm allocation: {exc}")
+        return _finish(jobdir, result)
     work = jobdir / "work"
     work.mkdir(exist_ok=True)
     env = job_env(root, jobdir, job, hosts, config)
     env[LAUNCH_VAR] = launch
-    result: dict[str, Any] = {"exit_code": None, "post_exit_code": None, "reason": None}
     try:
         stage_inputs(root, jobdir, job, work, env)
     except (RuntimeError, OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
@@ -543,7 +558,7 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
         argv = launch_argv(config["launcher"], hosts, int(job["cores"]), str(jobdir / "hostfile"),
                            str(work), exported, argv)
         argv[0] = launcher_program(argv[0])
-    elif hosts[0][0] != config["nodes"][0]["name"] and not WINDOWS:  # a script runs on its first node
+    elif hosts[0][0] != config["nodes"][0]["name"] and not (WINDOWS or in_slurm):  # a script runs on its first node
         exported = {k: env[k] for k in env if k in JOB_VARS or k in job.get("env", {}) or k in config.get("env", {})}
         via = None if config.get("rsh") else control_socket(root, hosts[0][0])
         argv = [*rsh_argv(config, via), hosts[0][0], remote_command(str(work), exported, argv)]
@@ -561,6 +576,30 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
         if code != 0 and result["exit_code"] == 0:
             result.update(exit_code=1, reason=f"upload to {job['output_to']} failed (see post.log)")
     return _finish(jobdir, result)
+
+
+def slurm_hosts(nodelist: str, tasks_per_node: str) -> list[tuple[str, int]]:
+    """The hosts of a Slurm allocation: SLURM_JOB_NODELIST expanded by `scontrol show hostnames`, with
+    SLURM_TASKS_PER_NODE (`2(x3),1`: 2 tasks on each of 3 nodes, then 1)."""
+    names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                           timeout=60, check=True).stdout.split()
+    counts: list[int] = []
+    for part in tasks_per_node.split(","):
+        count, _, times = part.partition("(x")
+        counts += [int(count)] * int(times.rstrip(")") or 1)
+    if len(counts) != len(names):
+        raise ValueError(f"{len(names)} nodes ({nodelist}) but tasks per node {tasks_per_node!r}")
+    return list(zip(names, counts, strict=True))
+
+
+def record_allocation(jobdir: Path, os_name: str) -> list[tuple[str, int]]:
+    """Inside a Slurm allocation: its hosts, written as the job's hostfile and as allocation.json (when the
+    job started, on which hosts) for the runner."""
+    hosts = slurm_hosts(os.environ["SLURM_JOB_NODELIST"], os.environ.get("SLURM_TASKS_PER_NODE", ""))
+    (jobdir / "hostfile").write_text(hostfile_text(hosts, os_name), encoding="utf-8")
+    write_json(jobdir / "allocation.json", {"hosts": hosts, "started_at": now(),
+                                            "slurm_job_id": os.environ["SLURM_JOB_ID"]})
+    return hosts
 
 
 def log_limit(config: dict[str, Any], job: dict[str, Any]) -> int:
@@ -1232,7 +1271,188 @@ class BuiltinBackend:
         return {"scheduler": "builtin"}
 
 
-BACKENDS: dict[str, Callable[[Runner], Backend]] = {"builtin": BuiltinBackend}
+class SlurmBackend:
+    """Slurm holds the queue: every accepted job is submitted at once, in FIFO order (`sbatch`, a sweep's rows
+    as one `--array`); Slurm keeps that order (sched/builtin, priority/basic). A launch lives while `squeue`
+    lists its Slurm job (one call for all jobs, at most every SLURM_POLL s; while Slurm does not answer,
+    every launch counts as alive). The wrapper records its allocation in allocation.json."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.env = {k: v for k, v in os.environ.items() if k != CRASH_VAR}
+        self.env.update({str(k): str(v) for k, v in (runner.config.get("slurm_env") or {}).items()})
+        self.jobs: dict[str, tuple[str, str]] | None = None  # Slurm id -> (state, reason); None: unknown
+        self.comments: dict[str, list[str]] = {}  # --comment -> Slurm ids
+        self.unresolved: dict[str, None] = {}  # launches cut short by a crash, not yet looked up (FIFO order)
+        self.meta: dict[str, tuple[str | None, int]] = {}  # job id -> (sweep, cores)
+        self.last_poll = 0.0
+        self.retry_at = 0.0
+        self.nodes: list[dict[str, str]] = []
+        self.last_info = 0.0
+        (runner.root / "slurm").mkdir(exist_ok=True)
+
+    def command(self, argv: list[str]) -> str | None:
+        """Run a Slurm command; its stdout, or None (logged) when it failed or Slurm did not answer."""
+        try:
+            done = subprocess.run(argv, env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.runner.log(f"{argv[0]}: {exc}")
+            return None
+        if done.returncode != 0:
+            self.runner.log(f"{argv[0]} failed: {done.stderr.strip() or done.returncode}")
+            return None
+        return done.stdout
+
+    # -- placing: Slurm does it; the head of the queue goes at once, a sweep as one array
+    def job_meta(self, job_id: str) -> tuple[str | None, int]:
+        if job_id not in self.meta:
+            state = self.runner.state(job_id)
+            self.meta[job_id] = (state.get("sweep"), int(state["cores"]))
+        return self.meta[job_id]
+
+    def batch(self, queue: list[str], cores: int) -> list[str]:
+        """The head of the queue, or its sweep's queued rows of the same size (ARRAY_MAX at most), once every
+        row of the sweep's record is accepted or SWEEP_HOLD s passed without an accepted job."""
+        sweep = self.job_meta(queue[0])[0]
+        if not sweep:
+            return queue[:1]
+        rows = [j for j in queue if self.job_meta(j) == (sweep, cores)][:ARRAY_MAX]
+        if len(rows) < ARRAY_MAX and now() - self.runner.last_accepted < SWEEP_HOLD and self.rows_missing(sweep, rows):
+            return []
+        return rows
+
+    def rows_missing(self, sweep: str, rows: list[str]) -> bool:
+        try:
+            listed = read_json(self.runner.root / "sweeps" / f"{sweep}.json")["jobs"]
+        except (OSError, ValueError, KeyError):
+            return False
+        queued = set(rows)
+        return any(j not in queued and not (self.runner.jobdir(j) / "job.json").exists() for j in listed)
+
+    def place(self, cores: int) -> list[tuple[str, int]] | None:
+        return None if now() < self.retry_at else []
+
+    def launch(self, batch: list[str], launches: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """One `sbatch` for the batch (an array when it has several jobs); nothing launched when it fails
+        (the jobs wait at the head of the queue; their launches are given up, so a submission that went
+        through after all runs nothing)."""
+        root, group = self.runner.root, launches[batch[0]]
+        program = [sys.executable, str(Path(__file__).resolve()), "exec"]
+        if len(batch) == 1:
+            jobdir = self.runner.jobdir(batch[0])
+            script = shlex.join([*program, batch[0], "--launch", group, "--root", str(root)])
+            where = [f"--job-name=mpicloud-{batch[0]}", f"--output={jobdir / 'slurm.out'}", f"--chdir={jobdir}"]
+        else:
+            listing = root / "slurm" / f"{group}.list"
+            write_text(listing, "".join(f"{j} {launches[j]}\n" for j in batch))
+            script = (f'set -- $(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(listing))}) && exec '
+                      f'{shlex.join(program)} "$1" --launch "$2" --root {shlex.quote(str(root))}')
+            where = [f"--job-name=mpicloud-{self.job_meta(batch[0])[0]}", f"--array=0-{len(batch) - 1}",
+                     f"--output={root / 'slurm' / group}-%a.out", f"--chdir={root}"]
+        out = self.command(["sbatch", "--parsable", f"--comment=mpicloud:{group}",
+                            f"--ntasks={self.job_meta(batch[0])[1]}", *where, "--wrap", script])
+        if out is None:
+            self.retry_at = now() + SLURM_RETRY
+            return {}
+        base = out.strip().split(";")[0]
+        ids = {job_id: base if len(batch) == 1 else f"{base}_{i}" for i, job_id in enumerate(batch)}
+        if self.jobs is not None:
+            self.jobs.update((sid, ("PENDING", "")) for sid in ids.values())
+        return {job_id: {"state": "queued", "slurm_id": sid} for job_id, sid in ids.items()}
+
+    # -- crash recovery: find a submission again by its comment; never submit it twice
+    def resume(self, job_id: str, state: dict[str, Any]) -> None:
+        """Tracked as alive until the next `squeue` answer says where it is (resolve)."""
+        self.runner.running[job_id] = state
+        self.unresolved[job_id] = None
+
+    def resolve(self, job_id: str, position: int) -> bool:
+        """A launch cut short between `starting` and its Slurm id being recorded: in Slurm, record its id;
+        not there and never started, back to the queue at `position` (True); not there and started, it ended
+        (the reaper finishes it)."""
+        state = self.runner.state(job_id)
+        found = self.comments.get(f"mpicloud:{state['group']}", [])
+        array = (self.runner.root / "slurm" / f"{state['group']}.list").exists()
+        sids = [s for s in found if s.endswith(f"_{state['index']}")] if array else found
+        del self.unresolved[job_id]
+        if sids:
+            self.runner.running[job_id] = self.runner.set_state(job_id, state="queued", slurm_id=sids[0])
+            return False
+        if not self.runner.give_up(job_id, state, position):
+            return False
+        del self.runner.running[job_id]
+        return True
+
+    # -- tracking
+    def poll(self) -> None:
+        """One `squeue` for every job (rate-limited); resolve crashed launches; record started jobs."""
+        if now() - self.last_poll < SLURM_POLL:
+            return
+        self.last_poll = now()
+        out = self.command(["squeue", "-h", "-r", "-o", "%i|%T|%k|%r"])
+        if out is None:
+            self.jobs = None
+            return
+        self.jobs, self.comments = {}, {}
+        for line in out.splitlines():
+            sid, slurm_state, comment, reason = [*line.split("|", 3), "", "", ""][:4]
+            self.jobs[sid] = (slurm_state, reason)
+            self.comments.setdefault(comment, []).append(sid)
+        requeued = 0
+        for job_id in list(self.unresolved):
+            requeued += self.resolve(job_id, requeued)
+        self.record_starts()
+
+    def record_starts(self) -> None:
+        """Jobs Slurm no longer holds pending whose wrapper recorded its allocation become `running`."""
+        assert self.jobs is not None
+        for job_id, state in list(self.runner.running.items()):
+            if state["state"] != "queued" or self.jobs.get(state.get("slurm_id") or "", ("",))[0] == "PENDING":
+                continue
+            try:
+                allocation = read_json(self.runner.jobdir(job_id) / "allocation.json")
+            except (OSError, ValueError):
+                continue
+            self.runner.running[job_id] = self.runner.set_state(
+                job_id, state="running", hosts=allocation["hosts"], started_at=allocation["started_at"])
+
+    def alive(self, job_id: str, state: dict[str, Any]) -> bool:
+        if self.jobs is None or job_id in self.unresolved:
+            return True
+        return bool(state.get("slurm_id")) and state["slurm_id"] in self.jobs
+
+    def describe(self, job_id: str, state: dict[str, Any]) -> str:
+        return f"slurm:{state.get('slurm_id')}"
+
+    def lost(self, job_id: str, state: dict[str, Any]) -> str:
+        """The Slurm state the job ended in (`scontrol`, while Slurm remembers it: MinJobAge)."""
+        sid = state.get("slurm_id")
+        shown = self.command(["scontrol", "-o", "show", "job", sid]) if sid else None
+        fields = dict(f.split("=", 1) for f in (shown or "").split() if "=" in f)
+        if "JobState" in fields:
+            return f"Slurm job {sid} ended {fields['JobState']} (reason {fields.get('Reason', 'None')})"
+        return f"Slurm job {sid} left Slurm's queue"
+
+    def cancel(self, job_id: str, state: dict[str, Any], sig: int) -> None:
+        if state.get("slurm_id"):
+            self.command(["scancel", *(["--signal=KILL"] if sig == SIGKILL else []), state["slurm_id"]])
+
+    def status(self) -> dict[str, Any]:
+        """Slurm's view: its nodes and their states (`sinfo`, every SLURM_INFO s), pending reasons."""
+        if now() - self.last_info >= SLURM_INFO:
+            self.last_info = now()
+            out = self.command(["sinfo", "-h", "-N", "-o", "%N|%t|%C"])
+            rows = [line.split("|") for line in (out or "").splitlines() if line.count("|") == 2]
+            self.nodes = [{"name": n, "state": t, "cpus_alloc_idle_other_total": c} for n, t, c in rows]
+        pending = {job_id: (self.jobs or {}).get(state.get("slurm_id") or "", ("", ""))[1]
+                   for job_id, state in self.runner.running.items() if state["state"] == "queued"}
+        return {"scheduler": "slurm", "slurm_nodes": self.nodes, "slurm_answers": self.jobs is not None,
+                "queued": len(self.runner.queue) + len(pending), "running": len(self.runner.running) - len(pending),
+                "pending_reasons": dict(list(pending.items())[:20])}
+
+
+BACKENDS: dict[str, Callable[[Runner], Backend]] = {"builtin": BuiltinBackend, "slurm": SlurmBackend}
 
 
 # ---------------------------------------------------------------- reports for clients (one exec each)
