@@ -36,6 +36,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, Protocol
 
 # an isolated interpreter (-I, or Windows' embeddable Python with its ._pth file) leaves the script's own
@@ -52,6 +53,8 @@ JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB
 CRASH_VAR = "MPICLOUD_RUNNER_CRASH_AT"
 CRASH_POINTS = ("accept.after_rename", "accept.after_state", "accept.after_order", "start.after_starting",
                 "start.after_spawn", "start.after_running", "finish.before_state", "finish.after_state")
+#: the Slurm backend's own: `sbatch` answered, its Slurm id not recorded yet
+SLURM_CRASH_POINTS = ("slurm.after_sbatch",)
 #: seconds without a heartbeat after which the runner counts as dead
 HEARTBEAT_STALE = 5.0
 #: seconds between TERM and KILL when a job is stopped
@@ -1271,6 +1274,37 @@ class BuiltinBackend:
         return {"scheduler": "builtin"}
 
 
+class Background:
+    """A command run in the background, at most every `every` s, so that a Slurm controller that does not
+    answer (its commands then take ~9 s each) never stalls the runner's loop or its heartbeat."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], every: float) -> None:
+        self.argv, self.env, self.every = argv, env, every
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.out: Any = None
+        self.started = -every
+
+    def step(self) -> tuple[bool, str | None]:
+        """Start the command when due; (True, stdout) once it ended (stdout None when it failed)."""
+        if self.proc is None:
+            if now() - self.started >= self.every:
+                self.started = now()
+                self.out = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the command ends
+                self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=self.out,
+                                             stderr=subprocess.DEVNULL)
+            return False, None
+        if self.proc.poll() is None and now() - self.started < 60:
+            return False, None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait()
+        self.out.seek(0)
+        text = self.out.read().decode(errors="replace")
+        self.out.close()
+        self.proc = None
+        return True, text if code == 0 else None
+
+
 class SlurmBackend:
     """Slurm holds the queue: every accepted job is submitted at once, in FIFO order (`sbatch`, a sweep's rows
     as one `--array`); Slurm keeps that order (sched/builtin, priority/basic). A launch lives while `squeue`
@@ -1283,13 +1317,21 @@ class SlurmBackend:
         self.env.update({str(k): str(v) for k, v in (runner.config.get("slurm_env") or {}).items()})
         self.jobs: dict[str, tuple[str, str]] | None = None  # Slurm id -> (state, reason); None: unknown
         self.comments: dict[str, list[str]] = {}  # --comment -> Slurm ids
+        self.fresh: dict[str, float] = {}  # Slurm id -> when submitted (a running squeue may not list it yet)
         self.unresolved: dict[str, None] = {}  # launches cut short by a crash, not yet looked up (FIFO order)
         self.meta: dict[str, tuple[str | None, int]] = {}  # job id -> (sweep, cores)
-        self.last_poll = 0.0
+        self.squeue = Background(["squeue", "-h", "-r", "-o", "%i|%T|%k|%r"], self.env, SLURM_POLL)
+        self.sinfo = Background(["sinfo", "-h", "-N", "-o", "%N|%t|%C"], self.env, SLURM_INFO)
+        self.scancels: list[subprocess.Popen[bytes]] = []
+        self.submitting: dict[str, None] = {}  # jobs whose `sbatch` is queued or running in the submitter
+        self.inbox: SimpleQueue[tuple[list[str], list[str]]] = SimpleQueue()
+        self.outbox: SimpleQueue[tuple[list[str], str | None]] = SimpleQueue()
+        self.halted = threading.Event()  # an sbatch failed: the rest are not tried until SLURM_RETRY s passed
+        self.requeued = 0
         self.retry_at = 0.0
         self.nodes: list[dict[str, str]] = []
-        self.last_info = 0.0
         (runner.root / "slurm").mkdir(exist_ok=True)
+        threading.Thread(target=self.submitter, daemon=True).start()
 
     def command(self, argv: list[str]) -> str | None:
         """Run a Slurm command; its stdout, or None (logged) when it failed or Slurm did not answer."""
@@ -1331,12 +1373,17 @@ class SlurmBackend:
         return any(j not in queued and not (self.runner.jobdir(j) / "job.json").exists() for j in listed)
 
     def place(self, cores: int) -> list[tuple[str, int]] | None:
-        return None if now() < self.retry_at else []
+        """[] while Slurm answers (its last `squeue` did) and no `sbatch` failed in the last SLURM_RETRY s."""
+        if self.halted.is_set() and not self.submitting and now() >= self.retry_at:
+            self.halted.clear()
+        if not self.submitting:
+            self.requeued = 0
+        return None if self.jobs is None or self.halted.is_set() else []
 
     def launch(self, batch: list[str], launches: dict[str, str]) -> dict[str, dict[str, Any]]:
-        """One `sbatch` for the batch (an array when it has several jobs); nothing launched when it fails
-        (the jobs wait at the head of the queue; their launches are given up, so a submission that went
-        through after all runs nothing)."""
+        """Queue one `sbatch` for the batch (an array when it has several jobs) to the submitter thread, which
+        runs them one after the other in FIFO order (the loop never waits for Slurm); the jobs stay `starting`
+        until it answers (submitted)."""
         root, group = self.runner.root, launches[batch[0]]
         program = [sys.executable, str(Path(__file__).resolve()), "exec"]
         if len(batch) == 1:
@@ -1350,16 +1397,42 @@ class SlurmBackend:
                       f'{shlex.join(program)} "$1" --launch "$2" --root {shlex.quote(str(root))}')
             where = [f"--job-name=mpicloud-{self.job_meta(batch[0])[0]}", f"--array=0-{len(batch) - 1}",
                      f"--output={root / 'slurm' / group}-%a.out", f"--chdir={root}"]
-        out = self.command(["sbatch", "--parsable", f"--comment=mpicloud:{group}",
-                            f"--ntasks={self.job_meta(batch[0])[1]}", *where, "--wrap", script])
+        self.inbox.put((batch, ["sbatch", "--parsable", f"--comment=mpicloud:{group}",
+                                f"--ntasks={self.job_meta(batch[0])[1]}", *where, "--wrap", script]))
+        self.submitting.update(dict.fromkeys(batch))
+        return {job_id: {"slurm_id": None} for job_id in batch}
+
+    def submitter(self) -> None:
+        """The submitter thread: each queued `sbatch` in order; after a failure the rest are not tried."""
+        while True:
+            batch, argv = self.inbox.get()
+            out = None if self.halted.is_set() else self.command(argv)
+            if out is None:
+                self.halted.set()
+            self.outbox.put((batch, out))
+
+    def submitted(self, batch: list[str], out: str | None) -> None:
+        """Record what `sbatch` answered: the Slurm ids, or (it failed) the jobs back to the head of the queue
+        with their launches given up, so that a submission that went through after all runs nothing."""
+        for job_id in batch:
+            del self.submitting[job_id]
         if out is None:
             self.retry_at = now() + SLURM_RETRY
-            return {}
+            for job_id in batch:
+                if self.runner.give_up(job_id, self.runner.state(job_id), self.requeued):
+                    self.requeued += 1
+                    del self.runner.running[job_id]
+                else:  # its wrapper claimed the launch: submitted after all
+                    self.unresolved[job_id] = None
+            return
+        crash_point("slurm.after_sbatch")
         base = out.strip().split(";")[0]
-        ids = {job_id: base if len(batch) == 1 else f"{base}_{i}" for i, job_id in enumerate(batch)}
-        if self.jobs is not None:
-            self.jobs.update((sid, ("PENDING", "")) for sid in ids.values())
-        return {job_id: {"state": "queued", "slurm_id": sid} for job_id, sid in ids.items()}
+        for i, job_id in enumerate(batch):
+            sid = base if len(batch) == 1 else f"{base}_{i}"
+            self.fresh[sid] = now()
+            if self.jobs is not None:
+                self.jobs[sid] = ("PENDING", "")
+            self.runner.running[job_id] = self.runner.set_state(job_id, state="queued", slurm_id=sid)
 
     # -- crash recovery: find a submission again by its comment; never submit it twice
     def resume(self, job_id: str, state: dict[str, Any]) -> None:
@@ -1386,19 +1459,27 @@ class SlurmBackend:
 
     # -- tracking
     def poll(self) -> None:
-        """One `squeue` for every job (rate-limited); resolve crashed launches; record started jobs."""
-        if now() - self.last_poll < SLURM_POLL:
+        """One `squeue` for every job (in the background, every SLURM_POLL s); with its answer: resolve
+        crashed launches, record started jobs. Jobs submitted since that squeue started count as listed."""
+        self.scancels = [p for p in self.scancels if p.poll() is None]
+        while not self.outbox.empty():
+            self.submitted(*self.outbox.get())
+        asked = self.squeue.started
+        done, out = self.squeue.step()
+        if not done:
             return
-        self.last_poll = now()
-        out = self.command(["squeue", "-h", "-r", "-o", "%i|%T|%k|%r"])
         if out is None:
             self.jobs = None
+            self.runner.log("squeue failed: Slurm does not answer; every launch counts as alive meanwhile")
             return
         self.jobs, self.comments = {}, {}
         for line in out.splitlines():
             sid, slurm_state, comment, reason = [*line.split("|", 3), "", "", ""][:4]
             self.jobs[sid] = (slurm_state, reason)
             self.comments.setdefault(comment, []).append(sid)
+        self.fresh = {sid: at for sid, at in self.fresh.items() if at >= asked}
+        for sid in self.fresh:
+            self.jobs.setdefault(sid, ("PENDING", ""))
         requeued = 0
         for job_id in list(self.unresolved):
             requeued += self.resolve(job_id, requeued)
@@ -1418,7 +1499,7 @@ class SlurmBackend:
                 job_id, state="running", hosts=allocation["hosts"], started_at=allocation["started_at"])
 
     def alive(self, job_id: str, state: dict[str, Any]) -> bool:
-        if self.jobs is None or job_id in self.unresolved:
+        if self.jobs is None or job_id in self.unresolved or job_id in self.submitting:
             return True
         return bool(state.get("slurm_id")) and state["slurm_id"] in self.jobs
 
@@ -1435,14 +1516,16 @@ class SlurmBackend:
         return f"Slurm job {sid} left Slurm's queue"
 
     def cancel(self, job_id: str, state: dict[str, Any], sig: int) -> None:
+        """`scancel` in the background (the queue's marked-process kill does not wait for it)."""
         if state.get("slurm_id"):
-            self.command(["scancel", *(["--signal=KILL"] if sig == SIGKILL else []), state["slurm_id"]])
+            argv = ["scancel", *(["--signal=KILL"] if sig == SIGKILL else []), state["slurm_id"]]
+            self.scancels.append(subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def status(self) -> dict[str, Any]:
         """Slurm's view: its nodes and their states (`sinfo`, every SLURM_INFO s), pending reasons."""
-        if now() - self.last_info >= SLURM_INFO:
-            self.last_info = now()
-            out = self.command(["sinfo", "-h", "-N", "-o", "%N|%t|%C"])
+        done, out = self.sinfo.step()
+        if done:
             rows = [line.split("|") for line in (out or "").splitlines() if line.count("|") == 2]
             self.nodes = [{"name": n, "state": t, "cpus_alloc_idle_other_total": c} for n, t, c in rows]
         pending = {job_id: (self.jobs or {}).get(state.get("slurm_id") or "", ("", ""))[1]
