@@ -116,11 +116,13 @@ def test_cancel_of_a_running_two_node_job_leaves_no_process(slurm_cluster: Clust
     """srun's 4 tasks over both nodes, plus a double-forked orphan (proctrack/linuxproc misses it)."""
     job = slurm_cluster.submit(["sh", "-c", "(setsid sleep 3606.75 &); srun sleep 3606.5"], cores=4)
     deadline = time.monotonic() + 60
-    while len(_pids("3606.5")) < 4 or not _pids("3606.75"):
+    while len(_pids("3606.5")) < 4 or not _pids("3606.75") or job.info().state != "running":
         assert time.monotonic() < deadline, job.info()
         time.sleep(0.2)
-    assert job.info().hosts == (("node0", 2), ("node1", 2))
-    job.cancel()
+    try:
+        assert job.info().hosts == (("node0", 2), ("node1", 2))
+    finally:
+        job.cancel()
     info = job.wait(60)
     assert info.state == "cancelled"
     assert _pids("3606.5") == [] and _pids("3606.75") == []  # cancelled only once all of them were gone
