@@ -581,24 +581,24 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
     return _finish(jobdir, result)
 
 
-def slurm_hosts(nodelist: str, tasks_per_node: str) -> list[tuple[str, int]]:
-    """The hosts of a Slurm allocation: SLURM_JOB_NODELIST expanded by `scontrol show hostnames`, with
-    SLURM_TASKS_PER_NODE (`2(x3),1`: 2 tasks on each of 3 nodes, then 1)."""
-    names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                           timeout=60, check=True).stdout.split()
+def slurm_hosts(names: list[str], tasks_per_node: str) -> list[tuple[str, int]]:
+    """The hosts of a Slurm allocation: its node names with SLURM_TASKS_PER_NODE (`2(x3),1`: 2 tasks on
+    each of 3 nodes, then 1)."""
     counts: list[int] = []
     for part in tasks_per_node.split(","):
         count, _, times = part.partition("(x")
         counts += [int(count)] * int(times.rstrip(")") or 1)
     if len(counts) != len(names):
-        raise ValueError(f"{len(names)} nodes ({nodelist}) but tasks per node {tasks_per_node!r}")
+        raise ValueError(f"{len(names)} nodes ({','.join(names)}) but tasks per node {tasks_per_node!r}")
     return list(zip(names, counts, strict=True))
 
 
 def record_allocation(jobdir: Path, os_name: str) -> list[tuple[str, int]]:
     """Inside a Slurm allocation: its hosts, written as the job's hostfile and as allocation.json (when the
     job started, on which hosts) for the runner."""
-    hosts = slurm_hosts(os.environ["SLURM_JOB_NODELIST"], os.environ.get("SLURM_TASKS_PER_NODE", ""))
+    names = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], capture_output=True,
+                           text=True, timeout=60, check=True).stdout.split()
+    hosts = slurm_hosts(names, os.environ.get("SLURM_TASKS_PER_NODE", ""))
     (jobdir / "hostfile").write_text(hostfile_text(hosts, os_name), encoding="utf-8")
     write_json(jobdir / "allocation.json", {"hosts": hosts, "started_at": now(),
                                             "slurm_job_id": os.environ["SLURM_JOB_ID"]})

@@ -174,3 +174,17 @@ def test_jobs_the_backend_did_not_launch_go_back_to_the_head_of_the_queue(tmp_pa
     backend.refuse = False
     tick(serving, clock)
     assert backend.launched == [[first]]
+
+
+@pytest.mark.parametrize(("names", "tasks", "expected"), [
+    (["node0"], "1", [("node0", 1)]),
+    (["node0", "node1"], "2(x2)", [("node0", 2), ("node1", 2)]),
+    (["a", "b", "c", "d"], "2(x3),1", [("a", 2), ("b", 2), ("c", 2), ("d", 1)]),
+])
+def test_slurm_allocation_hosts(names: list[str], tasks: str, expected: list[tuple[str, int]]) -> None:
+    assert runner.slurm_hosts(names, tasks) == expected
+
+
+def test_slurm_allocation_that_does_not_add_up_is_refused() -> None:
+    with pytest.raises(ValueError, match="2 nodes"):
+        runner.slurm_hosts(["a", "b"], "2(x3)")
