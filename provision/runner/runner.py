@@ -4,12 +4,16 @@ Layout under ROOT (normally <shared>/.mpicloud):
   runner.json       cluster config (nodes, slots, launcher, idle shutdown, stop command)
   queue/<id>/       submitted jobs (a client renames spool/<id> here atomically)
   jobs/<id>/        accepted jobs: job.json, state.json, stdout.log, stderr.log, post.log, work/, hostfile,
-                    result.json (written by the job's own wrapper process), cancel (a cancel request)
+                    result.json (written by the job's own wrapper process), cancel (a cancel request); with
+                    Slurm also slurm.out and allocation.json (the wrapper's hosts, from its allocation)
+  slurm/            Slurm backend: <token>.list (an array's job ids and launch tokens), array tasks' output
   order.log         accepted job ids in FIFO order, one per line (rebuilt from jobs/ after a crash)
   store/<sha256>    content-addressed inputs;   status.json  heartbeat, slot usage, unreachable nodes
   spool/<id>/       submissions being written by a client (reaped after spool_max_age_seconds)
 Commands: serve | supervise | start | exec JOB | list | status | purge JOB
 
+What starts, tracks and stops jobs is a backend (runner.json `scheduler`): BuiltinBackend (slots, a wrapper
+process per job) or SlurmBackend (an sbatch allocation per job, a sweep as one array).
 Every step is recoverable: the job dir is the source of truth, each launch of a job has a token the wrapper
 claims (launch-<token>) before it runs anything, and a job's processes carry MPICLOUD_JOB_ID and
 MPICLOUD_LAUNCH in their environment so that they can be found (and stopped) on every node.
@@ -34,9 +38,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from queue import SimpleQueue
 from typing import Any, Protocol
 
 # an isolated interpreter (-I, or Windows' embeddable Python with its ._pth file) leaves the script's own
@@ -53,17 +55,12 @@ JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB
 CRASH_VAR = "MPICLOUD_RUNNER_CRASH_AT"
 CRASH_POINTS = ("accept.after_rename", "accept.after_state", "accept.after_order", "start.after_starting",
                 "start.after_spawn", "start.after_running", "finish.before_state", "finish.after_state")
-#: the Slurm backend's own: `sbatch` answered, its Slurm id not recorded yet
-SLURM_CRASH_POINTS = ("slurm.after_sbatch",)
 #: seconds without a heartbeat after which the runner counts as dead
 HEARTBEAT_STALE = 5.0
 #: seconds between TERM and KILL when a job is stopped
 STOP_GRACE = 5.0
 SIGKILL = getattr(signal, "SIGKILL", 9)  # Windows' signal module has none (taskkill /F is used there)
 WINDOWS = os.name == "nt"
-#: Slurm backend: seconds between two `squeue` calls, two `sinfo` calls, after a failed `sbatch`; seconds a
-#: sweep's rows are waited for after the last accepted job; most tasks in one array (Slurm's MaxArraySize 1001)
-SLURM_POLL, SLURM_INFO, SLURM_RETRY, SWEEP_HOLD, ARRAY_MAX = 0.5, 5.0, 2.0, 5.0, 1000
 #: the cluster-side S3 client for s3:// inputs and --output-to, installed beside this file
 BUCKETIO = Path(__file__).with_name("bucketio.py")
 #: what one log stream of a job may take on the shared disk (runner.json `log_limit_bytes`; a job may ask for
@@ -594,10 +591,13 @@ def slurm_hosts(names: list[str], tasks_per_node: str) -> list[tuple[str, int]]:
 
 
 def record_allocation(jobdir: Path, os_name: str) -> list[tuple[str, int]]:
-    """Inside a Slurm allocation: its hosts, written as the job's hostfile and as allocation.json (when the
-    job started, on which hosts) for the runner."""
-    names = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], capture_output=True,
-                           text=True, timeout=60, check=True).stdout.split()
+    """Inside a Slurm allocation: its hosts (`scontrol show hostnames` expands a node list; one node's name is
+    the list itself), written as the job's hostfile and as allocation.json (when the job started, on which
+    hosts) for the runner."""
+    nodelist = os.environ["SLURM_JOB_NODELIST"]
+    names = [nodelist] if not set("[,") & set(nodelist) else subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=60,
+        check=True).stdout.split()
     hosts = slurm_hosts(names, os.environ.get("SLURM_TASKS_PER_NODE", ""))
     (jobdir / "hostfile").write_text(hostfile_text(hosts, os_name), encoding="utf-8")
     write_json(jobdir / "allocation.json", {"hosts": hosts, "started_at": now(),
@@ -756,9 +756,10 @@ class Runner:
         self.last_active = now()
         self.last_status = 0.0
         self.last_accepted = 0.0
+        self.last_cancel_scan = 0.0
         for name in ("queue", "jobs", "store", "spool", "sweeps"):
             (root / name).mkdir(exist_ok=True)
-        self.backend: Backend = backend(self) if backend else BACKENDS[self.config.get("scheduler") or "builtin"](self)
+        self.backend: Backend = backend(self) if backend else make_backend(self)
 
     # -- state
     def jobdir(self, job_id: str) -> Path:
@@ -878,6 +879,12 @@ class Runner:
 
     # -- cancel, finish, stop: a job leaves `running` only when all its processes are gone
     def cancel_requests(self) -> None:
+        """Cancel requests of queued and running jobs, looked for at most once per job and millisecond (a
+        thousand jobs waiting in Slurm: once a second) so that a long queue does not make each pass a storm
+        of stat calls."""
+        if now() - self.last_cancel_scan < min(1.0, (len(self.queue) + len(self.running)) / 1000):
+            return
+        self.last_cancel_scan = now()
         for job_id in [j for j in self.queue if (self.jobdir(j) / "cancel").exists()]:
             self.queue.remove(job_id)
             self.set_state(job_id, state="cancelled", ended_at=now(), reason="cancelled before it started")
@@ -1274,268 +1281,14 @@ class BuiltinBackend:
         return {"scheduler": "builtin"}
 
 
-class Background:
-    """A command run in the background, at most every `every` s, so that a Slurm controller that does not
-    answer (its commands then take ~9 s each) never stalls the runner's loop or its heartbeat."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], every: float) -> None:
-        self.argv, self.env, self.every = argv, env, every
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.out: Any = None
-        self.started = -every
+def make_backend(runner: Runner) -> Backend:
+    """The backend runner.json's `scheduler` names (the Slurm one is a Linux-only module beside this file)."""
+    if runner.config.get("scheduler") == "slurm":
+        import slurm_backend
 
-    def step(self) -> tuple[bool, str | None]:
-        """Start the command when due; (True, stdout) once it ended (stdout None when it failed)."""
-        if self.proc is None:
-            if now() - self.started >= self.every:
-                self.started = now()
-                self.out = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the command ends
-                self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=self.out,
-                                             stderr=subprocess.DEVNULL)
-            return False, None
-        if self.proc.poll() is None and now() - self.started < 60:
-            return False, None
-        if self.proc.poll() is None:
-            self.proc.kill()
-        code = self.proc.wait()
-        self.out.seek(0)
-        text = self.out.read().decode(errors="replace")
-        self.out.close()
-        self.proc = None
-        return True, text if code == 0 else None
-
-
-class SlurmBackend:
-    """Slurm holds the queue: every accepted job is submitted at once, in FIFO order (`sbatch`, a sweep's rows
-    as one `--array`); Slurm keeps that order (sched/builtin, priority/basic). A launch lives while `squeue`
-    lists its Slurm job (one call for all jobs, at most every SLURM_POLL s; while Slurm does not answer,
-    every launch counts as alive). The wrapper records its allocation in allocation.json."""
-
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-        self.env = {k: v for k, v in os.environ.items() if k != CRASH_VAR}
-        self.env.update({str(k): str(v) for k, v in (runner.config.get("slurm_env") or {}).items()})
-        self.jobs: dict[str, tuple[str, str]] | None = None  # Slurm id -> (state, reason); None: unknown
-        self.comments: dict[str, list[str]] = {}  # --comment -> Slurm ids
-        self.fresh: dict[str, float] = {}  # Slurm id -> when submitted (a running squeue may not list it yet)
-        self.unresolved: dict[str, None] = {}  # launches cut short by a crash, not yet looked up (FIFO order)
-        self.meta: dict[str, tuple[str | None, int]] = {}  # job id -> (sweep, cores)
-        self.squeue = Background(["squeue", "-h", "-r", "-o", "%i|%T|%k|%r"], self.env, SLURM_POLL)
-        self.sinfo = Background(["sinfo", "-h", "-N", "-o", "%N|%t|%C"], self.env, SLURM_INFO)
-        self.scancels: list[subprocess.Popen[bytes]] = []
-        self.submitting: dict[str, None] = {}  # jobs whose `sbatch` is queued or running in the submitter
-        self.inbox: SimpleQueue[tuple[list[str], list[str]]] = SimpleQueue()
-        self.outbox: SimpleQueue[tuple[list[str], str | None]] = SimpleQueue()
-        self.halted = threading.Event()  # an sbatch failed: the rest are not tried until SLURM_RETRY s passed
-        self.requeued = 0
-        self.retry_at = 0.0
-        self.nodes: list[dict[str, str]] = []
-        (runner.root / "slurm").mkdir(exist_ok=True)
-        threading.Thread(target=self.submitter, daemon=True).start()
-
-    def command(self, argv: list[str]) -> str | None:
-        """Run a Slurm command; its stdout, or None (logged) when it failed or Slurm did not answer."""
-        try:
-            done = subprocess.run(argv, env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.runner.log(f"{argv[0]}: {exc}")
-            return None
-        if done.returncode != 0:
-            self.runner.log(f"{argv[0]} failed: {done.stderr.strip() or done.returncode}")
-            return None
-        return done.stdout
-
-    # -- placing: Slurm does it; the head of the queue goes at once, a sweep as one array
-    def job_meta(self, job_id: str) -> tuple[str | None, int]:
-        if job_id not in self.meta:
-            state = self.runner.state(job_id)
-            self.meta[job_id] = (state.get("sweep"), int(state["cores"]))
-        return self.meta[job_id]
-
-    def batch(self, queue: list[str], cores: int) -> list[str]:
-        """The head of the queue, or its sweep's queued rows of the same size (ARRAY_MAX at most), once every
-        row of the sweep's record is accepted or SWEEP_HOLD s passed without an accepted job."""
-        sweep = self.job_meta(queue[0])[0]
-        if not sweep:
-            return queue[:1]
-        rows = [j for j in queue if self.job_meta(j) == (sweep, cores)][:ARRAY_MAX]
-        if len(rows) < ARRAY_MAX and now() - self.runner.last_accepted < SWEEP_HOLD and self.rows_missing(sweep, rows):
-            return []
-        return rows
-
-    def rows_missing(self, sweep: str, rows: list[str]) -> bool:
-        try:
-            listed = read_json(self.runner.root / "sweeps" / f"{sweep}.json")["jobs"]
-        except (OSError, ValueError, KeyError):
-            return False
-        queued = set(rows)
-        return any(j not in queued and not (self.runner.jobdir(j) / "job.json").exists() for j in listed)
-
-    def place(self, cores: int) -> list[tuple[str, int]] | None:
-        """[] while Slurm answers (its last `squeue` did) and no `sbatch` failed in the last SLURM_RETRY s."""
-        if self.halted.is_set() and not self.submitting and now() >= self.retry_at:
-            self.halted.clear()
-        if not self.submitting:
-            self.requeued = 0
-        return None if self.jobs is None or self.halted.is_set() else []
-
-    def launch(self, batch: list[str], launches: dict[str, str]) -> dict[str, dict[str, Any]]:
-        """Queue one `sbatch` for the batch (an array when it has several jobs) to the submitter thread, which
-        runs them one after the other in FIFO order (the loop never waits for Slurm); the jobs stay `starting`
-        until it answers (submitted)."""
-        root, group = self.runner.root, launches[batch[0]]
-        program = [sys.executable, str(Path(__file__).resolve()), "exec"]
-        if len(batch) == 1:
-            jobdir = self.runner.jobdir(batch[0])
-            script = shlex.join([*program, batch[0], "--launch", group, "--root", str(root)])
-            where = [f"--job-name=mpicloud-{batch[0]}", f"--output={jobdir / 'slurm.out'}", f"--chdir={jobdir}"]
-        else:
-            listing = root / "slurm" / f"{group}.list"
-            write_text(listing, "".join(f"{j} {launches[j]}\n" for j in batch))
-            script = (f'set -- $(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(listing))}) && exec '
-                      f'{shlex.join(program)} "$1" --launch "$2" --root {shlex.quote(str(root))}')
-            where = [f"--job-name=mpicloud-{self.job_meta(batch[0])[0]}", f"--array=0-{len(batch) - 1}",
-                     f"--output={root / 'slurm' / group}-%a.out", f"--chdir={root}"]
-        self.inbox.put((batch, ["sbatch", "--parsable", f"--comment=mpicloud:{group}",
-                                f"--ntasks={self.job_meta(batch[0])[1]}", *where, "--wrap", script]))
-        self.submitting.update(dict.fromkeys(batch))
-        return {job_id: {"slurm_id": None} for job_id in batch}
-
-    def submitter(self) -> None:
-        """The submitter thread: each queued `sbatch` in order; after a failure the rest are not tried."""
-        while True:
-            batch, argv = self.inbox.get()
-            out = None if self.halted.is_set() else self.command(argv)
-            if out is None:
-                self.halted.set()
-            self.outbox.put((batch, out))
-
-    def submitted(self, batch: list[str], out: str | None) -> None:
-        """Record what `sbatch` answered: the Slurm ids, or (it failed) the jobs back to the head of the queue
-        with their launches given up, so that a submission that went through after all runs nothing."""
-        for job_id in batch:
-            del self.submitting[job_id]
-        if out is None:
-            self.retry_at = now() + SLURM_RETRY
-            for job_id in batch:
-                if self.runner.give_up(job_id, self.runner.state(job_id), self.requeued):
-                    self.requeued += 1
-                    del self.runner.running[job_id]
-                else:  # its wrapper claimed the launch: submitted after all
-                    self.unresolved[job_id] = None
-            return
-        crash_point("slurm.after_sbatch")
-        base = out.strip().split(";")[0]
-        for i, job_id in enumerate(batch):
-            sid = base if len(batch) == 1 else f"{base}_{i}"
-            self.fresh[sid] = now()
-            if self.jobs is not None:
-                self.jobs[sid] = ("PENDING", "")
-            self.runner.running[job_id] = self.runner.set_state(job_id, state="queued", slurm_id=sid)
-
-    # -- crash recovery: find a submission again by its comment; never submit it twice
-    def resume(self, job_id: str, state: dict[str, Any]) -> None:
-        """Tracked as alive until the next `squeue` answer says where it is (resolve)."""
-        self.runner.running[job_id] = state
-        self.unresolved[job_id] = None
-
-    def resolve(self, job_id: str, position: int) -> bool:
-        """A launch cut short between `starting` and its Slurm id being recorded: in Slurm, record its id;
-        not there and never started, back to the queue at `position` (True); not there and started, it ended
-        (the reaper finishes it)."""
-        state = self.runner.state(job_id)
-        found = self.comments.get(f"mpicloud:{state['group']}", [])
-        array = (self.runner.root / "slurm" / f"{state['group']}.list").exists()
-        sids = [s for s in found if s.endswith(f"_{state['index']}")] if array else found
-        del self.unresolved[job_id]
-        if sids:
-            self.runner.running[job_id] = self.runner.set_state(job_id, state="queued", slurm_id=sids[0])
-            return False
-        if not self.runner.give_up(job_id, state, position):
-            return False
-        del self.runner.running[job_id]
-        return True
-
-    # -- tracking
-    def poll(self) -> None:
-        """One `squeue` for every job (in the background, every SLURM_POLL s); with its answer: resolve
-        crashed launches, record started jobs. Jobs submitted since that squeue started count as listed."""
-        self.scancels = [p for p in self.scancels if p.poll() is None]
-        while not self.outbox.empty():
-            self.submitted(*self.outbox.get())
-        asked = self.squeue.started
-        done, out = self.squeue.step()
-        if not done:
-            return
-        if out is None:
-            self.jobs = None
-            self.runner.log("squeue failed: Slurm does not answer; every launch counts as alive meanwhile")
-            return
-        self.jobs, self.comments = {}, {}
-        for line in out.splitlines():
-            sid, slurm_state, comment, reason = [*line.split("|", 3), "", "", ""][:4]
-            self.jobs[sid] = (slurm_state, reason)
-            self.comments.setdefault(comment, []).append(sid)
-        self.fresh = {sid: at for sid, at in self.fresh.items() if at >= asked}
-        for sid in self.fresh:
-            self.jobs.setdefault(sid, ("PENDING", ""))
-        requeued = 0
-        for job_id in list(self.unresolved):
-            requeued += self.resolve(job_id, requeued)
-        self.record_starts()
-
-    def record_starts(self) -> None:
-        """Jobs Slurm no longer holds pending whose wrapper recorded its allocation become `running`."""
-        assert self.jobs is not None
-        for job_id, state in list(self.runner.running.items()):
-            if state["state"] != "queued" or self.jobs.get(state.get("slurm_id") or "", ("",))[0] == "PENDING":
-                continue
-            try:
-                allocation = read_json(self.runner.jobdir(job_id) / "allocation.json")
-            except (OSError, ValueError):
-                continue
-            self.runner.running[job_id] = self.runner.set_state(
-                job_id, state="running", hosts=allocation["hosts"], started_at=allocation["started_at"])
-
-    def alive(self, job_id: str, state: dict[str, Any]) -> bool:
-        if self.jobs is None or job_id in self.unresolved or job_id in self.submitting:
-            return True
-        return bool(state.get("slurm_id")) and state["slurm_id"] in self.jobs
-
-    def describe(self, job_id: str, state: dict[str, Any]) -> str:
-        return f"slurm:{state.get('slurm_id')}"
-
-    def lost(self, job_id: str, state: dict[str, Any]) -> str:
-        """The Slurm state the job ended in (`scontrol`, while Slurm remembers it: MinJobAge)."""
-        sid = state.get("slurm_id")
-        shown = self.command(["scontrol", "-o", "show", "job", sid]) if sid else None
-        fields = dict(f.split("=", 1) for f in (shown or "").split() if "=" in f)
-        if "JobState" in fields:
-            return f"Slurm job {sid} ended {fields['JobState']} (reason {fields.get('Reason', 'None')})"
-        return f"Slurm job {sid} left Slurm's queue"
-
-    def cancel(self, job_id: str, state: dict[str, Any], sig: int) -> None:
-        """`scancel` in the background (the queue's marked-process kill does not wait for it)."""
-        if state.get("slurm_id"):
-            argv = ["scancel", *(["--signal=KILL"] if sig == SIGKILL else []), state["slurm_id"]]
-            self.scancels.append(subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
-                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
-    def status(self) -> dict[str, Any]:
-        """Slurm's view: its nodes and their states (`sinfo`, every SLURM_INFO s), pending reasons."""
-        done, out = self.sinfo.step()
-        if done:
-            rows = [line.split("|") for line in (out or "").splitlines() if line.count("|") == 2]
-            self.nodes = [{"name": n, "state": t, "cpus_alloc_idle_other_total": c} for n, t, c in rows]
-        pending = {job_id: (self.jobs or {}).get(state.get("slurm_id") or "", ("", ""))[1]
-                   for job_id, state in self.runner.running.items() if state["state"] == "queued"}
-        return {"scheduler": "slurm", "slurm_nodes": self.nodes, "slurm_answers": self.jobs is not None,
-                "queued": len(self.runner.queue) + len(pending), "running": len(self.runner.running) - len(pending),
-                "pending_reasons": dict(list(pending.items())[:20])}
-
-
-BACKENDS: dict[str, Callable[[Runner], Backend]] = {"builtin": BuiltinBackend, "slurm": SlurmBackend}
+        return slurm_backend.SlurmBackend(runner, sys.modules[__name__])
+    return BuiltinBackend(runner)
 
 
 # ---------------------------------------------------------------- reports for clients (one exec each)
