@@ -59,10 +59,10 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
-def report(name: str, ours: float, theirs: float, unit: str, better: str = "lower") -> None:
-    """One line: ours, OpenSSH, and the ratio (ours / theirs)."""
+def report(name: str, ours: float, theirs: float, unit: str, better: str = "lower", against: str = "OpenSSH") -> None:
+    """One line: ours, theirs (OpenSSH, or `against`), and the ratio (ours / theirs)."""
     ratio = ours / theirs if theirs else float("inf")
-    print(f"{name:<44} mpicloud {ours:10.2f} {unit:<6} OpenSSH {theirs:10.2f} {unit:<6} ratio {ratio:6.2f}x "
+    print(f"{name:<44} mpicloud {ours:10.2f} {unit:<6} {against} {theirs:10.2f} {unit:<6} ratio {ratio:6.2f}x "
           f"({better} is better)", flush=True)
 
 

@@ -15,7 +15,9 @@ def provision_dir() -> Path:
 
 
 #: the cluster-side scripts in provision/runner, installed side by side on every node that runs jobs
-RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py")
+RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "slurm_backend.py")
+#: the ones Windows nodes never run (scheduler: slurm is Linux only), left out of the Windows bootstrap
+LINUX_ONLY = ("slurm_backend.py",)
 
 
 def protocol_files() -> dict[str, bytes]:
@@ -27,10 +29,11 @@ def protocol_files() -> dict[str, bytes]:
     return files
 
 
-def runner_files() -> dict[str, bytes]:
-    """Every cluster-side file by relative POSIX path (the same files on every OS), for bootstraps to install."""
+def runner_files(os_name: str = "linux") -> dict[str, bytes]:
+    """Every cluster-side file an OS's nodes run, by relative POSIX path, for bootstraps to install."""
     folder = provision_dir() / "runner"
-    return {**{name: (folder / name).read_bytes() for name in RUNNER_SCRIPTS}, **protocol_files()}
+    names = [n for n in RUNNER_SCRIPTS if os_name == "linux" or n not in LINUX_ONLY]
+    return {**{name: (folder / name).read_bytes() for name in names}, **protocol_files()}
 
 
 def install_runner(dest: Path) -> Path:

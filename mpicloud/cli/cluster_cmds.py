@@ -188,6 +188,11 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
               f"heartbeat {float(data.get('heartbeat_age') or 0):.1f} s ago (runner pid {data.get('pid')}); "
               f"up {_age(time.time() - cluster.record.created_at)}; teardown: {cluster.record.teardown}",
               markup=False)
+    for node in data.get("slurm_nodes") or []:
+        out.print(f"  slurm node {node['name']}: {node['state']}, CPUs allocated/idle/other/total "
+                  f"{node['cpus_alloc_idle_other_total']}", markup=False)
+    for job_id, reason in (data.get("pending_reasons") or {}).items():
+        out.print(f"  job {job_id} pending in Slurm: {escape_text(reason)}", markup=False)
     for node, since in sorted(lost.items()):
         gone = float(data["heartbeat"]) - float(since)  # both by the head node's clock
         out.print(f"  node {node} UNREACHABLE for {_age(gone)}: no new jobs go there; jobs on it fail",

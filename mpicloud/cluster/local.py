@@ -171,7 +171,8 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
     install_runner(directory / "runner")
     stop = [*local_ns.host_prefix(record), "env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m",
             "mpicloud.cli", "stop", spec.name, "--reason", "idle shutdown"]
-    (shared / ".mpicloud" / "runner.json").write_text(runner_config_json(runner_config(spec, stop)))
+    config = runner_config(spec, stop, slurm_env=local_ns.session_env(record))
+    (shared / ".mpicloud" / "runner.json").write_text(runner_config_json(config))
     record.save()
     known_nodes: list[str] = []
     prefixes = local_ns.start_nodes(record, network)

@@ -89,16 +89,22 @@ def start(layout: SlurmLayout, nodes: Sequence[Node], enter: Sequence[list[str]]
             f"--log-file={munge / 'munged.log'}", f"--pid-file={munge / 'munged.pid'}",
             f"--seed-file={munge / 'munged.seed'}"], munge / "munged.out", env)
     _until(lambda: layout.munge_socket.exists(), timeout, "munged did not create its socket", munge / "munged.out")
+    start_controller(layout, enter[0], env, timeout)
     daemon_env = {**env, **layout.client_env()}
-    _spawn([*enter[0], "slurmctld", "-D", "-f", str(layout.conf)], layout.root / "slurmctld.out", daemon_env)
-    _until(lambda: "is UP" in _query(["scontrol", "ping"], layout), timeout, "slurmctld did not answer",
-           layout.root / "slurmctld.log")
     for node, prefix in zip(nodes, enter, strict=True):
         _spawn([*prefix, "slurmd", "-D", "-N", node.name, "-f", str(layout.conf)],
                layout.root / node.name / "slurmd.out", daemon_env)
     names = {n.name for n in nodes}
     _until(lambda: _idle(layout) == names, timeout, "the slurmds did not register as idle",
            layout.root / nodes[-1].name / "slurmd.log")
+
+
+def start_controller(layout: SlurmLayout, enter: list[str], env: dict[str, str], timeout: float = 30.0) -> None:
+    """Start slurmctld in node 0 (`enter` runs a command there) from its saved state; return once it answers."""
+    _spawn([*enter, "slurmctld", "-D", "-f", str(layout.conf)], layout.root / "slurmctld.out",
+           {**env, **layout.client_env()})
+    _until(lambda: "is UP" in _query(["scontrol", "ping"], layout), timeout, "slurmctld did not answer",
+           layout.root / "slurmctld.log")
 
 
 def _idle(layout: SlurmLayout) -> set[str]:

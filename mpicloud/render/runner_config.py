@@ -29,13 +29,17 @@ def runner_root(shared_path: str) -> str:
 
 
 def runner_config(spec: ClusterSpec, stop_command: list[str] | None,
-                  env: dict[str, str] | None = None, names: list[str] | None = None) -> dict[str, Any]:
-    """The runner configuration: nodes and slots, launcher, idle shutdown and the stop action."""
+                  env: dict[str, str] | None = None, names: list[str] | None = None,
+                  slurm_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The runner configuration: nodes and slots, launcher, scheduler backend (with `slurm_env`, what Slurm's
+    commands need, e.g. SLURM_CONF), idle shutdown and the stop action."""
     return {
         "version": RUNNER_CONFIG_VERSION,
         "cluster": spec.name,
         "os": spec.os,
         "launcher": "mpiexec" if spec.os == "windows" else "mpirun",
+        "scheduler": spec.scheduler,
+        **({"slurm_env": dict(slurm_env or {})} if spec.scheduler == "slurm" else {}),
         "nodes": [{"name": n, "slots": spec.slots_per_node} for n in (names or node_names(spec))],
         "idle_shutdown_minutes": spec.idle_shutdown_minutes,
         "stop_command": stop_command,

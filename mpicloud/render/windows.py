@@ -97,7 +97,7 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
         msmpi_sha256=q(MSMPI.sha256), python_version=PYTHON.version, python_url=q(PYTHON.url),
         python_sha256=q(PYTHON.sha256), launch_port=LAUNCH_PORT, installers=_installers(spec),
         openssh_msi=_openssh_msi(spec),
-        runner_files=[(q(n), q(gzip_base64(data))) for n, data in runner_files().items()],
+        runner_files=[(q(n), q(gzip_base64(data))) for n, data in runner_files("windows").items()],
         runner_config=q(_base_runner_config(spec)),
         stop_script=q(gzip_base64((windows / "stop-cluster.ps1").read_bytes())),
         start_script=q(gzip_base64((windows / "start-runner.ps1").read_bytes())))

@@ -4,12 +4,16 @@ Layout under ROOT (normally <shared>/.mpicloud):
   runner.json       cluster config (nodes, slots, launcher, idle shutdown, stop command)
   queue/<id>/       submitted jobs (a client renames spool/<id> here atomically)
   jobs/<id>/        accepted jobs: job.json, state.json, stdout.log, stderr.log, post.log, work/, hostfile,
-                    result.json (written by the job's own wrapper process), cancel (a cancel request)
+                    result.json (written by the job's own wrapper process), cancel (a cancel request); with
+                    Slurm also slurm.out and allocation.json (the wrapper's hosts, from its allocation)
+  slurm/            Slurm backend: <token>.list (an array's job ids and launch tokens), array tasks' output
   order.log         accepted job ids in FIFO order, one per line (rebuilt from jobs/ after a crash)
   store/<sha256>    content-addressed inputs;   status.json  heartbeat, slot usage, unreachable nodes
   spool/<id>/       submissions being written by a client (reaped after spool_max_age_seconds)
 Commands: serve | supervise | start | exec JOB | list | status | purge JOB
 
+What starts, tracks and stops jobs is a backend (runner.json `scheduler`): BuiltinBackend (slots, a wrapper
+process per job) or SlurmBackend (an sbatch allocation per job, a sweep as one array).
 Every step is recoverable: the job dir is the source of truth, each launch of a job has a token the wrapper
 claims (launch-<token>) before it runs anything, and a job's processes carry MPICLOUD_JOB_ID and
 MPICLOUD_LAUNCH in their environment so that they can be found (and stopped) on every node.
@@ -35,7 +39,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 # an isolated interpreter (-I, or Windows' embeddable Python with its ._pth file) leaves the script's own
 # directory off sys.path: the protocol package installed beside this file must still be found
@@ -73,10 +77,15 @@ def read_json(path: Path) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write (temporary file + replace)."""
+    write_text(path, json.dumps(data, sort_keys=True, indent=1))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic text write (temporary file + replace)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True, indent=1)
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -505,11 +514,18 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
     state = read_json(jobdir / "state.json")
     config = read_json(root / "runner.json")
     hosts = [(h, int(n)) for h, n in state["hosts"]]
+    in_slurm = not hosts and "SLURM_JOB_ID" in os.environ
+    result: dict[str, Any] = {"exit_code": None, "post_exit_code": None, "reason": None}
+    try:
+        if in_slurm:
+            hosts = record_allocation(jobdir, config["os"])
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        result.update(exit_code=126, reason=f"could not read the Slurm allocation: {exc}")
+        return _finish(jobdir, result)
     work = jobdir / "work"
     work.mkdir(exist_ok=True)
     env = job_env(root, jobdir, job, hosts, config)
     env[LAUNCH_VAR] = launch
-    result: dict[str, Any] = {"exit_code": None, "post_exit_code": None, "reason": None}
     try:
         stage_inputs(root, jobdir, job, work, env)
     except (RuntimeError, OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
@@ -525,7 +541,7 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
         argv = launch_argv(config["launcher"], hosts, int(job["cores"]), str(jobdir / "hostfile"),
                            str(work), exported, argv)
         argv[0] = launcher_program(argv[0])
-    elif hosts[0][0] != config["nodes"][0]["name"] and not WINDOWS:  # a script runs on its first node
+    elif hosts[0][0] != config["nodes"][0]["name"] and not (WINDOWS or in_slurm):  # a script runs on its first node
         exported = {k: env[k] for k in env if k in JOB_VARS or k in job.get("env", {}) or k in config.get("env", {})}
         via = None if config.get("rsh") else control_socket(root, hosts[0][0])
         argv = [*rsh_argv(config, via), hosts[0][0], remote_command(str(work), exported, argv)]
@@ -543,6 +559,33 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
         if code != 0 and result["exit_code"] == 0:
             result.update(exit_code=1, reason=f"upload to {job['output_to']} failed (see post.log)")
     return _finish(jobdir, result)
+
+
+def slurm_hosts(names: list[str], tasks_per_node: str) -> list[tuple[str, int]]:
+    """The hosts of a Slurm allocation: its node names with SLURM_TASKS_PER_NODE (`2(x3),1`: 2 tasks on
+    each of 3 nodes, then 1)."""
+    counts: list[int] = []
+    for part in tasks_per_node.split(","):
+        count, _, times = part.partition("(x")
+        counts += [int(count)] * int(times.rstrip(")") or 1)
+    if len(counts) != len(names):
+        raise ValueError(f"{len(names)} nodes ({','.join(names)}) but tasks per node {tasks_per_node!r}")
+    return list(zip(names, counts, strict=True))
+
+
+def record_allocation(jobdir: Path, os_name: str) -> list[tuple[str, int]]:
+    """Inside a Slurm allocation: its hosts (`scontrol show hostnames` expands a node list; one node's name is
+    the list itself), written as the job's hostfile and as allocation.json (when the job started, on which
+    hosts) for the runner."""
+    nodelist = os.environ["SLURM_JOB_NODELIST"]
+    names = [nodelist] if not set("[,") & set(nodelist) else subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=60,
+        check=True).stdout.split()
+    hosts = slurm_hosts(names, os.environ.get("SLURM_TASKS_PER_NODE", ""))
+    (jobdir / "hostfile").write_text(hostfile_text(hosts, os_name), encoding="utf-8")
+    write_json(jobdir / "allocation.json", {"hosts": hosts, "started_at": now(),
+                                            "slurm_job_id": os.environ["SLURM_JOB_ID"]})
+    return hosts
 
 
 def log_limit(config: dict[str, Any], job: dict[str, Any]) -> int:
@@ -674,7 +717,7 @@ class Runner:
     """Accepts submitted jobs, starts them in strict FIFO order when their cores fit, tracks them until every
     one of their processes is gone; every step can be cut short by a crash and is finished by recover()."""
 
-    def __init__(self, root: Path, poll: float = 0.05) -> None:
+    def __init__(self, root: Path, poll: float = 0.05, backend: Any = None) -> None:
         self.root = root
         self.poll = poll
         self.config = read_json(root / "runner.json")
@@ -696,9 +739,11 @@ class Runner:
         self.started_at = now()
         self.last_active = now()
         self.last_status = 0.0
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.last_accepted = 0.0
+        self.last_cancel_scan = 0.0
         for name in ("queue", "jobs", "store", "spool", "sweeps"):
             (root / name).mkdir(exist_ok=True)
+        self.backend: Backend = backend(self) if backend else make_backend(self)
 
     # -- state
     def jobdir(self, job_id: str) -> Path:
@@ -770,7 +815,7 @@ class Runner:
         crash_point("accept.after_order")
         if self.state(job_id)["state"] == "queued":
             self.queue.append(job_id)
-        self.last_active = now()
+        self.last_active = self.last_accepted = now()
 
     # -- start-up: rebuild from disk, finish interrupted steps, re-adopt running jobs
     def recover(self) -> None:
@@ -779,11 +824,11 @@ class Runner:
                 state = self.state(job_id)
             except (OSError, ValueError):
                 continue
-            if state["state"] == "queued":
+            if state["state"] == "queued" and not state.get("launch"):
                 self.queue.append(job_id)
             elif state["state"] == "starting":
-                self.resume_start(job_id, state)
-            elif state["state"] == "running":
+                self.backend.resume(job_id, state)
+            elif state["state"] in ("queued", "running"):  # queued with a launch: waiting in the backend's queue
                 self.running[job_id] = state
 
     def repair_order(self) -> list[str]:
@@ -806,22 +851,24 @@ class Runner:
             os.replace(tmp, path)
         return ids
 
-    def resume_start(self, job_id: str, state: dict[str, Any]) -> None:
-        """A launch cut short: give it up if its wrapper never started (back to the queue, same place in the
-        FIFO order), adopt it if the wrapper claimed it."""
+    def give_up(self, job_id: str, state: dict[str, Any], position: int | None = None) -> bool:
+        """Give up a launch whose wrapper never started: the job goes back to the queue (at `position`, else
+        last: recover() walks the FIFO order). False when the wrapper claimed the launch first (it runs)."""
         launch = state.get("launch")
-        jobdir = self.jobdir(job_id)
-        if launch and claim_launch(jobdir, launch, "given up by the runner\n"):
-            self.set_state(job_id, state="queued", hosts=[], started_at=None, launch=None)
-            self.queue.append(job_id)
-            return
-        claim = jobdir / (f"launch-{launch}" if launch else "wrapper.pid")
-        fields = claim.read_text(encoding="utf-8").split() if claim.exists() else []
-        pid, token = (int(fields[0]), fields[1]) if len(fields) == 2 else (None, None)
-        self.running[job_id] = self.set_state(job_id, state="running", pid=pid, pid_token=token)
+        if not (launch and claim_launch(self.jobdir(job_id), launch, "given up by the runner\n")):
+            return False
+        self.set_state(job_id, state="queued", hosts=[], started_at=None, launch=None, group=None, index=None)
+        self.queue.insert(len(self.queue) if position is None else position, job_id)
+        return True
 
     # -- cancel, finish, stop: a job leaves `running` only when all its processes are gone
     def cancel_requests(self) -> None:
+        """Cancel requests of queued and running jobs, looked for at most once per job and millisecond (a
+        thousand jobs waiting in Slurm: once a second) so that a long queue does not make each pass a storm
+        of stat calls."""
+        if now() - self.last_cancel_scan < min(1.0, (len(self.queue) + len(self.running)) / 1000):
+            return
+        self.last_cancel_scan = now()
         for job_id in [j for j in self.queue if (self.jobdir(j) / "cancel").exists()]:
             self.queue.remove(job_id)
             self.set_state(job_id, state="cancelled", ended_at=now(), reason="cancelled before it started")
@@ -830,15 +877,11 @@ class Runner:
             if (self.jobdir(job_id) / "cancel").exists() and not (stop and stop["reason"]):
                 self.stop(job_id, state, "cancelled while running")
 
-    def wrapper_alive(self, state: dict[str, Any]) -> bool:
-        return state.get("pid") is not None and alive(int(state["pid"]), state.get("pid_token"))
-
     def stop(self, job_id: str, state: dict[str, Any], reason: str | None) -> None:
         """Begin stopping a job's processes on every node: TERM now, KILL after STOP_GRACE (see survivors)."""
         self.stopping[job_id] = {"reason": reason, "since": now(), "killed": False, "unchecked": [],
                                  "remote": [], "checked_at": 0.0, "reported": False}
-        if state.get("pid") is not None:
-            signal_group(int(state["pid"]), state.get("pid_token"), signal.SIGTERM)
+        self.backend.cancel(job_id, state, signal.SIGTERM)
         signal_marked(job_id, state.get("launch"), signal.SIGTERM)
         for node in self.other_nodes(state):
             self.remote_signal(node, job_id, state.get("launch"), signal.SIGTERM)
@@ -869,11 +912,10 @@ class Runner:
         kill = stop is not None and now() - stop["since"] >= STOP_GRACE
         if stop is not None and kill and not stop["killed"]:
             stop["killed"] = True
-            if state.get("pid") is not None:
-                signal_group(int(state["pid"]), state.get("pid_token"), SIGKILL)
+            self.backend.cancel(job_id, state, SIGKILL)
         left = [f"{self.head}:{p}" for p in signal_marked(job_id, launch, SIGKILL if kill else 0)]
-        if self.wrapper_alive(state):
-            left.append(f"{self.head}:{state['pid']}")
+        if self.backend.alive(job_id, state):
+            left.append(self.backend.describe(job_id, state))
         if stop is None or left:
             return left
         if now() - stop["checked_at"] >= 2.0:
@@ -886,7 +928,7 @@ class Runner:
         return list(stop["remote"])
 
     def reap(self) -> None:
-        self.children = [c for c in self.children if c.poll() is None]
+        self.backend.poll()
         for job_id, state in list(self.running.items()):
             try:
                 self.reap_one(job_id, state)
@@ -894,14 +936,13 @@ class Runner:
                 self.log(f"job {job_id}: {exc}")
 
     def reap_one(self, job_id: str, state: dict[str, Any]) -> None:
+        if job_id not in self.stopping and self.backend.alive(job_id, state):
+            return  # running, or writing its last bytes
         result_file = self.jobdir(job_id) / "result.json"
         result = read_json(result_file) if result_file.exists() else None
-        if job_id not in self.stopping:
-            if self.wrapper_alive(state):
-                return  # running, or writing its last bytes
-            if result is None:
-                self.stop(job_id, state, f"the job's wrapper process (pid {state.get('pid')}) died without "
-                                         "recording a result; its remaining processes were stopped")
+        if job_id not in self.stopping and result is None:
+            self.stop(job_id, state, f"{self.backend.lost(job_id, state)} without recording a result; its "
+                                     "remaining processes were stopped")
         left = self.survivors(job_id, state)
         if left and job_id not in self.stopping:
             self.stop(job_id, state, None)  # the job ended and left processes behind: they go too
@@ -1001,6 +1042,7 @@ class Runner:
 
     # -- starting
     def schedule(self) -> None:
+        """Hand the head of the queue to the backend while it takes it (strict FIFO: nothing overtakes)."""
         while self.queue:
             job_id = self.queue[0]
             cores = int(self.state(job_id)["cores"])
@@ -1009,43 +1051,54 @@ class Runner:
                 self.set_state(job_id, state="failed", ended_at=now(),
                                reason=f"needs {cores} cores but the cluster has {self.total}")
                 continue
-            usable = [n for n in self.nodes if n["name"] not in self.unreachable]
-            hosts = allocate(usable, self.busy(), cores)
+            batch = self.backend.batch(self.queue, cores)
+            hosts = self.backend.place(cores) if batch else None
             if hosts is None:
-                return  # strict FIFO: nothing overtakes the head of the queue
-            self.queue.pop(0)
+                return
+            for member in batch:
+                self.queue.remove(member)
             try:
-                self.start(job_id, hosts)
+                if not self.start(batch, hosts):
+                    return  # the backend could not take them now: they wait at the head of the queue
             except OSError as exc:
-                self.start_failed(job_id, exc)
+                self.start_failed(batch, exc)
                 return
 
-    def start_failed(self, job_id: str, exc: OSError) -> None:
-        """A start that failed (e.g. a full disk): the job keeps its place; after 3 tries it fails."""
-        self.start_errors[job_id] = self.start_errors.get(job_id, 0) + 1
-        self.log(f"job {job_id}: could not start it: {exc}")
-        if self.start_errors[job_id] < 3:
-            self.queue.insert(0, job_id)
-            return
-        try:
-            self.set_state(job_id, state="failed", ended_at=now(), reason=f"could not be started: {exc}")
-        except OSError:
-            self.queue.insert(0, job_id)
+    def start_failed(self, batch: list[str], exc: OSError) -> None:
+        """A start that failed (e.g. a full disk): the jobs keep their place; after 3 tries a job fails."""
+        for position, job_id in enumerate(batch):
+            self.start_errors[job_id] = self.start_errors.get(job_id, 0) + 1
+            self.log(f"job {job_id}: could not start it: {exc}")
+            if self.start_errors[job_id] < 3:
+                self.queue.insert(position, job_id)
+                continue
+            try:
+                self.set_state(job_id, state="failed", ended_at=now(), reason=f"could not be started: {exc}")
+            except OSError:
+                self.queue.insert(position, job_id)
 
-    def start(self, job_id: str, hosts: list[tuple[str, int]]) -> None:
-        jobdir = self.jobdir(job_id)
-        launch = secrets.token_hex(8)
-        (jobdir / "hostfile").write_text(hostfile_text(hosts, self.config["os"]), encoding="utf-8")
-        self.set_state(job_id, state="starting", hosts=hosts, started_at=now(), launch=launch)
+    def start(self, batch: list[str], hosts: list[tuple[str, int]]) -> bool:
+        """Launch jobs that start together (one, or a sweep's rows): record each launch (`starting`, with its
+        token, its group's token and its index), let the backend launch them, record what it reports. Jobs
+        the backend did not launch go back to the head of the queue; False when there were any."""
+        launches = {job_id: secrets.token_hex(8) for job_id in batch}
+        group = launches[batch[0]]
+        for index, job_id in enumerate(batch):
+            if hosts:
+                (self.jobdir(job_id) / "hostfile").write_text(hostfile_text(hosts, self.config["os"]), encoding="utf-8")
+            self.set_state(job_id, state="starting", hosts=hosts, started_at=now() if hosts else None,
+                           launch=launches[job_id], group=group, index=index)
         crash_point("start.after_starting")
-        child = spawn_detached([sys.executable, str(Path(__file__).resolve()), "exec", job_id, "--launch", launch,
-                                "--root", str(self.root)], jobdir, jobdir / "runner-exec.log")
-        self.children.append(child)
+        launched = self.backend.launch(batch, launches)
         crash_point("start.after_spawn")
-        state = self.set_state(job_id, state="running", pid=child.pid, pid_token=process_start_time(child.pid))
+        for job_id, fields in launched.items():
+            self.running[job_id] = self.set_state(job_id, **fields)
         crash_point("start.after_running")
-        self.running[job_id] = state
+        for position, job_id in enumerate(j for j in batch if j not in launched):
+            if not self.give_up(job_id, self.state(job_id), position):
+                self.backend.resume(job_id, self.state(job_id))
         self.last_active = now()
+        return len(launched) == len(batch)
 
     # -- housekeeping
     def reap_spool(self) -> None:
@@ -1064,15 +1117,14 @@ class Runner:
                 continue
 
     def write_status(self) -> None:
-        busy = sum(self.busy().values())
         idle_for = 0.0 if (self.queue or self.running) else now() - self.last_active
         write_json(self.root / "status.json", {
             "runner_version": RUNNER_VERSION, "job_version": JOB_VERSION, "pid": os.getpid(),
             "heartbeat": now(), "started_at": self.started_at, "slots_total": self.total,
-            "slots_busy": busy, "queued": len(self.queue), "running": len(self.running),
+            "slots_busy": sum(self.busy().values()), "queued": len(self.queue), "running": len(self.running),
             "idle_seconds": idle_for, "last_active": self.last_active, "unreachable": dict(self.unreachable),
             "slots_unreachable": sum(int(n["slots"]) for n in self.nodes if n["name"] in self.unreachable),
-            "idle_shutdown_minutes": self.config.get("idle_shutdown_minutes")})
+            "idle_shutdown_minutes": self.config.get("idle_shutdown_minutes"), **self.backend.status()})
         self.last_status = now()
 
     def idle_expired(self) -> bool:
@@ -1118,6 +1170,109 @@ class Runner:
         command = self.config.get("stop_command")
         if command:
             spawn_detached(list(command), self.root, self.root / "shutdown.log")
+
+
+# ---------------------------------------------------------------- backends: what starts, tracks and stops jobs
+class Backend(Protocol):
+    """What the queue asks of a scheduler. The queue keeps the FIFO order, the job dirs and every state
+    change; a backend places the head of the queue, launches jobs (each runs `runner.py exec JOB --launch
+    TOKEN`), says whether a launch still runs, and stops one."""
+
+    def batch(self, queue: list[str], cores: int) -> list[str]:
+        """The jobs at the head of the queue that start together ([] : wait)."""
+
+    def place(self, cores: int) -> list[tuple[str, int]] | None:
+        """Hosts for `cores` now ([] : the backend places them itself), None when they do not fit now."""
+
+    def launch(self, batch: list[str], launches: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Launch each job with its token; the state fields to record for each one launched."""
+
+    def resume(self, job_id: str, state: dict[str, Any]) -> None:
+        """Finish a launch cut short by a crash (state `starting`): back to the queue or adopted."""
+
+    def poll(self) -> None:
+        """Refresh the backend's view of its launches (once per pass)."""
+
+    def alive(self, job_id: str, state: dict[str, Any]) -> bool:
+        """True while the launch runs (or might: unknown counts as running)."""
+
+    def describe(self, job_id: str, state: dict[str, Any]) -> str:
+        """What still runs of a launch, for messages (`node:pid`, `slurm:<id>`)."""
+
+    def lost(self, job_id: str, state: dict[str, Any]) -> str:
+        """Why a launch that ended without a result ended (the start of a reason)."""
+
+    def cancel(self, job_id: str, state: dict[str, Any], sig: int) -> None:
+        """Signal the launch (TERM, then KILL): the queue also signals its marked processes on every node."""
+
+    def status(self) -> dict[str, Any]:
+        """Fields status.json adds or overrides."""
+
+
+class BuiltinBackend:
+    """The built-in slot scheduler: slots from runner.json's nodes, a detached wrapper process per job on the
+    head node, liveness by its pid."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def batch(self, queue: list[str], cores: int) -> list[str]:
+        return queue[:1]
+
+    def place(self, cores: int) -> list[tuple[str, int]] | None:
+        usable = [n for n in self.runner.nodes if n["name"] not in self.runner.unreachable]
+        return allocate(usable, self.runner.busy(), cores)
+
+    def launch(self, batch: list[str], launches: dict[str, str]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for job_id in batch:
+            jobdir = self.runner.jobdir(job_id)
+            child = spawn_detached([sys.executable, str(Path(__file__).resolve()), "exec", job_id, "--launch",
+                                    launches[job_id], "--root", str(self.runner.root)], jobdir,
+                                   jobdir / "runner-exec.log")
+            self.children.append(child)
+            out[job_id] = {"state": "running", "pid": child.pid, "pid_token": process_start_time(child.pid)}
+        return out
+
+    def resume(self, job_id: str, state: dict[str, Any]) -> None:
+        """Give the launch up if its wrapper never started, else adopt the wrapper that claimed it."""
+        if self.runner.give_up(job_id, state):
+            return
+        launch = state.get("launch")
+        claim = self.runner.jobdir(job_id) / (f"launch-{launch}" if launch else "wrapper.pid")
+        fields = claim.read_text(encoding="utf-8").split() if claim.exists() else []
+        pid, token = (int(fields[0]), fields[1]) if len(fields) == 2 else (None, None)
+        self.runner.running[job_id] = self.runner.set_state(job_id, state="running", pid=pid, pid_token=token)
+
+    def poll(self) -> None:
+        self.children = [c for c in self.children if c.poll() is None]
+
+    def alive(self, job_id: str, state: dict[str, Any]) -> bool:
+        return state.get("pid") is not None and alive(int(state["pid"]), state.get("pid_token"))
+
+    def describe(self, job_id: str, state: dict[str, Any]) -> str:
+        return f"{self.runner.head}:{state.get('pid')}"
+
+    def lost(self, job_id: str, state: dict[str, Any]) -> str:
+        return f"the job's wrapper process (pid {state.get('pid')}) died"
+
+    def cancel(self, job_id: str, state: dict[str, Any], sig: int) -> None:
+        if state.get("pid") is not None:
+            signal_group(int(state["pid"]), state.get("pid_token"), sig)
+
+    def status(self) -> dict[str, Any]:
+        return {"scheduler": "builtin"}
+
+
+
+def make_backend(runner: Runner) -> Backend:
+    """The backend runner.json's `scheduler` names (the Slurm one is a Linux-only module beside this file)."""
+    if runner.config.get("scheduler") == "slurm":
+        import slurm_backend
+
+        return slurm_backend.SlurmBackend(runner, sys.modules[__name__])
+    return BuiltinBackend(runner)
 
 
 # ---------------------------------------------------------------- reports for clients (one exec each)

@@ -69,8 +69,9 @@ def test_every_step_is_guarded(azure_spec: ClusterSpec) -> None:
 
 def test_script_embeds_the_runner_and_helpers_exactly(azure_spec: ClusterSpec) -> None:
     files = _packed(windows.bootstrap_ps1(azure_spec))
-    for name, data in runner_files().items():
+    for name, data in runner_files("windows").items():
         assert files[name] == data
+    assert "slurm_backend.py" not in files  # Linux only
     for name in ("start-runner.ps1", "stop-cluster.ps1"):
         assert files[name] == (provision_dir() / "windows" / name).read_bytes()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mpicloud.api import Cluster, Job
-from tests.conftest import ROOT, cli
+from tests.conftest import ROOT, QueueCluster, cli
 from tests.integration.test_transfer import cluster_work, digest, files_under
 
 MiB = 1 << 20
@@ -235,38 +235,39 @@ def test_outputs_with_bookkeeping_like_names_are_never_lost(local_cluster: Clust
     assert job.get(tmp_path).skipped == 4  # the state survived, in DEST/JOB/.mpicloud/
 
 
-def test_exclude_and_no_inputs_and_api_and_cli_land_in_the_same_place(local_cluster: Cluster, cluster_home: Path,
+def test_exclude_and_no_inputs_and_api_and_cli_land_in_the_same_place(queue_cluster: QueueCluster,
                                                                       tmp_path: Path) -> None:
     build = tmp_path / "build.bin"
     build.write_bytes(os.urandom(3 * MiB))
     config = tmp_path / "config.txt"
     config.write_text("a=1\n")
-    job = run_job(local_cluster, "open('config.txt', 'a').write('b=2\\n'); open('result.txt', 'w').write('42\\n');"
-                                 "open('run.log', 'w').write('noise\\n')", inputs=[build, config])
+    job = run_job(queue_cluster.cluster,
+                  "open('config.txt', 'a').write('b=2\\n'); open('result.txt', 'w').write('42\\n');"
+                  "open('run.log', 'w').write('noise\\n')", inputs=[build, config])
     api = job.get(tmp_path / "api", exclude=["*.log"], no_inputs=True)
     assert sorted(files_under(tmp_path / "api" / job.id)) == ["config.txt", "result.txt"]  # changed input kept
     assert api.files == 2
-    got = cli("get", "itest", job.id, "--dest", str(tmp_path / "cli"), "--exclude", "*.log", "--exclude",
-              "build.*", env=env_for(cluster_home))
+    got = cli("get", queue_cluster.name, job.id, "--dest", str(tmp_path / "cli"), "--exclude", "*.log", "--exclude",
+              "build.*", env=env_for(queue_cluster.home))
     assert got.returncode == 0, got.stderr
     assert files_under(tmp_path / "cli" / job.id) == files_under(tmp_path / "api" / job.id)
     for hostile in ("../config.txt", "/etc/passwd", "C:/x", "a\\b"):
-        refused = cli("get", "itest", job.id, "--dest", str(tmp_path / "only"), "--only", hostile,
-                      env=env_for(cluster_home))
+        refused = cli("get", queue_cluster.name, job.id, "--dest", str(tmp_path / "only"), "--only", hostile,
+                      env=env_for(queue_cluster.home))
         assert refused.returncode == 2 and "--only" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "only").exists()
 
 
-def test_delete_after_verify_deletes_only_what_was_downloaded(local_cluster: Cluster, cluster_home: Path,
+def test_delete_after_verify_deletes_only_what_was_downloaded(queue_cluster: QueueCluster,
                                                              tmp_path: Path) -> None:
-    job = run_job(local_cluster, "import os; os.makedirs('r', exist_ok=True); open('r/result-q10b.txt', 'w')"
+    job = run_job(queue_cluster.cluster, "import os; os.makedirs('r', exist_ok=True); open('r/result-q10b.txt', 'w')"
                                  ".write('42\\n'); open('other-q10b.dat', 'w').write('not downloaded\\n')")
     dest = tmp_path / "w"
-    run = cli("watch", "itest", "--dest", str(dest), "--once", "--filter", "result-q10b", "--delete-after-verify",
-              env=env_for(cluster_home))
+    run = cli("watch", queue_cluster.name, "--dest", str(dest), "--once", "--filter", "result-q10b",
+              "--delete-after-verify", env=env_for(queue_cluster.home))
     assert run.returncode == 0, run.stderr
     assert (dest / job.id / "r" / "result-q10b.txt").read_text() == "42\n"
-    work = cluster_work(local_cluster, job)
+    work = cluster_work(queue_cluster.cluster, job)
     assert not (work / "r").exists()
     assert (work / "other-q10b.dat").read_text() == "not downloaded\n"
 

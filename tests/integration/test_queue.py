@@ -12,46 +12,60 @@ import tarfile
 import threading
 import time
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from mpicloud.api import Cluster, Job, JobInfo
 from mpicloud.jobs import query
-from tests.conftest import ROOT, cli
+from tests.conftest import ROOT, QueueCluster, cli
+from tests.slurmlib import slurm_record
 
 SUBMITTER = """
 import sys
 from mpicloud.api import Cluster
-cluster = Cluster.get("itest")
+cluster = Cluster.get(sys.argv[3])
 for i in range(int(sys.argv[2])):
     print(cluster.submit(["true"], name=f"{sys.argv[1]}-{i}").id, flush=True)
 """
 
 
-def test_fifo_and_exactly_once_across_concurrent_clients(local_cluster: Cluster, cluster_home: Path) -> None:
-    env = {"MPICLOUD_HOME": str(cluster_home), "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", SUBMITTER, f"c{n}", "50"], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, **env}) for n in range(4)]
+def test_fifo_and_exactly_once_across_concurrent_clients(queue_cluster: QueueCluster) -> None:
+    env = {"MPICLOUD_HOME": str(queue_cluster.home), "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", SUBMITTER, f"c{n}", "50", queue_cluster.name],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, **env}) for n in range(4)]
     outputs = [p.communicate(timeout=300)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     submitted = [i for out in outputs for i in out]
     assert len(submitted) == 200 == len(set(submitted))
     deadline = time.monotonic() + 240
     while True:
-        infos = {i.id: i for i in local_cluster.jobs() if i.id in set(submitted)}
+        infos = {i.id: i for i in queue_cluster.cluster.jobs() if i.id in set(submitted)}
         if len(infos) == 200 and all(i.done for i in infos.values()):
             break
         assert time.monotonic() < deadline, "200 jobs did not finish in time"
         time.sleep(0.5)
     assert all(i.state == "succeeded" for i in infos.values())
-    order = [i.id for i in local_cluster.jobs() if i.id in infos]
+    order = [i.id for i in queue_cluster.cluster.jobs() if i.id in infos]
     assert len(order) == 200  # each accepted exactly once
-    starts = [infos[i].started_at or 0 for i in order]
+    starts = _start_times(queue_cluster, order, infos)
     assert starts == sorted(starts), "jobs started out of FIFO order"
     for out in outputs:  # each client's jobs were queued in the order it submitted them
         positions = [order.index(i) for i in out]
         assert positions == sorted(positions)
+
+
+def _start_times(queue_cluster: QueueCluster, order: list[str], infos: dict[str, JobInfo]) -> list[float]:
+    """When each job started, in queue order: the runner's record (built-in), or Slurm's own (jobcomp.txt:
+    StartTime, in seconds) after checking that the jobs went to Slurm in queue order (ascending job ids)."""
+    if queue_cluster.scheduler == "builtin":
+        return [infos[i].started_at or 0 for i in order]
+    jobs = Path(queue_cluster.cluster.record.shared_path) / ".mpicloud" / "jobs"
+    slurm_ids = [int(json.loads((jobs / i / "state.json").read_text())["slurm_id"]) for i in order]
+    assert slurm_ids == sorted(slurm_ids), "jobs went to Slurm out of FIFO order"
+    return [datetime.fromisoformat(slurm_record(queue_cluster.cluster, str(s))["StartTime"]).timestamp()
+            for s in slurm_ids]
 
 
 def test_cancel_stops_every_rank_on_every_node(local_cluster: Cluster) -> None:
@@ -128,11 +142,12 @@ def _count(marker: str) -> int:
     return len(found)
 
 
-def test_killed_job_process_and_post_command(local_cluster: Cluster) -> None:
-    killed = local_cluster.submit(["sh", "-c", "kill -9 $$"])
+def test_killed_job_process_and_post_command(queue_cluster: QueueCluster) -> None:
+    killed = queue_cluster.cluster.submit(["sh", "-c", "kill -9 $$"])
     info = killed.wait(30)
     assert info.state == "failed" and info.reason == "killed by signal 9"
-    with_post = local_cluster.submit(["sh", "-c", "echo 42 > answer.txt"], post=["sh", "-c", "grep -q 41 answer.txt"])
+    with_post = queue_cluster.cluster.submit(["sh", "-c", "echo 42 > answer.txt"],
+                                             post=["sh", "-c", "grep -q 41 answer.txt"])
     info = with_post.wait(30)
     assert info.state == "succeeded" and info.exit_code == 0 and info.post_exit_code == 1
 
@@ -154,17 +169,18 @@ def _zip(path: Path, files: dict[str, str]) -> Path:
     return path
 
 
-def test_inputs_reused_and_overlaid_in_order(local_cluster: Cluster, tmp_path: Path) -> None:
+def test_inputs_reused_and_overlaid_in_order(queue_cluster: QueueCluster, tmp_path: Path) -> None:
     base = _tar_gz(tmp_path / "base.tar.gz", {"build/a.txt": "base-a", "build/b.txt": "base-b"})
     delta = _zip(tmp_path / "delta.zip", {"build/b.txt": "delta-b"})
     events: list[tuple[str, str]] = []
     show = ["sh", "-c", "cat build/a.txt build/b.txt"]
-    first = local_cluster.submit(show, inputs=[base, delta], on_input=lambda n, e: events.append((n, e)))
+    first = queue_cluster.cluster.submit(show, inputs=[base, delta], on_input=lambda n, e: events.append((n, e)))
     assert first.wait(30).state == "succeeded", first.stderr()
     assert first.stdout() == "base-adelta-b"
     assert ("base.tar.gz", "uploaded") in events or ("base.tar.gz", "reused") in events
     events.clear()
-    reversed_order = local_cluster.submit(show, inputs=[delta, base], on_input=lambda n, e: events.append((n, e)))
+    reversed_order = queue_cluster.cluster.submit(show, inputs=[delta, base],
+                                                  on_input=lambda n, e: events.append((n, e)))
     assert reversed_order.wait(30).state == "succeeded"
     assert reversed_order.stdout() == "base-abase-b"
     assert events == [("delta.zip", "reused"), ("base.tar.gz", "reused")]
@@ -180,36 +196,35 @@ def test_cli_says_reused(local_cluster: Cluster, cluster_home: Path, tmp_path: P
     assert "input mesh.dat: reused" in second.stderr
 
 
-def test_sweep_with_a_failing_row(local_cluster: Cluster, cluster_home: Path, tmp_path: Path) -> None:
+def test_sweep_with_a_failing_row(queue_cluster: QueueCluster, tmp_path: Path) -> None:
     runs = tmp_path / "runs.csv"
     runs.write_text("case,mach,cores\n" + "".join(f"c{i},{0.1 * i:.1f},{1 + i % 2}\n" for i in range(6)))
     template = tmp_path / "run.sh.j2"
     template.write_text("echo case={{ case }} mach={{ mach }} np=$MPICLOUD_NP\n"
                         "{% if case == 'c3' %}exit 5{% endif %}\n")
-    env = {"MPICLOUD_HOME": str(cluster_home)}
-    made = cli("sweep", "itest", "--runs", str(runs), "--template", str(template), "--json", env=env)
+    made = queue_cluster.cli("sweep", queue_cluster.name, "--runs", str(runs), "--template", str(template), "--json")
     assert made.returncode == 0, made.stderr
     sweep = json.loads(made.stdout)
     assert len(sweep["jobs"]) == 6
     for job_id in sweep["jobs"]:
-        local_cluster.job(job_id).wait(60)
-    status = json.loads(cli("sweep", "status", "itest", sweep["sweep"], "--json", env=env).stdout)
+        queue_cluster.cluster.job(job_id).wait(60)
+    status = json.loads(queue_cluster.cli("sweep", "status", queue_cluster.name, sweep["sweep"], "--json").stdout)
     assert status["total"] == 6 and status["done"] == 6
     assert status["counts"] == {"succeeded": 5, "failed": 1}
     assert status["failed"][0]["row"]["case"] == "c3" and status["failed"][0]["exit_code"] == 5
-    outputs = [local_cluster.job(j).stdout() for j in sweep["jobs"]]
+    outputs = [queue_cluster.cluster.job(j).stdout() for j in sweep["jobs"]]
     assert outputs[1] == "case=c1 mach=0.1 np=2\n" and outputs[2] == "case=c2 mach=0.2 np=1\n"
-    text = cli("sweep", "status", "itest", sweep["sweep"], env=env).stdout
+    text = queue_cluster.cli("sweep", "status", queue_cluster.name, sweep["sweep"]).stdout
     assert "6/6 done" in text and "failed" in text
 
 
-def test_sweep_bulk_cancel(local_cluster: Cluster, tmp_path: Path) -> None:
+def test_sweep_bulk_cancel(queue_cluster: QueueCluster, tmp_path: Path) -> None:
     runs = tmp_path / "r.csv"
     runs.write_text("n\n" + "".join(f"{i}\n" for i in range(5)))
     template = tmp_path / "slow.sh.j2"
     template.write_text("sleep 60 # {{ n }}\n")
-    sweep_id, jobs = local_cluster.sweep(runs, template, cores_per_run=4)
-    assert local_cluster.cancel_sweep(sweep_id) == 5
+    sweep_id, jobs = queue_cluster.cluster.sweep(runs, template, cores_per_run=4)
+    assert queue_cluster.cluster.cancel_sweep(sweep_id) == 5
     states = [j.wait(30).state for j in jobs]
     assert states == ["cancelled"] * 5
 
@@ -240,18 +255,18 @@ def _wait_new_runner(cluster: Cluster, old: int, timeout: float = 20) -> int:
         time.sleep(0.1)
 
 
-def test_too_many_cores_refused_at_submit(local_cluster: Cluster, cluster_home: Path) -> None:
-    before = len(local_cluster.jobs())
-    done = cli("submit", "itest", "--cores", "9", "--", "true", env={"MPICLOUD_HOME": str(cluster_home)})
+def test_too_many_cores_refused_at_submit(queue_cluster: QueueCluster) -> None:
+    before = len(queue_cluster.cluster.jobs())
+    done = queue_cluster.cli("submit", queue_cluster.name, "--cores", "9", "--", "true")
     assert done.returncode == 2
     assert "needs 9 cores" in done.stderr and "has 4" in done.stderr and "Traceback" not in done.stderr
-    assert len(local_cluster.jobs()) == before
+    assert len(queue_cluster.cluster.jobs()) == before
 
 
-def test_jobs_shows_failure_reasons(local_cluster: Cluster, cluster_home: Path) -> None:
-    job = local_cluster.submit(["sh", "-c", "exit 3"], name="fails-3")
+def test_jobs_shows_failure_reasons(queue_cluster: QueueCluster) -> None:
+    job = queue_cluster.cluster.submit(["sh", "-c", "exit 3"], name="fails-3")
     assert job.wait(30).state == "failed"
-    listing = cli("jobs", "itest", env={"MPICLOUD_HOME": str(cluster_home)}).stdout
+    listing = queue_cluster.cli("jobs", queue_cluster.name).stdout
     line = next(row for row in listing.splitlines() if row.startswith(job.id))
     assert "fails-3" in line and "exited with code 3" in line
 
@@ -266,28 +281,27 @@ def test_script_runs_on_the_first_node_of_its_allocation(local_cluster: Cluster)
     blocker.wait(60)
 
 
-def test_submit_with_an_id_is_idempotent(local_cluster: Cluster, cluster_home: Path) -> None:
-    runs = Path(local_cluster.record.shared_path) / "idem-runs.txt"
+def test_submit_with_an_id_is_idempotent(queue_cluster: QueueCluster) -> None:
+    runs = Path(queue_cluster.cluster.record.shared_path) / "idem-runs.txt"
     command = ["sh", "-c", f'echo "$MPICLOUD_JOB_ID" >> {runs}']
     key = f"idem-{int(time.time() * 1000)}"
-    first = local_cluster.submit(command, job_id=key)
-    again = local_cluster.submit(command, job_id=key)
+    first = queue_cluster.cluster.submit(command, job_id=key)
+    again = queue_cluster.cluster.submit(command, job_id=key)
     assert first.id == again.id == key
     # a try killed before its rename left a spool dir behind: the retry still goes through
     spooled = f"{key}-b"
-    stale = Path(local_cluster.record.shared_path) / ".mpicloud" / "spool" / spooled
+    stale = Path(queue_cluster.cluster.record.shared_path) / ".mpicloud" / "spool" / spooled
     stale.mkdir()
     (stale / "job.json").write_text("{half")
-    env = {"MPICLOUD_HOME": str(cluster_home)}
-    printed = cli("submit", "itest", "--id", spooled, "--", *command, env=env)
+    printed = queue_cluster.cli("submit", queue_cluster.name, "--id", spooled, "--", *command)
     assert printed.returncode == 0 and printed.stdout.split() == [spooled], printed.stderr
-    assert cli("submit", "itest", "--id", spooled, "--", *command, env=env).stdout.split() == [spooled]
-    assert local_cluster.job(key).wait(30).state == "succeeded"
-    assert local_cluster.job(spooled).wait(30).state == "succeeded"
+    assert queue_cluster.cli("submit", queue_cluster.name, "--id", spooled, "--", *command).stdout.split() == [spooled]
+    assert queue_cluster.cluster.job(key).wait(30).state == "succeeded"
+    assert queue_cluster.cluster.job(spooled).wait(30).state == "succeeded"
     time.sleep(1.0)
     assert sorted(runs.read_text().split()) == [key, spooled]
-    assert [i.id for i in local_cluster.jobs()].count(key) == 1
-    bad = cli("submit", "itest", "--id", "../escape", "--", "true", env=env)
+    assert [i.id for i in queue_cluster.cluster.jobs()].count(key) == 1
+    bad = queue_cluster.cli("submit", queue_cluster.name, "--id", "../escape", "--", "true")
     assert bad.returncode == 2 and "job id '../escape' is not valid" in bad.stderr
 
 
@@ -350,37 +364,37 @@ def test_wait_outlives_a_runner_and_watchdog_killed_while_it_waits(local_cluster
 CHAOS_SUBMITTER = """
 import sys
 from mpicloud.api import Cluster
-cluster = Cluster.get("itest")
+cluster = Cluster.get(sys.argv[4])
 for i in range(int(sys.argv[2])):
     print(cluster.submit(["sh", "-c", 'echo "$MPICLOUD_JOB_ID" >> ' + sys.argv[3]], job_id=f"{sys.argv[1]}-{i:04d}").id,
           flush=True)
 """
 
 
-def test_runner_killed_repeatedly_under_load_runs_each_job_once(local_cluster: Cluster, cluster_home: Path) -> None:
+def test_runner_killed_repeatedly_under_load_runs_each_job_once(queue_cluster: QueueCluster) -> None:
     """3 submitters x 40 jobs while the runner is kill -9'd 8 times: every job ends succeeded, ran once."""
-    runs = Path(local_cluster.record.shared_path) / f"chaos-{int(time.time())}.txt"
-    env = {**os.environ, "MPICLOUD_HOME": str(cluster_home), "PYTHONPATH": str(ROOT)}
+    runs = Path(queue_cluster.cluster.record.shared_path) / f"chaos-{int(time.time())}.txt"
+    env = {**os.environ, "MPICLOUD_HOME": str(queue_cluster.home), "PYTHONPATH": str(ROOT)}
     tag = f"k{int(time.time()) % 100000}"
-    procs = [subprocess.Popen([sys.executable, "-c", CHAOS_SUBMITTER, f"{tag}c{n}", "40", str(runs)],
-                              stdout=subprocess.PIPE, text=True, env=env) for n in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", CHAOS_SUBMITTER, f"{tag}c{n}", "40", str(runs),
+                               queue_cluster.name], stdout=subprocess.PIPE, text=True, env=env) for n in range(3)]
     kills = 0
     while kills < 8:
         time.sleep(0.7)
         try:
-            pid = _runner_pid(local_cluster)
+            pid = _runner_pid(queue_cluster.cluster)
             os.kill(pid, signal.SIGKILL)
             kills += 1
-            _wait_new_runner(local_cluster, pid)
+            _wait_new_runner(queue_cluster.cluster, pid)
         except (OSError, ValueError):
             continue
     ids = [i for p in procs for i in p.communicate(timeout=300)[0].split()]
     assert all(p.returncode == 0 for p in procs) and len(ids) == 120
     for job_id in ids:
-        assert local_cluster.job(job_id).wait(120).state == "succeeded"
+        assert queue_cluster.cluster.job(job_id).wait(120).state == "succeeded"
     ran = runs.read_text().split()
     assert sorted(ran) == sorted(ids), "a job ran twice or not at all"
-    listed = [i.id for i in local_cluster.jobs() if i.id.startswith(tag)]
+    listed = [i.id for i in queue_cluster.cluster.jobs() if i.id.startswith(tag)]
     assert sorted(listed) == sorted(ids)
 
 

@@ -13,74 +13,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mpicloud.api import Cluster
-from mpicloud.spec import spec_from_dict
-from tests.conftest import ROOT, cli, require
+from tests.conftest import ROOT, cli
+from tests.slurmlib import ours, processes_with, require_slurm
 
 LAB = ipaddress.IPv4Network("198.18.0.0/15")
-
-
-def require_slurm() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("the Slurm local-cluster tests run as root (namespaces, Slurm daemons)")
-    for program, package in (("slurmctld", "slurmctld"), ("slurmd", "slurmd"), ("sbatch", "slurm-client"),
-                             ("munged", "munge"), ("nsenter", "util-linux"), ("ip", "iproute2"),
-                             ("mpicc", "libopenmpi-dev")):
-        require(program, package)
-    if not list(Path("/usr/lib").glob("*/libpmix.so")):
-        pytest.fail("libpmix.so is missing: install the Debian package libpmix-dev")
-
-
-def ours() -> set[str]:
-    """Every namespace, interface (prefix mpc) and /run directory a local cluster could own."""
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    names = {line.split()[0] for line in netns.splitlines() if line.strip()}
-    names |= {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()}
-    return {n for n in names if n.startswith("mpc")} | {p.name for p in Path("/run").glob("mpicloud-[0-9a-f]*")}
-
-
-def processes_with(text: str) -> list[int]:
-    """PIDs whose environment or command line mentions `text` (the test's own MPICLOUD_HOME)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            blob = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if text.encode() in blob and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A 2-node x 2-CPU namespaced local cluster with Slurm, in a private MPICLOUD_HOME."""
-    require_slurm()
-    home = tmp_path_factory.mktemp("slurm-home")
-    old = os.environ.get("MPICLOUD_HOME")
-    os.environ["MPICLOUD_HOME"] = str(home)
-    before = ours()
-    cluster = Cluster.up(spec_from_dict({"name": "slurmtest", "cloud": "local", "nodes": 2,
-                                         "slots_per_node": 2, "scheduler": "slurm"}))
-    try:
-        yield cluster
-    finally:
-        cluster.down()
-        if old is None:
-            os.environ.pop("MPICLOUD_HOME", None)
-        else:
-            os.environ["MPICLOUD_HOME"] = old
-    assert ours() <= before
-    assert processes_with(str(home)) == []
 
 
 def slurm_env(cluster: Cluster) -> dict[str, str]:
@@ -125,7 +66,7 @@ def test_sbatch_with_mpirun_runs_four_ranks_over_both_nodes(slurm_cluster: Clust
     assert {line.split(" on ")[1].split()[0] for line in ranks} == {"node0", "node1"}
 
 
-def test_builtin_queue_runs_mpi_over_namespaced_nodes(slurm_cluster: Cluster) -> None:
+def test_submitted_job_runs_mpi_over_namespaced_nodes_through_slurm(slurm_cluster: Cluster) -> None:
     job = slurm_cluster.submit(["sh", "run.sh"], cores=4, name="allreduce-ns",
                                inputs=[ROOT / "examples/mpi/allreduce.c", ROOT / "examples/mpi/run.sh"])
     info = job.wait(180)

@@ -196,6 +196,7 @@ if ($NodeIndex -eq 0) {
       "reason": "MS-MPI credentials are not saved and verified yet (mpiexec -savecreds, then a run without -pwd; see C:\\ProgramData\\mpicloud\\runner-task.log on N0)"
     }
   ],
+  "scheduler": "builtin",
   "stop_command": [
     "powershell.exe",
     "-NoProfile",
