@@ -1,4 +1,5 @@
-"""cloud-init user data (#cloud-config) for every node of a Linux Open MPI cluster on AWS."""
+"""cloud-init user data (#cloud-config) for every node of a Linux Open MPI cluster on AWS (with Slurm when the spec
+says scheduler: slurm)."""
 
 from __future__ import annotations
 
@@ -81,6 +82,9 @@ def _files(spec: ClusterSpec, head: bool) -> list[dict[str, str]]:
     linux = provision_dir() / "linux"
     files = [_file(f"{OPT}/{name}", (linux / name).read_text(encoding="utf-8")) for name in _SCRIPTS]
     files.append(_file(f"{OPT}/install-software.sh", _software_script(spec)))
+    if spec.scheduler == "slurm":
+        files += [_file(f"{OPT}/slurm-node.sh", (linux / "slurm-node.sh").read_text(encoding="utf-8")),
+                  _file(f"{OPT}/slurm.conf.in", render_template("linux/slurm.conf.j2", cluster=spec.name), "0644")]
     if head:
         path = spec.shared_storage.path
         config = {**runner_config(spec, STOP_COMMAND), "share_marker": root_file(path, SHARE_MARKER),
@@ -101,7 +105,9 @@ def _packages(spec: ClusterSpec, head: bool) -> list[str]:
                ("nfs", True): ["nfs-kernel-server"], ("nfs", False): ["nfs-common"]}.get((kind, head), [])
     pip = ["python3-pip"] if spec.software.pip else []
     base = ["openmpi-bin", "libopenmpi-dev", "openssh-client", "python3", "awscli", "curl"]
-    return base + storage + pip + list(spec.software.packages)
+    slurm = (["munge", "slurmd", "slurm-client", "libpmix-dev"] + (["slurmctld"] if head else [])) \
+        if spec.scheduler == "slurm" else []
+    return base + storage + pip + slurm + list(spec.software.packages)
 
 
 def _storage_command(spec: ClusterSpec, head: bool) -> list[str]:
@@ -118,13 +124,16 @@ def _commands(spec: ClusterSpec, index: int | None, ips: list[str]) -> list[list
     if head and spec.shared_storage.kind != "local":
         # before anything writes to the shared directory; the volume id is an instance tag (node-env.sh)
         commands.append(["bash", f"{OPT}/shared-volume.sh", spec.shared_storage.path])
+    slurm = spec.scheduler == "slurm"
     commands += [
-        ["bash", f"{OPT}/cluster-secrets.sh", "head" if head else "worker", user],
+        ["bash", f"{OPT}/cluster-secrets.sh", "head" if head else "worker", user, *(["munge"] if slurm else [])],
         ["bash", f"{OPT}/cluster-files.sh", "auto" if index is None else str(index), user, spec.shared_storage.path,
          *ips],
     ]
     if spec.shared_storage.kind != "local":
         commands.append(_storage_command(spec, head))
+    if slurm:  # after the shared storage: jobs run in their work dirs there
+        commands.append(["bash", f"{OPT}/slurm-node.sh", "head" if head else "worker"])
     commands.append(["bash", f"{OPT}/install-software.sh"])
     if head:
         commands += [_fetch_runner_command(), ["systemctl", "daemon-reload"],

@@ -296,10 +296,7 @@ class ClusterSpec(_Model):
         if self.os != "linux":
             raise ValueError(f"scheduler: {self.scheduler} runs on Linux clusters only; os {self.os} uses the "
                              "built-in queue (scheduler: builtin)")
-        if self.cloud != "local":
-            raise ValueError(f"scheduler: {self.scheduler} is not supported yet for cloud: {self.cloud} "
-                             "(local clusters only for now); use scheduler: builtin")
-        if self.local_options.network == "loopback":
+        if self.cloud == "local" and self.local_options.network == "loopback":
             raise ValueError("scheduler: slurm on the local cluster needs local.network: namespaces "
                              "(one network namespace per node, as root)")
 

@@ -1,10 +1,13 @@
 #!/bin/bash
 # mpicloud intra-cluster secrets, never in user data: the head node creates the cluster SSH key and the Samba
 # password and stores them as SSM SecureString parameters under the deployment's own PREFIX (a nonce per
-# deployment), encrypted with the deployment's own KMS key that only the node role may use; workers wait for them. usage: cluster-secrets.sh head|worker USER   (values from /etc/mpicloud/node.env)
+# deployment), encrypted with the deployment's own KMS key that only the node role may use; workers wait for them.
+# With munge (scheduler: slurm) the same goes for Slurm's munge key (1024 random bytes, base64 in SSM), left in
+# /etc/mpicloud/munge.key for slurm-node.sh. usage: cluster-secrets.sh head|worker USER [munge]
+# (values from /etc/mpicloud/node.env)
 # MPICLOUD_SYSROOT (tests only) prefixes /etc and the user's home.
 set -euo pipefail
-role=$1 user=$2
+role=$1 user=$2 munge=${3:-}
 root=${MPICLOUD_SYSROOT:-}
 . "$root/etc/mpicloud/node.env"
 prefix=$MPICLOUD_SSM_PREFIX region=$MPICLOUD_REGION kms_key=$MPICLOUD_KMS_KEY
@@ -32,6 +35,17 @@ if [ "$role" = head ]; then
 else
   fetch ssh-key "$key"
   fetch smb-password "$password"
+fi
+if [ "$munge" = munge ]; then
+  munge_b64=$root/etc/mpicloud/munge.key.b64
+  if [ "$role" = head ]; then
+    head -c 1024 /dev/urandom | base64 -w0 > "$munge_b64"
+    put munge-key "$munge_b64"
+  else
+    fetch munge-key "$munge_b64"
+  fi
+  base64 -d "$munge_b64" > "$root/etc/mpicloud/munge.key"
+  rm -f "$munge_b64"
 fi
 ssh-keygen -y -f "$key" > "$key.pub"
 cat "$root/etc/mpicloud/admin.pub" "$key.pub" >> "$home/.ssh/authorized_keys"

@@ -122,11 +122,12 @@ def test_fetch_runner_refuses_a_corrupt_piece(tmp_path: Path) -> None:
     assert not (root / "opt" / "mpicloud" / "runner.py").exists()
 
 
-def _secrets(tmp_path: Path, role: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], Path]:
+def _secrets(tmp_path: Path, role: str, env: dict[str, str], *extra: str
+             ) -> tuple[subprocess.CompletedProcess[str], Path]:
     root = _sysroot(tmp_path / role, 2, "0")
     (root / "etc" / "mpicloud" / "admin.pub").write_text("ssh-ed25519 AAAAadmin you@laptop\n")
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
-    done = subprocess.run(["bash", str(provision_dir() / "linux" / "cluster-secrets.sh"), role, user],
+    done = subprocess.run(["bash", str(provision_dir() / "linux" / "cluster-secrets.sh"), role, user, *extra],
                           capture_output=True, text=True, env={**env, "MPICLOUD_SYSROOT": str(root)}, timeout=60)
     return done, root / Path(os.path.expanduser("~")).relative_to("/") / ".ssh"
 
@@ -152,6 +153,67 @@ def test_cluster_key_and_smb_password_pass_from_head_to_worker_through_ssm(tmp_p
     assert password not in argv and "PRIVATE KEY" not in argv and "--type SecureString" in argv
     # encrypted with the deployment's own key, never the account-wide aws/ssm default
     assert argv.count("--key-id key-of-this-deployment") == 2
+
+
+def test_munge_key_passes_from_head_to_worker_through_ssm_only_for_slurm(tmp_path: Path) -> None:
+    store = tmp_path / "ssm"
+    env = {**_tools(tmp_path, aws=FAKE_AWS), "FAKE_SSM": str(store)}
+    for role in ("head", "worker"):
+        done, _ = _secrets(tmp_path, role, env, "munge")
+        assert done.returncode == 0, done.stderr
+    keys = [(tmp_path / role / "root" / "etc" / "mpicloud" / "munge.key").read_bytes() for role in ("head", "worker")]
+    assert len(keys[0]) == 1024 and keys[0] == keys[1]
+    assert not list((tmp_path / "head" / "root" / "etc" / "mpicloud").glob("*.b64"))
+    argv = (tmp_path / "ssm.argv").read_text()
+    assert "munge-key" in argv and argv.count("--key-id key-of-this-deployment") == 3
+    assert keys[0].hex() not in argv and (store / "mpicloud" / "demo" / "munge-key").read_text() not in argv
+    plain, _ = _secrets(tmp_path / "builtin", "head", {**env, "FAKE_SSM": str(tmp_path / "ssm2")})
+    assert plain.returncode == 0 and not (tmp_path / "builtin" / "head" / "root" / "etc" / "mpicloud" /
+                                         "munge.key").exists()
+
+
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_slurm_node_writes_the_config_of_this_deployment_and_starts_the_daemons(tmp_path: Path, role: str) -> None:
+    spec = aws_spec(scheduler="slurm", nodes=5)
+    index = 0 if role == "head" else 1
+    root = _sysroot(tmp_path, 5, "0")
+    files = {f["path"]: f for f in yaml.safe_load(cloud_config(spec, index))["write_files"]}
+    (root / "opt" / "mpicloud" / "slurm.conf.in").write_text(files["/opt/mpicloud/slurm.conf.in"]["content"])
+    (root / "etc" / "mpicloud" / "munge.key").write_bytes(b"k" * 1024)
+    env = {**_tools(tmp_path, systemctl=LOGGER, chown=LOGGER), "MPICLOUD_SYSROOT": str(root),
+           "FAKE_LOG": str(tmp_path / "calls.log")}
+    done = subprocess.run(["bash", str(provision_dir() / "linux" / "slurm-node.sh"), role], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    conf = (root / "etc" / "slurm" / "slurm.conf").read_text()
+    assert "NodeName=node[0-4] CPUs=4 State=UNKNOWN\n" in conf and "@" not in conf
+    assert "ClusterName=demo\nSlurmctldHost=node0\n" in conf
+    assert "SchedulerType=sched/builtin\nPriorityType=priority/basic\n" in conf  # FIFO, as the local cluster
+    key = root / "etc" / "munge" / "munge.key"
+    assert key.read_bytes() == b"k" * 1024 and key.stat().st_mode & 0o777 == 0o400
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls[0] == f"chown munge:munge {key}"
+    expected = ["systemctl restart munge", *(["systemctl enable --now slurmctld"] if role == "head" else []),
+                "systemctl enable --now slurmd"]
+    assert calls[1:] == expected
+
+
+def test_slurm_user_data_installs_and_starts_slurm_and_holds_no_key() -> None:
+    spec = aws_spec(scheduler="slurm")
+    head, worker = (yaml.safe_load(cloud_config(spec, i)) for i in (0, 1))
+    assert {"munge", "slurmd", "slurm-client", "libpmix-dev", "slurmctld"} <= set(head["packages"])
+    assert "slurmctld" not in worker["packages"] and "slurmd" in worker["packages"]
+    for data, role in ((head, "head"), (worker, "worker")):
+        commands = [" ".join(c) for c in data["runcmd"]]
+        secrets = next(i for i, c in enumerate(commands) if "cluster-secrets.sh" in c)
+        slurm = commands.index(f"bash /opt/mpicloud/slurm-node.sh {role}")
+        storage = next(i for i, c in enumerate(commands) if "shared-storage.sh" in c)
+        assert commands[secrets].endswith(" munge") and secrets < storage < slurm
+    runner = json.loads({f["path"]: f["content"] for f in head["write_files"]}["/opt/mpicloud/runner.base.json"])
+    assert runner["scheduler"] == "slurm"
+    builtin = yaml.safe_load(cloud_config(aws_spec(), 0))
+    assert not [c for c in builtin["runcmd"] if "munge" in c or "slurm-node.sh" in " ".join(c)]
+    assert not [p for p in builtin["packages"] if "slurm" in p or p == "munge"]
 
 
 def test_idle_shutdown_halts_workers_then_the_head(tmp_path: Path) -> None:

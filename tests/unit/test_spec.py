@@ -124,8 +124,6 @@ def test_validate_says_when_a_cluster_is_password_only(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("name: a1\ncloud: azure\nos: windows\nnodes: 1\nsize: x\nregion: y\nscheduler: slurm\n"
      "admin: {password: {env: P}}\n", "scheduler: slurm runs on Linux clusters only"),
-    ("name: a1\ncloud: aws\nnodes: 1\nsize: x\nregion: y\nscheduler: slurm\n"
-     "admin: {ssh_public_key: 'ssh-ed25519 AAAA'}\n", "scheduler: slurm is not supported yet for cloud: aws"),
     ("name: a1\ncloud: local\nnodes: 1\nscheduler: slurm\nlocal: {network: loopback}\n",
      "scheduler: slurm on the local cluster needs local.network: namespaces"),
     ("name: a1\ncloud: local\nnodes: 1\nscheduler: pbs\n", "scheduler: Input should be 'builtin' or 'slurm'"),
