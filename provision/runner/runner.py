@@ -1131,6 +1131,9 @@ class Runner:
         minutes = self.config.get("idle_shutdown_minutes")
         if not minutes or self.queue or self.running:
             return False
+        if self.backend.busy():
+            self.last_active = now()  # idle counts from when the scheduler's own queue empties too
+            return False
         return now() - self.last_active >= float(minutes) * 60
 
     def serve(self) -> str:
@@ -1208,6 +1211,10 @@ class Backend(Protocol):
     def status(self) -> dict[str, Any]:
         """Fields status.json adds or overrides."""
 
+    def busy(self) -> bool:
+        """Work the queue does not know of keeps the cluster from idle shutdown (e.g. jobs given to Slurm
+        directly with `sbatch`); unknown counts as busy."""
+
 
 class BuiltinBackend:
     """The built-in slot scheduler: slots from runner.json's nodes, a detached wrapper process per job on the
@@ -1263,6 +1270,9 @@ class BuiltinBackend:
 
     def status(self) -> dict[str, Any]:
         return {"scheduler": "builtin"}
+
+    def busy(self) -> bool:
+        return False  # every job on this scheduler is one of the queue's
 
 
 

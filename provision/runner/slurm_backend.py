@@ -279,6 +279,10 @@ class SlurmBackend:
             self.scancels.append(subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
+    def busy(self) -> bool:
+        """Slurm holds jobs (anyone's, e.g. `sbatch` on node0), or its last `squeue` did not answer."""
+        return self.jobs is None or bool(self.jobs)
+
     def status(self) -> dict[str, Any]:
         """Slurm's view: its nodes and their states (`sinfo`, every SLURM_INFO s), pending reasons."""
         done, out = self.sinfo.step()

@@ -36,6 +36,7 @@ class FakeBackend:
         self.signals: list[tuple[str, int]] = []
         self.refuse = False
         self.stubborn = False
+        self.foreign = False  # jobs the scheduler runs that are not the queue's
 
     def batch(self, queue: list[str], cores: int) -> list[str]:
         return queue[:self.together]
@@ -73,6 +74,9 @@ class FakeBackend:
 
     def status(self) -> dict[str, Any]:
         return {"scheduler": "fake"}
+
+    def busy(self) -> bool:
+        return self.foreign
 
 
 @pytest.fixture()
@@ -188,3 +192,20 @@ def test_slurm_allocation_hosts(names: list[str], tasks: str, expected: list[tup
 def test_slurm_allocation_that_does_not_add_up_is_refused() -> None:
     with pytest.raises(ValueError, match="2 nodes"):
         runner.slurm_hosts(["a", "b"], "2(x3)")
+
+
+def test_idle_shutdown_waits_for_the_schedulers_own_jobs_too(tmp_path: Path, clock: Clock) -> None:
+    queue, serving, backend = make(tmp_path)
+    serving.config["idle_shutdown_minutes"] = 1
+    job = queue.submit(["true"])
+    tick(serving, clock)
+    end(queue, backend, job, 0)
+    tick(serving, clock)
+    backend.foreign = True  # e.g. `sbatch` on node0: mpicloud's queue is empty, Slurm's is not
+    clock.t += 120
+    assert not serving.idle_expired()
+    backend.foreign = False
+    clock.t += 30
+    assert not serving.idle_expired()  # idle counts from when Slurm's queue emptied
+    clock.t += 31
+    assert serving.idle_expired()
