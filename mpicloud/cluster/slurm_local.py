@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mpicloud.assets import provision_dir
 from mpicloud.cluster.registry import Node
 from mpicloud.errors import ClusterError
 from mpicloud.render.templating import render_template
@@ -74,9 +75,12 @@ def write_config(layout: SlurmLayout, cluster: str, nodes: Sequence[Node], cpus:
     (layout.root / "state").mkdir(parents=True, exist_ok=True)
     layout.munge_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
     layout.munge_dir.chmod(0o711)
+    prolog = layout.root / "task-prolog.sh"
+    shutil.copyfile(provision_dir() / "slurm" / "task-prolog.sh", prolog)
+    prolog.chmod(0o755)
     layout.conf.write_text(render_template(
         "local/slurm.conf.j2", cluster=cluster, nodes=list(nodes), cpus=cpus, root=layout.root, run=layout.run,
-        munge_socket=layout.munge_socket))
+        munge_socket=layout.munge_socket, task_prolog=prolog))
     _run(["mungekey", "--create", "--force", f"--keyfile={layout.munge_dir / 'munge.key'}"], {})
 
 

@@ -7,6 +7,7 @@ through `upgrade_job`, and `version_problem` says when a runner is too old for a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, TypedDict
 
@@ -115,11 +116,18 @@ def upgrade_job(job: dict[str, Any]) -> dict[str, Any]:
     if version > JOB_VERSION:
         raise ValueError(f"job format v{version} is newer than this runner understands (v{JOB_VERSION}); "
                          "update the runner on the cluster (`mpicloud up` or re-attach)")
-    while version < JOB_VERSION:
-        job = UPGRADES[version](dict(job))
+    return apply_chain(job, UPGRADES, version, JOB_VERSION)
+
+
+def apply_chain(document: dict[str, Any], chain: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]],
+                version: int, current: int) -> dict[str, Any]:
+    """Run a versioned document through its transforms (chain[v] turns v into v+1) up to `current`; the
+    caller's document is left as it was. Used for job descriptions here and for specs (mpicloud.spec)."""
+    while version < current:
+        document = chain[version](dict(document))
         version += 1
-        job["version"] = version
-    return job
+        document["version"] = version
+    return document
 
 
 def version_problem(runner_job_version: int, cluster: str) -> str | None:

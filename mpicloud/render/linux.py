@@ -83,8 +83,11 @@ def _files(spec: ClusterSpec, head: bool) -> list[dict[str, str]]:
     files = [_file(f"{OPT}/{name}", (linux / name).read_text(encoding="utf-8")) for name in _SCRIPTS]
     files.append(_file(f"{OPT}/install-software.sh", _software_script(spec)))
     if spec.scheduler == "slurm":
+        prolog = f"{OPT}/slurm-task-prolog.sh"
         files += [_file(f"{OPT}/slurm-node.sh", (linux / "slurm-node.sh").read_text(encoding="utf-8")),
-                  _file(f"{OPT}/slurm.conf.in", render_template("linux/slurm.conf.j2", cluster=spec.name), "0644")]
+                  _file(prolog, (provision_dir() / "slurm" / "task-prolog.sh").read_text(encoding="utf-8")),
+                  _file(f"{OPT}/slurm.conf.in", render_template("linux/slurm.conf.j2", cluster=spec.name,
+                                                                 task_prolog=prolog), "0644")]
     if head:
         path = spec.shared_storage.path
         config = {**runner_config(spec, STOP_COMMAND), "share_marker": root_file(path, SHARE_MARKER),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mpicloud.protocol.jobs import apply_chain
 from mpicloud.spec.model import SPEC_VERSION
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
@@ -23,8 +24,4 @@ def upgrade(document: dict[str, Any], chain: dict[int, Transform] | None = None,
     if version > current:
         raise ValueError(f"version: {version} is newer than this mpicloud understands ({current}); "
                          "upgrade mpicloud")
-    while version < current:
-        document = steps[version](dict(document))
-        version += 1
-        document["version"] = version
-    return document
+    return apply_chain(document, steps, version, current)

@@ -189,6 +189,7 @@ def test_slurm_node_writes_the_config_of_this_deployment_and_starts_the_daemons(
     assert "NodeName=node[0-4] CPUs=4 State=UNKNOWN\n" in conf and "@" not in conf
     assert "ClusterName=demo\nSlurmctldHost=node0\n" in conf
     assert "SchedulerType=sched/builtin\nPriorityType=priority/basic\n" in conf  # FIFO, as the local cluster
+    assert "TaskProlog=/opt/mpicloud/slurm-task-prolog.sh\n" in conf and "/opt/mpicloud/slurm-task-prolog.sh" in files
     key = root / "etc" / "munge" / "munge.key"
     assert key.read_bytes() == b"k" * 1024 and key.stat().st_mode & 0o777 == 0o400
     calls = (tmp_path / "calls.log").read_text().splitlines()

@@ -64,6 +64,13 @@ def ranks_by_node(out: str) -> dict[str, int]:
     return nodes
 
 
+def test_every_rank_sees_its_own_node_as_mpicloud_node(slurm_cluster: Cluster) -> None:
+    """sbatch exports the runner's environment (node0's); Slurm's TaskProlog gives each task its own node."""
+    job = slurm_cluster.submit(["sh", "-c", 'echo "$(hostname) $MPICLOUD_NODE"'], cores=4, mpi=True)
+    assert job.wait(120).state == "succeeded", job.stderr()
+    assert sorted(job.stdout().split("\n")[:-1]) == ["node0 node0"] * 2 + ["node1 node1"] * 2
+
+
 def test_submit_mpi_runs_four_ranks_over_two_nodes_in_one_allocation(slurm_cluster: Cluster, allreduce: Path,
                                                                      cluster_home: Path) -> None:
     done = cli("submit", "slurmtest", "--cores", "4", "--mpi", "--", str(allreduce),
