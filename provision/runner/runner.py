@@ -44,7 +44,20 @@ from typing import Any, Protocol
 # an isolated interpreter (-I, or Windows' embeddable Python with its ._pth file) leaves the script's own
 # directory off sys.path: the protocol package installed beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mpicloud.protocol.jobs import JOB_VERSION, TERMINAL, upgrade_job
+from mpicloud.protocol.jobs import (
+    CANCEL_FILE,
+    JOB_FILE,
+    JOB_VERSION,
+    JOBS,
+    QUEUE,
+    RESULT_FILE,
+    ROOT_DIRS,
+    SPOOL,
+    STATE_FILE,
+    STORE,
+    TERMINAL,
+    upgrade_job,
+)
 from mpicloud.protocol.paths import UnsafePath, check_name, safe_join
 
 RUNNER_VERSION = 2
@@ -407,7 +420,7 @@ def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env:
         if source == "s3":
             path = _s3_get(item["url"], jobdir / ".inputs", env)
         elif source == "store":
-            path = _named(root / "store" / item["sha256"], item["name"], jobdir / ".inputs")
+            path = _named(root / STORE / item["sha256"], item["name"], jobdir / ".inputs")
         else:
             path = jobdir / _inputs_name(item["name"])
         if path.is_dir():
@@ -505,13 +518,13 @@ def preflight_problem(config: dict[str, Any], hosts: list[tuple[str, int]]) -> s
 def run_job(root: Path, job_id: str, launch: str) -> int:
     """`exec`: run one launch of a job to completion in its own process group and write result.json; nothing
     when the runner gave this launch up (it restarted before the wrapper started)."""
-    jobdir = root / "jobs" / job_id
+    jobdir = root / JOBS / job_id
     me = f"{os.getpid()} {process_start_time(os.getpid())}"
     if not claim_launch(jobdir, launch, me):
         return 0
     (jobdir / "wrapper.pid").write_text(me, encoding="utf-8")
-    job = upgrade_job(read_json(jobdir / "job.json"))
-    state = read_json(jobdir / "state.json")
+    job = upgrade_job(read_json(jobdir / JOB_FILE))
+    state = read_json(jobdir / STATE_FILE)
     config = read_json(root / "runner.json")
     hosts = [(h, int(n)) for h, n in state["hosts"]]
     in_slurm = not hosts and "SLURM_JOB_ID" in os.environ
@@ -549,9 +562,9 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
     snapshot(work, jobdir / "inputs.json")
     limit = log_limit(config, job)
     result["exit_code"], result["reason"] = _run(argv, work, env, out, err, limit)
-    if job.get("post") and not (jobdir / "cancel").exists():
+    if job.get("post") and not (jobdir / CANCEL_FILE).exists():
         result["post_exit_code"], _ = _run(list(job["post"]), work, env, post, post, limit)
-    if job.get("output_to") and not (jobdir / "cancel").exists():
+    if job.get("output_to") and not (jobdir / CANCEL_FILE).exists():
         with open(jobdir / "post.log", "ab") as log:
             code = subprocess.run([sys.executable, str(BUCKETIO), "put", str(work), job["output_to"], "--skip",
                                   str(jobdir / "inputs.json")], env=env,
@@ -704,7 +717,7 @@ def _finish(jobdir: Path, result: dict[str, Any], patience: float = 600.0) -> in
     deadline = now() + patience
     while True:
         try:
-            write_json(jobdir / "result.json", result)
+            write_json(jobdir / RESULT_FILE, result)
             return 0
         except OSError:
             if now() > deadline:
@@ -741,22 +754,22 @@ class Runner:
         self.last_status = 0.0
         self.last_accepted = 0.0
         self.last_cancel_scan = 0.0
-        for name in ("queue", "jobs", "store", "spool", "sweeps"):
+        for name in ROOT_DIRS:
             (root / name).mkdir(exist_ok=True)
         self.backend: Backend = backend(self) if backend else make_backend(self)
 
     # -- state
     def jobdir(self, job_id: str) -> Path:
-        return self.root / "jobs" / job_id
+        return self.root / JOBS / job_id
 
     def state(self, job_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = read_json(self.jobdir(job_id) / "state.json")
+        data: dict[str, Any] = read_json(self.jobdir(job_id) / STATE_FILE)
         return data
 
     def set_state(self, job_id: str, **changes: Any) -> dict[str, Any]:
         state = self.state(job_id)
         state.update(changes)
-        write_json(self.jobdir(job_id) / "state.json", state)
+        write_json(self.jobdir(job_id) / STATE_FILE, state)
         return state
 
     def busy(self) -> dict[str, int]:
@@ -779,7 +792,7 @@ class Runner:
         base = {"id": job_id, "version": JOB_VERSION, "hosts": [], "exit_code": None, "post_exit_code": None,
                 "reason": None, "started_at": None, "ended_at": None}
         try:
-            job = upgrade_job(read_json(self.jobdir(job_id) / "job.json"))
+            job = upgrade_job(read_json(self.jobdir(job_id) / JOB_FILE))
             base.update(state="queued", cores=int(job["cores"]), name=job.get("name"), sweep=job.get("sweep"),
                         submitted_at=job.get("submitted_at", now()))
         except (ValueError, KeyError, TypeError) as exc:
@@ -790,9 +803,9 @@ class Runner:
         for job_id in list(self.unadmitted):
             self.admit(job_id)
             self.unadmitted.remove(job_id)
-        for job_id in sorted(os.listdir(self.root / "queue")):
-            src = self.root / "queue" / job_id
-            if job_id.startswith(".") or not (src / "job.json").exists():
+        for job_id in sorted(os.listdir(self.root / QUEUE)):
+            src = self.root / QUEUE / job_id
+            if job_id.startswith(".") or not (src / JOB_FILE).exists():
                 continue
             dst = self.jobdir(job_id)
             if dst.exists():  # the same submission again (idempotent submit): keep the first
@@ -806,7 +819,7 @@ class Runner:
 
     def admit(self, job_id: str) -> None:
         """Record an accepted job dir: state.json, then its line in order.log (recover() finishes either)."""
-        state_file = self.jobdir(job_id) / "state.json"
+        state_file = self.jobdir(job_id) / STATE_FILE
         if not state_file.exists():
             write_json(state_file, self.initial_state(job_id))
             crash_point("accept.after_state")
@@ -837,12 +850,12 @@ class Runner:
         path = self.root / "order.log"
         text = path.read_text(encoding="utf-8") if path.exists() else ""
         recorded = [i for i in text.split("\n")[:-1] if i]  # a torn last line (no newline) is dropped
-        present = {n for n in os.listdir(self.root / "jobs")
-                   if not n.startswith(".") and (self.jobdir(n) / "job.json").exists()}
+        present = {n for n in os.listdir(self.root / JOBS)
+                   if not n.startswith(".") and (self.jobdir(n) / JOB_FILE).exists()}
         ids = [i for i in dict.fromkeys(recorded) if i in present]
         for job_id in present:
-            if not (self.jobdir(job_id) / "state.json").exists():
-                write_json(self.jobdir(job_id) / "state.json", self.initial_state(job_id))
+            if not (self.jobdir(job_id) / STATE_FILE).exists():
+                write_json(self.jobdir(job_id) / STATE_FILE, self.initial_state(job_id))
         missing = sorted(present - set(ids), key=lambda i: (float(self.state(i).get("submitted_at") or 0), i))
         if missing or ids != recorded:
             ids += missing
@@ -869,12 +882,12 @@ class Runner:
         if now() - self.last_cancel_scan < min(1.0, (len(self.queue) + len(self.running)) / 1000):
             return
         self.last_cancel_scan = now()
-        for job_id in [j for j in self.queue if (self.jobdir(j) / "cancel").exists()]:
+        for job_id in [j for j in self.queue if (self.jobdir(j) / CANCEL_FILE).exists()]:
             self.queue.remove(job_id)
             self.set_state(job_id, state="cancelled", ended_at=now(), reason="cancelled before it started")
         for job_id, state in list(self.running.items()):
             stop = self.stopping.get(job_id)
-            if (self.jobdir(job_id) / "cancel").exists() and not (stop and stop["reason"]):
+            if (self.jobdir(job_id) / CANCEL_FILE).exists() and not (stop and stop["reason"]):
                 self.stop(job_id, state, "cancelled while running")
 
     def stop(self, job_id: str, state: dict[str, Any], reason: str | None) -> None:
@@ -938,7 +951,7 @@ class Runner:
     def reap_one(self, job_id: str, state: dict[str, Any]) -> None:
         if job_id not in self.stopping and self.backend.alive(job_id, state):
             return  # running, or writing its last bytes
-        result_file = self.jobdir(job_id) / "result.json"
+        result_file = self.jobdir(job_id) / RESULT_FILE
         result = read_json(result_file) if result_file.exists() else None
         if job_id not in self.stopping and result is None:
             self.stop(job_id, state, f"{self.backend.lost(job_id, state)} without recording a result; its "
@@ -960,7 +973,7 @@ class Runner:
         stop = self.stopping.pop(job_id, None) or {"reason": None, "unchecked": []}
         notes = [f"processes on {', '.join(stop['unchecked'])} could not be checked (unreachable)"] \
             if stop["unchecked"] else []
-        if (self.jobdir(job_id) / "cancel").exists():
+        if (self.jobdir(job_id) / CANCEL_FILE).exists():
             final, reasons = "cancelled", ["cancelled while running"]
         else:
             final = "succeeded" if result is not None and result["exit_code"] == 0 else "failed"
@@ -1107,8 +1120,8 @@ class Runner:
         if now() - self.last_spool_reap < min(60.0, limit):
             return
         self.last_spool_reap = now()
-        for name in os.listdir(self.root / "spool"):
-            path = self.root / "spool" / name
+        for name in os.listdir(self.root / SPOOL):
+            path = self.root / SPOOL / name
             try:
                 if now() - path.stat().st_mtime > limit:
                     shutil.rmtree(path)
@@ -1275,7 +1288,6 @@ class BuiltinBackend:
         return False  # every job on this scheduler is one of the queue's
 
 
-
 def make_backend(runner: Runner) -> Backend:
     """The backend runner.json's `scheduler` names (the Slurm one is a Linux-only module beside this file)."""
     if runner.config.get("scheduler") == "slurm":
@@ -1291,17 +1303,17 @@ def list_jobs(root: Path) -> list[dict[str, Any]]:
     runner repairs it), then submissions not yet accepted."""
     order = root / "order.log"
     ids = list(dict.fromkeys(order.read_text(encoding="utf-8").split())) if order.exists() else []
-    jobs = root / "jobs"
+    jobs = root / JOBS
     listed = set(ids)
     ids += sorted(n for n in (os.listdir(jobs) if jobs.exists() else []) if n not in listed and n[:1] != ".")
     out = []
     for job_id in ids:
         try:
-            out.append(read_json(jobs / job_id / "state.json"))
+            out.append(read_json(jobs / job_id / STATE_FILE))
         except (OSError, ValueError):
-            if (jobs / job_id / "job.json").exists():  # accepted, its state not written yet
+            if (jobs / job_id / JOB_FILE).exists():  # accepted, its state not written yet
                 out.append({"id": job_id, "state": "queued"})
-    queue = root / "queue"
+    queue = root / QUEUE
     pending = sorted(n for n in os.listdir(queue) if not n.startswith(".")) if queue.exists() else []
     out += [{"id": n, "state": "submitted"} for n in pending]
     return out
@@ -1363,8 +1375,8 @@ def purge(root: Path, job_ids: list[str], logs: bool = False, listed: list[dict[
     each only if still unchanged. Jobs still queued or running are named and left alone (exit 2)."""
     code = 0
     for job_id in job_ids:
-        jobdir = root / "jobs" / job_id
-        state = read_json(jobdir / "state.json")
+        jobdir = root / JOBS / job_id
+        state = read_json(jobdir / STATE_FILE)
         if state["state"] not in TERMINAL:
             print(f"job {job_id} is {state['state']}; only ended jobs can be purged", file=sys.stderr)
             code = 2
@@ -1378,7 +1390,7 @@ def purge(root: Path, job_ids: list[str], logs: bool = False, listed: list[dict[
             for log in [*jobdir.glob("*.log"), *jobdir.glob("*.log.tail")]:
                 log.unlink(missing_ok=True)
             state["logs_purged_at"] = now()
-        write_json(jobdir / "state.json", state)
+        write_json(jobdir / STATE_FILE, state)
     return code
 
 

@@ -20,6 +20,8 @@ from queue import SimpleQueue
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from mpicloud.protocol.jobs import JOB_FILE, SWEEPS
+
 if TYPE_CHECKING:
     from runner import Runner
 
@@ -123,11 +125,11 @@ class SlurmBackend:
 
     def rows_missing(self, sweep: str, rows: list[str]) -> bool:
         try:
-            listed = self.rt.read_json(self.runner.root / "sweeps" / f"{sweep}.json")["jobs"]
+            listed = self.rt.read_json(self.runner.root / SWEEPS / f"{sweep}.json")["jobs"]
         except (OSError, ValueError, KeyError):
             return False
         queued = set(rows)
-        return any(j not in queued and not (self.runner.jobdir(j) / "job.json").exists() for j in listed)
+        return any(j not in queued and not (self.runner.jobdir(j) / JOB_FILE).exists() for j in listed)
 
     def place(self, cores: int) -> list[tuple[str, int]] | None:
         """[] while Slurm answers (its last `squeue` did) and no `sbatch` failed in the last SLURM_RETRY s."""
