@@ -126,18 +126,18 @@ def local_hash(path: Path, offset: int, length: int) -> str:
     return digest.hexdigest()
 
 
-def _prefix_intact(queue: QueueHandle, job: RangeJob) -> bool:
-    """Whether the bytes an earlier attempt wrote at the range's start are the cluster's (same SHA-256)."""
-    command = queue.helper("hash", f"--offset={job.offset}", f"--length={job.done}", "--",
-                           f"{job.remote}{queue.sep}{job.rel}")
+def _intact(queue: QueueHandle, job: RangeJob, remote: str, length: int) -> bool:
+    """Whether the range's first `length` bytes are the same in cluster file `remote` and in the local file
+    (SHA-256 on both ends): what an earlier attempt left there may be kept."""
+    command = queue.helper("hash", f"--offset={job.offset}", f"--length={length}", "--", remote)
     return queue.transport.run(command, timeout=600).text.strip() == \
-        f"sha256 {local_hash(Path(job.local), job.offset, job.done)}"
+        f"sha256 {local_hash(Path(job.local), job.offset, length)}"
 
 
 def fetch_range(queue: QueueHandle, job: RangeJob, on_bytes: OnBytes) -> RangeResult:
     """Stream one range of a remote file into the local part file; verified against the node's hash. Bytes an
     earlier attempt left at the range's start are kept when their hash matches the cluster's."""
-    start = job.done if job.done and _prefix_intact(queue, job) else 0
+    start = job.done if job.done and _intact(queue, job, f"{job.remote}{queue.sep}{job.rel}", job.done) else 0
     offset, length = job.offset + start, job.length - start
     stream = queue.transport.open_stream(queue.helper(
         "send", f"--offset={offset}", f"--length={length}", f"--size={job.size}", f"--mtime={job.mtime}",
@@ -157,11 +157,6 @@ def fetch_range(queue: QueueHandle, job: RangeJob, on_bytes: OnBytes) -> RangeRe
     return RangeResult(job, raw.wire_bytes, 0, codec)
 
 
-def _remote_hash(queue: QueueHandle, job: RangeJob, length: int) -> str:
-    return queue.transport.run(queue.helper("hash", job.remote, f"--offset={job.offset}", f"--length={length}"),
-                               timeout=600).text.strip()
-
-
 def _pushed_before(queue: QueueHandle, job: RangeJob) -> int:
     """Bytes at the range's start that an earlier, killed upload left on the node (its progress marker) and
     that still hash like the local file's; 0 when none."""
@@ -171,15 +166,14 @@ def _pushed_before(queue: QueueHandle, job: RangeJob) -> int:
         return 0
     if not 0 < done < job.length:
         return 0
-    return done if _remote_hash(queue, job, done) == f"sha256 {local_hash(Path(job.local), job.offset, done)}" \
-        else 0
+    return done if _intact(queue, job, job.remote, done) else 0
 
 
 def push_range(queue: QueueHandle, job: RangeJob, on_bytes: OnBytes) -> RangeResult:
     """Send one range of a local file; skipped when a previous attempt left it intact (resume), and started
     where a killed attempt's progress marker says when those bytes are intact."""
     local = Path(job.local)
-    if job.resume and _remote_hash(queue, job, job.length) == f"sha256 {local_hash(local, job.offset, job.length)}":
+    if job.resume and _intact(queue, job, job.remote, job.length):
         on_bytes(job.length)
         return RangeResult(job, 0, 0, "none")
     skip = _pushed_before(queue, job) if job.resume and job.mark else 0
