@@ -50,7 +50,7 @@ class NodeIdentity(pulumi.ComponentResource):
         self.policies = [aws.iam.RolePolicy(f"{name}-secrets", role=role.id, opts=child,
                                             policy=pulumi.Output.all(arn, self.key.arn).apply(
                 lambda a: json.dumps(secrets_policy(a[0], a[1]), sort_keys=True)))]
-        bucket, grant = args.spec.bucket, args.spec.bucket_grant
+        bucket, grant = args.spec.s3_bucket, args.spec.bucket_grant
         if bucket is not None and grant == "instance_role":
             self.policies.append(aws.iam.RolePolicy(f"{name}-bucket", role=role.id, opts=child,
                                                     policy=partition.partition.apply(

@@ -49,9 +49,9 @@ def aws_files(spec: ClusterSpec, key: AccessKey | None = None, *, on_ec2: bool |
     cross_account_role: role_arn + external_id, assumed from the instance role on EC2 or from the access key
     (profile mpicloud-base) elsewhere.
     """
-    bucket = spec.bucket
+    bucket = spec.s3_bucket
     if bucket is None:
-        raise RenderError("the spec has no `bucket:` section, so there is no AWS profile to render")
+        raise RenderError("the spec has no S3 `bucket:` section, so there is no AWS profile to render")
     on_ec2 = spec.cloud == "aws" if on_ec2 is None else on_ec2
     where: dict[str, str] = {"region": bucket.region or spec.region or "us-east-1"}
     if bucket.endpoint_url:

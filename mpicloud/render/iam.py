@@ -79,9 +79,9 @@ def assume_role_statement(role_arn: Any) -> dict[str, Any]:
 
 def iam_documents(spec: ClusterSpec, partition: str = "aws") -> dict[str, dict[str, Any]]:
     """Every IAM document the spec's bucket grant needs, by name (what `mpicloud render iam` prints)."""
-    bucket = spec.bucket
+    bucket = spec.s3_bucket
     if bucket is None:
-        raise RenderError("the spec has no `bucket:` section, so there is no IAM to render")
+        raise RenderError("the spec has no S3 `bucket:` section, so there is no IAM to render")
     docs = {"bucket-access-policy": bucket_access_policy(bucket, partition)}
     grant = spec.bucket_grant
     if grant == "instance_role":

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -123,9 +123,21 @@ class Software(_Model):
         return values
 
 
-class Bucket(_Model):
-    """The customer's own bucket: inputs read-only, outputs read-write."""
+def _key_prefix(value: str) -> str:
+    if not value or value.startswith("/") or "*" in value or "\\" in value or ".." in value.split("/"):
+        raise ValueError("must be a key prefix such as 'input/' (no leading '/', no '*', '\\' or '..')")
+    return value if value.endswith("/") else value + "/"
 
+
+def _disjoint(a: str, b: str) -> None:
+    if a.startswith(b) or b.startswith(a):
+        raise ValueError("input_prefix and output_prefix must not contain one another")
+
+
+class Bucket(_Model):
+    """The customer's own S3 bucket: inputs read-only, outputs read-write."""
+
+    kind: Literal["s3"] = "s3"
     name: str
     input_prefix: str = "input/"
     output_prefix: str = "output/"
@@ -149,9 +161,7 @@ class Bucket(_Model):
     @field_validator("input_prefix", "output_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if not value or value.startswith("/") or "*" in value:
-            raise ValueError("must be a key prefix such as 'input/' (no leading '/', no '*')")
-        return value if value.endswith("/") else value + "/"
+        return _key_prefix(value)
 
     @field_validator("endpoint_url")
     @classmethod
@@ -162,14 +172,72 @@ class Bucket(_Model):
 
     @model_validator(mode="after")
     def _prefixes_disjoint(self) -> Bucket:
-        a, b = self.input_prefix, self.output_prefix
-        if a.startswith(b) or b.startswith(a):
-            raise ValueError("input_prefix and output_prefix must not contain one another")
+        _disjoint(self.input_prefix, self.output_prefix)
         if self.grant == "cross_account_role" and not (
                 self.external_id and (self.trusted_account_id or self.trusted_principal_arn)):
             raise ValueError("grant cross_account_role needs external_id and trusted_account_id "
                              "(or trusted_principal_arn)")
         return self
+
+
+class BlobContainer(_Model):
+    """The customer's own Azure Blob Storage container: blobs under the input prefix read-only, under the
+    output prefix read-write."""
+
+    kind: Literal["azure_blob"]
+    account: str = Field(description="storage account name")
+    container: str
+    input_prefix: str = "input/"
+    output_prefix: str = "output/"
+    grant: Literal["managed_identity", "sas"] | None = Field(
+        default=None, description="managed_identity (Azure clusters; ABAC-scoped role assignments) or sas "
+                                  "(a container SAS installed with `mpicloud bucket install`)")
+    endpoint_url: str | None = Field(
+        default=None, description="blob endpoint (emulators such as Azurite: http://127.0.0.1:10000/ACCOUNT); "
+                                  "default https://ACCOUNT.blob.core.windows.net")
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9]{3,24}$", value):
+            raise ValueError("must be a storage account name (3-24 lower-case letters and digits)")
+        return value
+
+    @field_validator("container")
+    @classmethod
+    def _container(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$", value):
+            raise ValueError("must be a container name (3-63 lower-case letters, digits and single '-')")
+        return value
+
+    @field_validator("input_prefix", "output_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _key_prefix(value)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+(/[a-z0-9]{3,24})?/?$", value):
+            raise ValueError("must be a URL such as http://127.0.0.1:10000/devstoreaccount1 (scheme, host and "
+                             "at most the account as path)")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _prefixes_disjoint(self) -> BlobContainer:
+        _disjoint(self.input_prefix, self.output_prefix)
+        return self
+
+
+def _storage_kind(value: Any) -> str:
+    """A storage section's `kind`; s3 when it has none (every bucket before Azure Blob was S3)."""
+    kind = value.get("kind", "s3") if isinstance(value, dict) else getattr(value, "kind", "s3")
+    return str(kind)
+
+
+#: the customer's storage, told apart by `kind`
+Storage = Annotated[Annotated[Bucket, Tag("s3")] | Annotated[BlobContainer, Tag("azure_blob")],
+                    Discriminator(_storage_kind)]
 
 
 class AzureOptions(_Model):
@@ -247,7 +315,7 @@ class ClusterSpec(_Model):
     software: Software = Field(default_factory=Software)
     idle_shutdown_minutes: float | None = Field(default=None, ge=0.05, le=10080,
                                                 description="stop the cluster after this long with no jobs")
-    bucket: Bucket | None = None
+    bucket: Storage | None = None
     azure: AzureOptions | None = None
     aws: AwsOptions | None = None
     local: LocalOptions | None = None
@@ -323,7 +391,19 @@ class ClusterSpec(_Model):
             return None
         if self.bucket.grant:
             return self.bucket.grant
+        if isinstance(self.bucket, BlobContainer):
+            return "managed_identity" if self.cloud == "azure" else "sas"
         return "instance_role" if self.cloud == "aws" else "iam_user"
+
+    @property
+    def s3_bucket(self) -> Bucket | None:
+        """The bucket when it is S3 (None without one, or for Azure Blob)."""
+        return self.bucket if isinstance(self.bucket, Bucket) else None
+
+    @property
+    def blob_container(self) -> BlobContainer | None:
+        """The container when the customer's storage is Azure Blob."""
+        return self.bucket if isinstance(self.bucket, BlobContainer) else None
 
     @property
     def azure_options(self) -> AzureOptions:

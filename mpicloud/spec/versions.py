@@ -10,8 +10,17 @@ from mpicloud.spec.model import SPEC_VERSION
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
-# TRANSFORMS[n] upgrades a version-n document to version n+1. Empty while the spec is at version 1.
-TRANSFORMS: dict[int, Transform] = {}
+
+def _bucket_kind(document: dict[str, Any]) -> dict[str, Any]:
+    """1 -> 2: `bucket` became S3 or Azure Blob; a version-1 bucket is S3."""
+    bucket = document.get("bucket")
+    if isinstance(bucket, dict) and "kind" not in bucket:
+        document = {**document, "bucket": {"kind": "s3", **bucket}}
+    return document
+
+
+# TRANSFORMS[n] upgrades a version-n document to version n+1.
+TRANSFORMS: dict[int, Transform] = {1: _bucket_kind}
 
 
 def upgrade(document: dict[str, Any], chain: dict[int, Transform] | None = None,

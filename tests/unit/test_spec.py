@@ -140,3 +140,22 @@ def test_local_network_defaults_follow_the_scheduler() -> None:
     assert spec_from_dict(base).local_network == "loopback"
     assert spec_from_dict({**base, "scheduler": "slurm"}).local_network == "namespaces"
     assert spec_from_dict({**base, "local": {"network": "namespaces"}}).local_network == "namespaces"
+
+
+def test_version_1_bucket_becomes_s3_and_blob_containers_are_their_own_kind() -> None:
+    old = spec_from_dict({"version": 1, "name": "ab", "cloud": "local", "nodes": 1, "bucket": {"name": "sim-data"}})
+    assert old.version == 2 and old.s3_bucket is not None and old.s3_bucket.name == "sim-data"
+    blob = spec_from_dict({"name": "ab", "cloud": "azure", "os": "windows", "nodes": 1, "size": "Standard_D2s_v5",
+                           "region": "westeurope", "admin": {"password": {"env": "X"}},
+                           "bucket": {"kind": "azure_blob", "account": "simdata", "container": "runs"}})
+    assert blob.blob_container is not None and blob.s3_bucket is None
+    assert blob.bucket_grant == "managed_identity"
+
+
+@pytest.mark.parametrize(("field", "value"), [("account", "Sim_Data"), ("container", "a--b"),
+                                              ("input_prefix", "../up/"), ("output_prefix", "x\\y/"),
+                                              ("endpoint_url", "ftp://127.0.0.1")])
+def test_blob_container_fields_are_checked_by_name(field: str, value: str) -> None:
+    bucket = {"kind": "azure_blob", "account": "simdata", "container": "runs", field: value}
+    with pytest.raises(SpecError, match=field):
+        spec_from_dict({"name": "ab", "cloud": "local", "nodes": 1, "bucket": bucket})
