@@ -15,7 +15,7 @@ def provision_dir() -> Path:
 
 
 #: the cluster-side scripts in provision/runner, installed side by side on every node that runs jobs
-RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "slurm_backend.py")
+RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "slurm_backend.py", "autoscale.py", "nodepool.py")
 #: the ones Windows nodes never run (scheduler: slurm is Linux only), left out of the Windows bootstrap
 LINUX_ONLY = ("slurm_backend.py",)
 
