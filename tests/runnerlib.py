@@ -26,6 +26,7 @@ def runner_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("mpicloud_runner", RUNNER)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as `python runner.py` has it: the runner hands itself to its helpers
     spec.loader.exec_module(module)
     return module
 

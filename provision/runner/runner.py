@@ -60,6 +60,8 @@ from mpicloud.protocol.jobs import (
 )
 from mpicloud.protocol.paths import UnsafePath, check_name, safe_join
 
+import nodepool  # noqa: E402 - beside this file, found through the sys.path entry above
+
 RUNNER_VERSION = 2
 LAUNCH_VAR = "MPICLOUD_LAUNCH"
 JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB_DIR", "MPICLOUD_WORK_DIR",
@@ -736,8 +738,8 @@ class Runner:
         self.config = read_json(root / "runner.json")
         self.nodes: list[dict[str, Any]] = self.config["nodes"]
         self.head = str(self.nodes[0]["name"])
-        self.total = sum(int(n["slots"]) for n in self.nodes)
         self.queue: list[str] = []
+        self.cores: dict[str, int] = {}  # queued jobs' cores (for the pool's decisions)
         self.running: dict[str, dict[str, Any]] = {}
         self.stopping: dict[str, dict[str, Any]] = {}  # job id -> why, since when, KILL sent, nodes unchecked
         self.unadmitted: list[str] = []  # renamed into jobs/ but not yet recorded (a write failed)
@@ -757,6 +759,8 @@ class Runner:
         for name in ROOT_DIRS:
             (root / name).mkdir(exist_ok=True)
         self.backend: Backend = backend(self) if backend else make_backend(self)
+        self.pool = nodepool.Pool(self, sys.modules[__name__])
+        self.refresh_nodes()
 
     # -- state
     def jobdir(self, job_id: str) -> Path:
@@ -771,6 +775,23 @@ class Runner:
         state.update(changes)
         write_json(self.jobdir(job_id) / STATE_FILE, state)
         return state
+
+    def refresh_nodes(self) -> None:
+        """The nodes jobs may use come from the pool (up or draining); a stopped node is nobody's to probe."""
+        self.nodes = self.pool.node_list()
+        self.total = self.pool.capacity()
+        present = {str(n["name"]) for n in self.nodes}
+        for name in [n for n in self.unreachable if n not in present]:
+            del self.unreachable[name]
+            self.probe_failures.pop(name, None)
+
+    def scale(self) -> None:
+        """One pass of the elastic pool: start nodes for queued cores, drain and stop what is not needed."""
+        if not self.pool.resume:
+            self.pool.step([], {})
+            return
+        self.cores = {j: self.cores.get(j) or int(self.state(j)["cores"]) for j in self.queue}
+        self.pool.step(list(self.cores.values()), self.busy())
 
     def busy(self) -> dict[str, int]:
         used: dict[str, int] = {}
@@ -888,7 +909,15 @@ class Runner:
         for job_id, state in list(self.running.items()):
             stop = self.stopping.get(job_id)
             if (self.jobdir(job_id) / CANCEL_FILE).exists() and not (stop and stop["reason"]):
-                self.stop(job_id, state, "cancelled while running")
+                self.stop(job_id, state, self.cancel_reason(job_id))
+
+    def cancel_reason(self, job_id: str) -> str:
+        """What the cancel request says (resize --force names the node), else "cancelled while running"."""
+        try:
+            text = (self.jobdir(job_id) / CANCEL_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            text = ""
+        return text if text.startswith("cancelled") else "cancelled while running"
 
     def stop(self, job_id: str, state: dict[str, Any], reason: str | None) -> None:
         """Begin stopping a job's processes on every node: TERM now, KILL after STOP_GRACE (see survivors)."""
@@ -974,7 +1003,7 @@ class Runner:
         notes = [f"processes on {', '.join(stop['unchecked'])} could not be checked (unreachable)"] \
             if stop["unchecked"] else []
         if (self.jobdir(job_id) / CANCEL_FILE).exists():
-            final, reasons = "cancelled", ["cancelled while running"]
+            final, reasons = "cancelled", [stop["reason"] or "cancelled while running"]
         else:
             final = "succeeded" if result is not None and result["exit_code"] == 0 else "failed"
             reasons = [r for r in (stop["reason"], result and result.get("reason")) if r]
@@ -1137,7 +1166,8 @@ class Runner:
             "slots_busy": sum(self.busy().values()), "queued": len(self.queue), "running": len(self.running),
             "idle_seconds": idle_for, "last_active": self.last_active, "unreachable": dict(self.unreachable),
             "slots_unreachable": sum(int(n["slots"]) for n in self.nodes if n["name"] in self.unreachable),
-            "idle_shutdown_minutes": self.config.get("idle_shutdown_minutes"), **self.backend.status()})
+            "idle_shutdown_minutes": self.config.get("idle_shutdown_minutes"), **self.pool.status(),
+            **self.backend.status()})
         self.last_status = now()
 
     def idle_expired(self) -> bool:
@@ -1154,7 +1184,8 @@ class Runner:
         logged and retried on the next pass; it never ends the loop."""
         self.recover()
         self.write_status()
-        steps = (self.accept, self.cancel_requests, self.reap, self.probe_nodes, self.schedule, self.reap_spool)
+        steps = (self.accept, self.cancel_requests, self.reap, self.probe_nodes, self.schedule, self.scale,
+                 self.reap_spool)
         while True:
             for step in steps:
                 try:
@@ -1241,7 +1272,8 @@ class BuiltinBackend:
         return queue[:1]
 
     def place(self, cores: int) -> list[tuple[str, int]] | None:
-        usable = [n for n in self.runner.nodes if n["name"] not in self.runner.unreachable]
+        usable = [n for n in self.runner.nodes
+                  if n["name"] not in self.runner.unreachable and self.runner.pool.ready(str(n["name"]))]
         return allocate(usable, self.runner.busy(), cores)
 
     def launch(self, batch: list[str], launches: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -1336,8 +1368,7 @@ def start(root: Path, wait: float = 15.0) -> dict[str, Any]:
     """`start`: make sure a runner serves this cluster (safe to repeat, from any client): nothing when its
     heartbeat is fresh, else a supervised runner is started. Says what it found and what it did."""
     found = status(root)
-    config = read_json(root / "runner.json")
-    total = sum(int(n["slots"]) for n in config["nodes"])
+    total = int(found.get("slots_total") or nodepool.config_capacity(read_json(root / "runner.json")))
     if found["alive"]:
         return {**found, "action": "none", "slots_total": total}
     spawn_detached([sys.executable, str(Path(__file__).resolve()), "supervise", "--root", str(root)],
