@@ -100,7 +100,7 @@ class Pool:
                       if self.state(n) in (autoscale.UP, autoscale.DRAINING)]
 
     def ready(self, name: str) -> bool:
-        return name == self.head and not self.head_runs_jobs or self.state(name) == autoscale.UP
+        return (name == self.head and not self.head_runs_jobs) or self.state(name) == autoscale.UP
 
     def capacity(self) -> int:
         """Cores the cluster may have: the spec's, or more after a resize that grew it."""

@@ -44,6 +44,8 @@ from typing import Any, Protocol
 # an isolated interpreter (-I, or Windows' embeddable Python with its ._pth file) leaves the script's own
 # directory off sys.path: the protocol package installed beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nodepool
+
 from mpicloud.protocol.jobs import (
     CANCEL_FILE,
     JOB_FILE,
@@ -59,8 +61,6 @@ from mpicloud.protocol.jobs import (
     upgrade_job,
 )
 from mpicloud.protocol.paths import UnsafePath, check_name, safe_join
-
-import nodepool  # noqa: E402 - beside this file, found through the sys.path entry above
 
 RUNNER_VERSION = 2
 LAUNCH_VAR = "MPICLOUD_LAUNCH"
