@@ -16,16 +16,20 @@ def provision_dir() -> Path:
 
 #: the cluster-side scripts in provision/runner, installed side by side on every node that runs jobs
 RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "slurm_backend.py", "autoscale.py", "nodepool.py")
-#: the ones Windows nodes never run (scheduler: slurm is Linux only), left out of the Windows bootstrap
-LINUX_ONLY = ("slurm_backend.py",)
+#: the ones Windows nodes never run (scheduler: slurm is Linux only; the elastic pool is not built for Windows,
+#: whose bootstrap must fit Azure's 64 KiB userData), left out of the Windows bootstrap
+LINUX_ONLY = ("slurm_backend.py", "autoscale.py", "nodepool.py")
+LINUX_ONLY_PROTOCOL = ("pool.py",)
 
 
-def protocol_files() -> dict[str, bytes]:
-    """The stdlib-only protocol package, by the path it takes beside the runner (`mpicloud/protocol/…`)."""
+def protocol_files(os_name: str = "linux") -> dict[str, bytes]:
+    """The stdlib-only protocol package, by the path it takes beside the runner (`mpicloud/protocol/…`); the
+    pool's part only where nodepool.py runs (Linux)."""
     package = Path(__file__).resolve().parent
     files = {"mpicloud/__init__.py": (package / "__init__.py").read_bytes()}
     for path in sorted((package / "protocol").glob("*.py")):
-        files[f"mpicloud/protocol/{path.name}"] = path.read_bytes()
+        if os_name == "linux" or path.name not in LINUX_ONLY_PROTOCOL:
+            files[f"mpicloud/protocol/{path.name}"] = path.read_bytes()
     return files
 
 
@@ -33,7 +37,7 @@ def runner_files(os_name: str = "linux") -> dict[str, bytes]:
     """Every cluster-side file an OS's nodes run, by relative POSIX path, for bootstraps to install."""
     folder = provision_dir() / "runner"
     names = [n for n in RUNNER_SCRIPTS if os_name == "linux" or n not in LINUX_ONLY]
-    return {**{name: (folder / name).read_bytes() for name in names}, **protocol_files()}
+    return {**{name: (folder / name).read_bytes() for name in names}, **protocol_files(os_name)}
 
 
 def install_runner(dest: Path) -> Path:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-#: a compute node's states: only `up` nodes take new jobs
-UP, STARTING, STOPPED, DRAINING, STOPPING = "up", "starting", "stopped", "draining", "stopping"
-NODE_STATES = (UP, STARTING, STOPPED, DRAINING, STOPPING)
+from mpicloud.protocol.pool import DRAINING, STARTING, STOPPED, UP
+
 #: nodes whose slots count as capacity (up now, or coming up)
 ACTIVE = (UP, STARTING)
 

@@ -15,21 +15,12 @@ from typing import Any
 
 import autoscale
 
-POOL_FILE = "nodes.json"
-#: written by a client (atomically) to resize: {"nodes": N | null (back to the spec's limits), "force": bool}
-RESIZE_FILE = "resize.json"
+from mpicloud.protocol.pool import POOL_FILE, RESIZE_FILE
+
 #: the runner's kill points in the pool (MPICLOUD_RUNNER_CRASH_AT, for tests)
 POOL_CRASH_POINTS = ("pool.after_plan", "pool.after_resume", "pool.after_suspend")
 #: seconds before a failed start or stop is tried again
 RETRY_SECONDS = 30.0
-
-
-def config_capacity(config: dict[str, Any]) -> int:
-    """Cores a runner.json provides at most: `max` nodes of the pool, else every node listed."""
-    pool = config.get("pool")
-    if pool:
-        return int(pool["max"]) * int(pool["slots_per_node"])
-    return sum(int(n["slots"]) for n in config["nodes"])
 
 
 class Pool:
@@ -104,7 +95,7 @@ class Pool:
 
     def capacity(self) -> int:
         """Cores the cluster may have: the spec's, or more after a resize that grew it."""
-        return max(config_capacity(self.runner.config), self.limits().max_nodes * self.slots)
+        return max(self.rt.capacity(self.runner.config), self.limits().max_nodes * self.slots)
 
     # -- one pass of the runner's loop
     def step(self, queued: list[int], used: dict[str, int]) -> None:

@@ -44,8 +44,6 @@ from typing import Any, Protocol
 # an isolated interpreter (-I, or Windows' embeddable Python with its ._pth file) leaves the script's own
 # directory off sys.path: the protocol package installed beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import nodepool
-
 from mpicloud.protocol.jobs import (
     CANCEL_FILE,
     JOB_FILE,
@@ -759,7 +757,7 @@ class Runner:
         for name in ROOT_DIRS:
             (root / name).mkdir(exist_ok=True)
         self.backend: Backend = backend(self) if backend else make_backend(self)
-        self.pool = nodepool.Pool(self, sys.modules[__name__])
+        self.pool = make_pool(self)
         self.refresh_nodes()
 
     # -- state
@@ -1329,6 +1327,40 @@ def make_backend(runner: Runner) -> Backend:
     return BuiltinBackend(runner)
 
 
+def capacity(config: dict[str, Any]) -> int:
+    """Cores a runner.json provides at most: `max` nodes of its pool, else every node it lists."""
+    pool = config.get("pool")
+    return int(pool["max"]) * int(pool["slots_per_node"]) if pool else sum(int(n["slots"]) for n in config["nodes"])
+
+
+class FixedPool:
+    """The nodes runner.json lists, always up (Windows: nodepool.py is not shipped, see assets.LINUX_ONLY)."""
+
+    resume: list[str] = []
+
+    def __init__(self, runner: Runner) -> None:
+        self.node_list = lambda: list(runner.config["nodes"])
+        self.capacity = lambda: capacity(runner.config)
+
+    def ready(self, name: str) -> bool:
+        return True
+
+    def step(self, queued: list[int], used: dict[str, int]) -> None:
+        """Nothing to decide."""
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+def make_pool(runner: Runner) -> Any:
+    """The compute node pool (nodepool.py beside this file, Linux), or a fixed one (Windows)."""
+    if WINDOWS:
+        return FixedPool(runner)
+    import nodepool
+
+    return nodepool.Pool(runner, sys.modules[__name__])
+
+
 # ---------------------------------------------------------------- reports for clients (one exec each)
 def list_jobs(root: Path) -> list[dict[str, Any]]:
     """Every job's state in FIFO order (accepted jobs order.log lacks after a crash at the end, until the
@@ -1368,7 +1400,7 @@ def start(root: Path, wait: float = 15.0) -> dict[str, Any]:
     """`start`: make sure a runner serves this cluster (safe to repeat, from any client): nothing when its
     heartbeat is fresh, else a supervised runner is started. Says what it found and what it did."""
     found = status(root)
-    total = int(found.get("slots_total") or nodepool.config_capacity(read_json(root / "runner.json")))
+    total = int(found.get("slots_total") or capacity(read_json(root / "runner.json")))
     if found["alive"]:
         return {**found, "action": "none", "slots_total": total}
     spawn_detached([sys.executable, str(Path(__file__).resolve()), "supervise", "--root", str(root)],

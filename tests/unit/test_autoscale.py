@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from mpicloud.protocol.pool import NODE_STATES
 from tests.runnerlib import node_module
 
 autoscale = node_module("autoscale")
@@ -172,7 +173,7 @@ def test_a_burst_takes_the_pool_from_0_to_4_and_back_to_0() -> None:
 def test_random_views_never_stop_a_busy_node(seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(200):
-        nodes = [NodeView(f"node{i}", rng.randint(1, 4), state := rng.choice(autoscale.NODE_STATES),
+        nodes = [NodeView(f"node{i}", rng.randint(1, 4), state := rng.choice(NODE_STATES),
                           used=rng.choice([0, 0, 1, 2]) if state in ("up", "draining") else 0,
                           idle_since=rng.uniform(0, 100), pinned=i == 0 and rng.random() < 0.3)
                  for i in range(rng.randint(0, 6))]

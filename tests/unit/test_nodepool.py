@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from mpicloud.protocol.pool import RESIZE_FILE, resize_request
 from tests.runnerlib import LocalQueue, node_module
 
 nodepool = node_module("nodepool")
@@ -108,8 +109,8 @@ def test_a_job_bigger_than_max_fails_at_once(tmp_path: Path) -> None:
 
 def resize(q: LocalQueue, nodes: int | None, force: bool = False) -> None:
     tmp = q.root / ".resize.tmp"
-    tmp.write_text(json.dumps({"nodes": nodes, "force": force}))
-    tmp.rename(q.root / nodepool.RESIZE_FILE)
+    tmp.write_bytes(resize_request(nodes, force))
+    tmp.rename(q.root / RESIZE_FILE)
 
 
 def test_resize_down_drains_the_running_job_then_stops_the_node(tmp_path: Path) -> None:

@@ -173,8 +173,6 @@ if (-not (Test-Path $python)) {
 Write-Packed (Join-Path $Data 'runner.py') '<gzip+base64 of runner.py>'
 Write-Packed (Join-Path $Data 'transfer.py') '<gzip+base64 of transfer.py>'
 Write-Packed (Join-Path $Data 'bucketio.py') '<gzip+base64 of bucketio.py>'
-Write-Packed (Join-Path $Data 'autoscale.py') '<gzip+base64 of autoscale.py>'
-Write-Packed (Join-Path $Data 'nodepool.py') '<gzip+base64 of nodepool.py>'
 Write-Packed (Join-Path $Data 'mpicloud/__init__.py') '<gzip+base64 of mpicloud/__init__.py>'
 Write-Packed (Join-Path $Data 'mpicloud/protocol/__init__.py') '<gzip+base64 of mpicloud/protocol/__init__.py>'
 Write-Packed (Join-Path $Data 'mpicloud/protocol/jobs.py') '<gzip+base64 of mpicloud/protocol/jobs.py>'
