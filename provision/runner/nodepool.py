@@ -15,7 +15,7 @@ from typing import Any
 
 import autoscale
 
-from mpicloud.protocol.pool import POOL_FILE, RESIZE_FILE
+from mpicloud.protocol.pool import DRAINING, POOL_FILE, RESIZE_FILE, STARTING, STOPPED, STOPPING, UP
 
 #: the runner's kill points in the pool (MPICLOUD_RUNNER_CRASH_AT, for tests)
 POOL_CRASH_POINTS = ("pool.after_plan", "pool.after_resume", "pool.after_suspend")
@@ -49,13 +49,13 @@ class Pool:
         except (OSError, ValueError):
             at = self.rt.now()  # first start: every node runner.json lists is up (the cluster made them)
             data = {"version": 1, "started_at": at, "limits": None, "force": False,
-                    "nodes": {str(n["name"]): self._entry(autoscale.UP, at) for n in nodes}}
+                    "nodes": {str(n["name"]): self._entry(UP, at) for n in nodes}}
             self.rt.write_json(self.path, data)
         return data
 
     @staticmethod
     def _entry(state: str, at: float) -> dict[str, Any]:
-        return {"state": state, "since": at, "up_since": at if state == autoscale.UP else None,
+        return {"state": state, "since": at, "up_since": at if state == UP else None,
                 "up_seconds": 0.0, "idle_since": at, "retry_at": 0.0}
 
     def save(self) -> None:
@@ -79,7 +79,7 @@ class Pool:
 
     def state(self, name: str) -> str:
         entry = self.data["nodes"].get(name)
-        return str(entry["state"]) if entry else autoscale.STOPPED
+        return str(entry["state"]) if entry else STOPPED
 
     # -- what the queue sees
     def node_list(self) -> list[dict[str, Any]]:
@@ -88,14 +88,14 @@ class Pool:
             return list(self.runner.config["nodes"])
         out = [] if self.head_runs_jobs else [{"name": self.head, "slots": 0}]
         return out + [{"name": n, "slots": self.slots} for n in self.names()
-                      if self.state(n) in (autoscale.UP, autoscale.DRAINING)]
+                      if self.state(n) in (UP, DRAINING)]
 
     def ready(self, name: str) -> bool:
-        return (name == self.head and not self.head_runs_jobs) or self.state(name) == autoscale.UP
+        return (name == self.head and not self.head_runs_jobs) or self.state(name) == UP
 
     def capacity(self) -> int:
         """Cores the cluster may have: the spec's, or more after a resize that grew it."""
-        return max(self.rt.capacity(self.runner.config), self.limits().max_nodes * self.slots)
+        return max(int(self.rt.capacity(self.runner.config)), self.limits().max_nodes * self.slots)
 
     # -- one pass of the runner's loop
     def step(self, queued: list[int], used: dict[str, int]) -> None:
@@ -107,9 +107,9 @@ class Pool:
         at = self.rt.now()
         for name in self.names():
             entry = self.data["nodes"].get(name)
-            if entry and entry["state"] in (autoscale.STARTING, autoscale.STOPPING) and name not in self.actions \
+            if entry and entry["state"] in (STARTING, STOPPING) and name not in self.actions \
                     and at >= entry["retry_at"]:
-                self._act(name, "resume" if entry["state"] == autoscale.STARTING else "suspend")
+                self._act(name, "resume" if entry["state"] == STARTING else "suspend")
             if entry and used.get(name):
                 entry["idle_since"] = None
             elif entry and entry["idle_since"] is None:
@@ -127,15 +127,15 @@ class Pool:
 
     def _apply(self, plan: autoscale.Plan, at: float) -> None:
         for name in plan.start:
-            self._set(name, autoscale.UP if self.state(name) == autoscale.DRAINING else autoscale.STARTING, at)
+            self._set(name, UP if self.state(name) == DRAINING else STARTING, at)
         for name in plan.drain:
-            self._set(name, autoscale.DRAINING, at)
+            self._set(name, DRAINING, at)
         for name in plan.stop:
-            self._set(name, autoscale.STOPPING, at)
+            self._set(name, STOPPING, at)
         self.save()
         self.rt.crash_point("pool.after_plan")
         for name in plan.start:
-            if self.state(name) == autoscale.STARTING:
+            if self.state(name) == STARTING:
                 self._act(name, "resume")
         for name in plan.stop:
             self.runner.keep_connection(name, False)
@@ -144,8 +144,8 @@ class Pool:
 
     def _set(self, name: str, state: str, at: float) -> None:
         """Record a node's new state; its up-time counts while it is up or draining."""
-        entry = self.data["nodes"].setdefault(name, self._entry(autoscale.STOPPED, at))
-        counts = state in (autoscale.UP, autoscale.DRAINING)
+        entry = self.data["nodes"].setdefault(name, self._entry(STOPPED, at))
+        counts = state in (UP, DRAINING)
         if not counts and entry["up_since"] is not None:
             entry["up_seconds"] += at - entry["up_since"]
             entry["up_since"] = None
@@ -173,8 +173,8 @@ class Pool:
                                 f"{RETRY_SECONDS:.0f} s")
                 self.save()
                 continue
-            drained = kind == "resume" and entry["state"] == autoscale.DRAINING  # drained while it started
-            self._set(name, autoscale.STOPPED if kind == "suspend" else entry["state"] if drained else autoscale.UP, at)
+            drained = kind == "resume" and entry["state"] == DRAINING  # drained while it started
+            self._set(name, STOPPED if kind == "suspend" else entry["state"] if drained else UP, at)
             entry["idle_since"] = at
             self.save()
             self.rt.crash_point(f"pool.after_{kind}")
@@ -199,9 +199,9 @@ class Pool:
 
     def _force_out(self, used: dict[str, int]) -> None:
         """resize --force: cancel the jobs running on draining nodes, each with the reason."""
-        leaving = {n for n in self.names() if self.state(n) == autoscale.DRAINING and used.get(n)}
+        leaving = {n for n in self.names() if self.state(n) == DRAINING and used.get(n)}
         if not leaving:
-            if not any(self.state(n) == autoscale.DRAINING for n in self.names()):
+            if not any(self.state(n) == DRAINING for n in self.names()):
                 self.data["force"] = False
                 self.save()
             return
