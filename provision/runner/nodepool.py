@@ -222,5 +222,7 @@ class Pool:
         seconds += at - float(self.data["started_at"])  # the head is up as long as the cluster
         limits = self.limits()
         return {"pool": {"nodes": nodes, "min": limits.min_nodes, "max": limits.max_nodes,
-                         "resized": self.data["limits"] is not None, "elastic": bool(self.resume),
+                         "resized": self.data["limits"] is not None, "resizable": bool(self.resume),
+                         "head_runs_jobs": self.head_runs_jobs,
+                         "slots_up": sum(self.slots for n in self.names() if self.ready(n)),
                          "node_hours": round(seconds / 3600, 4), "since": self.data["started_at"]}}

@@ -30,7 +30,7 @@ def problems(text: str) -> list[str]:
 
 def test_every_problem_has_its_field_path_and_did_you_mean() -> None:
     found = problems("name: ok1\ncloud: local\nnodes: 0\nnodez: 3\nadmin: {usernme: a}\n")
-    assert "nodes: Input should be greater than or equal to 1" in found
+    assert "nodes.count: Input should be greater than or equal to 1" in found
     assert "nodez: unknown field; did you mean 'nodes'?" in found
     assert "admin.usernme: unknown field; did you mean 'username'?" in found
 
