@@ -217,12 +217,13 @@ class Pool:
         """status.json's `pool`: each node's state, the limits, node-hours since the cluster started."""
         at = self.rt.now()
         nodes = {n: self.state(n) for n in self.names()}
-        seconds = sum(e["up_seconds"] + (at - e["up_since"] if e["up_since"] is not None else 0.0)
+        compute = sum(e["up_seconds"] + (at - e["up_since"] if e["up_since"] is not None else 0.0)
                       for n, e in self.data["nodes"].items() if n != self.head)
-        seconds += at - float(self.data["started_at"])  # the head is up as long as the cluster
+        head = at - float(self.data["started_at"])  # the head is up as long as the cluster
         limits = self.limits()
         return {"pool": {"nodes": nodes, "min": limits.min_nodes, "max": limits.max_nodes,
                          "resized": self.data["limits"] is not None, "resizable": bool(self.resume),
                          "head_runs_jobs": self.head_runs_jobs,
                          "slots_up": sum(self.slots for n in self.names() if self.ready(n)),
-                         "node_hours": round(seconds / 3600, 4), "since": self.data["started_at"]}}
+                         "node_hours": round((compute + head) / 3600, 4),
+                         "compute_node_hours": round(compute / 3600, 4), "since": self.data["started_at"]}}
