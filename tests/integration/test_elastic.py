@@ -32,6 +32,8 @@ def test_a_burst_takes_min0_max4_from_0_to_4_nodes_and_back_every_job_once_in_or
     assert up.returncode == 0, up.stderr
     cluster = Cluster.get("burst")
     root = Path(cluster.record.runner_root)
+    too_big = cli("submit", "burst", "--cores", "9", "--", "true")  # 4 nodes x 2 slots at most, none up now
+    assert too_big.returncode == 2 and "9 cores" in too_big.stderr and "8" in too_big.stderr, too_big.stderr
     seen: list[int] = []
     done = threading.Event()
 

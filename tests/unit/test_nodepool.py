@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def test_nodes_start_for_queued_cores_and_stop_when_idle(tmp_path: Path) -> None
             ["start n1", "start n2", "stop n1", "stop n2"]
         assert 0 < pool_status(q)["node_hours"] < 0.1
     finally:
-        q.stop()
+        stop(q)
 
 
 def test_a_job_bigger_than_max_fails_at_once(tmp_path: Path) -> None:
@@ -104,7 +105,7 @@ def test_a_job_bigger_than_max_fails_at_once(tmp_path: Path) -> None:
         state = q.wait(job(q, 5))
         assert state["state"] == "failed" and "needs 5 cores but the cluster has 4" in state["reason"]
     finally:
-        q.stop()
+        stop(q)
 
 
 def resize(q: LocalQueue, nodes: int | None, force: bool = False) -> None:
@@ -130,7 +131,7 @@ def test_resize_down_drains_the_running_job_then_stops_the_node(tmp_path: Path) 
         assert q.wait(late)["state"] == "succeeded"
         check_log(q, [long, late])
     finally:
-        q.stop()
+        stop(q)
 
 
 def test_forced_resize_cancels_with_the_reason(tmp_path: Path) -> None:
@@ -145,7 +146,7 @@ def test_forced_resize_cancels_with_the_reason(tmp_path: Path) -> None:
         assert state["reason"] == "cancelled by resize --force: node n1 leaves the cluster"
         wait_for(lambda: all_stopped(q))
     finally:
-        q.stop()
+        stop(q)
 
 
 @pytest.mark.parametrize("point", nodepool.POOL_CRASH_POINTS)
@@ -153,12 +154,20 @@ def test_runner_killed_at_each_pool_step_loses_nothing(tmp_path: Path, point: st
     q = elastic(tmp_path)
     jobs = [job(q, c) for c in (2, 3, 1)]
     q.serve(crash_at=point)
-    assert q.proc is not None
-    assert q.proc.wait(30) == -signal.SIGKILL, f"the runner did not reach {point}"
-    q.serve()
     try:
+        assert q.proc is not None
+        assert q.proc.wait(30) == -signal.SIGKILL, f"the runner did not reach {point}"
+        q.serve()
         assert [q.wait(j)["state"] for j in jobs] == ["succeeded"] * 3
         wait_for(lambda: all_stopped(q))
         check_log(q, jobs)
     finally:
+        stop(q)
+
+
+def stop(q: LocalQueue) -> None:
+    """Stop the runner; kill it when it does not stop (a failed test leaves no runner behind)."""
+    try:
         q.stop()
+    except subprocess.TimeoutExpired:
+        q.kill()
