@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mpicloud.assets import provision_dir, runner_files
+from mpicloud.assets import provision_dir, runner_bundle
 from mpicloud.errors import RenderError
 from mpicloud.render.quoting import powershell_quote
 from mpicloud.render.runner_config import (
@@ -97,7 +97,7 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
         msmpi_sha256=q(MSMPI.sha256), python_version=PYTHON.version, python_url=q(PYTHON.url),
         python_sha256=q(PYTHON.sha256), launch_port=LAUNCH_PORT, installers=_installers(spec),
         openssh_msi=_openssh_msi(spec),
-        runner_files=[(q(n), q(gzip_base64(data))) for n, data in runner_files("windows").items()],
+        runner_bundle=q(gzip_base64(runner_bundle("windows"))),
         runner_config=q(_base_runner_config(spec)),
         stop_script=q(gzip_base64((windows / "stop-cluster.ps1").read_bytes())),
         start_script=q(gzip_base64((windows / "start-runner.ps1").read_bytes())))

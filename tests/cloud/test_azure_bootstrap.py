@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 import re
+import tarfile
 
 import pytest
 
@@ -69,9 +71,12 @@ def test_every_step_is_guarded(azure_spec: ClusterSpec) -> None:
 
 def test_script_embeds_the_runner_and_helpers_exactly(azure_spec: ClusterSpec) -> None:
     files = _packed(windows.bootstrap_ps1(azure_spec))
-    for name, data in runner_files("windows").items():
-        assert files[name] == data
-    assert "slurm_backend.py" not in files  # Linux only
+    with tarfile.open(fileobj=io.BytesIO(files["runner.tar"])) as tar:
+        members = tar.getmembers()
+        bundled = {m.name: tar.extractfile(m).read() for m in members}  # type: ignore[union-attr]
+    assert all(m.isfile() and m.mode == 0o644 for m in members)
+    assert bundled == runner_files("windows")
+    assert "slurm_backend.py" not in bundled  # Linux only
     for name in ("start-runner.ps1", "stop-cluster.ps1"):
         assert files[name] == (provision_dir() / "windows" / name).read_bytes()
 

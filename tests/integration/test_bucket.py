@@ -6,12 +6,14 @@ and jobs on the real local cluster that pull s3:// inputs and push outputs with 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import stat
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from mpicloud.api import Cluster
-from mpicloud.assets import provision_dir
+from mpicloud.assets import install_runner
 from mpicloud.jobs.query import read_log
 from mpicloud.render.awsconfig import AccessKey, aws_files
 from mpicloud.secret import Secret
@@ -31,6 +33,7 @@ from mpicloud.spec import spec_from_dict
 from mpicloud.spec.model import Bucket
 from tests.conftest import cli
 from tests.integration.s3server import S3World, moto_world
+from tests.runnerlib import NODE_PYTHON
 
 EXTERNAL_ID = "ext-7f3a9c"
 BUCKET = "sim-data"
@@ -53,6 +56,7 @@ def _profile_dir(tmp_path: Path, world: S3World, key: tuple[str, str], **bucket:
     (tmp_path / "credentials").write_text(files.credentials.reveal() if files.credentials else "")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     return {**clean, "AWS_CONFIG_FILE": str(tmp_path / "config"), "AWS_PROFILE": "mpicloud",
+            "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials")}
 
 
@@ -93,9 +97,15 @@ def test_iam_user_profile_matrix_with_boto3(world: S3World, tmp_path: Path, monk
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix="input/")["KeyCount"] == 1
 
 
+@functools.cache
+def _node_dir() -> Path:
+    """The node's files laid out as a bootstrap installs them (bucketio.py beside the protocol package)."""
+    return install_runner(Path(tempfile.mkdtemp(prefix="mpicloud-node-"))).parent
+
+
 def _bucketio(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    script = provision_dir() / "runner" / "bucketio.py"
-    return subprocess.run([sys.executable, str(script), *args], env={**env, "MPICLOUD_S3_PART_MB": "5"},
+    script = _node_dir() / "bucketio.py"
+    return subprocess.run([NODE_PYTHON, str(script), *args], env={**env, "MPICLOUD_S3_PART_MB": "5"},
                           capture_output=True, text=True, timeout=120)
 
 
