@@ -124,8 +124,8 @@ class Software(_Model):
 
 
 def _key_prefix(value: str) -> str:
-    if not value or value.startswith("/") or "*" in value or "\\" in value or ".." in value.split("/"):
-        raise ValueError("must be a key prefix such as 'input/' (no leading '/', no '*', '\\' or '..')")
+    if not value or value.startswith("/") or any(c in value for c in "*\\'\"") or ".." in value.split("/"):
+        raise ValueError("must be a key prefix such as 'input/' (no leading '/', no '*', '\\', quotes or '..')")
     return value if value.endswith("/") else value + "/"
 
 
@@ -195,6 +195,9 @@ class BlobContainer(_Model):
     endpoint_url: str | None = Field(
         default=None, description="blob endpoint (emulators such as Azurite: http://127.0.0.1:10000/ACCOUNT); "
                                   "default https://ACCOUNT.blob.core.windows.net")
+    resource_group: str | None = Field(
+        default=None, description="managed_identity with Pulumi: the storage account's resource group (same "
+                                  "subscription); the program then creates the role assignments itself")
 
     @field_validator("account")
     @classmethod
@@ -404,6 +407,11 @@ class ClusterSpec(_Model):
     def blob_container(self) -> BlobContainer | None:
         """The container when the customer's storage is Azure Blob."""
         return self.bucket if isinstance(self.bucket, BlobContainer) else None
+
+    @property
+    def blob_identity(self) -> bool:
+        """The head node's managed identity reads and writes the customer's Blob container."""
+        return self.blob_container is not None and self.bucket_grant == "managed_identity"
 
     @property
     def azure_options(self) -> AzureOptions:
