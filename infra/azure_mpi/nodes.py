@@ -121,7 +121,8 @@ class Nodes(pulumi.ComponentResource):
                 location=args.location, proximity_placement_group_type="Standard", tags=azure.tags(spec), opts=child)
         script = windows.bootstrap_ps1(spec)
         self.nodes = [Node(n, i, args, self.ppg, script, child) for i, n in enumerate(node_names(spec))]
-        self.head_principal = self.nodes[0].vm.identity.apply(lambda identity: identity.principal_id if identity else "")
+        self.head_principal = self.nodes[0].vm.identity.apply(
+            lambda identity: identity.principal_id if identity else "")
         if spec.idle_shutdown_minutes:
             self._grant_deallocate(args, child)
         if spec.blob_identity and spec.blob_container and spec.blob_container.resource_group:
