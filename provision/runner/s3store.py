@@ -14,7 +14,7 @@ from typing import Any
 
 import boto3
 import botocore.session
-from boto3.exceptions import S3UploadFailedError
+from boto3.exceptions import Boto3Error, RetriesExceededError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.credentials import CredentialProvider, RefreshableCredentials
@@ -100,7 +100,9 @@ class S3Store:
     def download(self, key: str, dest: Path) -> None:
         try:
             self.client.download_file(self.bucket, key, str(dest), Config=self.transfer)
-        except (ClientError, BotoCoreError) as exc:
+        except RetriesExceededError as exc:
+            raise StoreError(f"get {self._url(key)}: gave up after retries ({exc.last_exception})") from None
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise StoreError(f"get {self._url(key)}: {_reason(exc)}") from None
 
     def upload(self, path: Path, key: str) -> None:
@@ -108,5 +110,5 @@ class S3Store:
             self.client.upload_file(str(path), self.bucket, key, Config=self.transfer)
         except S3UploadFailedError as exc:
             raise StoreError(f"put {self._url(key)}: {exc}") from None
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise StoreError(f"put {self._url(key)}: {_reason(exc)}") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import stat
 import subprocess
 import zipfile
@@ -20,6 +21,8 @@ from mpicloud.api import Cluster
 from mpicloud.jobs.query import read_log
 from tests.conftest import cli
 from tests.integration.azurite import ACCOUNT, KEY, BlobWorld, azurite_world
+from tests.integration.nodeio import bucketio
+from tests.integration.truncating import Cutter, truncating_relay
 
 CONTAINER, OTHER = "runs", "elsewhere"
 URL = f"az://{ACCOUNT}/{CONTAINER}"
@@ -165,3 +168,28 @@ def test_install_needs_exactly_one_credential(cluster_home: Path, world: BlobWor
     done = cli("bucket", "install", "itest", str(spec), env={"MPICLOUD_HOME": str(cluster_home)})
     assert done.returncode == 2 and "--sas-env or --account-key-env" in done.stderr
     assert "Traceback" not in done.stderr and not _blob_json(cluster_home).exists()
+
+
+def _config_env(tmp_path: Path, endpoint: str, sas: str) -> dict[str, str]:
+    config = tmp_path / "blob.json"
+    config.write_text(json.dumps({"account": ACCOUNT, "endpoint": endpoint, "sas": sas}))
+    return {**os.environ, "MPICLOUD_BLOB_CONFIG": str(config)}
+
+
+@pytest.mark.parametrize("times", [2, -1], ids=["retried", "never-whole"])
+def test_cut_downloads_are_retried_and_never_renamed_into_place(world: BlobWorld, tmp_path: Path,
+                                                                times: int) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    world.container(CONTAINER).upload_blob("input/cut/field.bin", data, overwrite=True)
+    cutter = Cutter(suffix="/input/cut/field.bin", times=times)
+    with truncating_relay(world.endpoint, cutter) as relay:
+        got = bucketio(_config_env(tmp_path, relay, world.sas(CONTAINER)), "get", f"{URL}/input/cut/field.bin",
+                       str(tmp_path / "in"))
+    target = tmp_path / "in" / "field.bin"
+    if times > 0:
+        assert got.returncode == 0, got.stderr
+        assert target.read_bytes() == data and cutter.cut == 2
+    else:
+        assert got.returncode == 1 and f"{URL}/input/cut/field.bin" in got.stderr, got.stderr
+        assert cutter.cut >= 2 and not target.exists()
+    assert not [p.name for p in tmp_path.glob("in/*") if p.name != "field.bin"]  # no part file left behind
