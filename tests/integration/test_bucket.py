@@ -287,3 +287,29 @@ def test_cut_downloads_are_retried_and_never_renamed_into_place(world: S3World, 
         assert got.returncode == 1 and "s3://sim-data/input/cut/field.bin" in got.stderr, got.stderr
         assert cutter.cut >= 2 and not target.exists()
     assert not [p.name for p in tmp_path.glob("in/*") if p.name != "field.bin"]  # no part file left behind
+
+
+#: (verb, key, allowed) through the node code with the iam_user grant's prefix policy
+MATRIX = [("get", "input/mesh.dat", True), ("get", "input/", True), ("get", "other/secret.txt", False),
+          ("put", "output/matrix/", True), ("put", "input/matrix/", False), ("put", "other/matrix/", False),
+          ("put", "output-old/matrix/", False), ("get", "output/matrix/", True)]
+
+
+@pytest.mark.parametrize(("verb", "key", "allowed"), MATRIX, ids=[f"{v}:{k}" for v, k, _ in MATRIX])
+def test_prefix_policy_matrix_through_the_node_code(world: S3World, tmp_path: Path, verb: str, key: str,
+                                                    allowed: bool) -> None:
+    env = _profile_dir(tmp_path, world, world.user_key, grant="iam_user")
+    if verb == "get":
+        done = bucketio(env, "get", f"s3://{BUCKET}/{key}", str(tmp_path / "in"))
+    else:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "small.txt").write_text("small")
+        (tmp_path / "out" / "big.bin").write_bytes(os.urandom(11 * 1024 * 1024))  # multipart, 5 MiB parts
+        done = bucketio(env, "put", str(tmp_path / "out"), f"s3://{BUCKET}/{key}")
+    assert (done.returncode == 0) == allowed, done.stderr
+    if not allowed:
+        assert "AccessDenied" in done.stderr and "Traceback" not in done.stderr
+    if verb == "put" and not allowed:  # nothing landed, not even part of a multipart upload
+        listing = world.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=key)
+        assert "Contents" not in listing
+        assert not world.client("s3").list_multipart_uploads(Bucket=BUCKET).get("Uploads")
