@@ -358,6 +358,10 @@ class ClusterSpec(_Model):
                 if not _IMDS_TAG_KEY.match(key) or key in (".", "..", "_index"):
                     raise ValueError(f"tags: key {key!r} is not allowed on AWS instances that expose tags over "
                                      "instance metadata (letters, digits and + - = . , _ : @ only; no spaces or /)")
+        if self.blob_container is not None and self.blob_container.grant == "managed_identity" \
+                and self.cloud != "azure":
+            raise ValueError(f"bucket.grant: managed_identity needs cloud: azure (a {self.cloud} node has no Azure "
+                             "identity); use grant: sas")
         self._scheduler_supported()
         return self
 
