@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContainerSasPermissions, generate_container_sas
 
-from tests.integration.s3server import _free_port
+from tests.integration.proxies import end_process, free_port
 
 #: Azurite's built-in development account and its documented, public key
 ACCOUNT = "devstoreaccount1"
@@ -63,7 +63,7 @@ def azurite_world() -> Iterator[BlobWorld]:
     if exe is None:
         pytest.fail("azurite-blob is missing: install Node.js and `npm install -g azurite` "
                     "(scripts/install-sysdeps.sh does both)")
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="azurite-") as workspace:
         proc = subprocess.Popen([exe, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", workspace,
                                  "--silent", "--disableTelemetry", "--skipApiVersionCheck"],
@@ -72,9 +72,4 @@ def azurite_world() -> Iterator[BlobWorld]:
             _wait(port, proc)
             yield BlobWorld(f"http://127.0.0.1:{port}/{ACCOUNT}")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            end_process(proc)

@@ -4,8 +4,10 @@ nodes' own interpreter (Debian 12's /usr/bin/python3 with its python3-boto3 / py
 from __future__ import annotations
 
 import functools
+import io
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 
 from mpicloud.assets import install_runner
@@ -22,3 +24,12 @@ def bucketio(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
     """`bucketio.py ARGS` with env (5 MiB S3 parts, so multipart shows with small files)."""
     return subprocess.run([NODE_PYTHON, str(node_dir() / "bucketio.py"), *args],
                           env={**env, "MPICLOUD_S3_PART_MB": "5"}, capture_output=True, text=True, timeout=300)
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    """An in-memory zip archive of files (an input a job unpacks)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

@@ -5,12 +5,10 @@ the SAS `mpicloud bucket install` delivered; SAS limits (permissions, container,
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import stat
 import subprocess
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from mpicloud.api import Cluster
 from mpicloud.jobs.query import read_log
 from tests.conftest import cli
 from tests.integration.azurite import ACCOUNT, KEY, BlobWorld, azurite_world
-from tests.integration.nodeio import bucketio
+from tests.integration.nodeio import bucketio, zip_bytes
 from tests.integration.truncating import Cutter, truncating_relay
 
 CONTAINER, OTHER = "runs", "elsewhere"
@@ -79,21 +77,13 @@ def sas_cluster(local_cluster: Cluster, cluster_home: Path, world: BlobWorld,
     _blob_json(cluster_home).unlink(missing_ok=True)
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def _names(world: BlobWorld, prefix: str, container: str = CONTAINER) -> list[str]:
     return sorted(b.name for b in world.container(container).list_blobs(name_starts_with=prefix))
 
 
 def test_job_pulls_input_from_and_pushes_outputs_to_blob(blob_cluster: Cluster, world: BlobWorld) -> None:
     runs = world.container(CONTAINER)
-    runs.upload_blob("input/case.zip", _zip({"case/params.txt": b"mach=0.8\n"}), overwrite=True)
+    runs.upload_blob("input/case.zip", zip_bytes({"case/params.txt": b"mach=0.8\n"}), overwrite=True)
     size = 20 * 1024 * 1024 + 3  # several blocks, uploaded in parallel
     job = blob_cluster.submit(
         ["sh", "-c", f"cat case/params.txt > result.txt && head -c {size} /dev/urandom > big.bin "

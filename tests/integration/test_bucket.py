@@ -6,12 +6,10 @@ and jobs on the real local cluster that pull s3:// inputs and push outputs with 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
 import sys
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from mpicloud.secret import Secret
 from mpicloud.spec import spec_from_dict
 from mpicloud.spec.model import Bucket
 from tests.conftest import cli
-from tests.integration.nodeio import bucketio
+from tests.integration.nodeio import bucketio, zip_bytes
 from tests.integration.s3server import S3World, moto_world
 from tests.integration.truncating import Cutter, truncating_relay
 
@@ -137,18 +135,10 @@ def profile_on_cluster(local_cluster: Cluster, cluster_home: Path, world: S3Worl
         (aws / name).unlink()
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def test_job_pulls_input_from_and_pushes_outputs_to_the_bucket(profile_on_cluster: Cluster,
                                                                world: S3World) -> None:
     admin = world.client("s3")
-    admin.put_object(Bucket=BUCKET, Key="input/case.zip", Body=_zip({"case/params.txt": b"mach=0.8\n"}))
+    admin.put_object(Bucket=BUCKET, Key="input/case.zip", Body=zip_bytes({"case/params.txt": b"mach=0.8\n"}))
     script = ("import boto3, pathlib; p = pathlib.Path('case/params.txt').read_text();"
               "pathlib.Path('result.txt').write_text('solved ' + p);"
               # run scripts use the same profile directly (AWS_PROFILE / AWS_CONFIG_FILE set by the runner)
