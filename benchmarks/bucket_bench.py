@@ -27,6 +27,8 @@ from tests.integration.nodeio import bucketio, node_dir
 from tests.integration.s3server import S3World, moto_world
 
 BUCKET = "bench-data"
+#: S3 part size for the node code and the direct SDK calls alike (the node's default)
+PART_MB = 64
 #: the last commit with the stdlib SigV4 client (provision/runner/bucketio.py before the SDKs)
 STDLIB_CLIENT = "5657829:provision/runner/bucketio.py"
 
@@ -66,12 +68,14 @@ def _s3(world: S3World, work: Path, data: Path, size: int) -> None:
     os.link(data, work / "up" / "big.bin")
     world.client("s3").upload_file(str(data), BUCKET, "input/big.bin")
     sdk = world.client("s3", world.user_key)
-    direct = TransferConfig()
+    direct = TransferConfig(multipart_threshold=PART_MB << 20, multipart_chunksize=PART_MB << 20)
     theirs_get = _rate(size, lambda: sdk.download_file(BUCKET, "input/big.bin", str(work / "sdk.bin"),
                                                        Config=direct))
     theirs_put = _rate(size, lambda: sdk.upload_file(str(data), BUCKET, "output/sdk/big.bin", Config=direct))
-    ours_get = _rate(size, lambda: _checked(bucketio(env, "get", f"s3://{BUCKET}/input/big.bin", str(work / "n"))))
-    ours_put = _rate(size, lambda: _checked(bucketio(env, "put", str(work / "up"), f"s3://{BUCKET}/output/node/")))
+    ours_get = _rate(size, lambda: _checked(bucketio(env, "get", f"s3://{BUCKET}/input/big.bin", str(work / "n"),
+                                                         part_mb=PART_MB)))
+    ours_put = _rate(size, lambda: _checked(bucketio(env, "put", str(work / "up"), f"s3://{BUCKET}/output/node/",
+                                                         part_mb=PART_MB)))
     report("S3 get (node, boto3) vs boto3 direct", ours_get, theirs_get, "MiB/s", "higher", "SDK")
     report("S3 put (node, boto3) vs boto3 direct", ours_put, theirs_put, "MiB/s", "higher", "SDK")
     old = _stdlib_client()

@@ -20,10 +20,11 @@ def node_dir() -> Path:
     return install_runner(Path(tempfile.mkdtemp(prefix="mpicloud-node-"))).parent
 
 
-def bucketio(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`bucketio.py ARGS` with env (5 MiB S3 parts, so multipart shows with small files)."""
+def bucketio(env: dict[str, str], *args: str, part_mb: int = 5) -> subprocess.CompletedProcess[str]:
+    """`bucketio.py ARGS` with env (by default 5 MiB S3 parts, so multipart shows with small files)."""
     return subprocess.run([NODE_PYTHON, str(node_dir() / "bucketio.py"), *args],
-                          env={**env, "MPICLOUD_S3_PART_MB": "5"}, capture_output=True, text=True, timeout=300)
+                          env={**env, "MPICLOUD_S3_PART_MB": str(part_mb)}, capture_output=True, text=True,
+                          timeout=3600)
 
 
 def zip_bytes(files: dict[str, bytes]) -> bytes:
