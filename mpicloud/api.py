@@ -25,6 +25,7 @@ from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, submit
 from mpicloud.jobs.transfer import Progress, Summary
 from mpicloud.render.awsconfig import AwsFiles
+from mpicloud.secret import Secret
 from mpicloud.spec import ClusterSpec, load_spec
 from mpicloud.transport.ssh import close_cluster
 
@@ -184,6 +185,10 @@ class Cluster:
         growing starts nodes that join the shared storage, hostfile and slots; shrinking drains (leaving nodes
         take no new jobs, running ones finish; `force` cancels them, naming the node). Returns the pool report."""
         return resize.resize(self.queue, nodes, force, timeout)
+
+    def install_blob_config(self, config: Secret) -> str:
+        """Deliver the Azure Blob access (render.blobaccess.blob_config) to the cluster for az:// URLs."""
+        return bucket.install_blob_config(self.queue, config)
 
     def status(self) -> dict[str, Any]:
         """Runner status: slots, queue length, idle time, heartbeat; for a stopped local cluster, state

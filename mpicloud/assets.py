@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 
@@ -15,22 +17,19 @@ def provision_dir() -> Path:
 
 
 #: the cluster-side scripts in provision/runner, installed side by side on every node that runs jobs
-RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "slurm_backend.py", "autoscale.py", "nodepool.py",
-                  "ec2_nodes.py")
-#: the ones Windows nodes never run (scheduler: slurm is Linux only; the elastic pool is not built for Windows,
-#: whose bootstrap must fit Azure's 64 KiB userData), left out of the Windows bootstrap
-LINUX_ONLY = ("slurm_backend.py", "autoscale.py", "nodepool.py", "ec2_nodes.py")
-LINUX_ONLY_PROTOCOL = ("pool.py",)
+RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "s3store.py", "blobstore.py", "slurm_backend.py",
+                  "autoscale.py", "nodepool.py", "ec2_nodes.py")
+#: the ones Windows nodes never run (scheduler: slurm and the AWS node actions are Linux only; the elastic pool is
+#: not built for Windows, whose bootstrap must fit Azure's 64 KiB userData), left out of the Windows bootstrap
+LINUX_ONLY = ("slurm_backend.py", "ec2_nodes.py", "autoscale.py", "nodepool.py")
 
 
-def protocol_files(os_name: str = "linux") -> dict[str, bytes]:
-    """The stdlib-only protocol package, by the path it takes beside the runner (`mpicloud/protocol/…`); the
-    pool's part only where nodepool.py runs (Linux)."""
+def protocol_files() -> dict[str, bytes]:
+    """The stdlib-only protocol package, by the path it takes beside the runner (`mpicloud/protocol/…`)."""
     package = Path(__file__).resolve().parent
     files = {"mpicloud/__init__.py": (package / "__init__.py").read_bytes()}
     for path in sorted((package / "protocol").glob("*.py")):
-        if os_name == "linux" or path.name not in LINUX_ONLY_PROTOCOL:
-            files[f"mpicloud/protocol/{path.name}"] = path.read_bytes()
+        files[f"mpicloud/protocol/{path.name}"] = path.read_bytes()
     return files
 
 
@@ -38,7 +37,19 @@ def runner_files(os_name: str = "linux") -> dict[str, bytes]:
     """Every cluster-side file an OS's nodes run, by relative POSIX path, for bootstraps to install."""
     folder = provision_dir() / "runner"
     names = [n for n in RUNNER_SCRIPTS if os_name == "linux" or n not in LINUX_ONLY]
-    return {**{name: (folder / name).read_bytes() for name in names}, **protocol_files(os_name)}
+    return {**{name: (folder / name).read_bytes() for name in names}, **protocol_files()}
+
+
+def runner_bundle(os_name: str = "linux") -> bytes:
+    """runner_files as one tar (deterministic: sorted, mtime 0, root-owned, mode 644): compressed whole, the
+    files share one dictionary, which keeps the Windows bootstrap inside Azure's userData limit."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in sorted(runner_files(os_name).items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def install_runner(dest: Path) -> Path:

@@ -53,6 +53,7 @@ class MpiCluster(pulumi.ComponentResource):
                 spec.name, ip or "<N0 public IP>", spec.admin.username,
                 spec.admin.password.env if spec.admin.password else "MPICLOUD_ADMIN_PASSWORD")),
             "password_only": spec.password_only,
+            "head_principal_id": self.nodes.head_principal,
             "host_key_fingerprints": pulumi.Output.all(*[_host_keys(self.group.name, n.vm.name, n.extension.name)
                                                          for n in nodes]).apply(_merge),
         }

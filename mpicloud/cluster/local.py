@@ -171,8 +171,10 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
         local={"cluster_id": cluster_id, "ssh_config": str(ssh_config), "spec_digest": _spec_digest(spec),
                **local_ns.record_fields(spec, str(directory), cluster_id, network)})
     install_runner(directory / "runner")
+    # local nodes are no cloud VMs: the AWS SDKs must not ask for an instance role (169.254.169.254)
     config = runner_config(spec, _cli(record, "stop", spec.name, "--reason", "idle shutdown"),
-                           slurm_env=local_ns.session_env(record), pool=_pool(spec, record))
+                           env={"AWS_EC2_METADATA_DISABLED": "true"}, slurm_env=local_ns.session_env(record),
+                           pool=_pool(spec, record))
     (shared / ".mpicloud" / "runner.json").write_text(runner_config_json(config))
     record.save()
     known_nodes: list[str] = []

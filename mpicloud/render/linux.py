@@ -102,6 +102,10 @@ def _files(spec: ClusterSpec, head: bool) -> list[dict[str, str]]:
     return files
 
 
+#: Debian 12 packages of the SDKs the node's bucketio.py runs on, by bucket kind (tested under /usr/bin/python3)
+OBJECT_SDK_PACKAGES = {"s3": "python3-boto3", "azure_blob": "python3-azure-storage"}
+
+
 def _packages(spec: ClusterSpec, head: bool) -> list[str]:
     kind = spec.shared_storage.kind
     storage = {("smb", True): ["samba"], ("smb", False): ["cifs-utils"],
@@ -110,7 +114,9 @@ def _packages(spec: ClusterSpec, head: bool) -> list[str]:
     base = ["openmpi-bin", "libopenmpi-dev", "openssh-client", "python3", "awscli", "curl"]
     slurm = (["munge", "slurmd", "slurm-client", "libpmix-dev"] + (["slurmctld"] if head else [])) \
         if spec.scheduler == "slurm" else []
-    return base + storage + pip + slurm + list(spec.software.packages)
+    # the storage SDK bucketio.py uses, where the runner moves objects (the head)
+    sdk = [OBJECT_SDK_PACKAGES[spec.bucket.kind]] if spec.bucket is not None and head else []
+    return base + storage + pip + slurm + sdk + list(spec.software.packages)
 
 
 def _storage_command(spec: ClusterSpec, head: bool) -> list[str]:

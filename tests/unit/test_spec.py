@@ -191,3 +191,9 @@ def test_elastic_is_refused_on_the_clouds_for_now() -> None:
 
     with pytest.raises(SpecError, match="built for the local cluster only"):
         spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}))
+
+
+def test_managed_identity_blob_grant_needs_azure() -> None:
+    with pytest.raises(SpecError, match=r"bucket\.grant: managed_identity needs cloud: azure"):
+        spec_from_dict({"name": "ab", "cloud": "local", "nodes": 1, "bucket": {
+            "kind": "azure_blob", "account": "simdata", "container": "runs", "grant": "managed_identity"}})
