@@ -15,15 +15,16 @@ from mpicloud.spec import spec_from_dict
 
 
 @contextmanager
-def bench_cluster(nodes: int = 2, slots: int = 2, base: str = "127.0.98.1",
-                  scheduler: str = "builtin") -> Iterator[tuple[Cluster, float]]:
-    """A local cluster in a private MPICLOUD_HOME; yields it and the seconds `up` took. Slurm clusters run in
-    namespaced mode (their own addresses), so `base` applies to the built-in queue only."""
+def bench_cluster(nodes: int | dict[str, int] = 2, slots: int = 2, base: str = "127.0.98.1",
+                  scheduler: str = "builtin", **extra: object) -> Iterator[tuple[Cluster, float]]:
+    """A local cluster in a private MPICLOUD_HOME (`extra`: more spec fields); yields it and the seconds `up`
+    took. Slurm clusters run in namespaced mode (their own addresses), so `base` applies to the built-in queue
+    only."""
     with tempfile.TemporaryDirectory() as home:
         os.environ["MPICLOUD_HOME"] = home
         local = {"address_base": base} if scheduler == "builtin" else {}
         spec = spec_from_dict({"name": "bench", "cloud": "local", "nodes": nodes, "slots_per_node": slots,
-                               "scheduler": scheduler, "local": local})
+                               "scheduler": scheduler, "local": local, **extra})
         started = time.perf_counter()
         cluster = Cluster.up(spec)
         elapsed = time.perf_counter() - started

@@ -19,7 +19,7 @@ from mpicloud.cluster import local, registry
 from mpicloud.cluster.connect import AttachRequest
 from mpicloud.cluster.registry import ClusterRecord, DownReport
 from mpicloud.errors import ClusterError
-from mpicloud.jobs import bucket, fetch, query, sweep, watch
+from mpicloud.jobs import bucket, fetch, query, resize, sweep, watch
 from mpicloud.jobs.query import JobInfo, purge_jobs
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, submit
@@ -179,6 +179,12 @@ class Cluster:
     def install_bucket_profile(self, files: AwsFiles) -> list[str]:
         """Deliver the bucket profile (render.awsconfig.aws_files) to the cluster for s3:// inputs and outputs."""
         return bucket.install_profile(self.queue, files)
+
+    def resize(self, nodes: int | None, force: bool = False, timeout: float | None = None) -> dict[str, Any]:
+        """Run `nodes` compute nodes (None: back to the spec's min/max, autoscaling) and wait until they are:
+        growing starts nodes that join the shared storage, hostfile and slots; shrinking drains (leaving nodes
+        take no new jobs, running ones finish; `force` cancels them, naming the node). Returns the pool report."""
+        return resize.resize(self.queue, nodes, force, timeout)
 
     def install_blob_config(self, config: Secret) -> str:
         """Deliver the Azure Blob access (render.blobaccess.blob_config) to the cluster for az:// URLs."""

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -25,8 +26,17 @@ def runner_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("mpicloud_runner", RUNNER)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as `python runner.py` has it: the runner hands itself to its helpers
     spec.loader.exec_module(module)
     return module
+
+
+def node_module(name: str) -> ModuleType:
+    """Import a module of provision/runner/ by its plain name, as the runner beside it does."""
+    folder = str(RUNNER.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 class LocalQueue:

@@ -61,7 +61,7 @@ class Nodes(pulumi.ComponentResource):
                                        opts=child).key_name
         self.ami = pulumi.Output.from_input(options.ami) if options.ami else aws.ssm.get_parameter_output(
             name=options.ami_ssm_parameter, opts=pulumi.InvokeOptions(parent=self)).value
-        ips = node_addresses(options.subnet_cidr, spec.nodes)
+        ips = node_addresses(options.subnet_cidr, spec.node_count)
         common = {
             "ami": self.ami, "instance_type": spec.size, "key_name": key_name,
             "iam_instance_profile": args.profile_name,
@@ -83,7 +83,7 @@ class Nodes(pulumi.ComponentResource):
                 f"{name}-shared", availability_zone=args.availability_zone, size=options.shared_volume_gb,
                 type="gp3", encrypted=True, tags={**args.tags, "Name": f"{spec.name}-shared"},
                 opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
-        self.instances = [self._instance(f"{name}-node{i}", i, ips, common, args) for i in range(spec.nodes)]
+        self.instances = [self._instance(f"{name}-node{i}", i, ips, common, args) for i in range(spec.node_count)]
         self.shared_attachment = None if self.shared_volume is None else aws.ec2.VolumeAttachment(
             f"{name}-shared-attach", device_name=SHARED_VOLUME_DEVICE, volume_id=self.shared_volume.id,
             instance_id=self.instances[0].id, stop_instance_before_detaching=True, opts=child)
@@ -99,7 +99,7 @@ class Nodes(pulumi.ComponentResource):
                                        ignore_changes=INSTANCE_IGNORED)
         spec = args.spec
         tags: dict[str, pulumi.Input[str]] = {
-            **args.tags, **node_tags(str(spec.nodes), str(spec.slots_per_node), args.ssm_prefix, idle_tag(spec),
+            **args.tags, **node_tags(str(spec.node_count), str(spec.slots_per_node), args.ssm_prefix, idle_tag(spec),
                                      args.key_id), "Name": name}
         if index == 0 and self.shared_volume is not None:
             tags[TAG_SHARED_VOLUME] = self.shared_volume.id

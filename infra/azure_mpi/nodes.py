@@ -100,7 +100,7 @@ def _vm_args(name: str, index: int, args: NodesArgs, nic: network.NetworkInterfa
 
 def _command(spec: ClusterSpec, index: int, script: str) -> str:
     return windows.bootstrap_command({
-        "NodeIndex": str(index), "NodeCount": str(spec.nodes), "SlotsPerNode": str(spec.slots_per_node),
+        "NodeIndex": str(index), "NodeCount": str(spec.node_count), "SlotsPerNode": str(spec.slots_per_node),
         "IdleMinutes": str(spec.idle_shutdown_minutes or 0), "ArmEndpoint": ARM_ENDPOINT,
         "AdminUserB64": windows.b64(spec.admin.username), "VmPrefixB64": windows.b64(spec.name),
         "AdminKeyB64": windows.key_b64(spec.admin.ssh_public_key),

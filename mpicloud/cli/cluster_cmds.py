@@ -1,4 +1,4 @@
-"""Cluster commands: validate, up, down, clusters, attach, status."""
+"""Cluster commands: validate, up, down, clusters, attach, status, resize (and the local node actions)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import typer
 from mpicloud.api import Cluster, describe_runner
 from mpicloud.cli.app import app, out
 from mpicloud.cli.safe_text import escape_text
+from mpicloud.cluster import local_nodes
 from mpicloud.cluster.connect import AttachRequest
 from mpicloud.cluster.registry import ProxySettings
 from mpicloud.errors import MpicloudError
@@ -28,7 +29,9 @@ def _age(seconds: float) -> str:
 def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")]) -> None:
     """Check a spec; report every problem with its field path."""
     parsed = load_spec(spec)
-    out.print(f"{spec}: valid ({parsed.cloud}, {parsed.os}, {parsed.nodes} nodes x {parsed.slots_per_node} slots)")
+    elastic = parsed.elastic
+    nodes = f"head + {elastic.min}..{elastic.max} compute nodes" if elastic else f"{parsed.nodes} nodes"
+    out.print(f"{spec}: valid ({parsed.cloud}, {parsed.os}, {nodes} x {parsed.slots_per_node} slots)")
     if parsed.password_only:
         out.print("note: no admin.ssh_public_key, so the cluster is password-only (SSH logins and mpicloud attach "
                   "use the admin password); add a key to log in with it")
@@ -83,6 +86,49 @@ def start(name: str) -> None:
 IDLE_FLAG_SECONDS = 30 * 60
 
 
+def _node_summary(states: dict[str, str]) -> str:
+    """`2 up, 1 starting, 1 stopped` (compute nodes by state) and the nodes that are not up or stopped."""
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    moving = [f"{n} {s}" for n, s in sorted(states.items()) if s not in ("up", "stopped")]
+    summary = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+    return summary + (f" ({', '.join(moving)})" if moving else "")
+
+
+@app.command()
+def resize(
+    name: str,
+    nodes: Annotated[int | None, typer.Option(help="compute nodes to run (a fixed cluster counts node0)")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="back to the spec's min/max (autoscaling)")] = False,
+    force: Annotated[bool, typer.Option(help="cancel the jobs of leaving nodes instead of letting them finish")]
+    = False,
+    timeout: Annotated[float | None, typer.Option(help="give up waiting after this many seconds")] = None,
+) -> None:
+    """Grow or shrink a running cluster: new nodes join the shared storage, hostfile and slots; leaving nodes
+    drain first (running jobs finish, or --force cancels them) and nothing is lost."""
+    if (nodes is None) == (not auto):
+        raise typer.BadParameter("give either --nodes N or --auto")
+    pool = Cluster.get(name).resize(None if auto else nodes, force, timeout)
+    out.print(f"cluster {name}: {_node_summary(pool['nodes'])} (min {pool['min']}, max {pool['max']})", markup=False)
+
+
+node_app = typer.Typer(help="Start or stop one node of a running local cluster (the runner's node actions).")
+app.add_typer(node_app, name="node", hidden=True)
+
+
+@node_app.command("start")
+def node_start(name: str, node: str) -> None:
+    """Start a compute node (made first when it never existed); returns once its sshd answers."""
+    local_nodes.start_node(name, node)
+
+
+@node_app.command("stop")
+def node_stop(name: str, node: str) -> None:
+    """Stop a compute node's sshd and sessions; its files are kept."""
+    local_nodes.stop_node(name, node)
+
+
 def _activity(cluster: Cluster) -> dict[str, object]:
     """State, idle time and a flag for a cluster that keeps running (billing) with no recent jobs."""
     try:
@@ -93,12 +139,14 @@ def _activity(cluster: Cluster) -> dict[str, object]:
         return {"state": "stopped", "reachable": False,
                 "flag": f"stopped ({status['reason']}); start: {status['start']}"}
     idle = float(status.get("idle_seconds", 0)) if status.get("alive") else None
+    pool = status.get("pool") or {}
     flag = ""
     if idle is None:
         flag = "runner not alive"
     elif idle >= IDLE_FLAG_SECONDS:
         flag = f"IDLE {_age(idle)} with no jobs: tear it down?"
-    return {"state": "running", "reachable": True, "idle_seconds": idle, "flag": flag}
+    return {"state": "running", "reachable": True, "idle_seconds": idle, "flag": flag,
+            "node_states": pool.get("nodes"), "node_hours": pool.get("node_hours")}
 
 
 @app.command()
@@ -119,7 +167,10 @@ def clusters(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if not rows:
         out.print("no clusters; start one with `mpicloud up examples/local.yaml`")
     for row in rows:
-        out.print(f"{row['name']:<16} {row['provider']:<9} {row['state']:<11} {row['os']:<8} {row['nodes']} nodes  "
+        states = row.get("node_states")
+        nodes = _node_summary(states) if isinstance(states, dict) else f"{row['nodes']} nodes"
+        hours = f"{row['node_hours']:.2f} node-h  " if row.get("node_hours") is not None else ""
+        out.print(f"{row['name']:<16} {row['provider']:<9} {row['state']:<11} {row['os']:<8} {nodes}  {hours}"
                   f"{row['head']:<22} up {_age(float(str(row['uptime_seconds'])))}  teardown: {row['teardown']}  "
                   f"{escape_text(str(row['flag']))}", markup=False)
 
@@ -182,12 +233,19 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
                   markup=False)
         raise typer.Exit(1)
     lost = data.get("unreachable") or {}
-    free = data["slots_total"] - data["slots_busy"] - int(data.get("slots_unreachable", 0))
+    pool = data.get("pool") or {}
+    up_slots = int(pool.get("slots_up", data["slots_total"]))
+    free = up_slots - data["slots_busy"] - int(data.get("slots_unreachable", 0))
     out.print(f"cluster {name}: {data['slots_busy']} slots busy, {free} free; {data['queued']} queued, "
               f"{data['running']} running; idle {_age(data['idle_seconds'])}; "
               f"heartbeat {float(data.get('heartbeat_age') or 0):.1f} s ago (runner pid {data.get('pid')}); "
               f"up {_age(time.time() - cluster.record.created_at)}; teardown: {cluster.record.teardown}",
               markup=False)
+    if pool:
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(pool["since"])))
+        how = "resized by hand (`mpicloud resize --auto` returns to the spec)" if pool["resized"] else "the spec's"
+        out.print(f"  nodes: {_node_summary(pool['nodes'])}; min {pool['min']}, max {pool['max']} ({how}); "
+                  f"{pool['node_hours']:.2f} node-hours since {since} (head included)", markup=False)
     for node in data.get("slurm_nodes") or []:
         out.print(f"  slurm node {node['name']}: {node['state']}, CPUs allocated/idle/other/total "
                   f"{node['cpus_alloc_idle_other_total']}", markup=False)

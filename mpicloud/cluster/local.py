@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -20,7 +21,8 @@ from mpicloud.cluster.keys import generate_keypair, load_public
 from mpicloud.cluster.processes import MARKER, cluster_processes, stop_cluster_processes
 from mpicloud.cluster.registry import ClusterRecord, DownReport, Node
 from mpicloud.errors import ClusterError
-from mpicloud.render.runner_config import node_names, runner_config, runner_config_json
+from mpicloud.protocol.pool import DRAINING, POOL_FILE, STARTING, UP
+from mpicloud.render.runner_config import node_names, pool_config, runner_config, runner_config_json
 from mpicloud.render.templating import render_template
 from mpicloud.spec.model import ClusterSpec
 from mpicloud.transport.hostkeys import host_entry, pin_host_key
@@ -46,7 +48,7 @@ def require_tools() -> None:
 
 def _addresses(spec: ClusterSpec) -> list[str]:
     base = ipaddress.IPv4Address(spec.local_options.address_base)
-    return [str(base + i) for i in range(spec.nodes)]
+    return [str(base + i) for i in range(spec.node_count)]
 
 
 def _port_free(address: str, port: int) -> bool:
@@ -153,7 +155,7 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
     port = 22 if network else _pick_port(spec, addresses)
     identity = directory / "id_ed25519"
     (directory / "authorized_keys").write_text(generate_keypair(identity, f"mpicloud-{spec.name}") + "\n")
-    nodes = [Node(name=n, host=a, port=port) for n, a in zip(names, addresses, strict=True)]
+    nodes = [Node(name=n, host=a, port=port) for n, a in zip(names, addresses[:len(names)], strict=True)]
     ssh_config = directory / "ssh_config"
     ssh_config.write_text(render_template(
         "local/ssh_config.j2", nodes=nodes, user=user, identity=identity,
@@ -169,11 +171,10 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
         local={"cluster_id": cluster_id, "ssh_config": str(ssh_config), "spec_digest": _spec_digest(spec),
                **local_ns.record_fields(spec, str(directory), cluster_id, network)})
     install_runner(directory / "runner")
-    stop = [*local_ns.host_prefix(record), "env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m",
-            "mpicloud.cli", "stop", spec.name, "--reason", "idle shutdown"]
     # local nodes are no cloud VMs: the AWS SDKs must not ask for an instance role (169.254.169.254)
-    config = runner_config(spec, stop, env={"AWS_EC2_METADATA_DISABLED": "true"},
-                           slurm_env=local_ns.session_env(record))
+    config = runner_config(spec, _cli(record, "stop", spec.name, "--reason", "idle shutdown"),
+                           env={"AWS_EC2_METADATA_DISABLED": "true"}, slurm_env=local_ns.session_env(record),
+                           pool=_pool(spec, record))
     (shared / ".mpicloud" / "runner.json").write_text(runner_config_json(config))
     record.save()
     known_nodes: list[str] = []
@@ -184,19 +185,39 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
     return record
 
 
+def _cli(record: ClusterRecord, *args: str) -> list[str]:
+    """This mpicloud's command line, run by the runner in the host's namespaces (stop, node actions)."""
+    return [*local_ns.host_prefix(record), "env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m",
+            "mpicloud.cli", *args]
+
+
+def _pool(spec: ClusterSpec, record: ClusterRecord) -> dict[str, object] | None:
+    """The runner's node pool with this cluster's node actions (`mpicloud node start|stop NAME NODE`): loopback
+    nodes only (a namespaced node would need its network built)."""
+    if spec.local_network != "loopback":
+        return None
+    return pool_config(spec, _cli(record, "node", "start", spec.name), _cli(record, "node", "stop", spec.name))
+
+
 def _start_node(spec: ClusterSpec, record: ClusterRecord, node: Node, cluster_id: str,
                 enter: list[str] | None) -> str:
-    """Write the node's sshd config and host key, start sshd, pin its key; return known_hosts lines."""
+    """Write the node's files (node_files), start its sshd; return its known_hosts line."""
+    line = node_files(record, node)
+    _spawn_sshd(record, node, cluster_id, enter)
+    return line
+
+
+def node_files(record: ClusterRecord, node: Node) -> str:
+    """Write a node's sshd config and host key and pin the key; return its line for the nodes' known_hosts."""
     node_dir = record.dir / node.name
     host_key = node_dir / "ssh_host_ed25519_key"
-    public = generate_keypair(host_key, f"{node.name}@{spec.name}").split()[:2]
+    public = generate_keypair(host_key, f"{node.name}@{record.name}").split()[:2]
     config = node_dir / "sshd_config"
     config.write_text(render_template(
         "local/sshd_config.j2", node=node.name, address=node.host, port=node.port, host_key=host_key,
         pid_file=node_dir / "sshd.pid", authorized_keys=record.dir / "authorized_keys", user=record.user,
-        env=_node_env(record, node.name, cluster_id, Path(record.local["ssh_config"]))))
+        env=_node_env(record, node.name, record.local["cluster_id"], Path(record.local["ssh_config"]))))
     pin_host_key(record.known_hosts, node.host, node.port, load_public(host_key))
-    _spawn_sshd(record, node, cluster_id, enter)
     key_text = " ".join(public)
     return f"{node.name},{host_entry(node.host, node.port)} {key_text}\n"
 
@@ -218,8 +239,8 @@ def _spawn_sshd(record: ClusterRecord, node: Node, cluster_id: str, enter: list[
     log.close()
 
 
-def _wait_ready(record: ClusterRecord, timeout: float = 15.0) -> None:
-    for node in record.nodes:
+def _wait_ready(record: ClusterRecord, timeout: float = 15.0, nodes: list[Node] | None = None) -> None:
+    for node in record.nodes if nodes is None else nodes:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -293,16 +314,17 @@ def start(record: ClusterRecord) -> ClusterRecord:
         if record.stopped_at is None:
             raise ClusterError(f"cluster {record.name!r} is already running")
         stop_cluster_processes(cluster_id, str(record.dir))  # leftovers of an interrupted stop
-    for node in record.nodes:
+    nodes = _pool_up(record)
+    for node in nodes:
         if not _port_free(node.host, node.port):
             raise ClusterError(f"cannot start cluster {record.name!r}: port {node.port} on {node.host} ({node.name}) "
                                "is taken by another process; stop it and run `mpicloud start "
                                f"{record.name}` again")
     (Path(record.runner_root) / "stop-runner").unlink(missing_ok=True)
     try:
-        for node in record.nodes:
+        for node in nodes:
             _spawn_sshd(record, node, cluster_id)
-        _wait_ready(record)
+        _wait_ready(record, nodes=nodes)
     except BaseException:
         stop_cluster_processes(cluster_id, str(record.dir))
         raise
@@ -310,6 +332,16 @@ def start(record: ClusterRecord) -> ClusterRecord:
     record.stop_reason = ""
     record.save()
     return record
+
+
+def _pool_up(record: ClusterRecord) -> list[Node]:
+    """The nodes to start again: the head and those the runner's pool had up (all without a pool record)."""
+    try:
+        states = json.loads((Path(record.runner_root) / POOL_FILE).read_text())["nodes"]
+    except (OSError, ValueError, KeyError):
+        return list(record.nodes)
+    return [n for i, n in enumerate(record.nodes)
+            if i == 0 or (states.get(n.name) or {}).get("state") in (UP, DRAINING, STARTING)]
 
 
 def down(record: ClusterRecord) -> DownReport | list[int]:

@@ -12,9 +12,14 @@ MARKER = "MPICLOUD_LOCAL_CLUSTER_ID"
 
 def cluster_processes(cluster_id: str, directory: str) -> list[int]:
     """PIDs of a local cluster: its sshds (by config path in the command line), everything below them, and
-    every process whose environment carries MARKER=cluster_id (runner, jobs, MPI ranks that left the tree).
-    sshd overwrites its own environment with its process title, hence the two ways."""
-    needle = f"{MARKER}={cluster_id}".encode()
+    every process whose environment carries MARKER=cluster_id (runner, jobs, MPI ranks that left the tree)."""
+    return matching_processes({f"{MARKER}={cluster_id}".encode()}, directory.encode())
+
+
+def matching_processes(markers: set[bytes], sshd_path: bytes) -> list[int]:
+    """PIDs whose environment holds every one of `markers` (`NAME=value`), sshds whose command line contains
+    `sshd_path`, and everything below them. sshd overwrites its own environment with its process title, hence
+    the two ways."""
     parents: dict[int, int] = {}
     found: set[int] = set()
     for entry in Path("/proc").iterdir():
@@ -27,7 +32,7 @@ def cluster_processes(cluster_id: str, directory: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if needle in environ.split(b"\0") or (b"sshd" in cmdline and directory.encode() in cmdline):
+        if markers <= set(environ.split(b"\0")) or (b"sshd" in cmdline and sshd_path in cmdline):
             found.add(pid)
     grew = True
     while grew:
@@ -49,12 +54,13 @@ def stop_cluster_processes(cluster_id: str, directory: str, grace: float = 3.0) 
             except ProcessLookupError:
                 continue
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(pids):
+        while time.monotonic() < deadline and alive(pids):
             time.sleep(0.05)
-    return _alive(cluster_processes(cluster_id, directory))
+    return alive(cluster_processes(cluster_id, directory))
 
 
-def _alive(pids: list[int]) -> list[int]:
+def alive(pids: list[int]) -> list[int]:
+    """The PIDs still running (zombies are not)."""
     alive = []
     for pid in pids:
         try:

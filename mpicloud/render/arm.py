@@ -57,7 +57,7 @@ def parameters(spec: ClusterSpec) -> Json:
         "clusterName": {"type": "string", "defaultValue": spec.name, "minLength": 2, "maxLength": 32,
                         **meta("prefix of every resource name (lower-case letters, digits, '-'): two clusters "
                                "can share a resource group under different names")},
-        "nodeCount": {"type": "int", "defaultValue": spec.nodes, **_limits("nodeCount"),
+        "nodeCount": {"type": "int", "defaultValue": spec.node_count, **_limits("nodeCount"),
                       **meta("number of Windows Server VMs (N0 is the head node)")},
         "vmSize": {"type": "string", "defaultValue": spec.size, **meta("VM size of every node")},
         "slotsPerNode": {"type": "int", "defaultValue": spec.slots_per_node, **_limits("slotsPerNode"),

@@ -22,6 +22,8 @@ EXTENSION_NAME = "bootstrap"
 #: the only actions of the custom role the head node's identity gets (idle shutdown): read and deallocate VMs;
 #: not "Virtual Machine Contributor", which allows Run Command and extension writes (code as SYSTEM everywhere)
 DEALLOCATE_ACTIONS = ("Microsoft.Compute/virtualMachines/read", "Microsoft.Compute/virtualMachines/deallocate/action")
+#: an elastic cluster's head also starts its compute VMs again (provision/runner/azure_nodes.py); nothing else
+ELASTIC_ACTIONS = (*DEALLOCATE_ACTIONS, "Microsoft.Compute/virtualMachines/start/action")
 SUBNET_NAME = "cluster"
 #: who may create role definitions and assignments (what idle shutdown needs beyond Contributor)
 ROLE_ADMINS = "Owner or User Access Administrator"

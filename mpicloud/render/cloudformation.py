@@ -49,7 +49,7 @@ def _parameters(spec: ClusterSpec) -> dict[str, Any]:
     options = spec.aws_options
     return {
         # a String: Conditions compare text, and moto (unlike CloudFormation) keeps a Number's Ref numeric
-        "NodeCount": {"Type": "String", "Default": str(spec.nodes),
+        "NodeCount": {"Type": "String", "Default": str(spec.node_count),
                       "AllowedValues": [str(n) for n in range(1, MAX_TEMPLATE_NODES + 1)],
                       "Description": f"number of nodes (1 to {MAX_TEMPLATE_NODES}; node0 is the head node)"},
         "SlotsPerNode": {"Type": "Number", "Default": spec.slots_per_node, "MinValue": 1, "MaxValue": 1024,
@@ -267,9 +267,9 @@ def _outputs(user: str) -> dict[str, Any]:
 def cluster_template(spec: ClusterSpec | None = None) -> dict[str, Any]:
     """The cluster template as a dict (the same cloud-init, ports and policies as the Pulumi program)."""
     spec = spec or template_spec()
-    if spec.nodes > MAX_TEMPLATE_NODES:
+    if spec.node_count > MAX_TEMPLATE_NODES:
         raise RenderError(f"the CloudFormation template has at most {MAX_TEMPLATE_NODES} nodes; use Pulumi for "
-                          f"{spec.nodes}")
+                          f"{spec.node_count}")
     ips = node_addresses(spec.aws_options.subnet_cidr, MAX_TEMPLATE_NODES)
     parts = _runner_parts()
     resources = {**_network(spec), **_security(), **_iam(), **_launch_template(user_data_base64(spec, None, ips)),

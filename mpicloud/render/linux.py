@@ -154,17 +154,17 @@ def cloud_config(spec: ClusterSpec, index: int | None, ips: list[str] | None = N
     """The #cloud-config user data of node `index` (0 is the head node; None: any worker, which finds its index
     from its private address at boot); contains no secret.
 
-    `ips` are the fixed private addresses of nodes 0.. (default: spec.nodes of them from aws.subnet_cidr); node
+    `ips` are the fixed private addresses of nodes 0.. (default: spec.node_count of them from aws.subnet_cidr); node
     count, slots, idle minutes and the SSM path come from instance tags (aws_common.node_tags) and the login key
     from the EC2 key pair, both over IMDS at boot, so one text serves Pulumi and CloudFormation.
     """
     if spec.os != "linux":
         raise RenderError("cloud-init user data is for os linux")
-    if spec.shared_storage.kind == "local" and spec.nodes > 1:
+    if spec.shared_storage.kind == "local" and spec.node_count > 1:
         raise RenderError("shared.kind local gives every node its own directory; use smb or nfs with nodes > 1")
     if not re.match(r"^/[A-Za-z0-9._/-]*$", spec.shared_storage.path):
         raise RenderError(f"shared.path {spec.shared_storage.path!r} must be an absolute path of plain characters")
-    ips = ips if ips is not None else node_addresses(spec.aws_options.subnet_cidr, spec.nodes)
+    ips = ips if ips is not None else node_addresses(spec.aws_options.subnet_cidr, spec.node_count)
     head = index == 0
     return render_template(
         "linux/cloud-config.yaml.j2", index=index, user=spec.admin.username, packages=_packages(spec, head),

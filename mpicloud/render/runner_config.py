@@ -16,10 +16,25 @@ SHARE_MARKER = "share-marker"
 SHARE_PROBE = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
 
 
+#: an elastic cluster's compute nodes stop after this long without a job, unless the spec says otherwise
+SCALE_DOWN_IDLE_MINUTES = 10.0
+
+
 def node_names(spec: ClusterSpec) -> list[str]:
-    """Host names of the nodes, in order; node 0 is the head node."""
+    """Host names of the nodes a cluster starts with, in order; node 0 is the head node (an elastic cluster
+    starts with the head only)."""
     prefix = "N" if spec.os == "windows" else "node"
-    return [f"{prefix}{i}" for i in range(spec.nodes)]
+    return [f"{prefix}{i}" for i in range(1 if spec.elastic else spec.node_count)]
+
+
+def pool_config(spec: ClusterSpec, resume: list[str], suspend: list[str]) -> dict[str, Any]:
+    """runner.json's `pool`: how many compute nodes may be up and the node actions (each run with a node name
+    appended). A fixed cluster is a pool of min = max = its nodes, the head among them (it runs jobs)."""
+    elastic = spec.elastic
+    low, high = (elastic.min, elastic.max) if elastic else (spec.node_count, spec.node_count)
+    idle = (spec.scale_down_idle_minutes or SCALE_DOWN_IDLE_MINUTES) if elastic else None
+    return {"min": low, "max": high, "idle_minutes": idle, "slots_per_node": spec.slots_per_node,
+            "head_runs_jobs": elastic is None, "resume_command": resume, "suspend_command": suspend}
 
 
 def runner_root(shared_path: str) -> str:
@@ -30,9 +45,11 @@ def runner_root(shared_path: str) -> str:
 
 def runner_config(spec: ClusterSpec, stop_command: list[str] | None,
                   env: dict[str, str] | None = None, names: list[str] | None = None,
-                  slurm_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The runner configuration: nodes and slots, launcher, scheduler backend (with `slurm_env`, what Slurm's
-    commands need, e.g. SLURM_CONF), idle shutdown and the stop action."""
+                  slurm_env: dict[str, str] | None = None, pool: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The runner configuration: nodes and slots (an elastic cluster's head has none), launcher, scheduler
+    backend (with `slurm_env`, what Slurm's commands need, e.g. SLURM_CONF), idle shutdown, the stop action
+    and the node pool (`pool_config`)."""
+    slots = 0 if spec.elastic else spec.slots_per_node
     return {
         "version": RUNNER_CONFIG_VERSION,
         "cluster": spec.name,
@@ -40,7 +57,8 @@ def runner_config(spec: ClusterSpec, stop_command: list[str] | None,
         "launcher": "mpiexec" if spec.os == "windows" else "mpirun",
         "scheduler": spec.scheduler,
         **({"slurm_env": dict(slurm_env or {})} if spec.scheduler == "slurm" else {}),
-        "nodes": [{"name": n, "slots": spec.slots_per_node} for n in (names or node_names(spec))],
+        "nodes": [{"name": n, "slots": slots} for n in (names or node_names(spec))],
+        **({"pool": pool} if pool else {}),
         "idle_shutdown_minutes": spec.idle_shutdown_minutes,
         "stop_command": stop_command,
         "env": dict(env or {}),

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -291,6 +291,30 @@ class LocalOptions(_Model):
         return value
 
 
+class NodeRange(_Model):
+    """An elastic cluster: a head node that holds the queue and runs no jobs, plus between `min` and `max`
+    compute nodes, started when queued jobs need their cores and stopped when idle."""
+
+    min: int = Field(ge=0, le=255, description="compute nodes always up (0: none while the queue is empty)")
+    max: int = Field(ge=1, le=255, description="compute nodes at most")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NodeRange:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+def _node_kind(value: Any) -> str:
+    """`nodes` is a range when it is a mapping (or a NodeRange), else a count."""
+    return "range" if isinstance(value, dict | NodeRange) else "count"
+
+
+#: a fixed node count, or an elastic range
+NodeCount = Annotated[Annotated[Annotated[int, Field(ge=1, le=256)], Tag("count")] |
+                      Annotated[NodeRange, Tag("range")], Discriminator(_node_kind)]
+
+
 class ClusterSpec(_Model):
     """A whole cluster: where, what OS, how many nodes, who may reach it, storage, software, bucket."""
 
@@ -298,7 +322,9 @@ class ClusterSpec(_Model):
     name: str
     cloud: Literal["local", "azure", "aws"]
     os: Literal["linux", "windows"] = "linux"
-    nodes: int = Field(ge=1, le=256)
+    nodes: NodeCount = Field(
+        description="a fixed number of nodes (node0, the head, runs jobs too), or {min, max} compute nodes "
+                    "beside a head node (elastic)")
     slots_per_node: int = Field(default=1, ge=1, le=1024)
     size: str | None = None
     region: str | None = None
@@ -308,6 +334,9 @@ class ClusterSpec(_Model):
     software: Software = Field(default_factory=Software)
     idle_shutdown_minutes: float | None = Field(default=None, ge=0.05, le=10080,
                                                 description="stop the cluster after this long with no jobs")
+    scale_down_idle_minutes: float | None = Field(
+        default=None, ge=0.01, le=10080, description="elastic clusters: stop a compute node after this long "
+                                                     "without a job (default 10)")
     bucket: Storage | None = None
     azure: AzureOptions | None = None
     aws: AwsOptions | None = None
@@ -353,7 +382,20 @@ class ClusterSpec(_Model):
             raise ValueError(f"bucket.grant: managed_identity needs cloud: azure (a {self.cloud} node has no Azure "
                              "identity); use grant: sas")
         self._scheduler_supported()
+        self._elastic_supported()
         return self
+
+    def _elastic_supported(self) -> None:
+        if not isinstance(self.nodes, NodeRange):
+            if self.scale_down_idle_minutes is not None:
+                raise ValueError("scale_down_idle_minutes needs an elastic cluster (nodes: {min: M, max: X})")
+            return
+        if self.cloud != "local":
+            raise ValueError(f"nodes: {{min, max}} (elastic) is built for the local cluster only; {self.cloud} "
+                             "clusters take a fixed number of nodes for now")
+        if self.scheduler != "builtin" or self.local_network != "loopback":
+            raise ValueError("nodes: {min, max} (elastic) needs the built-in queue on loopback nodes for now "
+                             "(scheduler: builtin, local.network: loopback)")
 
     def _scheduler_supported(self) -> None:
         if self.scheduler == "builtin":
@@ -431,6 +473,16 @@ class ClusterSpec(_Model):
         return "namespaces" if self.scheduler == "slurm" else "loopback"
 
     @property
+    def elastic(self) -> NodeRange | None:
+        """The compute nodes' range of an elastic cluster; None for a fixed one."""
+        return self.nodes if isinstance(self.nodes, NodeRange) else None
+
+    @property
+    def node_count(self) -> int:
+        """Nodes the cluster has at most: fixed ones, or the head plus `max` compute nodes."""
+        return self.nodes.max + 1 if isinstance(self.nodes, NodeRange) else self.nodes
+
+    @property
     def total_slots(self) -> int:
-        """Slots over all nodes."""
-        return self.nodes * self.slots_per_node
+        """Slots jobs may use at most (an elastic cluster's head runs none)."""
+        return (self.nodes.max if isinstance(self.nodes, NodeRange) else self.nodes) * self.slots_per_node

@@ -19,8 +19,13 @@ def _bucket_kind(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _elastic_nodes(document: dict[str, Any]) -> dict[str, Any]:
+    """2 -> 3: `nodes` may also be {min, max} (elastic); a version-2 integer keeps its meaning as it is."""
+    return document
+
+
 # TRANSFORMS[n] upgrades a version-n document to version n+1.
-TRANSFORMS: dict[int, Transform] = {1: _bucket_kind}
+TRANSFORMS: dict[int, Transform] = {1: _bucket_kind, 2: _elastic_nodes}
 
 
 def upgrade(document: dict[str, Any], chain: dict[int, Transform] | None = None,

@@ -753,8 +753,8 @@ class Runner:
         self.config = read_json(root / "runner.json")
         self.nodes: list[dict[str, Any]] = self.config["nodes"]
         self.head = str(self.nodes[0]["name"])
-        self.total = sum(int(n["slots"]) for n in self.nodes)
         self.queue: list[str] = []
+        self.cores: dict[str, int] = {}  # queued jobs' cores (for the pool's decisions)
         self.running: dict[str, dict[str, Any]] = {}
         self.stopping: dict[str, dict[str, Any]] = {}  # job id -> why, since when, KILL sent, nodes unchecked
         self.unadmitted: list[str] = []  # renamed into jobs/ but not yet recorded (a write failed)
@@ -774,6 +774,8 @@ class Runner:
         for name in ROOT_DIRS:
             (root / name).mkdir(exist_ok=True)
         self.backend: Backend = backend(self) if backend else make_backend(self)
+        self.pool = make_pool(self)
+        self.refresh_nodes()
 
     # -- state
     def jobdir(self, job_id: str) -> Path:
@@ -788,6 +790,23 @@ class Runner:
         state.update(changes)
         write_json(self.jobdir(job_id) / STATE_FILE, state)
         return state
+
+    def refresh_nodes(self) -> None:
+        """The nodes jobs may use come from the pool (up or draining); a stopped node is nobody's to probe."""
+        self.nodes = self.pool.node_list()
+        self.total = self.pool.capacity()
+        present = {str(n["name"]) for n in self.nodes}
+        for name in [n for n in self.unreachable if n not in present]:
+            del self.unreachable[name]
+            self.probe_failures.pop(name, None)
+
+    def scale(self) -> None:
+        """One pass of the elastic pool: start nodes for queued cores, drain and stop what is not needed."""
+        if not self.pool.resume:
+            self.pool.step([], {})
+            return
+        self.cores = {j: self.cores.get(j) or int(self.state(j)["cores"]) for j in self.queue}
+        self.pool.step(list(self.cores.values()), self.busy())
 
     def busy(self) -> dict[str, int]:
         used: dict[str, int] = {}
@@ -905,7 +924,15 @@ class Runner:
         for job_id, state in list(self.running.items()):
             stop = self.stopping.get(job_id)
             if (self.jobdir(job_id) / CANCEL_FILE).exists() and not (stop and stop["reason"]):
-                self.stop(job_id, state, "cancelled while running")
+                self.stop(job_id, state, self.cancel_reason(job_id))
+
+    def cancel_reason(self, job_id: str) -> str:
+        """What the cancel request says (resize --force names the node), else "cancelled while running"."""
+        try:
+            text = (self.jobdir(job_id) / CANCEL_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            text = ""
+        return text if text.startswith("cancelled") else "cancelled while running"
 
     def stop(self, job_id: str, state: dict[str, Any], reason: str | None) -> None:
         """Begin stopping a job's processes on every node: TERM now, KILL after STOP_GRACE (see survivors)."""
@@ -991,7 +1018,7 @@ class Runner:
         notes = [f"processes on {', '.join(stop['unchecked'])} could not be checked (unreachable)"] \
             if stop["unchecked"] else []
         if (self.jobdir(job_id) / CANCEL_FILE).exists():
-            final, reasons = "cancelled", ["cancelled while running"]
+            final, reasons = "cancelled", [stop["reason"] or "cancelled while running"]
         else:
             final = "succeeded" if result is not None and result["exit_code"] == 0 else "failed"
             reasons = [r for r in (stop["reason"], result and result.get("reason")) if r]
@@ -1154,7 +1181,8 @@ class Runner:
             "slots_busy": sum(self.busy().values()), "queued": len(self.queue), "running": len(self.running),
             "idle_seconds": idle_for, "last_active": self.last_active, "unreachable": dict(self.unreachable),
             "slots_unreachable": sum(int(n["slots"]) for n in self.nodes if n["name"] in self.unreachable),
-            "idle_shutdown_minutes": self.config.get("idle_shutdown_minutes"), **self.backend.status()})
+            "idle_shutdown_minutes": self.config.get("idle_shutdown_minutes"), **self.pool.status(),
+            **self.backend.status()})
         self.last_status = now()
 
     def idle_expired(self) -> bool:
@@ -1171,7 +1199,8 @@ class Runner:
         logged and retried on the next pass; it never ends the loop."""
         self.recover()
         self.write_status()
-        steps = (self.accept, self.cancel_requests, self.reap, self.probe_nodes, self.schedule, self.reap_spool)
+        steps = (self.accept, self.cancel_requests, self.reap, self.probe_nodes, self.schedule, self.scale,
+                 self.reap_spool)
         while True:
             for step in steps:
                 try:
@@ -1258,7 +1287,8 @@ class BuiltinBackend:
         return queue[:1]
 
     def place(self, cores: int) -> list[tuple[str, int]] | None:
-        usable = [n for n in self.runner.nodes if n["name"] not in self.runner.unreachable]
+        usable = [n for n in self.runner.nodes
+                  if n["name"] not in self.runner.unreachable and self.runner.pool.ready(str(n["name"]))]
         return allocate(usable, self.runner.busy(), cores)
 
     def launch(self, batch: list[str], launches: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -1314,6 +1344,40 @@ def make_backend(runner: Runner) -> Backend:
     return BuiltinBackend(runner)
 
 
+def capacity(config: dict[str, Any]) -> int:
+    """Cores a runner.json provides at most: `max` nodes of its pool, else every node it lists."""
+    pool = config.get("pool")
+    return int(pool["max"]) * int(pool["slots_per_node"]) if pool else sum(int(n["slots"]) for n in config["nodes"])
+
+
+class FixedPool:
+    """The nodes runner.json lists, always up (Windows: nodepool.py is not shipped, see assets.LINUX_ONLY)."""
+
+    resume: list[str] = []
+
+    def __init__(self, runner: Runner) -> None:
+        self.node_list = lambda: list(runner.config["nodes"])
+        self.capacity = lambda: capacity(runner.config)
+
+    def ready(self, name: str) -> bool:
+        return True
+
+    def step(self, queued: list[int], used: dict[str, int]) -> None:
+        """Nothing to decide."""
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+def make_pool(runner: Runner) -> Any:
+    """The compute node pool (nodepool.py beside this file, Linux), or a fixed one (Windows)."""
+    if WINDOWS:
+        return FixedPool(runner)
+    import nodepool
+
+    return nodepool.Pool(runner, sys.modules[__name__])
+
+
 # ---------------------------------------------------------------- reports for clients (one exec each)
 def list_jobs(root: Path) -> list[dict[str, Any]]:
     """Every job's state in FIFO order (accepted jobs order.log lacks after a crash at the end, until the
@@ -1353,8 +1417,7 @@ def start(root: Path, wait: float = 15.0) -> dict[str, Any]:
     """`start`: make sure a runner serves this cluster (safe to repeat, from any client): nothing when its
     heartbeat is fresh, else a supervised runner is started. Says what it found and what it did."""
     found = status(root)
-    config = read_json(root / "runner.json")
-    total = sum(int(n["slots"]) for n in config["nodes"])
+    total = int(found.get("slots_total") or capacity(read_json(root / "runner.json")))
     if found["alive"]:
         return {**found, "action": "none", "slots_total": total}
     spawn_detached([sys.executable, str(Path(__file__).resolve()), "supervise", "--root", str(root)],

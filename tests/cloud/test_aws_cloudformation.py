@@ -301,10 +301,11 @@ def test_template_from_a_spec_keeps_its_defaults_and_limit() -> None:
     assert template["Parameters"]["NodeCount"]["Default"] == "4"
     assert template["Parameters"]["NodeCount"]["AllowedValues"] == [str(n) for n in range(1, 257)]
     assert template["Parameters"]["SlotsPerNode"]["Default"] == 16
-    from mpicloud.spec.model import ClusterSpec
+    from mpicloud.errors import SpecError
 
-    nodes_field = ClusterSpec.model_fields["nodes"].metadata
-    assert any(getattr(m, "le", None) == MAX_TEMPLATE_NODES for m in nodes_field)  # the template covers the spec
+    aws_spec(nodes=MAX_TEMPLATE_NODES)  # the template covers the spec
+    with pytest.raises(SpecError):
+        aws_spec(nodes=MAX_TEMPLATE_NODES + 1)
 
 
 def test_launch_stack_url() -> None:

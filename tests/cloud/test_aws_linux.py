@@ -154,7 +154,7 @@ def test_the_example_spec_renders_for_every_node() -> None:
     from mpicloud.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "aws-linux.yaml")
-    sizes = [len(base64.b64decode(user_data_base64(spec, i))) for i in range(spec.nodes)]
+    sizes = [len(base64.b64decode(user_data_base64(spec, i))) for i in range(spec.node_count)]
     assert all(size <= USER_DATA_LIMIT for size in sizes) and sizes[0] > sizes[1]
     assert "python3-numpy" in yaml.safe_load(cloud_config(spec, 1))["packages"]
 

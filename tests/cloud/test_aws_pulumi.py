@@ -106,7 +106,7 @@ def test_nodes_in_placement_group_with_imdsv2_encryption_and_fixed_ips(seen: lis
 
     def check(_: Any) -> None:
         instances = _of(seen, "ec2/instance:Instance")
-        assert len(instances) == spec.nodes
+        assert len(instances) == spec.node_count
         (group,) = _of(seen, "ec2/placementGroup:PlacementGroup")
         assert group["strategy"] == "cluster"
         for i, node in enumerate(instances):

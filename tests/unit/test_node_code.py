@@ -13,7 +13,7 @@ PROBE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 before = set(sys.modules)
-import runner, transfer, bucketio, slurm_backend
+import runner, transfer, bucketio, slurm_backend, autoscale, nodepool, ec2_nodes
 import mpicloud.protocol
 mods = {name.split(".")[0] for name in set(sys.modules) - before}
 print(json.dumps(sorted(m for m in mods if m not in sys.stdlib_module_names)))
@@ -26,7 +26,8 @@ def test_node_files_import_only_the_standard_library(tmp_path: Path) -> None:
     done = subprocess.run([NODE_PYTHON, "-I", "-S", "-c", PROBE, str(tmp_path)], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert set(json.loads(done.stdout)) <= {"runner", "transfer", "bucketio", "slurm_backend", "mpicloud"}
+    shipped = {"runner", "transfer", "bucketio", "slurm_backend", "autoscale", "nodepool", "ec2_nodes", "mpicloud"}
+    assert set(json.loads(done.stdout)) <= shipped
 
 
 def test_runner_finds_the_protocol_in_an_isolated_interpreter(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from mpicloud.errors import SpecError
 from mpicloud.secret import Secret
 from mpicloud.spec import load_spec, parse_spec, spec_from_dict
+from mpicloud.spec.model import SPEC_VERSION
 from mpicloud.spec.versions import upgrade
 from tests.conftest import cli
 from tests.specdata import PUBKEY
@@ -30,7 +31,7 @@ def problems(text: str) -> list[str]:
 
 def test_every_problem_has_its_field_path_and_did_you_mean() -> None:
     found = problems("name: ok1\ncloud: local\nnodes: 0\nnodez: 3\nadmin: {usernme: a}\n")
-    assert "nodes: Input should be greater than or equal to 1" in found
+    assert "nodes.count: Input should be greater than or equal to 1" in found
     assert "nodez: unknown field; did you mean 'nodes'?" in found
     assert "admin.usernme: unknown field; did you mean 'username'?" in found
 
@@ -144,7 +145,7 @@ def test_local_network_defaults_follow_the_scheduler() -> None:
 
 def test_version_1_bucket_becomes_s3_and_blob_containers_are_their_own_kind() -> None:
     old = spec_from_dict({"version": 1, "name": "ab", "cloud": "local", "nodes": 1, "bucket": {"name": "sim-data"}})
-    assert old.version == 2 and old.s3_bucket is not None and old.s3_bucket.name == "sim-data"
+    assert old.version == SPEC_VERSION and old.s3_bucket is not None and old.s3_bucket.name == "sim-data"
     blob = spec_from_dict({"name": "ab", "cloud": "azure", "os": "windows", "nodes": 1, "size": "Standard_D2s_v5",
                            "region": "westeurope", "admin": {"password": {"env": "X"}},
                            "bucket": {"kind": "azure_blob", "account": "simdata", "container": "runs"}})
@@ -159,6 +160,37 @@ def test_blob_container_fields_are_checked_by_name(field: str, value: str) -> No
     bucket = {"kind": "azure_blob", "account": "simdata", "container": "runs", field: value}
     with pytest.raises(SpecError, match=field):
         spec_from_dict({"name": "ab", "cloud": "local", "nodes": 1, "bucket": bucket})
+
+
+def test_nodes_is_a_count_or_an_elastic_range() -> None:
+    fixed = parse_spec("name: ok1\ncloud: local\nnodes: 3\n")
+    assert fixed.elastic is None and fixed.node_count == 3 and fixed.total_slots == 3
+    elastic = parse_spec("name: ok1\ncloud: local\nslots_per_node: 2\nnodes: {min: 0, max: 4}\n"
+                         "scale_down_idle_minutes: 5\n")
+    assert elastic.elastic is not None and (elastic.elastic.min, elastic.elastic.max) == (0, 4)
+    assert elastic.node_count == 5 and elastic.total_slots == 8  # the head runs no jobs
+    assert parse_spec("version: 2\nname: ok1\ncloud: local\nnodes: 3\n").nodes == 3  # upgraded unchanged
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("nodes: {min: 5, max: 2}", "nodes.range: min (5) must not exceed max (2)"),
+    ("nodes: {min: -1, max: 2}", "nodes.range.min: Input should be greater than or equal to 0"),
+    ("nodes: {min: 0}", "nodes.range.max: Field required"),
+    ("nodes: {min: 0, max: 2, maximum: 3}", "nodes.range.maximum: unknown field"),
+    ("nodes: 3\nscale_down_idle_minutes: 5", "scale_down_idle_minutes needs an elastic cluster"),
+    ("nodes: {min: 0, max: 2}\nscale_down_idle_minutes: 0", "scale_down_idle_minutes: Input should be greater"),
+    ("nodes: {min: 0, max: 2}\nscheduler: slurm\nlocal: {network: namespaces}", "needs the built-in queue on loopback"),
+])
+def test_bad_elastic_specs_name_the_field(text: str, expected: str) -> None:
+    assert any(expected in p for p in problems(f"name: ok1\ncloud: local\n{text}\n")), problems(
+        f"name: ok1\ncloud: local\n{text}\n")
+
+
+def test_elastic_is_refused_on_the_clouds_for_now() -> None:
+    from tests.specdata import aws_doc
+
+    with pytest.raises(SpecError, match="built for the local cluster only"):
+        spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}))
 
 
 def test_managed_identity_blob_grant_needs_azure() -> None:

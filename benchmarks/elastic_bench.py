@@ -1,0 +1,99 @@
+"""Elastic clusters: submit-to-start when a node must start first, and node-hours of a bursty workload.
+
+`python -m benchmarks.elastic_bench [REPEAT]`: (1) submit-to-start of a 1-core job on a min0/max1 cluster
+whose node is stopped, against a fixed cluster whose node is up (median of REPEAT); (2) a synthetic one-hour
+bursty workload replayed 60x fast (jobs of 1-4 cores lasting 2-6 minutes in three bursts) on a fixed 4-node
+cluster and on min0/max4 (10 minutes scale-down idle time, replayed as 10 s), node-hours scaled back.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import bench_cluster
+from mpicloud.api import Cluster
+
+SPEED = 60.0  # replayed seconds per real minute of the workload
+
+
+def _pool(cluster: Cluster) -> dict[str, object]:
+    data: dict[str, object] = json.loads((Path(cluster.record.runner_root) / "status.json").read_text())["pool"]
+    return data
+
+
+def _start_delay(cluster: Cluster) -> float:
+    job = cluster.submit(["true"])
+    job.wait(120)
+    state = json.loads((Path(cluster.record.runner_root) / "jobs" / job.id / "state.json").read_text())
+    return float(state["started_at"]) - float(state["submitted_at"])
+
+
+def submit_to_start(repeat: int) -> None:
+    """Median submit-to-start with the node stopped (elastic) and up (fixed)."""
+    cold = []
+    with bench_cluster(nodes={"min": 0, "max": 1}, slots=1, base="127.0.164.1",
+                       scale_down_idle_minutes=0.02) as (cluster, _):
+        for _ in range(repeat):
+            while set(_pool(cluster)["nodes"].values()) != {"stopped"}:  # type: ignore[attr-defined]
+                time.sleep(0.2)
+            cold.append(_start_delay(cluster))
+    with bench_cluster(nodes=2, slots=1, base="127.0.165.1") as (cluster, _):
+        warm = [_start_delay(cluster) for _ in range(repeat)]
+    print(f"submit-to-start, node stopped (min0/max1): median {statistics.median(cold):.2f} s "
+          f"(min {min(cold):.2f}, max {max(cold):.2f}); node up (fixed): median {statistics.median(warm):.3f} s; "
+          f"a node start costs {statistics.median(cold) - statistics.median(warm):.2f} s here", flush=True)
+
+
+def workload(seed: int = 16) -> list[tuple[float, int, float]]:
+    """(submit minute, cores, minutes) of a bursty hour: three bursts, quiet in between."""
+    rng = random.Random(seed)
+    jobs = []
+    for burst in (0.0, 20.0, 45.0):
+        for _ in range(rng.randint(6, 8)):
+            jobs.append((burst + rng.uniform(0, 3), rng.randint(1, 4), rng.uniform(2, 6)))
+    return sorted(jobs)
+
+
+def replay(cluster: Cluster, jobs: list[tuple[float, int, float]]) -> dict[str, float]:
+    """Submit each job at its (replayed) minute; at the end of the hour (or the last job), the node-hours."""
+    began = time.monotonic()
+    handles = []
+    for minute, cores, length in jobs:
+        time.sleep(max(0.0, began + minute * 60 / SPEED - time.monotonic()))
+        handles.append(cluster.submit(["sleep", f"{length * 60 / SPEED:.2f}"], cores=cores))
+    states = [h.wait(600).state for h in handles]
+    assert states == ["succeeded"] * len(jobs), states
+    time.sleep(max(0.0, began + 60 * 60 / SPEED - time.monotonic()))
+    pool = _pool(cluster)
+    wall = (time.monotonic() - began) * SPEED / 60
+    return {"minutes": wall, "node_hours": float(pool["node_hours"]) * SPEED,  # type: ignore[arg-type]
+            "compute_node_hours": float(pool["compute_node_hours"]) * SPEED}  # type: ignore[arg-type]
+
+
+def node_hours() -> None:
+    """The bursty hour on fixed-4 and on min0/max4."""
+    jobs = workload()
+    with bench_cluster(nodes=4, slots=2, base="127.0.166.1") as (cluster, _):
+        fixed = replay(cluster, jobs)
+    with bench_cluster(nodes={"min": 0, "max": 4}, slots=2, base="127.0.167.1",
+                       scale_down_idle_minutes=10 / SPEED) as (cluster, _):
+        elastic = replay(cluster, jobs)
+    print(f"bursty hour ({len(jobs)} jobs, replayed {SPEED:.0f}x): fixed 4 nodes {fixed['node_hours']:.2f} "
+          f"node-hours over {fixed['minutes']:.0f} min; min0/max4 {elastic['node_hours']:.2f} node-hours "
+          f"(head {elastic['node_hours'] - elastic['compute_node_hours']:.2f} + compute "
+          f"{elastic['compute_node_hours']:.2f}) over {elastic['minutes']:.0f} min: "
+          f"{elastic['node_hours'] / fixed['node_hours']:.2f}x", flush=True)
+
+
+def main(repeat: int = 5) -> None:
+    submit_to_start(repeat)
+    node_hours()
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:2]))

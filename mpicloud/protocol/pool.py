@@ -1,0 +1,21 @@
+"""The compute node pool's contract between the client and the runner (stdlib only; shipped to the nodes).
+
+runner.json's `pool` section (written by the client), the node states the runner reports in status.json's
+`pool`, its own record `nodes.json`, and the resize request a client drops into the runner root.
+"""
+
+from __future__ import annotations
+
+import json
+
+#: the runner's record of its compute nodes (states, up-time), and a client's resize request
+POOL_FILE, RESIZE_FILE = "nodes.json", "resize.json"
+#: a compute node's states: only `up` nodes take new jobs; `draining` ones finish theirs and then stop
+UP, STARTING, STOPPED, DRAINING, STOPPING = "up", "starting", "stopped", "draining", "stopping"
+NODE_STATES = (UP, STARTING, STOPPED, DRAINING, STOPPING)
+
+
+def resize_request(nodes: int | None, force: bool) -> bytes:
+    """The resize document: `nodes` compute nodes (None: back to the spec's min/max); `force` cancels the jobs
+    of nodes that leave instead of letting them finish."""
+    return json.dumps({"nodes": nodes, "force": force}).encode()

@@ -1,0 +1,113 @@
+"""Elastic local clusters, real: compute nodes (their own sshd) start for queued jobs and stop when idle, and
+`resize` grows a running cluster live or drains it without losing a job or an output."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from mpicloud.api import Cluster
+from mpicloud.cluster.local_nodes import _node_pids
+from tests.conftest import cli
+
+#: per job: the node it ran on (hostname: each loopback node has its own), its id into its work dir, a pause
+SCRIPT = 'hostname; echo "$MPICLOUD_JOB_ID" > out.txt; sleep 1'
+
+
+def _pool(root: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads((root / "status.json").read_text())["pool"]["nodes"])
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def test_a_burst_takes_min0_max4_from_0_to_4_nodes_and_back_every_job_once_in_order(home: Path,
+                                                                                   tmp_path: Path) -> None:
+    spec = tmp_path / "elastic.yaml"
+    spec.write_text("name: burst\ncloud: local\nnodes: {min: 0, max: 4}\nslots_per_node: 2\n"
+                    "scale_down_idle_minutes: 0.05\nlocal: {address_base: 127.0.162.1}\n")
+    up = cli("up", str(spec))
+    assert up.returncode == 0, up.stderr
+    cluster = Cluster.get("burst")
+    root = Path(cluster.record.runner_root)
+    too_big = cli("submit", "burst", "--cores", "9", "--", "true")  # 4 nodes x 2 slots at most, none up now
+    assert too_big.returncode == 2 and "9 cores" in too_big.stderr and "8" in too_big.stderr, too_big.stderr
+    seen: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            seen.append(sum(s == "up" for s in _pool(root).values()))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        cores = [1, 3, 8, 2, 1, 4, 6, 1, 2, 8, 1, 1, 5, 2, 3, 7, 1, 2, 4, 1]
+        jobs = [cluster.submit(["sh", "-c", SCRIPT], cores=c) for c in cores]
+        finals = [job.wait(300) for job in jobs]
+        assert [f.state for f in finals] == ["succeeded"] * 20, [(f.id, f.state, f.reason) for f in finals]
+        deadline = time.monotonic() + 60
+        while set(_pool(root).values()) != {"stopped"}:
+            assert time.monotonic() < deadline, _pool(root)
+            time.sleep(0.2)
+    finally:
+        done.set()
+        sampler.join()
+        stopped = cli("stop", "burst")
+        assert stopped.returncode == 0, stopped.stderr
+    assert seen[0] == 0 and max(seen) == 4 and seen[-1] == 0
+    states = [json.loads((root / "jobs" / j.id / "state.json").read_text()) for j in jobs]
+    starts = [s["started_at"] for s in states]
+    assert starts == sorted(starts)  # strict FIFO
+    for job, state in zip(jobs, states, strict=True):
+        ran_on = (root / "jobs" / job.id / "stdout.log").read_text().split()
+        assert ran_on == [state["hosts"][0][0]]  # ran once, on the first node of its allocation
+        assert (root / "jobs" / job.id / "work" / "out.txt").read_text() == f"{job.id}\n"
+        assert all(host != "node0" for host, _ in state["hosts"])  # the head holds the queue, runs no jobs
+    assert not any(_node_pids(cluster.record, f"node{i}") for i in range(1, 5))
+    hours = json.loads((root / "status.json").read_text())["pool"]["node_hours"]
+    assert 0 < hours < 0.2
+
+
+def test_resize_grows_live_and_shrinking_drains_or_cancels_with_force(home: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "fixed.yaml"
+    spec.write_text("name: sizer\ncloud: local\nnodes: 2\nlocal: {address_base: 127.0.163.1}\n")
+    assert cli("up", str(spec)).returncode == 0
+    cluster = Cluster.get("sizer")
+    root = Path(cluster.record.runner_root)
+    try:
+        refused = cli("resize", "sizer", "--nodes", "0")
+        assert refused.returncode == 2 and "--nodes must be between 1 and 255" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        grown = cli("resize", "sizer", "--nodes", "3")
+        assert grown.returncode == 0 and "3 up" in grown.stdout, grown.stderr
+        wide = cluster.submit(["hostname"], cores=3, mpi=True).wait(120)
+        assert wide.state == "succeeded"
+        assert sorted(cluster.job(wide.id).stdout().split()) == ["node0", "node1", "node2"]  # node2 is new
+        long = cluster.submit(["sh", "-c", "sleep 3; echo finished > out.txt"], cores=3)
+        while long.info().state != "running":
+            time.sleep(0.1)
+        began = time.monotonic()
+        shrunk = cluster.resize(1)
+        assert time.monotonic() - began > 1.5  # it waited for the job on the draining nodes
+        assert long.info().state == "succeeded"
+        assert (root / "jobs" / long.id / "work" / "out.txt").read_text() == "finished\n"
+        assert shrunk["nodes"] == {"node0": "up", "node1": "stopped", "node2": "stopped"}
+        assert not _node_pids(cluster.record, "node1") and not _node_pids(cluster.record, "node2")
+        cluster.resize(2)
+        stuck = cluster.submit(["sleep", "300"], cores=2)
+        while stuck.info().state != "running":
+            time.sleep(0.1)
+        forced = cli("resize", "sizer", "--nodes", "1", "--force")
+        assert forced.returncode == 0, forced.stderr
+        info = stuck.info()
+        assert info.state == "cancelled"
+        assert info.reason == "cancelled by resize --force: node node1 leaves the cluster"
+        status = cli("status", "sizer")
+        assert "nodes: 2 stopped, 1 up; min 1, max 1 (resized by hand" in status.stdout, status.stdout
+        assert "node-hours since" in status.stdout
+    finally:
+        assert cli("stop", "sizer").returncode == 0

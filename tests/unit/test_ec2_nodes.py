@@ -1,0 +1,40 @@
+"""What ec2_nodes.resume asks EC2 for when it launches (moto cannot hold a placement group): recorded calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.runnerlib import node_module
+
+ec2_nodes = node_module("ec2_nodes")
+
+
+class Recorder:
+    """An EC2 client with no instances that records run_instances and answers every describe with `running`."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, Any]] = []
+
+    def get_paginator(self, name: str) -> Any:
+        class Pages:
+            def paginate(self, **_: Any) -> list[dict[str, Any]]:
+                return [{"Reservations": []}]
+        return Pages()
+
+    def run_instances(self, **kwargs: Any) -> dict[str, Any]:
+        self.runs.append(kwargs)
+        return {"Instances": [{"InstanceId": "i-new", "State": {"Name": "pending"}}]}
+
+    def describe_instances(self, **_: Any) -> dict[str, Any]:
+        return {"Reservations": [{"Instances": [{"InstanceId": "i-new", "State": {"Name": "running"}}]}]}
+
+
+def test_a_launch_uses_the_template_the_placement_group_and_the_cluster_tags() -> None:
+    client = Recorder()
+    settings = {"launch_template_id": "lt-1", "cluster": "demo", "placement_group": "demo-pg"}
+    assert ec2_nodes.resume(client, settings, "node3") == "i-new"
+    tags = [{"Key": "mpicloud:cluster", "Value": "demo"}, {"Key": "mpicloud:node", "Value": "node3"}]
+    assert client.runs == [{"LaunchTemplate": {"LaunchTemplateId": "lt-1"}, "MinCount": 1, "MaxCount": 1,
+                            "Placement": {"GroupName": "demo-pg"},
+                            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
+                                                  {"ResourceType": "volume", "Tags": tags}]}]

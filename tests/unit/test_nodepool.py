@@ -1,0 +1,173 @@
+"""The runner's elastic pool, served for real (a runner process) with node actions that only log what they
+are asked: nodes start for queued cores, jobs go only to nodes that are up, idle nodes stop, resize drains
+without loss or cancels with --force, and a runner killed at each pool step loses and repeats nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mpicloud.protocol.pool import RESIZE_FILE, resize_request
+from tests.runnerlib import LocalQueue, node_module
+
+nodepool = node_module("nodepool")
+
+
+def elastic(tmp_path: Path, low: int = 0, high: int = 2, idle_minutes: float = 0.02) -> LocalQueue:
+    """A queue whose head runs no jobs and whose compute nodes n1..n<high> (2 slots) start and stop on demand;
+    each start/stop is a line in actions.log, as is each job's begin and end."""
+    log = tmp_path / "actions.log"
+    action = 'sleep 0.3; echo "{} $0" >> ' + str(log)
+    pool = {"min": low, "max": high, "idle_minutes": idle_minutes, "slots_per_node": 2, "head_runs_jobs": False,
+            "resume_command": ["sh", "-c", action.format("start")],
+            "suspend_command": ["sh", "-c", action.format("stop")]}
+    return LocalQueue(tmp_path / "root", [0], pool=pool, probe_seconds=0)
+
+
+def job(q: LocalQueue, cores: int, seconds: float = 0.3) -> str:
+    log = q.root.parent / "actions.log"
+    script = f'echo "begin $MPICLOUD_JOB_ID" >> {log}; sleep {seconds}; echo "end $MPICLOUD_JOB_ID" >> {log}'
+    return q.submit(["sh", "-c", script], cores=cores)
+
+
+def pool_status(q: LocalQueue) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((q.root / "status.json").read_text())["pool"]
+    return data
+
+
+def wait_for(check: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def all_stopped(q: LocalQueue) -> bool:
+    try:
+        return set(pool_status(q)["nodes"].values()) == {"stopped"}
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def check_log(q: LocalQueue, jobs: list[str]) -> list[str]:
+    """Every job ran once, started in FIFO order, only on nodes that had started and were not stopped before
+    its end; returns the log's lines."""
+    lines = (q.root.parent / "actions.log").read_text().split("\n")[:-1]
+    assert sorted(line.split()[1] for line in lines if line.startswith("begin")) == sorted(jobs)
+    starts = [q.state(j)["started_at"] for j in jobs]
+    assert starts == sorted(starts)
+    up: set[str] = set()
+    running: dict[str, list[str]] = {}
+    for line in lines:
+        word, what = line.split()
+        if word == "start":
+            up.add(what)
+        elif word == "stop":
+            assert not [j for j, hosts in running.items() if what in hosts], f"{what} stopped under a job"
+            up.discard(what)
+        elif word == "begin":
+            hosts = [str(h) for h, _ in q.state(what)["hosts"]]
+            assert set(hosts) <= up, f"{what} placed on {hosts}, up: {up}"
+            running[what] = hosts
+        else:
+            del running[what]
+    return lines
+
+
+def test_nodes_start_for_queued_cores_and_stop_when_idle(tmp_path: Path) -> None:
+    q = elastic(tmp_path)
+    q.serve()
+    try:
+        wait_for(lambda: (q.root / "status.json").exists())
+        assert pool_status(q)["nodes"] == {"n1": "stopped", "n2": "stopped"}
+        jobs = [job(q, c) for c in (1, 2, 3, 4, 1)]
+        finals = [q.wait(j) for j in jobs]
+        assert [f["state"] for f in finals] == ["succeeded"] * 5
+        wait_for(lambda: all_stopped(q))
+        lines = check_log(q, jobs)
+        assert sorted(line for line in lines if line.split()[0] in ("start", "stop")) == \
+            ["start n1", "start n2", "stop n1", "stop n2"]
+        assert 0 < pool_status(q)["node_hours"] < 0.1
+    finally:
+        stop(q)
+
+
+def test_a_job_bigger_than_max_fails_at_once(tmp_path: Path) -> None:
+    q = elastic(tmp_path)
+    q.serve()
+    try:
+        state = q.wait(job(q, 5))
+        assert state["state"] == "failed" and "needs 5 cores but the cluster has 4" in state["reason"]
+    finally:
+        stop(q)
+
+
+def resize(q: LocalQueue, nodes: int | None, force: bool = False) -> None:
+    tmp = q.root / ".resize.tmp"
+    tmp.write_bytes(resize_request(nodes, force))
+    tmp.rename(q.root / RESIZE_FILE)
+
+
+def test_resize_down_drains_the_running_job_then_stops_the_node(tmp_path: Path) -> None:
+    q = elastic(tmp_path, idle_minutes=60)
+    q.serve()
+    try:
+        long = job(q, 4, seconds=2.0)
+        wait_for(lambda: q.state(long)["state"] == "running")
+        resize(q, 0)
+        wait_for(lambda: set(pool_status(q)["nodes"].values()) == {"draining"})
+        late = job(q, 1)
+        time.sleep(0.5)
+        assert q.state(late)["state"] == "queued"  # no new job on a draining node, none started for it
+        assert q.wait(long)["state"] == "succeeded"
+        wait_for(lambda: all_stopped(q))
+        resize(q, None)  # back to the spec's limits: the waiting job gets a node
+        assert q.wait(late)["state"] == "succeeded"
+        check_log(q, [long, late])
+    finally:
+        stop(q)
+
+
+def test_forced_resize_cancels_with_the_reason(tmp_path: Path) -> None:
+    q = elastic(tmp_path, idle_minutes=60)
+    q.serve()
+    try:
+        long = job(q, 2, seconds=60)
+        wait_for(lambda: q.state(long)["state"] == "running")
+        resize(q, 0, force=True)
+        state = q.wait(long)
+        assert state["state"] == "cancelled"
+        assert state["reason"] == "cancelled by resize --force: node n1 leaves the cluster"
+        wait_for(lambda: all_stopped(q))
+    finally:
+        stop(q)
+
+
+@pytest.mark.parametrize("point", nodepool.POOL_CRASH_POINTS)
+def test_runner_killed_at_each_pool_step_loses_nothing(tmp_path: Path, point: str) -> None:
+    q = elastic(tmp_path)
+    jobs = [job(q, c) for c in (2, 3, 1)]
+    q.serve(crash_at=point)
+    try:
+        assert q.proc is not None
+        assert q.proc.wait(30) == -signal.SIGKILL, f"the runner did not reach {point}"
+        q.serve()
+        assert [q.wait(j)["state"] for j in jobs] == ["succeeded"] * 3
+        wait_for(lambda: all_stopped(q))
+        check_log(q, jobs)
+    finally:
+        stop(q)
+
+
+def stop(q: LocalQueue) -> None:
+    """Stop the runner; kill it when it does not stop (a failed test leaves no runner behind)."""
+    try:
+        q.stop()
+    except subprocess.TimeoutExpired:
+        q.kill()
