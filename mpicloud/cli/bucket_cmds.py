@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mpicloud.api import Cluster
-from mpicloud.cli.app import app, out
+from mpicloud.cli.app import app, cluster, out
 from mpicloud.errors import MpicloudError
-from mpicloud.render.awsconfig import AccessKey, AwsFiles, aws_files
-from mpicloud.render.iam import iam_documents
-from mpicloud.secret import secret_from_env
-from mpicloud.spec import ClusterSpec, load_spec
+
+if TYPE_CHECKING:
+    from mpicloud.render.awsconfig import AwsFiles
 
 render_app = typer.Typer(no_args_is_help=True, help="Render artifacts from a spec (IAM, AWS profile).")
 bucket_app = typer.Typer(no_args_is_help=True, help="The customer's own bucket on a running cluster.")
@@ -33,17 +31,25 @@ OnEc2 = Annotated[bool | None, typer.Option("--on-ec2/--off-ec2",
 def render_iam(spec: Annotated[Path, typer.Argument(help="cluster spec with a bucket: section")],
                partition: Annotated[str, typer.Option(help="aws, aws-cn or aws-us-gov")] = "aws") -> None:
     """Print the bucket's IAM documents (permission policy, and trust policies for the grant mode) as JSON."""
+    from mpicloud.render.iam import iam_documents
+    from mpicloud.spec import load_spec
+
     out.print(json.dumps(iam_documents(load_spec(spec), partition), indent=2, sort_keys=True), markup=False)
 
 
-def _files(spec: ClusterSpec, key_id_env: str | None, secret_env: str | None, on_ec2: bool | None) -> AwsFiles:
+def _files(spec: Path, key_id_env: str | None, secret_env: str | None, on_ec2: bool | None) -> AwsFiles:
+    """The AWS profile files for a spec file's bucket (the key from the named environment variables)."""
+    from mpicloud.render.awsconfig import AccessKey, aws_files
+    from mpicloud.secret import secret_from_env
+    from mpicloud.spec import load_spec
+
     if bool(key_id_env) != bool(secret_env):
         raise MpicloudError("pass both --access-key-id-env and --secret-access-key-env, or neither")
     key = None
     if key_id_env and secret_env:
         key_id = secret_from_env(key_id_env, "access key id").reveal()
         key = AccessKey(key_id, secret_from_env(secret_env, "secret access key"))
-    return aws_files(spec, key, on_ec2=on_ec2)
+    return aws_files(load_spec(spec), key, on_ec2=on_ec2)
 
 
 @render_app.command("awsconfig")
@@ -53,7 +59,7 @@ def render_awsconfig(
     access_key_id_env: KeyIdEnv = None, secret_access_key_env: SecretEnv = None, on_ec2: OnEc2 = None,
 ) -> None:
     """Render the AWS `config` (+ `credentials`) pair with the profile `mpicloud` for the bucket grant."""
-    files = _files(load_spec(spec), access_key_id_env, secret_access_key_env, on_ec2)
+    files = _files(spec, access_key_id_env, secret_access_key_env, on_ec2)
     if dest is None:
         if files.credentials is not None:
             raise MpicloudError("this grant needs a credentials file, which holds a secret: pass --out DIR")
@@ -86,7 +92,7 @@ def bucket_install(
     access_key_id_env: KeyIdEnv = None, secret_access_key_env: SecretEnv = None, on_ec2: OnEc2 = None,
 ) -> None:
     """Render the bucket profile and deliver it to the cluster (mode 600) for s3:// inputs/outputs and jobs."""
-    files = _files(load_spec(spec), access_key_id_env, secret_access_key_env, on_ec2)
-    paths = Cluster.get(name).install_bucket_profile(files)
+    files = _files(spec, access_key_id_env, secret_access_key_env, on_ec2)
+    paths = cluster(name).install_bucket_profile(files)
     out.print(f"bucket profile installed on {name}: {', '.join(paths)} (jobs see AWS_PROFILE=mpicloud)",
               markup=False)

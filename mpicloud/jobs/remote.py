@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from mpicloud.errors import JobError
-from mpicloud.protocol.jobs import JOB_VERSION, JOBS, ROOT_DIRS, version_problem
+from mpicloud.protocol.jobs import HEARTBEAT_STALE, JOB_VERSION, JOBS, ROOT_DIRS, STATUS_FILE, version_problem
 from mpicloud.render.quoting import cmd_join, posix_join
 from mpicloud.transport.base import Transport
 
@@ -37,9 +38,18 @@ class QueueHandle:
 
     def prepare(self) -> None:
         """Once per handle: make sure a runner serves the queue (restarting a dead one), refuse a runner too
-        old for this client, make sure the queue directories exist."""
+        old for this client, make sure the queue directories exist. A connection that did all this before (a
+        control master's, for every CLI call it serves) only reads the heartbeat: while the same runner beats,
+        nothing else is run on the head node."""
         if self._prepared:
             return
+        key = f"prepared:{self.root}"
+        fact = self.transport.recall(key)
+        if fact is not None and self._same_runner_beating(fact):
+            self.slots_total = fact["slots_total"]
+            self._prepared = True
+            return
+        asked = time.time()
         status = self.ensure_runner()
         problem = version_problem(int(status.get("job_version", JOB_VERSION)), self.cluster)
         if problem:
@@ -47,6 +57,20 @@ class QueueHandle:
         for name in ROOT_DIRS:
             self.transport.makedirs(self.path(name))
         self._prepared = True
+        if status.get("heartbeat") is not None and status.get("heartbeat_age") is not None:
+            head_now = float(status["heartbeat"]) + float(status["heartbeat_age"])
+            self.transport.remember(key, {"pid": status.get("pid"), "slots_total": self.slots_total,
+                                          "clock_offset": head_now - (asked + time.time()) / 2})
+
+    def _same_runner_beating(self, fact: dict[str, Any]) -> bool:
+        """The runner prepare() found still writes its heartbeat (by the head node's clock, from the offset
+        measured then; half the stale limit, so a runner the head node would call dead never passes)."""
+        try:
+            status = json.loads(self.transport.read_bytes(self.path(STATUS_FILE)))
+        except (FileNotFoundError, ValueError):
+            return False
+        age = time.time() + float(fact["clock_offset"]) - float(status.get("heartbeat", 0))
+        return status.get("pid") == fact["pid"] and age < HEARTBEAT_STALE / 2
 
     @property
     def sroot(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 OutputCallback = Callable[[bytes], None]
 ProgressCallback = Callable[[int, int], None]
@@ -117,6 +117,15 @@ class Transport(Protocol):
 
     def get(self, remote: str, local: Path, progress: ProgressCallback | None = None) -> None:
         """Download a remote file."""
+        ...
+
+    def recall(self, key: str) -> Any:
+        """A fact remembered on this connection (shared by every user of it, across processes through a control
+        master); None when nothing was."""
+        ...
+
+    def remember(self, key: str, value: Any) -> None:
+        """Remember a JSON-able fact for as long as this connection lives."""
         ...
 
     def reopen(self) -> Callable[[], Transport]:

@@ -76,6 +76,7 @@ class SSHTransport:
         self._client = self._connect()
         self._sftp: paramiko.SFTPClient | None = None
         self._sftp_lock = threading.RLock()
+        self._facts: dict[str, Any] = {}
 
     def _open_socket(self) -> Any:
         ep = self.endpoint
@@ -264,6 +265,14 @@ class SSHTransport:
         """Download a remote file (prefetched)."""
         with self._sftp_lock, self._io(remote):
             self.sftp().get(remote, str(local), callback=progress)
+
+    def recall(self, key: str) -> Any:
+        """A fact remembered on this connection, None when nothing was."""
+        return self._facts.get(key)
+
+    def remember(self, key: str, value: Any) -> None:
+        """Remember a fact for as long as this connection lives."""
+        self._facts[key] = value
 
     def reopen(self) -> Callable[[], SSHTransport]:
         """A picklable recipe for another connection to the same node (worker processes use it)."""

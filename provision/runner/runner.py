@@ -46,6 +46,7 @@ from typing import Any, Protocol
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpicloud.protocol.jobs import (
     CANCEL_FILE,
+    HEARTBEAT_STALE,
     JOB_FILE,
     JOB_VERSION,
     JOBS,
@@ -54,6 +55,7 @@ from mpicloud.protocol.jobs import (
     ROOT_DIRS,
     SPOOL,
     STATE_FILE,
+    STATUS_FILE,
     STORE,
     TERMINAL,
     upgrade_job,
@@ -69,7 +71,6 @@ CRASH_VAR = "MPICLOUD_RUNNER_CRASH_AT"
 CRASH_POINTS = ("accept.after_rename", "accept.after_state", "accept.after_order", "start.after_starting",
                 "start.after_spawn", "start.after_running", "finish.before_state", "finish.after_state")
 #: seconds without a heartbeat after which the runner counts as dead
-HEARTBEAT_STALE = 5.0
 #: seconds between TERM and KILL when a job is stopped
 STOP_GRACE = 5.0
 SIGKILL = getattr(signal, "SIGKILL", 9)  # Windows' signal module has none (taskkill /F is used there)
@@ -1131,7 +1132,7 @@ class Runner:
 
     def write_status(self) -> None:
         idle_for = 0.0 if (self.queue or self.running) else now() - self.last_active
-        write_json(self.root / "status.json", {
+        write_json(self.root / STATUS_FILE, {
             "runner_version": RUNNER_VERSION, "job_version": JOB_VERSION, "pid": os.getpid(),
             "heartbeat": now(), "started_at": self.started_at, "slots_total": self.total,
             "slots_busy": sum(self.busy().values()), "queued": len(self.queue), "running": len(self.running),
@@ -1322,7 +1323,7 @@ def list_jobs(root: Path) -> list[dict[str, Any]]:
 def status(root: Path) -> dict[str, Any]:
     """The runner's status.json plus the heartbeat's age (by this node's clock) and whether it is fresh."""
     try:
-        data: dict[str, Any] = read_json(root / "status.json")
+        data: dict[str, Any] = read_json(root / STATUS_FILE)
     except (OSError, ValueError):
         data = {}
     age = now() - float(data["heartbeat"]) if "heartbeat" in data else None
