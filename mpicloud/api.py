@@ -18,12 +18,12 @@ from mpicloud.cluster import registry
 from mpicloud.cluster.processes import cluster_processes
 from mpicloud.errors import ClusterError
 from mpicloud.jobs import query
+from mpicloud.jobs.query import JobInfo
 from mpicloud.jobs.remote import QueueHandle
 
 if TYPE_CHECKING:  # the heavy layers are imported by the methods that use them: a CLI call pays for its own
     from mpicloud.cluster.connect import AttachRequest
     from mpicloud.cluster.registry import ClusterRecord, DownReport
-    from mpicloud.jobs.query import JobInfo
     from mpicloud.jobs.submit import InputEvent
     from mpicloud.jobs.transfer import Progress, Summary
     from mpicloud.render.awsconfig import AwsFiles
@@ -175,6 +175,21 @@ class Cluster:
         request = JobRequest(argv=list(argv), cores=cores, mpi=mpi, inputs=inputs, name=name,
                              post=list(post) if post else None, output_to=output_to, **extra)
         return Job(self, submit(self.queue, request, on_input, job_id=job_id))
+
+    def submit_many(self, jobs: Sequence[Sequence[str] | dict[str, Any]], on_input: InputEvent | None = None) \
+            -> list[Job]:
+        """Queue many jobs in few round trips (up to 1,000 per request to the runner), in this FIFO order. Each
+        job is an argv or a dict of `submit`'s keyword arguments (`argv`, `cores`, `mpi`, `inputs`, `name`,
+        `post`, `output_to`, `env`, `unpack`, `job_id`); all are checked before any is queued."""
+        from mpicloud.jobs.submit import JobRequest, submit_many
+
+        requests: list[JobRequest] = []
+        keys: list[str | None] = []
+        for job in jobs:
+            spec: dict[str, Any] = dict(job) if isinstance(job, dict) else {"argv": list(job)}
+            keys.append(spec.pop("job_id", None))
+            requests.append(JobRequest(**spec))
+        return [Job(self, i) for i in submit_many(self.queue, requests, keys, on_input)]
 
     def sweep(self, runs_csv: str | Path, template: str | Path, cores_per_run: int = 1,
               inputs: Sequence[str | Path] = (), name: str | None = None,

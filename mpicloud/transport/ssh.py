@@ -204,20 +204,24 @@ class SSHTransport:
             self.sftp().posix_rename(src, dst)
 
     def makedirs(self, path: str) -> None:
-        """mkdir -p over SFTP."""
+        """mkdir -p over SFTP: one round trip when the parent exists (the usual case), parents made only when
+        that fails."""
         with self._sftp_lock:
-            sftp = self.sftp()
-            parts = path.split("/")
-            for i in range(1, len(parts) + 1):
-                current = "/".join(parts[:i])
-                if not current or current.endswith(":"):
-                    continue
-                try:
-                    sftp.mkdir(current)
-                except OSError:
-                    if self.stat(current) is None:
-                        raise TransportError(f"cannot create directory {current} on {self.endpoint.label}") \
-                            from None
+            if self._mkdir(path):
+                return
+            parent = path.rsplit("/", 1)[0]
+            if parent and parent != path and not parent.endswith(":"):
+                self.makedirs(parent)
+            if not self._mkdir(path):
+                raise TransportError(f"cannot create directory {path} on {self.endpoint.label}")
+
+    def _mkdir(self, path: str) -> bool:
+        """True when path exists now (made, or already there)."""
+        try:
+            self.sftp().mkdir(path)
+        except OSError:
+            return self.stat(path) is not None
+        return True
 
     def listdir(self, path: str) -> list[str]:
         """Names in a remote directory."""
