@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from benchmarks import logs_bench, queue_bench, transfer_bench
+from benchmarks import cli_bench, logs_bench, queue_bench, transfer_bench, wan_bench
 
 
 def main() -> None:
+    print("== CLI ==", flush=True)
+    cli_bench.main()
     print("== queue ==", flush=True)
     queue_bench.main()
     print("== transfers ==", flush=True)
     transfer_bench.main()
+    print("== transfers across an emulated WAN ==", flush=True)
+    wan_bench.main()
     print("== logs ==", flush=True)
     logs_bench.main()
 

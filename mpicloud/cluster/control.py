@@ -105,7 +105,7 @@ def _start_master(record: ClusterRecord, path: Path) -> socket.socket | None:
     return connect_socket(path) if reply.get("ok") else None
 
 
-def _master(name: str, path: Path) -> int:
+def _master(name: str, path: Path) -> None:
     """The master process: connect (host keys pinned as for any connection), report, serve."""
     from mpicloud.cluster.connect import head_transport
     from mpicloud.transport.control_master import bind, serve
@@ -115,14 +115,14 @@ def _master(name: str, path: Path) -> int:
         server = bind(path)
     except (MpicloudError, OSError) as exc:
         print(json.dumps(error_reply(exc)), flush=True)
-        return 1
+        os._exit(1)  # at once: a half-made SSH connection's threads must not keep the process around
     print(json.dumps({"ok": True, "pid": os.getpid()}), flush=True)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
     serve(transport, server, path, persist_seconds())
-    return 0
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    sys.exit(_master(sys.argv[1], Path(sys.argv[2])))
+    _master(sys.argv[1], Path(sys.argv[2]))

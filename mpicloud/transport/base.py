@@ -119,6 +119,10 @@ class Transport(Protocol):
         """Download a remote file."""
         ...
 
+    def rtt(self) -> float:
+        """The connection's round-trip time in seconds (measured once)."""
+        ...
+
     def recall(self, key: str) -> Any:
         """A fact remembered on this connection (shared by every user of it, across processes through a control
         master); None when nothing was."""

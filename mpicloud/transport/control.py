@@ -193,6 +193,10 @@ class ControlTransport:
             self._direct = self._direct_factory()
         return self._direct
 
+    def rtt(self) -> float:
+        """The round-trip time of this call's direct connection (where bulk data goes)."""
+        return self.direct().rtt()
+
     def open_stream(self, command: str) -> Stream:
         """Bulk streams run on a direct connection (no relay through the master)."""
         return self.direct().open_stream(command)

@@ -20,9 +20,9 @@ from mpicloud.errors import ConnectError, TransportError
 from mpicloud.secret import Secret
 from mpicloud.transport.base import FileStat, OutputCallback, ProgressCallback, RunResult
 from mpicloud.transport.hostkeys import changed_key_error, unknown_key_error
+from mpicloud.transport.link import stream_window
 
 SocketFactory = Callable[[str, int, float], Any]
-STREAM_WINDOW = 2 << 20
 PACKET = 32768
 
 
@@ -77,6 +77,7 @@ class SSHTransport:
         self._sftp: paramiko.SFTPClient | None = None
         self._sftp_lock = threading.RLock()
         self._facts: dict[str, Any] = {}
+        self._rtt: float | None = None
 
     def _open_socket(self) -> Any:
         ep = self.endpoint
@@ -154,13 +155,27 @@ class SSHTransport:
         channel.shutdown_write()
         return _collect(channel, timeout, on_stdout, on_stderr, self.endpoint.label)
 
+    def rtt(self) -> float:
+        """This connection's round-trip time (seconds): the fastest of three no-op requests, measured once."""
+        if self._rtt is None:
+            transport = self._client.get_transport()
+            samples = []
+            for _ in range(3):
+                started = time.perf_counter()
+                if transport is not None:
+                    transport.global_request("keepalive@openssh.com", wait=True)  # answered, even refused
+                samples.append(time.perf_counter() - started)
+            self._rtt = min(samples)
+        return self._rtt
+
     def open_stream(self, command: str) -> ChannelStream:
-        """Start a command whose stdin/stdout carry bulk data."""
+        """Start a command whose stdin/stdout carry bulk data, with a receive window sized to the link."""
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise ConnectError(f"connection to {self.endpoint.label} was lost")
+        window = stream_window(self.rtt())
         try:  # a large window keeps data flowing while the client writes to disk
-            channel = transport.open_session(window_size=STREAM_WINDOW, timeout=self.endpoint.connect_timeout)
+            channel = transport.open_session(window_size=window, timeout=self.endpoint.connect_timeout)
             channel.exec_command(command)
         except (paramiko.SSHException, OSError) as exc:
             raise TransportError(f"cannot start a transfer on {self.endpoint.label}: {exc}") from None
