@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import wan as emulated
 from benchmarks.common import bench_cluster, report
-from benchmarks.wan import Wan
 from mpicloud.api import Cluster
 from mpicloud.cluster.connect import AttachRequest
 from mpicloud.jobs.submit import sha256_file, store_object
@@ -81,7 +81,7 @@ def slow_link(cluster: Cluster, scratch: Path, grid: int, mbit: float) -> None:
     subprocess.run([sys.executable, str(Path(__file__).with_name("cfd_like.py")), str(remote_dir), str(grid)],
                    check=True)
     size = sum(p.stat().st_size for p in remote_dir.iterdir())
-    relay = Wan.symmetric((cluster.record.head.host, cluster.record.head.port), rtt_ms=0, mbit=mbit)
+    relay = emulated.WanProcess((cluster.record.head.host, cluster.record.head.port), rtt_ms=0, mbit=mbit)
     r = cluster.record
     slow, _ = Cluster.attach(AttachRequest(name="bench-slow", host="127.0.0.1", port=relay.port, user=r.user,
                                            key_file=r.key_file, shared_path=r.shared_path, python=r.python,

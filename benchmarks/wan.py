@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -80,7 +82,8 @@ class _Pipe:
 
 
 class Wan:
-    """Forward 127.0.0.1:<port> to target through an emulated path (`up`: client to server, `down`: back)."""
+    """Forward 127.0.0.1:<port> to target through an emulated path (`up`: client to server, `down`: back), in
+    this process (see `WanProcess` for one in its own process)."""
 
     def __init__(self, target: tuple[str, int], up: Link, down: Link, buffer: int | None = None) -> None:
         self.target, self.up, self.down = target, up, down
@@ -111,3 +114,25 @@ class Wan:
     def close(self) -> None:
         """Stop accepting connections."""
         self.server.close()
+
+
+class WanProcess:
+    """A symmetric emulated path served by its own process (`python -m benchmarks.wan`), so the relay's
+    threads never compete with the client under test for its interpreter lock."""
+
+    def __init__(self, target: tuple[str, int], rtt_ms: float, mbit: float) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.wan", target[0], str(target[1]),
+                                      str(rtt_ms), str(mbit)], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        """Stop the relay process."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+if __name__ == "__main__":
+    wan = Wan.symmetric((sys.argv[1], int(sys.argv[2])), float(sys.argv[3]), float(sys.argv[4]))
+    print(wan.port, flush=True)
+    threading.Event().wait()

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import wan as emulated
 from benchmarks.common import bench_cluster, report
-from benchmarks.wan import Wan
 from mpicloud.api import Cluster
 from mpicloud.cluster.connect import AttachRequest
 from mpicloud.jobs.transfer import download, upload
@@ -31,7 +31,7 @@ def sftp_via(cluster: Cluster, port: int, script: str) -> float:
     return time.perf_counter() - started
 
 
-def across(cluster: Cluster, wan: Wan, name: str) -> Cluster:
+def across(cluster: Cluster, wan: emulated.WanProcess, name: str) -> Cluster:
     """The cluster attached again under `name`, reached through the emulated path."""
     r = cluster.record
     far, _ = Cluster.attach(AttachRequest(name=name, host="127.0.0.1", port=wan.port, user=r.user,
@@ -41,7 +41,7 @@ def across(cluster: Cluster, wan: Wan, name: str) -> Cluster:
 
 
 def at_rtt(cluster: Cluster, scratch: Path, rtt: float, mbit: float, local: Path, many: Path) -> None:
-    wan = Wan.symmetric((cluster.record.head.host, cluster.record.head.port), rtt, mbit)
+    wan = emulated.WanProcess((cluster.record.head.host, cluster.record.head.port), rtt, mbit)
     far = across(cluster, wan, f"wan-{int(rtt)}")
     shared = Path(cluster.record.shared_path)
     mib = local.stat().st_size >> 20
