@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import cli_bench, logs_bench, queue_bench, transfer_bench, wan_bench
+from benchmarks import cli_bench, logs_bench, memory_bench, queue_bench, transfer_bench, wan_bench
 
 
 def main() -> None:
@@ -14,6 +14,8 @@ def main() -> None:
     transfer_bench.main()
     print("== transfers across an emulated WAN ==", flush=True)
     wan_bench.main()
+    print("== client memory, large download ==", flush=True)
+    memory_bench.main()
     print("== logs ==", flush=True)
     logs_bench.main()
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from mpicloud.api import Cluster
 
 fastparams.install()
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Stand up MPI clusters from one spec and push jobs through them over SSH.")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -15,8 +15,10 @@ from mpicloud.errors import MpicloudError
 if TYPE_CHECKING:
     from mpicloud.render.awsconfig import AwsFiles
 
-render_app = typer.Typer(no_args_is_help=True, help="Render artifacts from a spec (IAM, AWS profile).")
-bucket_app = typer.Typer(no_args_is_help=True, help="The customer's own bucket on a running cluster.")
+render_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="Render artifacts from a spec (IAM, AWS profile).")
+bucket_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="The customer's own bucket on a running cluster.")
 app.add_typer(render_app, name="render")
 app.add_typer(bucket_app, name="bucket")
 
