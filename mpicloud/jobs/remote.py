@@ -106,24 +106,27 @@ class QueueHandle:
     def _join(self, argv: list[str]) -> str:
         return cmd_join(argv) if self.os == "windows" else posix_join(argv)  # Windows: sshd runs cmd.exe
 
-    def runner_json(self, *args: str) -> Any:
-        """Run a runner report command (list, status) and parse its JSON."""
-        result = self.transport.run(self.command(*args), timeout=120)
+    def runner_json(self, report: str) -> Any:
+        """A runner report (list, status, start), from the runner's request helper this connection keeps on the
+        head node (one round trip); from a command of its own when the helper does not answer (older runners)."""
+        answer = self.transport.ask(self.command("requests"), json.dumps([report]).encode())
+        if answer:
+            data = json.loads(answer)
+            if "error" in data:
+                raise JobError(f"the runner on cluster {self.cluster!r} failed to answer `{report}`: {data['error']}")
+            return data["ok"]
+        result = self.transport.run(self.command(report), timeout=120)
         if result.exit_code != 0:
             detail = result.stderr.decode(errors="replace").strip().splitlines()
-            raise JobError(f"the runner on cluster {self.cluster!r} failed to answer `{args[0]}`"
+            raise JobError(f"the runner on cluster {self.cluster!r} failed to answer `{report}`"
                            + (f": {detail[-1]}" if detail else ""))
-        return json.loads(result.stdout)
+        return json.loads(result.stdout) if result.stdout.strip() else {}
 
     def ensure_runner(self) -> dict[str, Any]:
         """Make sure a runner serves the queue: the head node starts a supervised one when the heartbeat is
         stale (safe to repeat from any client: one runner holds a lock). Returns what it found and did
         (`action`: none, started or failed; `previous`: the dead runner's pid and heartbeat age)."""
-        result = self.transport.run(self.command("start"), timeout=60)
-        if result.exit_code != 0:
-            raise JobError(f"cannot start the runner on cluster {self.cluster!r}: "
-                           f"{result.stderr.decode(errors='replace').strip()}")
-        answer: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}  # older runners: {}
+        answer: dict[str, Any] = self.runner_json("start")
         if answer.get("action") == "failed":
             raise JobError(f"the runner on cluster {self.cluster!r} is not running and did not start; see "
                            f"{self.cluster_path('runner.log')} on the head node")

@@ -123,6 +123,11 @@ class Transport(Protocol):
         """The connection's round-trip time in seconds (measured once)."""
         ...
 
+    def ask(self, command: str, request: bytes) -> bytes:
+        """Send one line to a long-running command of this connection (started on first use, kept as long as
+        the connection) and return its one-line answer; b"" when the command ended instead."""
+        ...
+
     def recall(self, key: str) -> Any:
         """A fact remembered on this connection (shared by every user of it, across processes through a control
         master); None when nothing was."""

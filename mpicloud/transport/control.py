@@ -179,6 +179,10 @@ class ControlTransport:
         """Remove a remote file."""
         self._call("remove", path=path)
 
+    def ask(self, command: str, request: bytes) -> bytes:
+        """One line to a long-running command kept by the master (shared by every call), one line back."""
+        return self._call("ask", request, command=command)[1]
+
     def recall(self, key: str) -> Any:
         """A fact remembered on the master's connection (by any earlier call), None when nothing was."""
         return self._call("recall", key=key)[0].get("value")

@@ -40,6 +40,8 @@ def _answer(transport: Transport, op: str, args: dict[str, Any], payload: bytes)
     """One request against the transport."""
     if op == "ping":
         return {}, b""
+    if op == "ask":
+        return {}, transport.ask(args["command"], payload)
     if op == "recall":
         return {"value": transport.recall(args["key"])}, b""
     if op == "remember":

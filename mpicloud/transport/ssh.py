@@ -78,6 +78,8 @@ class SSHTransport:
         self._sftp_lock = threading.RLock()
         self._facts: dict[str, Any] = {}
         self._rtt: float | None = None
+        self._helpers: dict[str, ChannelStream] = {}
+        self._helpers_lock = threading.Lock()
 
     def _open_socket(self) -> Any:
         ep = self.endpoint
@@ -285,6 +287,20 @@ class SSHTransport:
         with self._sftp_lock, self._io(remote):
             self.sftp().get(remote, str(local), callback=progress)
 
+    def ask(self, command: str, request: bytes) -> bytes:
+        """One request line to a long-running command (kept open per command), one answer line back; b"" when
+        the command ended (it is started afresh on the next ask)."""
+        with self._helpers_lock:
+            helper = self._helpers.get(command)
+            if helper is None or helper.channel.closed:
+                helper = self._helpers[command] = self.open_stream(command)
+            helper.write(request.rstrip(b"\n") + b"\n")
+            answer = helper.read_line()
+            if not answer:
+                del self._helpers[command]
+                helper.abort()
+            return answer
+
     def recall(self, key: str) -> Any:
         """A fact remembered on this connection, None when nothing was."""
         return self._facts.get(key)
@@ -315,9 +331,16 @@ class ChannelStream:
     def __init__(self, channel: paramiko.Channel, label: str) -> None:
         self.channel = channel
         self.label = label
+        self._pending = b""  # read past a line by read_line
 
     def read(self, size: int) -> bytes:
         """Up to size bytes of stdout; b"" at the end."""
+        if self._pending:
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        return self._recv(size)
+
+    def _recv(self, size: int) -> bytes:
         try:
             return self.channel.recv(size)
         except (paramiko.SSHException, OSError) as exc:
@@ -339,6 +362,17 @@ class ChannelStream:
     def close_input(self) -> None:
         """End of stdin."""
         self.channel.shutdown_write()
+
+    def read_line(self) -> bytes:
+        """The next line of stdout (without its newline); b"" when stdout ended first."""
+        while b"\n" not in self._pending:
+            chunk = self._recv(65536)
+            if not chunk:
+                self._pending = b""
+                return b""
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line
 
     def finish(self) -> tuple[int, bytes]:
         """Exit code and stderr of the command."""

@@ -1399,6 +1399,20 @@ def status(root: Path) -> dict[str, Any]:
     return data
 
 
+def answer_requests(root: Path) -> int:
+    """`requests`: answer report requests (a JSON list per line: ["list"], ["status"], ["start"]) with one JSON
+    line each ({"ok": report} or {"error": why}) until stdin ends. A client's connection keeps one open, so a
+    report costs a round trip instead of a login shell and an interpreter."""
+    reports = {"list": list_jobs, "status": status, "start": start}
+    for line in sys.stdin:
+        try:
+            answer = {"ok": reports[json.loads(line)[0]](root)}
+        except Exception as exc:  # a bad request or a failed report is answered, the helper stays
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), flush=True)
+    return 0
+
+
 def submit_batch(root: Path, batch: list[dict[str, Any]]) -> list[str]:
     """`submit`: queue the jobs a client sent in one round trip (stdin: a JSON list of {"id", "files": {name:
     base64}}), each as a client's own submit does: written into spool/<id>, then renamed into queue/<id>. An id
@@ -1542,7 +1556,7 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="runner.py", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("command", choices=["serve", "supervise", "exec", "list", "status", "start", "purge",
-                                            "submit"])
+                                            "submit", "requests"])
     parser.add_argument("job", nargs="*")
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--listed", action="store_true", help="purge: delete only the entries on stdin (JSON)")
@@ -1566,6 +1580,8 @@ def main(argv: list[str]) -> int:
     if args.command == "start":
         print(json.dumps(start(root)))
         return 0
+    if args.command == "requests":
+        return answer_requests(root)
     if args.command == "submit":
         print(json.dumps(submit_batch(root, json.load(sys.stdin))))
         return 0

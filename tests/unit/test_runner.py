@@ -419,3 +419,23 @@ def test_bulk_submit_refuses_names_leading_out(tmp_path: Path, job_id: str, name
     assert refused.returncode != 0
     assert not list(q.root.parent.glob("escape*")) and not (q.root / "escape").exists()
     assert os.listdir(q.root / "queue") == []
+
+
+def test_request_helper_answers_reports_until_stdin_ends(tmp_path: Path) -> None:
+    """`runner.py requests`: one JSON answer line per request line (a kept-open helper), errors answered."""
+    q = LocalQueue(tmp_path / "root", [1])
+    job = q.submit(["true"])
+    q.serve()
+    try:
+        q.wait(job)
+        lines = [json.dumps(r) for r in (["status"], ["list"], ["nonsense"], ["start"])]
+        done = subprocess.run([q.python, str(q.runner), "requests", "--root", str(q.root)], capture_output=True,
+                              input="\n".join(lines).encode() + b"\n", timeout=60)
+        assert done.returncode == 0, done.stderr
+        status, listing, bad, start = (json.loads(line) for line in done.stdout.splitlines())
+        assert status["ok"]["alive"] is True
+        assert [j["id"] for j in listing["ok"]] == [job] and listing["ok"][0]["state"] == "succeeded"
+        assert "KeyError" in bad["error"]
+        assert start["ok"]["action"] == "none" and start["ok"]["slots_total"] == 1
+    finally:
+        q.stop()
