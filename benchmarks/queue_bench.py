@@ -65,6 +65,16 @@ def steady(cluster: Cluster, jobs: int, ssh_true: list[str], ssh_rate: float) ->
     print(f"{jobs} no-op jobs: submitted in {submitted:.1f} s, all done in {total:.1f} s, {ok} succeeded",
           flush=True)
     report("no-op jobs end to end (jobs/s)", jobs / total, ssh_rate, "jobs/s", "higher")
+    started = time.perf_counter()
+    many = cluster.submit_many([["true"]] * jobs)
+    submitted = time.perf_counter() - started
+    many[-1].wait(600)
+    total = time.perf_counter() - started
+    infos = {i.id: i for i in cluster.jobs()}
+    ok = sum(1 for j in many if infos[j.id].state == "succeeded")
+    print(f"{jobs} no-op jobs with submit_many: submitted in {submitted:.2f} s, all done in {total:.1f} s, {ok} "
+          f"succeeded (load {os.getloadavg()[0]:.2f})", flush=True)
+    report("no-op jobs end to end, submit_many (jobs/s)", jobs / total, ssh_rate, "jobs/s", "higher")
 
 
 def _runner_pid(status_file: Path) -> tuple[int, float]:

@@ -3,7 +3,7 @@
 1. one large incompressible file (512 MiB by default), upload and download, and the same as a new job input
    (store claim, upload, whole-object SHA-256 on the node);
 2. 1,000 files of 64 KiB, download (OpenSSH: `sftp get -r`);
-3. CFD-like output (>= 4x compressible) over an emulated 100 Mbit/s link (a rate-limited relay):
+3. CFD-like output (>= 4x compressible) over an emulated 100 Mbit/s link (benchmarks/wan.py):
    compressed on the cluster vs sent uncompressed, both through mpicloud.
 """
 
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import wan as emulated
 from benchmarks.common import bench_cluster, report
-from benchmarks.relay import Relay
 from mpicloud.api import Cluster
 from mpicloud.cluster.connect import AttachRequest
 from mpicloud.jobs.submit import sha256_file, store_object
@@ -81,7 +81,7 @@ def slow_link(cluster: Cluster, scratch: Path, grid: int, mbit: float) -> None:
     subprocess.run([sys.executable, str(Path(__file__).with_name("cfd_like.py")), str(remote_dir), str(grid)],
                    check=True)
     size = sum(p.stat().st_size for p in remote_dir.iterdir())
-    relay = Relay((cluster.record.head.host, cluster.record.head.port), rate=mbit * 1e6 / 8)
+    relay = emulated.WanProcess((cluster.record.head.host, cluster.record.head.port), rtt_ms=0, mbit=mbit)
     r = cluster.record
     slow, _ = Cluster.attach(AttachRequest(name="bench-slow", host="127.0.0.1", port=relay.port, user=r.user,
                                            key_file=r.key_file, shared_path=r.shared_path, python=r.python,

@@ -12,29 +12,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mpicloud.cluster import connect as cluster_connect
-from mpicloud.cluster import local, registry
-from mpicloud.cluster.connect import AttachRequest
-from mpicloud.cluster.registry import ClusterRecord, DownReport
+from mpicloud.cluster import registry
+from mpicloud.cluster.processes import cluster_processes
 from mpicloud.errors import ClusterError
-from mpicloud.jobs import bucket, fetch, query, resize, sweep, watch
-from mpicloud.jobs.query import JobInfo, purge_jobs
+from mpicloud.jobs import query
+from mpicloud.jobs.query import JobInfo
 from mpicloud.jobs.remote import QueueHandle
-from mpicloud.jobs.submit import InputEvent, JobRequest, submit
-from mpicloud.jobs.transfer import Progress, Summary
-from mpicloud.render.awsconfig import AwsFiles
-from mpicloud.secret import Secret
-from mpicloud.spec import ClusterSpec, load_spec
-from mpicloud.transport.ssh import close_cluster
+
+if TYPE_CHECKING:  # the heavy layers are imported by the methods that use them: a CLI call pays for its own
+    from mpicloud.cluster.connect import AttachRequest
+    from mpicloud.cluster.registry import ClusterRecord, DownReport
+    from mpicloud.jobs.submit import InputEvent
+    from mpicloud.jobs.transfer import Progress, Summary
+    from mpicloud.render.awsconfig import AwsFiles
+    from mpicloud.secret import Secret
+    from mpicloud.spec import ClusterSpec
+    from mpicloud.transport.base import Transport
 
 
 class Cluster:
     """A registered cluster (local or attached)."""
 
-    def __init__(self, record: ClusterRecord) -> None:
+    def __init__(self, record: ClusterRecord, control: bool = False) -> None:
         self.record = record
+        self.control = control  # reach the head node through the cluster's control master (see control.py)
         self._queue: QueueHandle | None = None
         self.outcome = ""
         self.runner_found: dict[str, Any] = {}  # what `up` found of the runner (ensure_runner's answer)
@@ -49,6 +52,9 @@ class Cluster:
         """Start a local cluster from a spec (object or YAML path) and start its runner. A stopped cluster of
         the same spec is started again with its queue and data; a running one is returned as it is
         (`outcome` says which: "created", "started" or "running")."""
+        from mpicloud.cluster import local
+        from mpicloud.spec import ClusterSpec, load_spec
+
         spec = spec if isinstance(spec, ClusterSpec) else load_spec(spec)
         record, outcome = local.up(spec)
         cluster = cls(record)
@@ -62,14 +68,17 @@ class Cluster:
         return cluster
 
     @classmethod
-    def get(cls, name: str) -> Cluster:
-        """A registered cluster by name."""
-        return cls(registry.load(name))
+    def get(cls, name: str, control: bool = False) -> Cluster:
+        """A registered cluster by name; with control, connections are shared across processes through a
+        per-cluster control master (an SSH connection kept for a few idle minutes), as the CLI does."""
+        return cls(registry.load(name), control)
 
     @classmethod
     def attach(cls, request: AttachRequest) -> tuple[Cluster, list[str]]:
         """Register an existing cluster (pinning its host key); returns notes on what was trusted."""
-        record, notes = cluster_connect.attach(request)
+        from mpicloud.cluster.connect import attach
+
+        record, notes = attach(request)
         return cls(record), notes
 
     @staticmethod
@@ -81,7 +90,9 @@ class Cluster:
     def stopped(self) -> bool:
         """True for a local cluster whose processes are stopped (by `stop`, idle shutdown or a reboot)."""
         r = self.record
-        return r.provider == "local" and (r.stopped_at is not None or not local.running(r))
+        if r.provider != "local":
+            return False
+        return r.stopped_at is not None or not cluster_processes(r.local["cluster_id"], str(r.dir))
 
     @property
     def queue(self) -> QueueHandle:
@@ -92,9 +103,29 @@ class Cluster:
                 why = f" ({r.stop_reason})" if r.stop_reason else ""
                 raise ClusterError(f"cluster {r.name!r} is stopped{why}; start it with `mpicloud start {r.name}` "
                                    "(its queue and data are kept)")
-            self._queue = QueueHandle(transport=cluster_connect.head_transport(r), os=r.os, root=r.runner_root,
+            self._queue = QueueHandle(transport=self._transport(), os=r.os, root=r.runner_root,
                                       python=r.python, runner=r.runner, cluster=r.name)
         return self._queue
+
+    def _transport(self) -> Transport:
+        """The head node's connection: through the control master when asked for and possible, else direct."""
+        from mpicloud.cluster import control
+
+        found = control.control_transport(self.record) if self.control else None
+        if found is not None:
+            return found
+        from mpicloud.cluster.connect import head_transport
+
+        return head_transport(self.record)
+
+    def _disconnect(self) -> None:
+        """Close this process's connections to the cluster and its control master."""
+        from mpicloud.cluster.control import stop_master
+        from mpicloud.transport.ssh import close_cluster
+
+        close_cluster(self.name)
+        stop_master(self.record)
+        self._queue = None
 
     def _local_only(self, verb: str) -> None:
         if self.record.provider != "local":
@@ -104,15 +135,18 @@ class Cluster:
 
     def stop(self, reason: str = "stopped by `mpicloud stop`") -> None:
         """Stop a local cluster's processes and keep every file (queue, outputs, history); `start` resumes."""
+        from mpicloud.cluster import local
+
         self._local_only("stop")
-        close_cluster(self.name)
-        self._queue = None
+        self._disconnect()
         survivors = local.stop(self.record, reason)
         if survivors:
             raise ClusterError(f"cluster {self.name!r}: processes {survivors} would not stop")
 
     def start(self) -> None:
         """Start a stopped local cluster again: its sshds, then its runner, which runs the kept queue."""
+        from mpicloud.cluster import local
+
         self._local_only("start")
         local.start(self.record)
         self.queue.ensure_runner()
@@ -120,11 +154,12 @@ class Cluster:
     def down(self) -> DownReport:
         """Stop a local cluster and everything it started and remove its data; forget an attached one (its
         machines keep running: the report's teardown deletes them)."""
-        close_cluster(self.name)
-        self._queue = None
+        from mpicloud.cluster import local
+
+        self._disconnect()
         if self.record.provider != "local":
             registry.forget(self.name)
-            return DownReport(name=self.name, provider=self.record.provider, still_running=True,
+            return registry.DownReport(name=self.name, provider=self.record.provider, still_running=True,
                               teardown=self.record.teardown)
         report = local.down(self.record)
         if isinstance(report, list):
@@ -136,24 +171,47 @@ class Cluster:
                on_input: InputEvent | None = None, job_id: str | None = None, **extra: Any) -> Job:
         """Queue a job; inputs are uploaded once (content-addressed) and overlaid in order. With job_id (your
         idempotency key) a retry returns the job an earlier try queued instead of queueing it twice."""
+        from mpicloud.jobs.submit import JobRequest, submit
+
         request = JobRequest(argv=list(argv), cores=cores, mpi=mpi, inputs=inputs, name=name,
                              post=list(post) if post else None, output_to=output_to, **extra)
         return Job(self, submit(self.queue, request, on_input, job_id=job_id))
+
+    def submit_many(self, jobs: Sequence[Sequence[str] | dict[str, Any]], on_input: InputEvent | None = None) \
+            -> list[Job]:
+        """Queue many jobs in few round trips (up to 1,000 per request to the runner), in this FIFO order. Each
+        job is an argv or a dict of `submit`'s keyword arguments (`argv`, `cores`, `mpi`, `inputs`, `name`,
+        `post`, `output_to`, `env`, `unpack`, `job_id`); all are checked before any is queued."""
+        from mpicloud.jobs.submit import JobRequest, submit_many
+
+        requests: list[JobRequest] = []
+        keys: list[str | None] = []
+        for job in jobs:
+            spec: dict[str, Any] = dict(job) if isinstance(job, dict) else {"argv": list(job)}
+            keys.append(spec.pop("job_id", None))
+            requests.append(JobRequest(**spec))
+        return [Job(self, i) for i in submit_many(self.queue, requests, keys, on_input)]
 
     def sweep(self, runs_csv: str | Path, template: str | Path, cores_per_run: int = 1,
               inputs: Sequence[str | Path] = (), name: str | None = None,
               on_input: InputEvent | None = None) -> tuple[str, list[Job]]:
         """Queue one job per CSV row (template rendered per row) as one sweep; checked whole first."""
+        from mpicloud.jobs import sweep
+
         sweep_id, ids = sweep.submit_sweep(self.queue, Path(runs_csv), Path(template), cores_per_run, inputs, name,
                                            on_input)
         return sweep_id, [Job(self, i) for i in ids]
 
     def sweep_status(self, sweep_id: str) -> dict[str, Any]:
         """Aggregated progress of a sweep and its failed runs."""
+        from mpicloud.jobs import sweep
+
         return sweep.sweep_status(self.queue, sweep_id)
 
     def cancel_sweep(self, sweep_id: str) -> int:
         """Cancel every unfinished run of a sweep."""
+        from mpicloud.jobs import sweep
+
         return sweep.cancel_sweep(self.queue, sweep_id)
 
     def watch_once(self, dest: str | Path, max_age_days: float | None = None, filters: Sequence[str] = (),
@@ -161,6 +219,8 @@ class Cluster:
                    progress: Progress | None = None, exclude: Sequence[str] = ()) -> list[str]:
         """Download every ended job not downloaded before with this selection into dest/<job>/; returns the
         job ids. delete_after_verify deletes on the cluster only the files that arrived verified."""
+        from mpicloud.jobs import watch
+
         return watch.watch_once(self.queue, Path(dest), max_age_days, filters, delete_after_verify, on_fetched,
                                 progress, exclude)
 
@@ -170,7 +230,7 @@ class Cluster:
 
     def purge(self, job_ids: Sequence[str], logs: bool = False) -> None:
         """Delete ended jobs' work dirs on the cluster and, with logs, their logs (their states stay)."""
-        purge_jobs(self.queue, list(job_ids), logs)
+        query.purge_jobs(self.queue, list(job_ids), logs)
 
     def jobs(self) -> list[JobInfo]:
         """Every job in FIFO order."""
@@ -178,16 +238,22 @@ class Cluster:
 
     def install_bucket_profile(self, files: AwsFiles) -> list[str]:
         """Deliver the bucket profile (render.awsconfig.aws_files) to the cluster for s3:// inputs and outputs."""
+        from mpicloud.jobs import bucket
+
         return bucket.install_profile(self.queue, files)
 
     def resize(self, nodes: int | None, force: bool = False, timeout: float | None = None) -> dict[str, Any]:
         """Run `nodes` compute nodes (None: back to the spec's min/max, autoscaling) and wait until they are:
         growing starts nodes that join the shared storage, hostfile and slots; shrinking drains (leaving nodes
         take no new jobs, running ones finish; `force` cancels them, naming the node). Returns the pool report."""
+        from mpicloud.jobs import resize
+
         return resize.resize(self.queue, nodes, force, timeout)
 
     def install_blob_config(self, config: Secret) -> str:
         """Deliver the Azure Blob access (render.blobaccess.blob_config) to the cluster for az:// URLs."""
+        from mpicloud.jobs import bucket
+
         return bucket.install_blob_config(self.queue, config)
 
     def status(self) -> dict[str, Any]:
@@ -259,5 +325,7 @@ class Job:
         does): packed and compressed on the cluster, large files in parallel ranges, SHA-256 verified,
         resumable. A job that has not ended is refused unless partial. Local files changed since they were
         downloaded are kept (listed in Summary.not_downloaded) unless overwrite."""
+        from mpicloud.jobs import fetch
+
         options = fetch.GetOptions(only, globs, filters, exclude, no_inputs, partial, overwrite, compress, streams)
         return fetch.fetch_job(self.cluster.queue, self.id, Path(dest) / self.id, options, progress)

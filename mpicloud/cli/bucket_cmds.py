@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mpicloud.api import Cluster
-from mpicloud.cli.app import app, out
+from mpicloud.cli.app import app, cluster, out
 from mpicloud.errors import MpicloudError
-from mpicloud.render import blobaccess
-from mpicloud.render.awsconfig import AccessKey, AwsFiles, aws_files
-from mpicloud.render.iam import iam_documents
-from mpicloud.secret import secret_from_env
-from mpicloud.spec import ClusterSpec, load_spec
 
-render_app = typer.Typer(no_args_is_help=True, help="Render artifacts from a spec (IAM, AWS profile).")
-bucket_app = typer.Typer(no_args_is_help=True, help="The customer's own bucket on a running cluster.")
+if TYPE_CHECKING:
+    from mpicloud.render.awsconfig import AwsFiles
+    from mpicloud.spec import ClusterSpec
+
+render_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="Render artifacts from a spec (IAM, AWS profile).")
+bucket_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="The customer's own bucket on a running cluster.")
 app.add_typer(render_app, name="render")
 app.add_typer(bucket_app, name="bucket")
 
@@ -34,10 +34,17 @@ OnEc2 = Annotated[bool | None, typer.Option("--on-ec2/--off-ec2",
 def render_iam(spec: Annotated[Path, typer.Argument(help="cluster spec with a bucket: section")],
                partition: Annotated[str, typer.Option(help="aws, aws-cn or aws-us-gov")] = "aws") -> None:
     """Print the bucket's IAM documents (permission policy, and trust policies for the grant mode) as JSON."""
+    from mpicloud.render.iam import iam_documents
+    from mpicloud.spec import load_spec
+
     out.print(json.dumps(iam_documents(load_spec(spec), partition), indent=2, sort_keys=True), markup=False)
 
 
 def _files(spec: ClusterSpec, key_id_env: str | None, secret_env: str | None, on_ec2: bool | None) -> AwsFiles:
+    """The AWS profile files for a spec's bucket (the key from the named environment variables)."""
+    from mpicloud.render.awsconfig import AccessKey, aws_files
+    from mpicloud.secret import secret_from_env
+
     if bool(key_id_env) != bool(secret_env):
         raise MpicloudError("pass both --access-key-id-env and --secret-access-key-env, or neither")
     key = None
@@ -54,6 +61,8 @@ def render_awsconfig(
     access_key_id_env: KeyIdEnv = None, secret_access_key_env: SecretEnv = None, on_ec2: OnEc2 = None,
 ) -> None:
     """Render the AWS `config` (+ `credentials`) pair with the profile `mpicloud` for the bucket grant."""
+    from mpicloud.spec import load_spec
+
     files = _files(load_spec(spec), access_key_id_env, secret_access_key_env, on_ec2)
     if dest is None:
         if files.credentials is not None:
@@ -93,11 +102,15 @@ def bucket_install(
 ) -> None:
     """Deliver bucket access to the cluster (mode 600): the AWS profile for s3:// URLs, or the container SAS for
     az:// URLs; jobs and the runner use it."""
+    from mpicloud.render import blobaccess
+    from mpicloud.secret import secret_from_env
+    from mpicloud.spec import load_spec
+
     loaded = load_spec(spec)
     container = loaded.blob_container
     if container is None:
         files = _files(loaded, access_key_id_env, secret_access_key_env, on_ec2)
-        paths = Cluster.get(name).install_bucket_profile(files)
+        paths = cluster(name).install_bucket_profile(files)
         out.print(f"bucket profile installed on {name}: {', '.join(paths)} (jobs see AWS_PROFILE=mpicloud)",
                   markup=False)
         return
@@ -107,6 +120,6 @@ def bucket_install(
         sas = secret_from_env(sas_env, "container SAS")
     else:
         sas = blobaccess.container_sas(container, secret_from_env(account_key_env or "", "storage account key"), days)
-    path = Cluster.get(name).install_blob_config(blobaccess.blob_config(container, sas))
+    path = cluster(name).install_blob_config(blobaccess.blob_config(container, sas))
     out.print(f"blob access installed on {name}: {path} (az://{container.account}/{container.container}/)",
               markup=False)

@@ -11,13 +11,10 @@ from typing import Annotated
 import typer
 
 from mpicloud.api import Cluster, describe_runner
-from mpicloud.cli.app import app, out
+from mpicloud.cli.app import app, cluster, out
 from mpicloud.cli.safe_text import escape_text
-from mpicloud.cluster import local_nodes
-from mpicloud.cluster.connect import AttachRequest
 from mpicloud.cluster.registry import ProxySettings
 from mpicloud.errors import MpicloudError
-from mpicloud.spec import load_spec
 
 
 def _age(seconds: float) -> str:
@@ -28,6 +25,8 @@ def _age(seconds: float) -> str:
 @app.command()
 def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")]) -> None:
     """Check a spec; report every problem with its field path."""
+    from mpicloud.spec import load_spec
+
     parsed = load_spec(spec)
     elastic = parsed.elastic
     nodes = f"head + {elastic.min}..{elastic.max} compute nodes" if elastic else f"{parsed.nodes} nodes"
@@ -42,13 +41,14 @@ def up(spec: Annotated[Path, typer.Argument(help="cluster spec with cloud: local
     """Start a local cluster (real sshd nodes, Open MPI, Slurm with scheduler: slurm) and its job runner; a
     stopped cluster of the same spec starts again with its queue and data."""
     started = time.monotonic()
-    cluster = Cluster.up(spec)
-    record = cluster.record
-    if cluster.outcome == "running":
-        out.print(f"cluster {record.name} is already running; {describe_runner(cluster.runner_found)}", markup=False)
+    started_cluster = Cluster.up(spec)
+    record = started_cluster.record
+    if started_cluster.outcome == "running":
+        out.print(f"cluster {record.name} is already running; {describe_runner(started_cluster.runner_found)}",
+                  markup=False)
         return
     nodes = ", ".join(f"{n.name}={n.host}:{n.port}" for n in record.nodes)
-    how = "up" if cluster.outcome == "created" else "started again (queue and data kept)"
+    how = "up" if started_cluster.outcome == "created" else "started again (queue and data kept)"
     out.print(f"cluster {record.name} {how} in {time.monotonic() - started:.1f} s: {nodes}", markup=False)
     if record.idle_shutdown_minutes:
         out.print(f"idle shutdown after {record.idle_shutdown_minutes:g} min without jobs (stops it, keeps data)")
@@ -58,7 +58,7 @@ def up(spec: Annotated[Path, typer.Argument(help="cluster spec with cloud: local
 @app.command()
 def down(name: str) -> None:
     """Stop a local cluster and every process it started and remove its data (or forget an attached cluster)."""
-    report = Cluster.get(name).down()
+    report = cluster(name).down()
     if report.still_running:
         out.print(f"cluster {name} forgotten locally; its machines are STILL RUNNING (and billing). Delete them "
                   f"with: {report.teardown}", markup=False)
@@ -71,7 +71,7 @@ def down(name: str) -> None:
 def stop(name: str, reason: Annotated[str, typer.Option(help="recorded as why it stopped")] =
          "stopped by `mpicloud stop`") -> None:
     """Stop a local cluster's processes (running jobs end) and keep its queue, outputs and history."""
-    Cluster.get(name).stop(reason)
+    cluster(name).stop(reason)
     out.print(f"cluster {name} stopped; data kept. Start it with `mpicloud start {name}`, remove it with "
               f"`mpicloud down {name}`", markup=False)
 
@@ -79,7 +79,7 @@ def stop(name: str, reason: Annotated[str, typer.Option(help="recorded as why it
 @app.command()
 def start(name: str) -> None:
     """Start a stopped local cluster again: queued jobs then run, finished jobs' outputs stay fetchable."""
-    Cluster.get(name).start()
+    cluster(name).start()
     out.print(f"cluster {name} started", markup=False)
 
 
@@ -109,7 +109,7 @@ def resize(
     drain first (running jobs finish, or --force cancels them) and nothing is lost."""
     if (nodes is None) == (not auto):
         raise typer.BadParameter("give either --nodes N or --auto")
-    pool = Cluster.get(name).resize(None if auto else nodes, force, timeout)
+    pool = cluster(name).resize(None if auto else nodes, force, timeout)
     out.print(f"cluster {name}: {_node_summary(pool['nodes'])} (min {pool['min']}, max {pool['max']})", markup=False)
 
 
@@ -120,19 +120,23 @@ app.add_typer(node_app, name="node", hidden=True)
 @node_app.command("start")
 def node_start(name: str, node: str) -> None:
     """Start a compute node (made first when it never existed); returns once its sshd answers."""
+    from mpicloud.cluster import local_nodes
+
     local_nodes.start_node(name, node)
 
 
 @node_app.command("stop")
 def node_stop(name: str, node: str) -> None:
     """Stop a compute node's sshd and sessions; its files are kept."""
+    from mpicloud.cluster import local_nodes
+
     local_nodes.stop_node(name, node)
 
 
-def _activity(cluster: Cluster) -> dict[str, object]:
+def _activity(known: Cluster) -> dict[str, object]:
     """State, idle time and a flag for a cluster that keeps running (billing) with no recent jobs."""
     try:
-        status = cluster.status()
+        status = known.status()
     except MpicloudError as exc:
         return {"state": "unreachable", "reachable": False, "flag": f"unreachable: {exc}"}
     if status["state"] == "stopped":
@@ -156,8 +160,8 @@ def clusters(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     known = Cluster.all()
     with ThreadPoolExecutor(max_workers=8) as pool:
         activity = list(pool.map(_activity, known))
-    for cluster, active in zip(known, activity, strict=True):
-        r = cluster.record
+    for each, active in zip(known, activity, strict=True):
+        r = each.record
         rows.append({"name": r.name, "provider": r.provider, "os": r.os, "nodes": len(r.nodes),
                      "head": f"{r.head.host}:{r.head.port}", "uptime_seconds": round(time.time() - r.created_at),
                      "teardown": r.teardown, "idle_shutdown_minutes": r.idle_shutdown_minutes, **active})
@@ -199,22 +203,24 @@ def attach(
     pac_url: Annotated[str | None, typer.Option(help="proxy auto-configuration file (file:// or http://)")] = None,
 ) -> None:
     """Register an existing cluster (made by `pulumi up` or a Deploy button) and pin its host key."""
+    from mpicloud.cluster.connect import AttachRequest
+
     request = AttachRequest(name=name, host=host, user=user, port=port, key_file=key, password_env=password_env,
                             os=os, slots_per_node=slots, shared_path=shared,
                             host_key_fingerprint=host_key_fingerprint, jump=jump, rekey=rekey,
                             python=[python] if python else None, runner=runner, pac_url=pac_url,
                             proxy=ProxySettings(proxy, proxy_user, proxy_password_env) if proxy else None)
-    cluster, notes = Cluster.attach(request)
+    attached, notes = Cluster.attach(request)
     for note in notes:
         out.print(note, markup=False)
-    out.print(f"cluster {cluster.name} attached", markup=False)
+    out.print(f"cluster {attached.name} attached", markup=False)
 
 
 @app.command()
 def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Slots busy/free, queue length, idle time and the runner's heartbeat."""
-    cluster = Cluster.get(name)
-    data = cluster.status()
+    target = cluster(name)
+    data = target.status()
     if as_json:
         out.print(json.dumps(data, indent=1), markup=False)
         return
@@ -239,7 +245,7 @@ def status(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) 
     out.print(f"cluster {name}: {data['slots_busy']} slots busy, {free} free; {data['queued']} queued, "
               f"{data['running']} running; idle {_age(data['idle_seconds'])}; "
               f"heartbeat {float(data.get('heartbeat_age') or 0):.1f} s ago (runner pid {data.get('pid')}); "
-              f"up {_age(time.time() - cluster.record.created_at)}; teardown: {cluster.record.teardown}",
+              f"up {_age(time.time() - target.record.created_at)}; teardown: {target.record.teardown}",
               markup=False)
     if pool:
         since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(pool["since"])))

@@ -6,17 +6,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mpicloud.api import Cluster
-from mpicloud.cli.app import app, err, out
-from mpicloud.cli.progress import transfer_bar
+from mpicloud.cli.app import app, cluster, err, out
 from mpicloud.cli.safe_text import TerminalEscaper, escape_text
 from mpicloud.errors import JobError
 from mpicloud.jobs.query import LOG_STREAMS, JobInfo
-from mpicloud.jobs.transfer import Summary
+
+if TYPE_CHECKING:
+    from mpicloud.jobs.transfer import Summary
 
 
 def _when(stamp: float | None) -> str:
@@ -43,13 +43,13 @@ def submit(
     """Queue a job; prints the job id as the last line."""
     import shlex
 
-    cluster = Cluster.get(name)
+    target = cluster(name)
 
     def on_input(item: str, event: str) -> None:
         if not as_json:
             err.print(f"input {item}: {event}", markup=False)
 
-    job = cluster.submit(command, cores=cores, mpi=mpi, inputs=inputs or [], name=label,
+    job = target.submit(command, cores=cores, mpi=mpi, inputs=inputs or [], name=label,
                          post=shlex.split(post) if post else None, output_to=output_to, on_input=on_input,
                          job_id=job_id, unpack=not no_unpack)
     out.print(json.dumps({"id": job.id, "cluster": name}) if as_json else job.id, markup=False)
@@ -58,7 +58,7 @@ def submit(
 @app.command()
 def jobs(name: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every job in FIFO order: state, cores, submit/start/end times, exit code, name, and why it failed."""
-    infos = Cluster.get(name).jobs()
+    infos = cluster(name).jobs()
     if as_json:
         out.print(json.dumps([i.as_dict() for i in infos], indent=1), markup=False)
         return
@@ -105,7 +105,7 @@ def logs(
             raise JobError(f"--stream must be one of {', '.join(LOG_STREAMS)}, not {stream!r}")
     terminal = _Terminal()
     try:
-        info = Cluster.get(name).job(job).logs(terminal.emit, follow=follow, streams=chosen)
+        info = cluster(name).job(job).logs(terminal.emit, follow=follow, streams=chosen)
     finally:
         terminal.close()
     if follow:
@@ -121,7 +121,7 @@ def _exit_for(info: JobInfo) -> int:
 @app.command()
 def wait(name: str, job: str, timeout: Annotated[float | None, typer.Option()] = None) -> None:
     """Wait for a job to end; the exit status is the job's."""
-    info = Cluster.get(name).job(job).wait(timeout)
+    info = cluster(name).job(job).wait(timeout)
     err.print(f"job {job} {info.state}" + (f": {escape_text(info.reason)}" if info.reason else ""), markup=False)
     raise typer.Exit(_exit_for(info))
 
@@ -129,7 +129,7 @@ def wait(name: str, job: str, timeout: Annotated[float | None, typer.Option()] =
 @app.command()
 def cancel(name: str, job: str) -> None:
     """Cancel a queued or running job (every rank on every node)."""
-    info = Cluster.get(name).job(job).cancel()
+    info = cluster(name).job(job).cancel()
     out.print(f"job {job} was already {info.state}" if info.done else f"job {job}: cancel requested", markup=False)
 
 
@@ -148,14 +148,14 @@ def purge(
     logs: Annotated[bool, typer.Option("--logs", help="remove their logs too (the state stays)")] = False,
 ) -> None:
     """Delete ended jobs' outputs (work dirs) on the cluster, and with --logs their logs."""
-    cluster = Cluster.get(name)
+    target = cluster(name)
     chosen = list(job_ids or [])
     if older_than is not None:
         cutoff = time.time() - older_than * 86400
-        chosen += [i.id for i in cluster.jobs() if i.done and (i.ended_at or 0) < cutoff and i.id not in chosen]
+        chosen += [i.id for i in target.jobs() if i.done and (i.ended_at or 0) < cutoff and i.id not in chosen]
     elif not chosen:
         raise JobError("name the jobs to purge or give --older-than DAYS")
-    cluster.purge(chosen, logs)
+    target.purge(chosen, logs)
     what = "outputs and logs" if logs else "outputs"
     out.print(f"purged the {what} of {len(chosen)} jobs on cluster {name}", markup=False)
 
@@ -180,10 +180,12 @@ def get(
 ) -> None:
     """Download a job's outputs: packed and compressed on the cluster, verified, resumable. Exit 1 when some
     selected file was not downloaded (each is named, with the reason)."""
+    from mpicloud.cli.progress import transfer_bar
+
     if compress not in ("auto", "none", "zstd", "gzip", "bzip2"):
         raise JobError(f"--compress must be auto, none, zstd, gzip or bzip2, not {compress!r}")
     with transfer_bar(f"job {job}", quiet=as_json) as bar:
-        summary = Cluster.get(name).job(job).get(dest, only or [], globs or [], filters or [], compress, streams, bar,
+        summary = cluster(name).job(job).get(dest, only or [], globs or [], filters or [], compress, streams, bar,
                                                  exclude=excludes or [], no_inputs=no_inputs, partial=partial,
                                                  overwrite=overwrite)
     if as_json:
@@ -213,7 +215,9 @@ def watch_cmd(
 ) -> None:
     """Download each finished job not downloaded yet with this selection (remembers what it fetched per
     selection; safe to stop and restart)."""
-    cluster = Cluster.get(name)
+    from mpicloud.cli.progress import transfer_bar
+
+    target = cluster(name)
 
     def fetched(job_id: str, summary: Summary) -> None:
         _report_skipped(summary)
@@ -221,7 +225,7 @@ def watch_cmd(
 
     while True:
         with transfer_bar(f"watch {name}") as bar:
-            cluster.watch_once(dest, max_age_days, filters or [], delete_after_verify, fetched, bar, excludes or [])
+            target.watch_once(dest, max_age_days, filters or [], delete_after_verify, fetched, bar, excludes or [])
         if once:
             return
         time.sleep(interval)

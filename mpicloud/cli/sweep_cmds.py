@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mpicloud.api import Cluster
-from mpicloud.cli.app import app, err, out
+from mpicloud.cli.app import app, cluster, err, out
 from mpicloud.cli.safe_text import escape_text
 from mpicloud.errors import JobError
 
@@ -28,20 +27,20 @@ def sweep(
     if args[0] in ("status", "cancel"):
         if len(args) != 3:
             raise JobError(f"usage: mpicloud sweep {args[0]} NAME SWEEP")
-        cluster = Cluster.get(args[1])
+        target = cluster(args[1])
         if args[0] == "cancel":
-            out.print(f"sweep {args[2]}: cancel requested for {cluster.cancel_sweep(args[2])} runs", markup=False)
+            out.print(f"sweep {args[2]}: cancel requested for {target.cancel_sweep(args[2])} runs", markup=False)
             return
-        _print_status(cluster.sweep_status(args[2]), as_json)
+        _print_status(target.sweep_status(args[2]), as_json)
         return
     if len(args) != 1 or runs is None or template is None:
         raise JobError("usage: mpicloud sweep NAME --runs runs.csv --template run.sh.j2 [--cores-per-run N]")
-    cluster = Cluster.get(args[0])
+    target = cluster(args[0])
 
     def on_input(item: str, event: str) -> None:
         err.print(f"input {item}: {event}", markup=False)
 
-    sweep_id, jobs = cluster.sweep(runs, template, cores_per_run, inputs or [], label, on_input)
+    sweep_id, jobs = target.sweep(runs, template, cores_per_run, inputs or [], label, on_input)
     if as_json:
         out.print(json.dumps({"sweep": sweep_id, "jobs": [j.id for j in jobs]}), markup=False)
         return

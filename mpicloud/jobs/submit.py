@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -43,6 +44,11 @@ def new_job_id() -> str:
     stamp = time.time()
     micro = int((stamp % 1) * 1_000_000)
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(stamp))}-{micro:06d}-{secrets.token_hex(2)}"
+
+
+def new_job_ids(count: int) -> list[str]:
+    """`count` unique ids in sorted order (the order they are queued in)."""
+    return sorted(new_job_id() for _ in range(count))
 
 
 @dataclass
@@ -172,12 +178,8 @@ class _Lines:
         return line.decode(errors="replace").strip()
 
 
-def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None = None,
-           job_id: str | None = None, preuploaded: Sequence[InputEntry] = ()) -> str:
-    """Queue a job and return its id. A client-chosen job_id is an idempotency key: when the cluster already
-    has that job (an earlier try of this submit got through), its id is returned and nothing is queued
-    again. Refused before anything is written when the job needs more cores than the cluster has.
-    `preuploaded` input entries go first."""
+def _check(request: JobRequest, job_id: str | None) -> None:
+    """Refuse a request that could never run, before anything is written."""
     if not request.argv:
         raise JobError("no command given: put it after `--`, e.g. `mpicloud submit NAME -- hostname`")
     if request.cores < 1:
@@ -185,29 +187,83 @@ def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None 
     for item in request.inputs:
         if objects.is_object_url(str(item)) or str(item).startswith(("s3:", "az:")):
             object_url(str(item), "--input")
-    output_to = object_url(request.output_to, "--output-to") if request.output_to else None
+    if request.output_to:
+        object_url(request.output_to, "--output-to")
     if job_id is not None:
         check_job_id(job_id)
-    queue.prepare()
+
+
+def _check_cores(queue: QueueHandle, request: JobRequest) -> None:
     if queue.slots_total is not None and request.cores > queue.slots_total:
         raise JobError(f"the job needs {request.cores} cores, the cluster {queue.cluster!r} has "
                        f"{queue.slots_total}")
-    if job_id is not None and existing_job(queue, job_id):
-        return job_id
+
+
+def _job_files(queue: QueueHandle, request: JobRequest, job_id: str, preuploaded: Sequence[InputEntry],
+               on_event: InputEvent | None) -> dict[str, bytes]:
+    """The files of a job's dir (job.json and the request's extra files), its inputs stored first."""
     inputs = [*preuploaded, *upload_inputs(queue, request.inputs, on_event, unpack=request.unpack)]
-    job_id = job_id or new_job_id()
     job: JobDoc = {"version": JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
                    "cores": request.cores, "mpi": request.mpi, "inputs": inputs, "post": request.post,
-                   "env": request.env, "output_to": output_to, "sweep": request.sweep,
+                   "env": request.env, "sweep": request.sweep,
+                   "output_to": object_url(request.output_to, "--output-to") if request.output_to else None,
                    "submitted_at": time.time()}
+    return {**request.extra_files, JOB_FILE: json.dumps(job, indent=1).encode()}
+
+
+def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None = None,
+           job_id: str | None = None, preuploaded: Sequence[InputEntry] = ()) -> str:
+    """Queue a job and return its id. A client-chosen job_id is an idempotency key: when the cluster already
+    has that job (an earlier try of this submit got through), its id is returned and nothing is queued
+    again. Refused before anything is written when the job needs more cores than the cluster has.
+    `preuploaded` input entries go first."""
+    _check(request, job_id)
+    queue.prepare()
+    _check_cores(queue, request)
+    if job_id is not None and existing_job(queue, job_id):
+        return job_id
+    job_id = job_id or new_job_id()
+    files = _job_files(queue, request, job_id, preuploaded, on_event)
     spool = queue.path(SPOOL, job_id)
     queue.transport.makedirs(spool)
-    for name, data in request.extra_files.items():
-        queue.transport.write_bytes(f"{spool}/{name}", data)
-    queue.transport.write_bytes(f"{spool}/{JOB_FILE}", json.dumps(job, indent=1).encode())
+    for name, data in files.items():
+        queue.transport.write_bytes(f"{spool}/{name}", data)  # job.json last: a spool dir is complete with it
     try:
         queue.transport.rename(spool, queue.path(QUEUE, job_id))
     except TransportError:
         if not existing_job(queue, job_id):
             raise
     return job_id
+
+
+#: jobs per round trip of submit_many (bounds the size of one request)
+BATCH = 1000
+
+
+def submit_many(queue: QueueHandle, requests: Sequence[JobRequest], job_ids: Sequence[str | None] = (),
+                on_event: InputEvent | None = None, preuploaded: Sequence[InputEntry] = ()) -> list[str]:
+    """Queue many jobs, up to BATCH per round trip (the runner's `submit` writes each into the spool and
+    renames it into the queue, as `submit` does); returns their ids in order, which is their FIFO order.
+    Every request is checked before anything is written; a given id the cluster already has is returned
+    without queueing it again (idempotency keys, as in `submit`)."""
+    keys = list(job_ids) or [None] * len(requests)
+    if len(keys) != len(requests):
+        raise JobError(f"{len(requests)} jobs but {len(keys)} job ids")
+    for request, key in zip(requests, keys, strict=True):
+        _check(request, key)
+    queue.prepare()
+    for request in requests:
+        _check_cores(queue, request)
+    fresh = iter(new_job_ids(keys.count(None)))
+    ids = [key or next(fresh) for key in keys]
+    for start in range(0, len(ids), BATCH):
+        batch = [{"id": job_id, "files": {name: base64.b64encode(data).decode() for name, data in
+                                          _job_files(queue, request, job_id, preuploaded, on_event).items()}}
+                 for request, job_id in zip(requests[start:start + BATCH], ids[start:start + BATCH], strict=True)]
+        result = queue.transport.run(queue.command("submit"), stdin=json.dumps(batch).encode(), timeout=300)
+        if result.exit_code != 0:
+            detail = result.stderr.decode(errors="replace").strip().splitlines()
+            raise JobError(f"the runner on cluster {queue.cluster!r} did not queue the jobs"
+                           + (f": {detail[-1]}" if detail else "") + "; submitting them again is safe for those "
+                           "with ids")
+    return ids

@@ -19,7 +19,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from mpicloud.errors import JobError
 from mpicloud.jobs import query
 from mpicloud.jobs.remote import QueueHandle
-from mpicloud.jobs.submit import InputEvent, JobRequest, new_job_id, submit, upload_inputs
+from mpicloud.jobs.submit import InputEvent, JobRequest, new_job_id, new_job_ids, submit_many, upload_inputs
 from mpicloud.protocol import objects
 from mpicloud.protocol.jobs import SWEEPS, TERMINAL, JobState
 from mpicloud.render.quoting import UnquotableValue, batch_quote, posix_quote, powershell_quote, python_quote
@@ -164,17 +164,16 @@ def submit_sweep(queue: QueueHandle, csv_path: Path, template_path: Path, cores_
     queue.prepare()
     shared_inputs = upload_inputs(queue, inputs, on_event)
     sweep_id = "s" + new_job_id()
-    job_ids = [new_job_id() for _ in runs]
+    job_ids = new_job_ids(len(runs))
     record = {"version": SWEEP_VERSION, "id": sweep_id, "name": label or csv_path.stem, "created_at": time.time(),
               "runs_file": csv_path.name, "template": template_path.name, "jobs": job_ids,
               "rows": [r.values for r in runs]}
     queue.transport.write_bytes(queue.path(SWEEPS, f"{sweep_id}.json"), json.dumps(record, indent=1).encode())
-    for run, job_id in zip(runs, job_ids, strict=True):
-        request = JobRequest(argv=argv, cores=run.cores, name=f"{record['name']}:{run.line}", sweep=sweep_id,
-                             inputs=[run.input_url] if run.input_url else [], output_to=run.output_url,
-                             extra_files={script_name: run.script.encode()})
-        submit(queue, request, job_id=job_id, preuploaded=[*shared_inputs,
-               {"source": "jobdir", "name": script_name, "unpack": False}])
+    requests = [JobRequest(argv=argv, cores=run.cores, name=f"{record['name']}:{run.line}", sweep=sweep_id,
+                           inputs=[run.input_url] if run.input_url else [], output_to=run.output_url,
+                           extra_files={script_name: run.script.encode()}) for run in runs]
+    submit_many(queue, requests, job_ids, preuploaded=[*shared_inputs,
+                {"source": "jobdir", "name": script_name, "unpack": False}])
     return sweep_id, job_ids
 
 

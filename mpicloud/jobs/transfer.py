@@ -27,6 +27,7 @@ from mpicloud.jobs.remote import QueueHandle, sftp_path
 from mpicloud.jobs.streams import StreamReader, decoded
 from mpicloud.protocol.paths import UnsafePath, check_link, check_name, safe_join
 from mpicloud.protocol.transfer import BIG, FRAME, MANIFEST, SKIPPED
+from mpicloud.transport.link import bandwidth_delay
 
 RANGE = 64 << 20  # large files move in ranges of this size: the unit of parallelism and of resume
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -440,6 +441,22 @@ def upload(queue: QueueHandle, local: Path, remote: str, streams: int = 4, progr
         queue.transport.write_bytes(sftp_path(queue.os, remote), b"")
         return 0
     resume = queue.transport.stat(sftp_path(queue.os, remote)) is not None
-    jobs = [RangeJob("put", index, index * RANGE, min(RANGE, size - index * RANGE), str(local), remote, resume=resume,
-                     mark=mark) for index in range(-(-size // RANGE))]
+    streams, span = upload_plan(size, streams, queue.transport.rtt())
+    jobs = [RangeJob("put", index, index * span, min(span, size - index * span), str(local), remote, resume=resume,
+                     mark=mark) for index in range(-(-size // span))]
     return sum(result.sent for result in run_ranges(queue, jobs, streams, meter.add))
+
+
+#: the server's receive window per channel (OpenSSH's), which bounds what one upload stream keeps in flight
+SERVER_WINDOW = 2 << 20
+MAX_UPLOAD_STREAMS = 16
+
+
+def upload_plan(size: int, streams: int, rtt: float) -> tuple[int, int]:
+    """Streams and range size for an upload: one stream carries at most SERVER_WINDOW per round trip, so a
+    long path gets as many streams as fill the link (bandwidth_delay's rate), in ranges small enough
+    to keep them all busy (at least 8 MiB, at most RANGE)."""
+    wanted = -(-bandwidth_delay(rtt) // SERVER_WINDOW)
+    streams = max(streams, min(MAX_UPLOAD_STREAMS, wanted))
+    span = max(8 << 20, min(RANGE, -(-size // streams)))
+    return streams, -(-span // (1 << 20)) << 20

@@ -19,6 +19,10 @@ SPOOL, QUEUE, JOBS, STORE, SWEEPS = "spool", "queue", "jobs", "store", "sweeps"
 ROOT_DIRS = (SPOOL, QUEUE, JOBS, STORE, SWEEPS)
 #: files of a job dir: its description, its state (the runner's), its result (its wrapper's), a cancel request
 JOB_FILE, STATE_FILE, RESULT_FILE, CANCEL_FILE = "job.json", "state.json", "result.json", "cancel"
+#: the runner's status under the root (pid, `heartbeat` by the head node's clock, rewritten every second)
+STATUS_FILE = "status.json"
+#: a heartbeat older than this (seconds) means no runner serves the queue
+HEARTBEAT_STALE = 5.0
 
 
 class JobState(StrEnum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 OutputCallback = Callable[[bytes], None]
 ProgressCallback = Callable[[int, int], None]
@@ -117,6 +117,24 @@ class Transport(Protocol):
 
     def get(self, remote: str, local: Path, progress: ProgressCallback | None = None) -> None:
         """Download a remote file."""
+        ...
+
+    def rtt(self) -> float:
+        """The connection's round-trip time in seconds (measured once)."""
+        ...
+
+    def ask(self, command: str, request: bytes) -> bytes:
+        """Send one line to a long-running command of this connection (started on first use, kept as long as
+        the connection) and return its one-line answer; b"" when the command ended instead."""
+        ...
+
+    def recall(self, key: str) -> Any:
+        """A fact remembered on this connection (shared by every user of it, across processes through a control
+        master); None when nothing was."""
+        ...
+
+    def remember(self, key: str, value: Any) -> None:
+        """Remember a JSON-able fact for as long as this connection lives."""
         ...
 
     def reopen(self) -> Callable[[], Transport]:

@@ -20,9 +20,9 @@ from mpicloud.errors import ConnectError, TransportError
 from mpicloud.secret import Secret
 from mpicloud.transport.base import FileStat, OutputCallback, ProgressCallback, RunResult
 from mpicloud.transport.hostkeys import changed_key_error, unknown_key_error
+from mpicloud.transport.link import stream_window
 
 SocketFactory = Callable[[str, int, float], Any]
-STREAM_WINDOW = 2 << 20
 PACKET = 32768
 
 
@@ -76,6 +76,10 @@ class SSHTransport:
         self._client = self._connect()
         self._sftp: paramiko.SFTPClient | None = None
         self._sftp_lock = threading.RLock()
+        self._facts: dict[str, Any] = {}
+        self._rtt: float | None = None
+        self._helpers: dict[str, ChannelStream] = {}
+        self._helpers_lock = threading.Lock()
 
     def _open_socket(self) -> Any:
         ep = self.endpoint
@@ -153,13 +157,27 @@ class SSHTransport:
         channel.shutdown_write()
         return _collect(channel, timeout, on_stdout, on_stderr, self.endpoint.label)
 
+    def rtt(self) -> float:
+        """This connection's round-trip time (seconds): the fastest of three no-op requests, measured once."""
+        if self._rtt is None:
+            transport = self._client.get_transport()
+            samples = []
+            for _ in range(3):
+                started = time.perf_counter()
+                if transport is not None:
+                    transport.global_request("keepalive@openssh.com", wait=True)  # answered, even refused
+                samples.append(time.perf_counter() - started)
+            self._rtt = min(samples)
+        return self._rtt
+
     def open_stream(self, command: str) -> ChannelStream:
-        """Start a command whose stdin/stdout carry bulk data."""
+        """Start a command whose stdin/stdout carry bulk data, with a receive window sized to the link."""
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise ConnectError(f"connection to {self.endpoint.label} was lost")
+        window = stream_window(self.rtt())
         try:  # a large window keeps data flowing while the client writes to disk
-            channel = transport.open_session(window_size=STREAM_WINDOW, timeout=self.endpoint.connect_timeout)
+            channel = transport.open_session(window_size=window, timeout=self.endpoint.connect_timeout)
             channel.exec_command(command)
         except (paramiko.SSHException, OSError) as exc:
             raise TransportError(f"cannot start a transfer on {self.endpoint.label}: {exc}") from None
@@ -203,20 +221,24 @@ class SSHTransport:
             self.sftp().posix_rename(src, dst)
 
     def makedirs(self, path: str) -> None:
-        """mkdir -p over SFTP."""
+        """mkdir -p over SFTP: one round trip when the parent exists (the usual case), parents made only when
+        that fails."""
         with self._sftp_lock:
-            sftp = self.sftp()
-            parts = path.split("/")
-            for i in range(1, len(parts) + 1):
-                current = "/".join(parts[:i])
-                if not current or current.endswith(":"):
-                    continue
-                try:
-                    sftp.mkdir(current)
-                except OSError:
-                    if self.stat(current) is None:
-                        raise TransportError(f"cannot create directory {current} on {self.endpoint.label}") \
-                            from None
+            if self._mkdir(path):
+                return
+            parent = path.rsplit("/", 1)[0]
+            if parent and parent != path and not parent.endswith(":"):
+                self.makedirs(parent)
+            if not self._mkdir(path):
+                raise TransportError(f"cannot create directory {path} on {self.endpoint.label}")
+
+    def _mkdir(self, path: str) -> bool:
+        """True when path exists now (made, or already there)."""
+        try:
+            self.sftp().mkdir(path)
+        except OSError:
+            return self.stat(path) is not None
+        return True
 
     def listdir(self, path: str) -> list[str]:
         """Names in a remote directory."""
@@ -265,6 +287,28 @@ class SSHTransport:
         with self._sftp_lock, self._io(remote):
             self.sftp().get(remote, str(local), callback=progress)
 
+    def ask(self, command: str, request: bytes) -> bytes:
+        """One request line to a long-running command (kept open per command), one answer line back; b"" when
+        the command ended (it is started afresh on the next ask)."""
+        with self._helpers_lock:
+            helper = self._helpers.get(command)
+            if helper is None or helper.channel.closed:
+                helper = self._helpers[command] = self.open_stream(command)
+            helper.write(request.rstrip(b"\n") + b"\n")
+            answer = helper.read_line()
+            if not answer:
+                del self._helpers[command]
+                helper.abort()
+            return answer
+
+    def recall(self, key: str) -> Any:
+        """A fact remembered on this connection, None when nothing was."""
+        return self._facts.get(key)
+
+    def remember(self, key: str, value: Any) -> None:
+        """Remember a fact for as long as this connection lives."""
+        self._facts[key] = value
+
     def reopen(self) -> Callable[[], SSHTransport]:
         """A picklable recipe for another connection to the same node (worker processes use it)."""
         return partial(SSHTransport, self.endpoint)
@@ -287,9 +331,16 @@ class ChannelStream:
     def __init__(self, channel: paramiko.Channel, label: str) -> None:
         self.channel = channel
         self.label = label
+        self._pending = b""  # read past a line by read_line
 
     def read(self, size: int) -> bytes:
         """Up to size bytes of stdout; b"" at the end."""
+        if self._pending:
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        return self._recv(size)
+
+    def _recv(self, size: int) -> bytes:
         try:
             return self.channel.recv(size)
         except (paramiko.SSHException, OSError) as exc:
@@ -311,6 +362,17 @@ class ChannelStream:
     def close_input(self) -> None:
         """End of stdin."""
         self.channel.shutdown_write()
+
+    def read_line(self) -> bytes:
+        """The next line of stdout (without its newline); b"" when stdout ended first."""
+        while b"\n" not in self._pending:
+            chunk = self._recv(65536)
+            if not chunk:
+                self._pending = b""
+                return b""
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line
 
     def finish(self) -> tuple[int, bytes]:
         """Exit code and stderr of the command."""

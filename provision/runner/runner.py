@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpicloud.protocol import objects
 from mpicloud.protocol.jobs import (
     CANCEL_FILE,
+    HEARTBEAT_STALE,
     JOB_FILE,
     JOB_VERSION,
     JOBS,
@@ -55,6 +56,7 @@ from mpicloud.protocol.jobs import (
     ROOT_DIRS,
     SPOOL,
     STATE_FILE,
+    STATUS_FILE,
     STORE,
     TERMINAL,
     upgrade_job,
@@ -68,10 +70,11 @@ JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB
             "MPICLOUD_HOSTS", "MPICLOUD_SWEEP_ID", LAUNCH_VAR)
 #: test hook: MPICLOUD_RUNNER_CRASH_AT=<point> makes the runner kill itself (SIGKILL) when it reaches <point>
 CRASH_VAR = "MPICLOUD_RUNNER_CRASH_AT"
+#: seconds between the loop's looks at queue/ and jobs/ while it waits for its next pass
+WAKE_CHECK = 0.002
 CRASH_POINTS = ("accept.after_rename", "accept.after_state", "accept.after_order", "start.after_starting",
                 "start.after_spawn", "start.after_running", "finish.before_state", "finish.after_state")
 #: seconds without a heartbeat after which the runner counts as dead
-HEARTBEAT_STALE = 5.0
 #: seconds between TERM and KILL when a job is stopped
 STOP_GRACE = 5.0
 SIGKILL = getattr(signal, "SIGKILL", 9)  # Windows' signal module has none (taskkill /F is used there)
@@ -185,6 +188,54 @@ def spawn_detached(argv: list[str], cwd: Path, log: Path | None = None) -> subpr
     else:
         kwargs["start_new_session"] = True
     return subprocess.Popen(argv, **kwargs)
+
+
+class Forked:
+    """A wrapper forked from the runner (POSIX): no interpreter to start, so a job starts in about a
+    millisecond; reaped like a Popen."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = self.pid, 0
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def spawn_wrapper(args: list[str], cwd: Path, log: Path) -> Forked | subprocess.Popen[bytes]:
+    """Start `runner.py ARGS` detached (own session, output to log, none of the runner's files or the test
+    hook's variable): forked from this process on POSIX, a new interpreter on Windows."""
+    if WINDOWS:
+        return spawn_detached([sys.executable, str(Path(__file__).resolve()), *args], cwd, log)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return Forked(pid)
+    code = 1
+    try:
+        os.setsid()
+        os.chdir(cwd)
+        os.environ.pop(CRASH_VAR, None)
+        null, out = os.open(os.devnull, os.O_RDONLY), os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the runner's lock and files stay the runner's alone
+        code = main(args)
+    except BaseException:  # the wrapper's own failure goes to its log, never back into the runner's loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
 
 
 def signal_marked(job_id: str, launch: str | None, sig: int) -> list[int]:
@@ -735,6 +786,8 @@ def _finish(jobdir: Path, result: dict[str, Any], patience: float = 600.0) -> in
     while True:
         try:
             write_json(jobdir / RESULT_FILE, result)
+            with contextlib.suppress(OSError):
+                os.utime(jobdir.parent)  # wakes the runner's loop (it watches jobs/): the slots free at once
             return 0
         except OSError:
             if now() > deadline:
@@ -1175,7 +1228,7 @@ class Runner:
 
     def write_status(self) -> None:
         idle_for = 0.0 if (self.queue or self.running) else now() - self.last_active
-        write_json(self.root / "status.json", {
+        write_json(self.root / STATUS_FILE, {
             "runner_version": RUNNER_VERSION, "job_version": JOB_VERSION, "pid": os.getpid(),
             "heartbeat": now(), "started_at": self.started_at, "slots_total": self.total,
             "slots_busy": sum(self.busy().values()), "queued": len(self.queue), "running": len(self.running),
@@ -1202,6 +1255,7 @@ class Runner:
         steps = (self.accept, self.cancel_requests, self.reap, self.probe_nodes, self.schedule, self.scale,
                  self.reap_spool)
         while True:
+            marks = self.marks()
             for step in steps:
                 try:
                     step()
@@ -1217,7 +1271,21 @@ class Runner:
                 return "stop requested"
             if self.idle_expired():
                 return self.idle_shutdown()
-            time.sleep(self.poll)
+            self.nap(marks)
+
+    def marks(self) -> tuple[int, ...]:
+        """Modification times of queue/ (a submission was renamed in) and jobs/ (a wrapper recorded a result)."""
+        try:
+            return tuple(os.stat(self.root / name).st_mtime_ns for name in (QUEUE, JOBS))
+        except OSError:
+            return ()
+
+    def nap(self, marks: tuple[int, ...]) -> None:
+        """Wait up to `poll` seconds for the next pass, ending as soon as queue/ or jobs/ changed since `marks`
+        (taken when the pass began): a submission starts, and a finished job's slots free, within ~WAKE_CHECK."""
+        deadline = time.monotonic() + self.poll
+        while time.monotonic() < deadline and self.marks() == marks:
+            time.sleep(WAKE_CHECK)
 
     def idle_shutdown(self) -> str:
         """Record the shutdown; main() runs the stop action once every file of this runner is written."""
@@ -1281,7 +1349,7 @@ class BuiltinBackend:
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.children: list[Forked | subprocess.Popen[bytes]] = []
 
     def batch(self, queue: list[str], cores: int) -> list[str]:
         return queue[:1]
@@ -1295,9 +1363,8 @@ class BuiltinBackend:
         out = {}
         for job_id in batch:
             jobdir = self.runner.jobdir(job_id)
-            child = spawn_detached([sys.executable, str(Path(__file__).resolve()), "exec", job_id, "--launch",
-                                    launches[job_id], "--root", str(self.runner.root)], jobdir,
-                                   jobdir / "runner-exec.log")
+            child = spawn_wrapper(["exec", job_id, "--launch", launches[job_id], "--root", str(self.runner.root)],
+                                  jobdir, jobdir / "runner-exec.log")
             self.children.append(child)
             out[job_id] = {"state": "running", "pid": child.pid, "pid_token": process_start_time(child.pid)}
         return out
@@ -1403,7 +1470,7 @@ def list_jobs(root: Path) -> list[dict[str, Any]]:
 def status(root: Path) -> dict[str, Any]:
     """The runner's status.json plus the heartbeat's age (by this node's clock) and whether it is fresh."""
     try:
-        data: dict[str, Any] = read_json(root / "status.json")
+        data: dict[str, Any] = read_json(root / STATUS_FILE)
     except (OSError, ValueError):
         data = {}
     age = now() - float(data["heartbeat"]) if "heartbeat" in data else None
@@ -1411,6 +1478,48 @@ def status(root: Path) -> dict[str, Any]:
     data["alive"] = age is not None and age < HEARTBEAT_STALE and \
         process_start_time(int(data.get("pid", 0) or 0)) is not None
     return data
+
+
+def answer_requests(root: Path) -> int:
+    """`requests`: answer report requests (a JSON list per line: ["list"], ["status"], ["start"]) with one JSON
+    line each ({"ok": report} or {"error": why}) until stdin ends. A client's connection keeps one open, so a
+    report costs a round trip instead of a login shell and an interpreter."""
+    reports = {"list": list_jobs, "status": status, "start": start}
+    for line in sys.stdin:
+        try:
+            answer = {"ok": reports[json.loads(line)[0]](root)}
+        except Exception as exc:  # a bad request or a failed report is answered, the helper stays
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), flush=True)
+    return 0
+
+
+def submit_batch(root: Path, batch: list[dict[str, Any]]) -> list[str]:
+    """`submit`: queue the jobs a client sent in one round trip (stdin: a JSON list of {"id", "files": {name:
+    base64}}), each as a client's own submit does: written into spool/<id>, then renamed into queue/<id>. An id
+    the cluster already has (submitted or accepted) is left as it is. Returns the ids this call queued."""
+    import base64
+
+    queued = []
+    for item in batch:
+        job_id = str(item["id"])
+        if len(check_name(job_id).parts) != 1:
+            raise UnsafePath(f"job id {job_id!r} is not one plain name")
+        target = root / QUEUE / job_id
+        if target.exists() or (root / JOBS / job_id).exists():
+            continue
+        spool = root / SPOOL / job_id
+        spool.mkdir(exist_ok=True)
+        for name, data in item["files"].items():
+            safe_join(spool, name).write_bytes(base64.b64decode(data))
+        try:
+            os.rename(spool, target)
+        except OSError:  # another submitter of the same id got there first
+            if not target.exists():
+                raise
+            continue
+        queued.append(job_id)
+    return queued
 
 
 def start(root: Path, wait: float = 15.0) -> dict[str, Any]:
@@ -1526,7 +1635,8 @@ def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="runner.py", description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("command", choices=["serve", "supervise", "exec", "list", "status", "start", "purge"])
+    parser.add_argument("command", choices=["serve", "supervise", "exec", "list", "status", "start", "purge",
+                                            "submit", "requests"])
     parser.add_argument("job", nargs="*")
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--listed", action="store_true", help="purge: delete only the entries on stdin (JSON)")
@@ -1549,6 +1659,11 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == "start":
         print(json.dumps(start(root)))
+        return 0
+    if args.command == "requests":
+        return answer_requests(root)
+    if args.command == "submit":
+        print(json.dumps(submit_batch(root, json.load(sys.stdin))))
         return 0
     held = lock(root, args.wait_lock)
     if held is None:

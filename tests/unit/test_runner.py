@@ -368,3 +368,74 @@ def test_processes_that_survive_kill_are_named_and_keep_their_slots(tmp_path: Pa
     monkeypatch.setattr(runner, "signal_marked", lambda job_id, launch, sig: [])  # it finally went
     run.reap()
     assert run.state("stuck")["state"] == "cancelled" and run.busy() == {}
+
+
+# ---------------------------------------------------------------- bulk submit (runner.py submit)
+def _bulk(q: LocalQueue, items: list[dict[str, object]]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([q.python, str(q.runner), "submit", "--root", str(q.root)], capture_output=True,
+                          input=json.dumps(items).encode(), timeout=60)
+
+
+def _item(job_id: str, argv: list[str], **files: bytes) -> dict[str, object]:
+    import base64
+
+    job = {"version": 2, "id": job_id, "argv": argv, "cores": 1, "mpi": False, "inputs": [], "post": None,
+           "submitted_at": time.time()}
+    files = {**files, "job.json": json.dumps(job).encode()}
+    return {"id": job_id, "files": {name: base64.b64encode(data).decode() for name, data in files.items()}}
+
+
+def test_bulk_submit_queues_in_order_once_each(tmp_path: Path) -> None:
+    """`runner.py submit` queues a batch through the spool like single submits; a repeated batch (a retry)
+    queues nothing again, and every job runs once, in id order, with its extra files in its dir."""
+    q = LocalQueue(tmp_path / "root", [1])
+    record = f'echo "$MPICLOUD_JOB_ID" >> {q.root / "runs.txt"}; cat ../run.sh'
+    ids = [f"bulk-{n}" for n in range(5)]
+    items = [_item(i, ["sh", "-c", record], **{"run.sh": f"echo {i}\n".encode()}) for i in ids]
+    first = _bulk(q, items)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == ids
+    again = _bulk(q, items)
+    assert again.returncode == 0 and json.loads(again.stdout) == []
+    q.serve()
+    try:
+        assert [q.wait(i)["state"] for i in ids] == ["succeeded"] * 5
+        assert _runs(q) == ids
+        assert (q.root / "jobs" / ids[2] / "stdout.log").read_text() == f"echo {ids[2]}\n"
+        assert _bulk(q, items[:1]).stdout.strip() == b"[]"  # accepted meanwhile: still not queued again
+    finally:
+        q.stop()
+
+
+@pytest.mark.parametrize(("job_id", "name"), [("../escape", "job.json"), ("ok-1", "../../escape"),
+                                              ("a/b", "job.json")])
+def test_bulk_submit_refuses_names_leading_out(tmp_path: Path, job_id: str, name: str) -> None:
+    q = LocalQueue(tmp_path / "root", [1])
+    item = _item(job_id, ["true"])
+    files = item["files"]
+    assert isinstance(files, dict)
+    item["files"] = {name: files["job.json"]}
+    refused = _bulk(q, [item])
+    assert refused.returncode != 0
+    assert not list(q.root.parent.glob("escape*")) and not (q.root / "escape").exists()
+    assert os.listdir(q.root / "queue") == []
+
+
+def test_request_helper_answers_reports_until_stdin_ends(tmp_path: Path) -> None:
+    """`runner.py requests`: one JSON answer line per request line (a kept-open helper), errors answered."""
+    q = LocalQueue(tmp_path / "root", [1])
+    job = q.submit(["true"])
+    q.serve()
+    try:
+        q.wait(job)
+        lines = [json.dumps(r) for r in (["status"], ["list"], ["nonsense"], ["start"])]
+        done = subprocess.run([q.python, str(q.runner), "requests", "--root", str(q.root)], capture_output=True,
+                              input="\n".join(lines).encode() + b"\n", timeout=60)
+        assert done.returncode == 0, done.stderr
+        status, listing, bad, start = (json.loads(line) for line in done.stdout.splitlines())
+        assert status["ok"]["alive"] is True
+        assert [j["id"] for j in listing["ok"]] == [job] and listing["ok"][0]["state"] == "succeeded"
+        assert "KeyError" in bad["error"]
+        assert start["ok"]["action"] == "none" and start["ok"]["slots_total"] == 1
+    finally:
+        q.stop()
