@@ -10,7 +10,7 @@ import pulumi_aws as aws
 from aws.iam import NodeIdentity, NodeIdentityArgs
 from aws.network import Network, NetworkArgs
 from aws.nodes import Nodes, NodesArgs
-from mpicloud.render.aws_common import cluster_tags
+from mpicloud.render.aws import cluster_tags
 from mpicloud.spec import ClusterSpec
 
 __all__ = ["MpiCluster", "MpiClusterArgs", "deploy"]
@@ -49,7 +49,7 @@ class MpiCluster(pulumi.ComponentResource):
             "ami": self.nodes.ami,
             "ssh_command": head_ip.apply(lambda ip: f"ssh {user}@{ip}"),
             "attach_command": head_ip.apply(
-                lambda ip: f"mpicloud attach {spec.name} --host {ip} --user {user} --slots {spec.slots_per_node}"),
+                lambda ip: spec.target.attach_command(spec.name, ip, user, spec.slots_per_node)),
             # Pulumi cannot read console output: cloud-init prints the host key fingerprints there
             "host_key_fingerprints": self.nodes.instances[0].id.apply(
                 lambda i: f"aws ec2 get-console-output --latest --output text --instance-id {i} "

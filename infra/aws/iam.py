@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from mpicloud.render.aws_common import secrets_key_policy, secrets_policy, ssm_prefix
+from mpicloud.render.aws import secrets_key_policy, secrets_policy, ssm_prefix
 from mpicloud.render.iam import assume_bucket_role_policy, bucket_access_policy, ec2_trust_policy
 from mpicloud.spec import ClusterSpec
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from mpicloud.render.aws_common import SSH_PORT
+from mpicloud.render.aws import SSH_PORT
 from mpicloud.spec import ClusterSpec
 
 

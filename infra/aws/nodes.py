@@ -8,14 +8,14 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from mpicloud.render.aws_common import (
+from mpicloud.render.aws import (
     METADATA_OPTIONS,
     SHARED_VOLUME_DEVICE,
     TAG_SHARED_VOLUME,
     idle_tag,
     node_tags,
 )
-from mpicloud.render.linux import node_addresses, runner_parameters, user_data_base64
+from mpicloud.render.aws.cloud_init import node_addresses, runner_parameters, user_data_base64
 from mpicloud.spec import ClusterSpec
 
 #: instance inputs a later `pulumi up` leaves alone: the AMI is resolved once (a newer "latest" image must not
@@ -60,7 +60,7 @@ class Nodes(pulumi.ComponentResource):
             key_name = aws.ec2.KeyPair(f"{name}-key", public_key=spec.admin.ssh_public_key, tags=args.tags,
                                        opts=child).key_name
         self.ami = pulumi.Output.from_input(options.ami) if options.ami else aws.ssm.get_parameter_output(
-            name=options.ami_ssm_parameter, opts=pulumi.InvokeOptions(parent=self)).value
+            name=spec.ami_parameter, opts=pulumi.InvokeOptions(parent=self)).value
         ips = node_addresses(options.subnet_cidr, spec.nodes)
         common = {
             "ami": self.ami, "instance_type": spec.size, "key_name": key_name,

@@ -9,7 +9,8 @@ from pulumi_azure_native import compute, resources
 
 from azure_mpi.network import Network, NetworkArgs
 from azure_mpi.nodes import Nodes, NodesArgs
-from mpicloud.render import azure, windows
+from mpicloud.render import azure
+from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec
 
 #: the stack secret holding the admin password: `pulumi config set --secret mpicloud:adminPassword`
@@ -49,9 +50,9 @@ class MpiCluster(pulumi.ComponentResource):
             "private_ips": pulumi.Output.all(*[n.private_ip for n in nodes]),
             "admin_username": spec.admin.username,
             "ssh_command": pulumi.Output.concat("ssh ", spec.admin.username, "@", head_ip),
-            "attach_command": head_ip.apply(lambda ip: azure.attach_command(
-                spec.name, ip or "<N0 public IP>", spec.admin.username,
-                spec.admin.password.env if spec.admin.password else "MPICLOUD_ADMIN_PASSWORD")),
+            "attach_command": head_ip.apply(lambda ip: spec.target.attach_command(
+                spec.name, ip or "N0-public-IP", spec.admin.username, spec.slots_per_node,
+                spec.admin.password.env if spec.admin.password else None)),
             "password_only": spec.password_only,
             "host_key_fingerprints": pulumi.Output.all(*[_host_keys(self.group.name, n.vm.name, n.extension.name)
                                                          for n in nodes]).apply(_merge),
@@ -63,7 +64,7 @@ def _host_keys(group: pulumi.Input[str], vm: pulumi.Input[str], extension: pulum
     """The fingerprints the bootstrap printed, read back from the extension's instance view after it ran."""
     result = compute.get_virtual_machine_extension_output(resource_group_name=group, vm_name=vm,
                                                           vm_extension_name=extension, expand="instanceView")
-    return result.apply(lambda ext: windows.host_key_fingerprints(" ".join(
+    return result.apply(lambda ext: powershell.host_key_fingerprints(" ".join(
         status.message or "" for status in ((ext.instance_view.substatuses or []) if ext.instance_view else []))))
 
 

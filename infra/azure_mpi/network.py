@@ -21,7 +21,7 @@ class NetworkArgs:
 
 
 def security_rules(spec: ClusterSpec) -> list[network.SecurityRuleArgs]:
-    """The inbound allow rules (from render/azure.py, the same rules the ARM template emits)."""
+    """The inbound allow rules (from render/azure/__init__.py, the same rules the ARM template emits)."""
     return [network.SecurityRuleArgs(
         name=rule.name, description=rule.description, priority=rule.priority, direction="Inbound", access="Allow",
         protocol="Tcp", source_address_prefixes=azure.allowed_sources(spec), source_port_range="*",

@@ -8,8 +8,8 @@ import pulumi
 from pulumi_azure_native import authorization, compute, network
 
 from azure_mpi.network import NetworkArgs, public_ip
-from mpicloud.render import azure, windows
-from mpicloud.render.runner_config import node_names
+from mpicloud.render import azure
+from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec
 
 #: Resource Manager endpoint of the public cloud (the ARM template uses environment().resourceManager)
@@ -57,10 +57,11 @@ class Node(pulumi.ComponentResource):
             resource_group_name=args.resource_group_name, location=args.location, tags=tags,
             publisher=azure.EXTENSION["publisher"], type=azure.EXTENSION["type"],
             type_handler_version=azure.EXTENSION["typeHandlerVersion"], auto_upgrade_minor_version=True,
-            force_update_tag=windows.force_update_tag(script), settings={"timestamp": windows.script_version(script)},
+            force_update_tag=powershell.force_update_tag(script),
+            settings={"timestamp": powershell.script_version(script)},
             protected_settings=pulumi.Output.secret(pulumi.Output.from_input(args.admin_password).apply(
                 lambda password: {"commandToExecute": _command(spec, index, script),
-                                  windows.PASSWORD_SETTING: password})),
+                                  powershell.PASSWORD_SETTING: password})),
             opts=child)
         self.private_ip = self.nic.ip_configurations.apply(
             lambda configs: (configs[0].private_ip_address or "") if configs else "")
@@ -79,7 +80,7 @@ def _vm_args(name: str, index: int, args: NodesArgs, nic: network.NetworkInterfa
         if index == 0 and spec.idle_shutdown_minutes else None
     return dict(
         vm_name=azure.vm_name(spec.name, name), resource_group_name=args.resource_group_name, location=args.location,
-        tags=azure.tags(spec), identity=identity, user_data=windows.user_data(script),
+        tags=azure.tags(spec), identity=identity, user_data=powershell.user_data(script),
         hardware_profile=compute.HardwareProfileArgs(vm_size=spec.size),
         os_profile=compute.OSProfileArgs(
             computer_name=name, admin_username=spec.admin.username, admin_password=args.admin_password,
@@ -98,11 +99,11 @@ def _vm_args(name: str, index: int, args: NodesArgs, nic: network.NetworkInterfa
 
 
 def _command(spec: ClusterSpec, index: int, script: str) -> str:
-    return windows.bootstrap_command({
+    return powershell.bootstrap_command({
         "NodeIndex": str(index), "NodeCount": str(spec.nodes), "SlotsPerNode": str(spec.slots_per_node),
         "IdleMinutes": str(spec.idle_shutdown_minutes or 0), "ArmEndpoint": ARM_ENDPOINT,
-        "AdminUserB64": windows.b64(spec.admin.username), "VmPrefixB64": windows.b64(spec.name),
-        "AdminKeyB64": windows.key_b64(spec.admin.ssh_public_key),
+        "AdminUserB64": powershell.b64(spec.admin.username), "VmPrefixB64": powershell.b64(spec.name),
+        "AdminKeyB64": powershell.key_b64(spec.admin.ssh_public_key),
         "PasswordSsh": "1" if spec.azure_options.password_ssh else "0"}, script)
 
 
@@ -118,8 +119,8 @@ class Nodes(pulumi.ComponentResource):
             self.ppg = compute.ProximityPlacementGroup(
                 ppg_name, proximity_placement_group_name=ppg_name, resource_group_name=args.resource_group_name,
                 location=args.location, proximity_placement_group_type="Standard", tags=azure.tags(spec), opts=child)
-        script = windows.bootstrap_ps1(spec)
-        self.nodes = [Node(n, i, args, self.ppg, script, child) for i, n in enumerate(node_names(spec))]
+        script = powershell.bootstrap_ps1(spec)
+        self.nodes = [Node(n, i, args, self.ppg, script, child) for i, n in enumerate(spec.node_names)]
         if spec.idle_shutdown_minutes:
             self._grant_deallocate(args, child)
         self.register_outputs({"names": [n.vm.name for n in self.nodes]})

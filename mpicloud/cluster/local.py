@@ -20,7 +20,7 @@ from mpicloud.cluster.keys import generate_keypair, load_public
 from mpicloud.cluster.processes import MARKER, cluster_processes, stop_cluster_processes
 from mpicloud.cluster.registry import ClusterRecord, DownReport, Node
 from mpicloud.errors import ClusterError
-from mpicloud.render.runner_config import node_names, runner_config, runner_config_json
+from mpicloud.render.runner_config import runner_config, runner_config_json
 from mpicloud.render.templating import render_template
 from mpicloud.spec.model import ClusterSpec
 from mpicloud.transport.hostkeys import host_entry, pin_host_key
@@ -145,7 +145,7 @@ def _node_python() -> str:
 
 
 def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecord:
-    names = node_names(spec)
+    names = spec.node_names
     user = _user()
     directory.mkdir(parents=True)
     network = local_ns.create_network(spec, cluster_id, names)

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from mpicloud.render import azure, windows
+from mpicloud.render import azure
 from mpicloud.render.arm_ui import NUMBER_LIMITS, create_ui_definition
+from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec, load_spec
 
 SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#"
@@ -92,9 +93,9 @@ def variables(spec: ClusterSpec) -> Json:
     names = {key: f"[format('{{0}}{value[len(spec.name):]}', parameters('clusterName'))]"
              for key, value in azure.resource_names(spec).items() if key in ("vnet", "nsg", "ppg")}
     tags = {**azure.tags(spec), "mpicloud-cluster": "[parameters('clusterName')]"}
-    script = windows.bootstrap_ps1(spec)
+    script = powershell.bootstrap_ps1(spec)
     return {"names": names, "tags": tags, "imageSkus": dict(azure.IMAGE_SKUS),
-            "bootstrapUserData": windows.user_data(script),
+            "bootstrapUserData": powershell.user_data(script),
             "subnetId": f"[{_rid('Microsoft.Network/virtualNetworks/subnets', VNET, _lit(azure.SUBNET_NAME))}]"}
 
 
@@ -169,9 +170,9 @@ def _command(script: str) -> str:
               "SlotsPerNode": f"string({_p('slotsPerNode')})", "IdleMinutes": f"string({_p('idleShutdownMinutes')})",
               "ArmEndpoint": "environment().resourceManager", "AdminUserB64": f"base64({_p('adminUsername')})",
               "VmPrefixB64": f"base64({_p('clusterName')})",
-              "AdminKeyB64": f"if(empty({key}), {_lit(windows.NO_KEY)}, base64({key}))",
+              "AdminKeyB64": f"if(empty({key}), {_lit(powershell.NO_KEY)}, base64({key}))",
               "PasswordSsh": f"if({_p('sshKeyOnly')}, '0', '1')"}
-    pieces = windows.command_pieces(values, script)
+    pieces = powershell.command_pieces(values, script)
     return "[concat(" + ", ".join(_lit(t) if literal else t for literal, t in pieces) + ")]"
 
 
@@ -192,16 +193,16 @@ def compute(spec: ClusterSpec) -> list[Json]:
     if spec.azure_options.proximity_placement_group:
         out.append({**_base("Microsoft.Compute/proximityPlacementGroups", azure.COMPUTE_API,
                             "[variables('names').ppg]"), "properties": {"proximityPlacementGroupType": "Standard"}})
-    script = windows.bootstrap_ps1(spec)
+    script = powershell.bootstrap_ps1(spec)
     extension = {**_base("Microsoft.Compute/virtualMachines/extensions", azure.COMPUTE_API,
                          f"[format('{{0}}-N{{1}}/{azure.EXTENSION_NAME}', {_p('clusterName')}, copyIndex())]"),
                  "copy": _loop("bootstraps"),
                  "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]"],
                  "properties": {**azure.EXTENSION, "autoUpgradeMinorVersion": True,
-                                "forceUpdateTag": windows.force_update_tag(script),
-                                "settings": {"timestamp": windows.script_version(script)},
+                                "forceUpdateTag": powershell.force_update_tag(script),
+                                "settings": {"timestamp": powershell.script_version(script)},
                                 "protectedSettings": {"commandToExecute": _command(script),
-                                                      windows.PASSWORD_SETTING: f"[{_p('adminPassword')}]"}}}
+                                                      powershell.PASSWORD_SETTING: f"[{_p('adminPassword')}]"}}}
     head = _rid("Microsoft.Compute/virtualMachines", f"format('{{0}}-N0', {_p('clusterName')})")
     role_id = f"subscriptionResourceId('Microsoft.Authorization/roleDefinitions', {ROLE})"
     role = {"type": "Microsoft.Authorization/roleAssignments", "apiVersion": azure.AUTHORIZATION_API,
@@ -232,8 +233,8 @@ def outputs(spec: ClusterSpec) -> Json:
         "adminUsername": {"type": "string", "value": f"[{user}]"},
         "sshCommand": {"type": "string", "value": f"[concat('ssh ', {user}, '@', {ip})]"},
         "attachCommand": {"type": "string", "value": (
-            f"[concat('mpicloud attach ', {_p('clusterName')}, ' --host ', {ip}, ' --user ', {user}, "
-            f"' --password-env {PASSWORD_ENV} --os windows')]")},
+            f"[format({_lit(spec.target.attach_command('{0}', '{1}', '{2}', '{3}', PASSWORD_ENV))}, "
+            f"{_p('clusterName')}, {ip}, {user}, {_p('slotsPerNode')})]")},
     }
 
 

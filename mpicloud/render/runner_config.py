@@ -16,33 +16,28 @@ SHARE_MARKER = "share-marker"
 SHARE_PROBE = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
 
 
-def node_names(spec: ClusterSpec) -> list[str]:
-    """Host names of the nodes, in order; node 0 is the head node."""
-    prefix = "N" if spec.os == "windows" else "node"
-    return [f"{prefix}{i}" for i in range(spec.nodes)]
-
-
 def runner_root(shared_path: str) -> str:
     """Where the runner keeps its queue on the shared storage."""
     separator = "\\" if "\\" in shared_path or shared_path[1:2] == ":" else "/"
     return shared_path.rstrip("/\\") + separator + ".mpicloud"
 
 
-def runner_config(spec: ClusterSpec, stop_command: list[str] | None,
+def runner_config(spec: ClusterSpec, stop_command: list[str] | None = None,
                   env: dict[str, str] | None = None, names: list[str] | None = None,
                   slurm_env: dict[str, str] | None = None) -> dict[str, Any]:
     """The runner configuration: nodes and slots, launcher, scheduler backend (with `slurm_env`, what Slurm's
-    commands need, e.g. SLURM_CONF), idle shutdown and the stop action."""
+    commands need, e.g. SLURM_CONF), idle shutdown and the stop action (default: the target's)."""
+    stop = stop_command if stop_command is not None else list(spec.target.stop_command or ()) or None
     return {
         "version": RUNNER_CONFIG_VERSION,
         "cluster": spec.name,
         "os": spec.os,
-        "launcher": "mpiexec" if spec.os == "windows" else "mpirun",
+        "launcher": spec.target.platform.launcher,
         "scheduler": spec.scheduler,
         **({"slurm_env": dict(slurm_env or {})} if spec.scheduler == "slurm" else {}),
-        "nodes": [{"name": n, "slots": spec.slots_per_node} for n in (names or node_names(spec))],
+        "nodes": [{"name": n, "slots": spec.slots_per_node} for n in (names or spec.node_names)],
         "idle_shutdown_minutes": spec.idle_shutdown_minutes,
-        "stop_command": stop_command,
+        "stop_command": stop,
         "env": dict(env or {}),
     }
 

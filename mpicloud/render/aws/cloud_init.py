@@ -23,11 +23,11 @@ from mpicloud.render.runner_config import (
 )
 from mpicloud.render.templating import gzip_base64, render_template
 from mpicloud.spec.model import ClusterSpec
+from mpicloud.spec.targets import LINUX
 
 #: host offset of node 0 in the subnet (AWS reserves the first four addresses; keep a little room)
 FIRST_HOST = 10
-OPT = "/opt/mpicloud"
-STOP_COMMAND = [f"{OPT}/stop-cluster.sh"]
+OPT = LINUX.install_dir
 SMB_PASSWORD_FILE = "/etc/mpicloud/smb-password"
 _SCRIPTS = ("node-env.sh", "cluster-secrets.sh", "cluster-files.sh", "shared-storage.sh")
 #: head node only: the shared directory's own EBS volume (outlives the instance)
@@ -90,7 +90,7 @@ def _files(spec: ClusterSpec, head: bool) -> list[dict[str, str]]:
                                                                  task_prolog=prolog), "0644")]
     if head:
         path = spec.shared_storage.path
-        config = {**runner_config(spec, STOP_COMMAND), "share_marker": root_file(path, SHARE_MARKER),
+        config = {**runner_config(spec), "share_marker": root_file(path, SHARE_MARKER),
                   "share_probe": SHARE_PROBE}
         root = runner_root(path)
         files += [_file(f"{OPT}/{name}", (linux / name).read_text(encoding="utf-8")) for name in _HEAD_SCRIPTS]
@@ -149,7 +149,7 @@ def cloud_config(spec: ClusterSpec, index: int | None, ips: list[str] | None = N
     from its private address at boot); contains no secret.
 
     `ips` are the fixed private addresses of nodes 0.. (default: spec.nodes of them from aws.subnet_cidr); node
-    count, slots, idle minutes and the SSM path come from instance tags (aws_common.node_tags) and the login key
+    count, slots, idle minutes and the SSM path come from instance tags (render.aws.node_tags) and the login key
     from the EC2 key pair, both over IMDS at boot, so one text serves Pulumi and CloudFormation.
     """
     if spec.os != "linux":

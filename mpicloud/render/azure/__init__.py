@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass
 
 from mpicloud.errors import RenderError
-from mpicloud.render.quoting import posix_join
 from mpicloud.spec.model import ClusterSpec
 
 COMPUTE_API = "2024-11-01"
@@ -92,8 +91,3 @@ def image_reference(windows_version: str) -> dict[str, str]:
     return {"publisher": IMAGE_PUBLISHER, "offer": IMAGE_OFFER, "sku": IMAGE_SKUS[windows_version],
             "version": "latest"}
 
-
-def attach_command(cluster: str, host: str, user: str, password_env: str) -> str:
-    """The `mpicloud attach` line printed after a deployment (the password stays in the variable)."""
-    return posix_join(["mpicloud", "attach", cluster, "--host", host, "--user", user, "--password-env", password_env,
-                       "--os", "windows"])

@@ -13,13 +13,13 @@ from mpicloud.errors import RenderError
 from mpicloud.render.quoting import powershell_quote
 from mpicloud.render.runner_config import (
     SAVECREDS_MARKER,
-    node_names,
     root_file,
     runner_config,
     runner_config_json,
 )
 from mpicloud.render.templating import gzip_base64, render_template
 from mpicloud.spec.model import ClusterSpec
+from mpicloud.spec.targets import WINDOWS
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ PYTHON = Download("3.12.10", "https://www.python.org/ftp/python/3.12.10/python-3
 #: fails closed (Get-Verified refuses the download)
 OPENSSH_MSI = Download("8.9.1.0", "https://github.com/PowerShell/Win32-OpenSSH/releases/download/v8.9.1.0p1-Beta/"
                        "OpenSSH-Win64-v8.9.1.0.msi", "f4b9808d0fa29bfc50feb4bd4611ee852458638480dc63ad97380b10abd9aa39")
-DATA_DIR = "C:\\ProgramData\\mpicloud"
+DATA_DIR = WINDOWS.install_dir
 SHARE_NAME = "shared"
 LAUNCH_PORT = 8677
 #: the script is the VM's userData, gzipped (updatable in place, unlike customData); the extension reads it from IMDS,
@@ -58,11 +58,6 @@ NO_KEY = "none"
 _TOKEN = re.compile(r"^[A-Za-z0-9+/=.:_-]+$")
 
 
-def stop_command() -> list[str]:
-    """The runner's idle-shutdown action on the head node."""
-    return ["powershell.exe", "-NoProfile", "-ExecutionPolicy", "Bypass", "-File", f"{DATA_DIR}\\stop-cluster.ps1"]
-
-
 def _installers(spec: ClusterSpec) -> list[dict[str, str]]:
     out = []
     for index, inst in enumerate(spec.software.installers, start=1):
@@ -76,7 +71,7 @@ def _installers(spec: ClusterSpec) -> list[dict[str, str]]:
 def _base_runner_config(spec: ClusterSpec) -> str:
     """runner.json without the node list and idle minutes, which the script fills in from its parameters;
     MPI jobs wait for the marker of working saved credentials (start-runner.ps1)."""
-    config: dict[str, Any] = runner_config(spec, stop_command())
+    config: dict[str, Any] = runner_config(spec)
     marker = {"path": root_file(spec.shared_storage.path, SAVECREDS_MARKER),
               "reason": "MS-MPI credentials are not saved and verified yet (mpiexec -savecreds, then a run without "
                         "-pwd; see C:\\ProgramData\\mpicloud\\runner-task.log on N0)"}
@@ -93,7 +88,7 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
         "windows/bootstrap.ps1.j2", cluster=spec.name, slots_per_node=spec.slots_per_node,
         idle_minutes=spec.idle_shutdown_minutes or 0, data_dir=q(DATA_DIR), shared=q(spec.shared_storage.path),
         share_name=q(SHARE_NAME), subnet_cidr=q(spec.azure_options.subnet_cidr),
-        node_prefix=q(node_names(spec)[0][:-1]), msmpi_version=MSMPI.version, msmpi_url=q(MSMPI.url),
+        node_prefix=q(spec.target.platform.node_prefix), msmpi_version=MSMPI.version, msmpi_url=q(MSMPI.url),
         msmpi_sha256=q(MSMPI.sha256), python_version=PYTHON.version, python_url=q(PYTHON.url),
         python_sha256=q(PYTHON.sha256), launch_port=LAUNCH_PORT, installers=_installers(spec),
         openssh_msi=_openssh_msi(spec),
