@@ -197,7 +197,8 @@ def test_cross_account_grant_may_only_assume_the_bucket_role(seen: list[Any]) ->
 @pulumi.runtime.test
 def test_existing_network_efa_and_single_node(seen: list[Any]) -> pulumi.Output[Any]:
     spec = aws_spec(nodes=1, size="c5n.18xlarge", aws={
-        "vpc_id": "vpc-1", "subnet_id": "subnet-1", "subnet_cidr": "172.31.5.0/24", "efa": True, "placement_group": False, "key_name": "mine"})
+        "vpc_id": "vpc-1", "subnet_id": "subnet-1", "subnet_cidr": "172.31.5.0/24", "efa": True,
+        "placement_group": False, "key_name": "mine"})
 
     def check(_: Any) -> None:
         assert not _of(seen, "ec2/vpc:Vpc") and not _of(seen, "ec2/keyPair:KeyPair")
