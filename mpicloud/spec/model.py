@@ -248,9 +248,9 @@ class AzureOptions(_Model):
     """Options only the Azure program and ARM template read."""
 
     windows_version: Literal["2022", "2025"] = Field(default="2022", description="os windows: Windows Server version")
-    linux_image: Literal["almalinux-hpc", "ubuntu-hpc", "ubuntu"] = Field(
-        default="almalinux-hpc", description="os linux: Microsoft's HPC image (drivers and MPI stacks included) or "
-                                             "plain Ubuntu with Open MPI from the distribution")
+    linux_image: Literal["ubuntu-hpc", "ubuntu"] = Field(
+        default="ubuntu-hpc", description="os linux: Microsoft's Ubuntu HPC image (InfiniBand drivers, UCX and MPI "
+                                          "stacks included) or plain Ubuntu; Open MPI from the distribution on both")
     rdma: bool = Field(default=False, description="InfiniBand for MPI (HB, HC, HX and ND sizes with 'r' only)")
     public_ip: Literal["per_node", "head_nat"] = "per_node"
     accelerated_networking: bool = True
@@ -389,6 +389,9 @@ class ClusterSpec(_Model):
         if self.azure is not None and self.azure.rdma and not azure_rdma(size):
             raise ValueError(f"azure.rdma: size {size!r} has no InfiniBand (RDMA sizes are HB, HC, HX and ND "
                              "with an 'r' among their feature letters, e.g. Standard_HB120rs_v3)")
+        if self.azure is not None and self.azure.rdma and self.os == "linux" \
+                and self.azure.linux_image != "ubuntu-hpc":
+            raise ValueError("azure.linux_image: azure.rdma on Linux needs ubuntu-hpc (its InfiniBand drivers)")
         if self.aws is not None and self.aws.efa and not efa_capable(size):
             raise ValueError(f"aws.efa: instance type {size!r} has no EFA (e.g. c5n.18xlarge, hpc7a.96xlarge; "
                              "see aws ec2 describe-instance-types --filters Name=network-info.efa-supported,"

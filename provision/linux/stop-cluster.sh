@@ -22,11 +22,14 @@ field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])
 
 deallocate() {
   local imds=${MPICLOUD_IMDS:-http://169.254.169.254/metadata} arm=https://management.azure.com/
-  local vm token group self host
+  local vm group self host
   [ -f "$etc/node.env" ] && . "$etc/node.env" && arm=${MPICLOUD_ARM:-$arm}
   vm=$(curl -fsS -H Metadata:true "$imds/instance/compute?api-version=2021-02-01") || return 1
-  token=$(curl -fsS -H Metadata:true -G "$imds/identity/oauth2/token" --data-urlencode "api-version=2018-02-01" \
-          --data-urlencode "resource=$arm" | field access_token) || return 1
+  # the access token goes to a header file, never onto a command line
+  auth=$(mktemp) && trap 'rm -f "$auth"' EXIT
+  curl -fsS -H Metadata:true -G "$imds/identity/oauth2/token" --data-urlencode "api-version=2018-02-01" \
+    --data-urlencode "resource=$arm" | python3 -c 'import json, sys; print("Authorization: Bearer "
+    + json.load(sys.stdin)["access_token"])' > "$auth" || return 1
   group="${arm%/}/subscriptions/$(field subscriptionId <<< "$vm")/resourceGroups/$(field resourceGroupName <<< "$vm")"
   self=$(field name <<< "$vm")
   # VM names are CLUSTER-nodeI (render/azure vm_name); the head node is CLUSTER-node0
@@ -38,7 +41,7 @@ deallocate() {
 
 deallocate_vm() {
   echo "mpicloud: deallocating $1"
-  curl -fsS -X POST -H "Authorization: Bearer $token" -H 'Content-Length: 0' \
+  curl -fsS -X POST -H @"$auth" -H 'Content-Length: 0' \
     "$group/providers/Microsoft.Compute/virtualMachines/$1/deallocate?api-version=2024-11-01" > /dev/null
 }
 
