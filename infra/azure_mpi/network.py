@@ -25,7 +25,7 @@ def security_rules(spec: ClusterSpec) -> list[network.SecurityRuleArgs]:
     return [network.SecurityRuleArgs(
         name=rule.name, description=rule.description, priority=rule.priority, direction="Inbound", access="Allow",
         protocol="Tcp", source_address_prefixes=azure.allowed_sources(spec), source_port_range="*",
-        destination_address_prefix="*", destination_port_range=str(rule.port)) for rule in azure.INBOUND]
+        destination_address_prefix="*", destination_port_range=str(rule.port)) for rule in azure.inbound(spec)]
 
 
 def public_ip(name: str, args: NetworkArgs, parent: pulumi.Resource) -> network.PublicIPAddress:

@@ -40,8 +40,8 @@ def _loop(name: str) -> Json:
     return {"name": name, "count": f"[{_p('nodeCount')}]"}
 
 
-def _node(suffix: str = "") -> str:
-    return f"format('{{0}}-N{{1}}{suffix}', parameters('clusterName'), copyIndex())"
+def _node(suffix: str = "", prefix: str = "N") -> str:
+    return f"format('{{0}}-{prefix}{{1}}{suffix}', parameters('clusterName'), copyIndex())"
 
 
 def _limits(name: str) -> Json:
@@ -106,10 +106,11 @@ def _base(kind: str, api: str, name: str) -> Json:
 
 def network(spec: ClusterSpec) -> list[Json]:
     """NSG (SSH/RDP from the allowed CIDR only), VNet with the cluster subnet, one Standard static IP per node."""
+    prefix = spec.target.platform.node_prefix
     rules = [{"name": r.name, "properties": {
         "description": r.description, "priority": r.priority, "direction": "Inbound", "access": "Allow",
         "protocol": "Tcp", "sourceAddressPrefix": f"[{_p('allowedSourceCidr')}]", "sourcePortRange": "*",
-        "destinationAddressPrefix": "*", "destinationPortRange": str(r.port)}} for r in azure.INBOUND]
+        "destinationAddressPrefix": "*", "destinationPortRange": str(r.port)}} for r in azure.inbound(spec)]
     nsg = {**_base("Microsoft.Network/networkSecurityGroups", azure.NETWORK_API, "[variables('names').nsg]"),
            "properties": {"securityRules": rules}}
     vnet = {**_base("Microsoft.Network/virtualNetworks", azure.NETWORK_API, "[variables('names').vnet]"),
@@ -119,17 +120,18 @@ def network(spec: ClusterSpec) -> list[Json]:
                     "addressPrefix": spec.azure_options.subnet_cidr, "defaultOutboundAccess": False,
                     "networkSecurityGroup": {
                         "id": f"[{_rid('Microsoft.Network/networkSecurityGroups', NSG)}]"}}}]}}
-    pip = {**_base("Microsoft.Network/publicIPAddresses", azure.NETWORK_API, f"[{_node('-ip')}]"),
+    pip = {**_base("Microsoft.Network/publicIPAddresses", azure.NETWORK_API, f"[{_node('-ip', prefix)}]"),
            "copy": _loop("publicIps"), "sku": {"name": "Standard", "tier": "Regional"},
            "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}}
-    nic = {**_base("Microsoft.Network/networkInterfaces", azure.NETWORK_API, f"[{_node('-nic')}]"),
+    nic = {**_base("Microsoft.Network/networkInterfaces", azure.NETWORK_API, f"[{_node('-nic', prefix)}]"),
            "copy": _loop("nics"),
            "dependsOn": [f"[{_rid('Microsoft.Network/virtualNetworks', VNET)}]",
-                         f"[{_rid('Microsoft.Network/publicIPAddresses', _node('-ip'))}]"],
+                         f"[{_rid('Microsoft.Network/publicIPAddresses', _node('-ip', prefix))}]"],
            "properties": {"enableAcceleratedNetworking": f"[{_p('acceleratedNetworking')}]", "ipConfigurations": [
                {"name": "ipconfig", "properties": {
                    "privateIPAllocationMethod": "Dynamic", "subnet": {"id": "[variables('subnetId')]"},
-                   "publicIPAddress": {"id": f"[{_rid('Microsoft.Network/publicIPAddresses', _node('-ip'))}]"}}}]}}
+                   "publicIPAddress": {
+                       "id": f"[{_rid('Microsoft.Network/publicIPAddresses', _node('-ip', prefix))}]"}}}]}}
     return [nsg, vnet, pip, nic]
 
 
@@ -187,12 +189,38 @@ def _deallocate_role() -> Json:
                 "permissions": [{"actions": list(azure.DEALLOCATE_ACTIONS)}]}}
 
 
+def placement(spec: ClusterSpec) -> list[Json]:
+    """The proximity placement group, when the spec asks for one."""
+    if not spec.azure_options.proximity_placement_group:
+        return []
+    return [{**_base("Microsoft.Compute/proximityPlacementGroups", azure.COMPUTE_API, "[variables('names').ppg]"),
+             "properties": {"proximityPlacementGroupType": "Standard"}}]
+
+
+def deallocate(spec: ClusterSpec) -> list[Json]:
+    """The head node's permission to deallocate every VM (idle shutdown): the custom role and one assignment per
+    VM, only when idleShutdownMinutes > 0."""
+    prefix = spec.target.platform.node_prefix
+    node = _node("", prefix)
+    head = _rid("Microsoft.Compute/virtualMachines", f"format('{{0}}-{prefix}0', {_p('clusterName')})")
+    role_id = f"subscriptionResourceId('Microsoft.Authorization/roleDefinitions', {ROLE})"
+    role = {"type": "Microsoft.Authorization/roleAssignments", "apiVersion": azure.AUTHORIZATION_API,
+            "name": f"[guid(resourceGroup().id, {_p('clusterName')}, {node}, 'deallocate')]",
+            "condition": f"[greater({_p('idleShutdownMinutes')}, 0)]", "copy": _loop("deallocateRoles"),
+            "scope": f"[format('Microsoft.Compute/virtualMachines/{{0}}-{prefix}{{1}}', {_p('clusterName')}, "
+                     "copyIndex())]",
+            "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', node)}]", f"[{head}]",
+                          f"[{_rid('Microsoft.Authorization/roleDefinitions', ROLE)}]"],
+            "properties": {
+                "roleDefinitionId": f"[{role_id}]",
+                "principalId": f"[reference({head}, '{azure.COMPUTE_API}', 'full').identity.principalId]",
+                "principalType": "ServicePrincipal",
+                "description": "mpicloud: the head node deallocates the cluster when idle"}}
+    return [_deallocate_role(), role]
+
+
 def compute(spec: ClusterSpec) -> list[Json]:
     """Optional PPG, the VMs, the bootstrap extension per VM and the head node's deallocate permission."""
-    out: list[Json] = []
-    if spec.azure_options.proximity_placement_group:
-        out.append({**_base("Microsoft.Compute/proximityPlacementGroups", azure.COMPUTE_API,
-                            "[variables('names').ppg]"), "properties": {"proximityPlacementGroupType": "Standard"}})
     script = powershell.bootstrap_ps1(spec)
     extension = {**_base("Microsoft.Compute/virtualMachines/extensions", azure.COMPUTE_API,
                          f"[format('{{0}}-N{{1}}/{azure.EXTENSION_NAME}', {_p('clusterName')}, copyIndex())]"),
@@ -203,20 +231,7 @@ def compute(spec: ClusterSpec) -> list[Json]:
                                 "settings": {"timestamp": powershell.script_version(script)},
                                 "protectedSettings": {"commandToExecute": _command(script),
                                                       powershell.PASSWORD_SETTING: f"[{_p('adminPassword')}]"}}}
-    head = _rid("Microsoft.Compute/virtualMachines", f"format('{{0}}-N0', {_p('clusterName')})")
-    role_id = f"subscriptionResourceId('Microsoft.Authorization/roleDefinitions', {ROLE})"
-    role = {"type": "Microsoft.Authorization/roleAssignments", "apiVersion": azure.AUTHORIZATION_API,
-            "name": f"[guid(resourceGroup().id, {_p('clusterName')}, {NODE}, 'deallocate')]",
-            "condition": f"[greater({_p('idleShutdownMinutes')}, 0)]", "copy": _loop("deallocateRoles"),
-            "scope": f"[format('Microsoft.Compute/virtualMachines/{{0}}-N{{1}}', {_p('clusterName')}, copyIndex())]",
-            "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]", f"[{head}]",
-                          f"[{_rid('Microsoft.Authorization/roleDefinitions', ROLE)}]"],
-            "properties": {
-                "roleDefinitionId": f"[{role_id}]",
-                "principalId": f"[reference({head}, '{azure.COMPUTE_API}', 'full').identity.principalId]",
-                "principalType": "ServicePrincipal",
-                "description": "mpicloud: the head node deallocates the cluster when idle"}}
-    return [*out, _vm(spec), extension, _deallocate_role(), role]
+    return [*placement(spec), _vm(spec), extension, *deallocate(spec)]
 
 
 def outputs(spec: ClusterSpec) -> Json:
@@ -263,9 +278,10 @@ def create_ui_definition_json() -> str:
     return _text(create_ui_definition(load_spec(EXAMPLE)))
 
 
-def deploy_button_url(raw_base: str) -> str:
-    """The Deploy-to-Azure link for templates published under `raw_base` (e.g. a raw.githubusercontent.com URL)."""
-    base = raw_base.rstrip("/")
-    template = quote(f"{base}/templates/arm/azuredeploy.json", safe="")
-    form = quote(f"{base}/templates/arm/createUiDefinition.json", safe="")
+def deploy_button_url(raw_base: str, folder: str = "templates/arm") -> str:
+    """The Deploy-to-Azure link for templates published under `raw_base` (e.g. a raw.githubusercontent.com URL);
+    `folder`: templates/arm (Windows) or templates/arm/linux."""
+    base = f"{raw_base.rstrip('/')}/{folder.strip('/')}"
+    template = quote(f"{base}/azuredeploy.json", safe="")
+    form = quote(f"{base}/createUiDefinition.json", safe="")
     return f"{PORTAL}{template}/createUIDefinitionUri/{form}"

@@ -88,8 +88,10 @@ def _files(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[File]:
                                                                  task_prolog=prolog), "0644")]
     if head:
         path = spec.shared_storage.path
-        config = {**runner_config(spec, env=parts.job_env), "share_marker": root_file(path, SHARE_MARKER),
-                  "share_probe": SHARE_PROBE}
+        # nodes and idle minutes come from the cloud's metadata at boot (cluster-files.sh): the user data stays the
+        # same whatever the node count, so resizing a cluster never changes (or replaces) its nodes' user data
+        config = {**runner_config(spec, env=parts.job_env), "nodes": [], "idle_shutdown_minutes": None,
+                  "share_marker": root_file(path, SHARE_MARKER), "share_probe": SHARE_PROBE}
         files += [_script(name) for name in (*_HEAD_SCRIPTS, *parts.head_scripts)]
         files += [
             _file(f"{OPT}/runner.base.json", runner_config_json(config), "0644"),

@@ -40,6 +40,14 @@ class InboundRule:
 
 INBOUND = (InboundRule("allow-ssh", 100, 22, "SSH and SFTP from the allowed networks"),
            InboundRule("allow-rdp", 110, 3389, "RDP from the allowed networks"))
+#: Azure sizes with InfiniBand offered by the portal form of an RDMA cluster (the spec accepts any, see spec/sizes.py)
+RDMA_SIZES = ("Standard_HB120rs_v3", "Standard_HB176rs_v4", "Standard_HX176rs", "Standard_HC44rs",
+              "Standard_HB120rs_v2")
+
+
+def inbound(spec: ClusterSpec) -> tuple[InboundRule, ...]:
+    """The NSG allow rules of the spec's OS: SSH everywhere, RDP on Windows only."""
+    return INBOUND if spec.os == "windows" else tuple(r for r in INBOUND if r.port != 3389)
 
 
 def allowed_sources(spec: ClusterSpec) -> list[str]:
