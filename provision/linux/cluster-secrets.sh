@@ -45,6 +45,10 @@ else
   get() { aws ssm get-parameter --region "$region" --name "$prefix/$1" --with-decryption \
             --query Parameter.Value --output text > "$2"; }
 fi
+store() {  # a new identity's role on the vault can take minutes to apply: retry like fetch
+  for _ in $(seq 90); do put "$1" "$2" 2>/dev/null && return 0; sleep 10; done
+  echo "cluster-secrets.sh: could not store $1 within 15 minutes" >&2; return 1
+}
 fetch() {
   for _ in $(seq 180); do get "$1" "$2" 2>/dev/null && return 0; sleep 10; done
   echo "cluster-secrets.sh: $prefix/$1 did not appear within 30 minutes" >&2; return 1
@@ -53,8 +57,8 @@ fetch() {
 if [ "$role" = head ]; then
   ssh-keygen -q -t ed25519 -N '' -C "mpicloud-cluster" -f "$key" <<< y >/dev/null
   python3 -c 'import secrets; print(secrets.token_urlsafe(24), end="")' > "$password"
-  put ssh-key "$key"
-  put smb-password "$password"
+  store ssh-key "$key"
+  store smb-password "$password"
 else
   fetch ssh-key "$key"
   fetch smb-password "$password"
@@ -63,7 +67,7 @@ if [ "$munge" = munge ]; then
   munge_b64=$root/etc/mpicloud/munge.key.b64
   if [ "$role" = head ]; then
     head -c 1024 /dev/urandom | base64 -w0 > "$munge_b64"
-    put munge-key "$munge_b64"
+    store munge-key "$munge_b64"
   else
     fetch munge-key "$munge_b64"
   fi
