@@ -1,4 +1,5 @@
-"""Network of the cluster: NSG (SSH/RDP from the allowed networks only), VNet and subnet, optional NAT gateway."""
+"""Network of the cluster: NSG (SSH, and RDP on Windows, from the allowed networks only), VNet and subnet, optional
+NAT gateway."""
 
 from __future__ import annotations
 
@@ -60,7 +61,10 @@ class Network(pulumi.ComponentResource):
             subnets=[network.SubnetArgs(
                 name=azure.SUBNET_NAME, address_prefix=spec.azure_options.subnet_cidr, default_outbound_access=False,
                 network_security_group=network.NetworkSecurityGroupArgs(id=self.nsg.id),
-                nat_gateway=network.SubResourceArgs(id=self.nat.id) if self.nat else None)],
+                nat_gateway=network.SubResourceArgs(id=self.nat.id) if self.nat else None,
+                # Linux nodes reach the cluster's Key Vault through the subnet (the vault denies every other network)
+                service_endpoints=[network.ServiceEndpointPropertiesFormatArgs(service="Microsoft.KeyVault")]
+                if spec.os == "linux" else None)],
             opts=child)
         self.subnet_id = pulumi.Output.concat(self.vnet.id, "/subnets/", azure.SUBNET_NAME)
         self.register_outputs({"subnet_id": self.subnet_id, "nsg_id": self.nsg.id})

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mpicloud.render import arm
+from mpicloud.render import arm, azure
 from mpicloud.render.azure import arm_linux, cloud_init
 from mpicloud.spec import ClusterSpec, load_spec, spec_from_dict
 from tests.cloud.armcheck import BASE, ArmSchemas, resource_ref
@@ -115,8 +115,8 @@ def test_identities_get_the_vault_only_and_the_head_deallocates(template: dict[s
     assert "accessPolicies" not in vault
     roles = _of(template, "Microsoft.Authorization/roleAssignments")
     on_vault = next(r for r in roles if "KeyVault" in r["scope"])
-    assert arm_linux.SECRETS_OFFICER in on_vault["properties"]["roleDefinitionId"]
-    assert arm_linux.SECRETS_USER in on_vault["properties"]["roleDefinitionId"]
+    assert azure.SECRETS_OFFICER in on_vault["properties"]["roleDefinitionId"]
+    assert azure.SECRETS_USER in on_vault["properties"]["roleDefinitionId"]
     deallocate = next(r for r in roles if "virtualMachines" in r["scope"])
     assert "-node{1}" in deallocate["scope"] and deallocate["condition"] == \
         "[greater(parameters('idleShutdownMinutes'), 0)]"

@@ -22,6 +22,9 @@ EXTENSION_NAME = "bootstrap"
 #: not "Virtual Machine Contributor", which allows Run Command and extension writes (code as SYSTEM everywhere)
 DEALLOCATE_ACTIONS = ("Microsoft.Compute/virtualMachines/read", "Microsoft.Compute/virtualMachines/deallocate/action")
 SUBNET_NAME = "cluster"
+#: built-in roles on a Linux cluster's Key Vault: node0 writes the intra-cluster secrets, the other nodes read them
+SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
+SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 #: who may create role definitions and assignments (what idle shutdown needs beyond Contributor)
 ROLE_ADMINS = "Owner or User Access Administrator"
 #: patch modes of Windows VMs (osProfile.windowsConfiguration.patchSettings.patchMode)

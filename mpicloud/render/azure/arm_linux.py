@@ -18,9 +18,6 @@ from mpicloud.spec import ClusterSpec, load_spec
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "azure-linux.yaml"
 KEYVAULT_API = "2023-07-01"
-#: built-in roles on the cluster's vault: the head node writes the secrets, the workers read them
-SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
-SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 NODE = _node("", "node")
 VAULT = "variables('vaultName')"
 Json = dict[str, Any]
@@ -136,7 +133,7 @@ def _vm(spec: ClusterSpec) -> Json:
 def vault_roles() -> Json:
     """Each VM's identity on the vault only: node0 Key Vault Secrets Officer, the others Secrets User."""
     vm = _rid("Microsoft.Compute/virtualMachines", NODE)
-    role = f"if(equals(copyIndex(), 0), '{SECRETS_OFFICER}', '{SECRETS_USER}')"
+    role = f"if(equals(copyIndex(), 0), '{azure.SECRETS_OFFICER}', '{azure.SECRETS_USER}')"
     return {"type": "Microsoft.Authorization/roleAssignments", "apiVersion": azure.AUTHORIZATION_API,
             "name": f"[guid(resourceGroup().id, {_p('clusterName')}, {NODE}, 'vault')]", "copy": _loop("vaultRoles"),
             "scope": f"[format('Microsoft.KeyVault/vaults/{{0}}', {VAULT})]",
