@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mpicloud.assets import provision_dir
 from mpicloud.errors import RenderError
@@ -48,8 +48,6 @@ class CloudParts:
     head_setup: tuple[tuple[str, ...], ...] = ()
     #: head node commands that install the runner in OPT
     runner_install: tuple[tuple[str, ...], ...] = ()
-    #: extra environment of MPI jobs (e.g. InfiniBand settings)
-    job_env: dict[str, str] = field(default_factory=dict)
     #: create the admin user (AWS); on Azure the platform creates it with its key from the VM's osProfile
     create_user: bool = True
 
@@ -90,7 +88,7 @@ def _files(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[File]:
         path = spec.shared_storage.path
         # nodes and idle minutes come from the cloud's metadata at boot (cluster-files.sh): the user data stays the
         # same whatever the node count, so resizing a cluster never changes (or replaces) its nodes' user data
-        config = {**runner_config(spec, env=parts.job_env), "nodes": [], "idle_shutdown_minutes": None,
+        config = {**runner_config(spec), "nodes": [], "idle_shutdown_minutes": None,
                   "share_marker": root_file(path, SHARE_MARKER), "share_probe": SHARE_PROBE}
         files += [_script(name) for name in (*_HEAD_SCRIPTS, *parts.head_scripts)]
         files += [

@@ -67,15 +67,36 @@ def test_the_platform_creates_the_admin_and_nodes_boot_in_order(hpc: ClusterSpec
                for c in worker_commands)
 
 
-def test_runner_config_deallocates_and_uses_infiniband_only_on_rdma_sizes(hpc: ClusterSpec) -> None:
-    def config(spec: ClusterSpec) -> dict[str, object]:
-        files = {f["path"]: f["content"] for f in yaml.safe_load(cloud_init.cloud_config(spec, 0))["write_files"]}
-        loaded: dict[str, object] = json.loads(files["/opt/mpicloud/runner.base.json"])
-        return loaded
-    rdma, tcp = config(hpc), config(plain())
-    assert rdma["stop_command"] == ["/opt/mpicloud/stop-cluster.sh", "deallocate"]
-    assert rdma["env"] == cloud_init.RDMA_ENV and tcp["env"] == {}
-    assert rdma["launcher"] == "mpirun"
+def test_runner_config_deallocates(hpc: ClusterSpec) -> None:
+    files = {f["path"]: f["content"] for f in yaml.safe_load(cloud_init.cloud_config(hpc, 0))["write_files"]}
+    config = json.loads(files["/opt/mpicloud/runner.base.json"])
+    assert config["stop_command"] == ["/opt/mpicloud/stop-cluster.sh", "deallocate"]
+    assert config["launcher"] == "mpirun" and config["env"] == {} and config["nodes"] == []
+
+
+@pytest.mark.parametrize(("devices", "expected"), [
+    ([], {}),
+    (["mlx5_ib0"], {"OMPI_MCA_pml": "ucx", "OMPI_MCA_osc": "ucx"}),
+    (["efa_0"], {"FI_PROVIDER": "efa", "OMPI_MCA_pml": "cm", "OMPI_MCA_mtl": "ofi"}),
+])
+def test_mpi_uses_the_rdma_device_the_head_node_has(tmp_path: Path, hpc: ClusterSpec, devices: list[str],
+                                                    expected: dict[str, str]) -> None:
+    """cluster-files.sh, run for real: InfiniBand (Azure HB/HC/HX) gets UCX, EFA gets libfabric, else TCP."""
+    root, shared = tmp_path / "root", tmp_path / "shared"
+    (root / "etc" / "mpicloud").mkdir(parents=True)
+    (root / "etc" / "hosts").write_text("")
+    (root / "etc" / "environment").write_text("")
+    (root / "etc" / "mpicloud" / "node.env").write_text("MPICLOUD_COUNT=2\nMPICLOUD_SLOTS=4\nMPICLOUD_IDLE_MINUTES=0\n")
+    files = {f["path"]: f["content"] for f in yaml.safe_load(cloud_init.cloud_config(hpc, 0))["write_files"]}
+    (root / "opt" / "mpicloud").mkdir(parents=True)
+    (root / "opt" / "mpicloud" / "runner.base.json").write_text(files["/opt/mpicloud/runner.base.json"])
+    for device in devices:
+        (root / "sys" / "class" / "infiniband" / device).mkdir(parents=True)
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    done = _run("cluster-files.sh", "0", user, str(shared), "10.0.0.10", "10.0.0.11",
+                env={"MPICLOUD_SYSROOT": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads((shared / ".mpicloud" / "runner.json").read_text())["env"] == expected
 
 
 def test_custom_data_holds_only_the_scripts_and_public_settings(hpc: ClusterSpec) -> None:

@@ -21,9 +21,6 @@ from mpicloud.spec.model import ClusterSpec
 #: Azure's limit for customData and userData (base64 text)
 DATA_LIMIT = 65535
 TAG_VAULT, TAG_ARM = "mpicloud:vault", "mpicloud:arm"
-#: MPI over InfiniBand on the HPC image: Open MPI's UCX layer on the IB device the image names mlx5_ib0
-#: (unverified: needs a live HB/HC/HX deployment)
-RDMA_ENV = {"OMPI_MCA_pml": "ucx", "OMPI_MCA_osc": "ucx", "UCX_NET_DEVICES": "mlx5_ib0:1"}
 #: Linux marketplace images per azure.linux_image (Gen2; `version: latest`)
 IMAGES = {"ubuntu-hpc": {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2204"},
           "ubuntu": {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts-gen2"}}
@@ -63,11 +60,11 @@ def _runner_sha256() -> str:
 
 def parts(spec: ClusterSpec) -> CloudParts:
     """What Azure adds: node values from VM tags, secrets in the cluster's Key Vault, the runner from userData,
-    idle shutdown by deallocation, InfiniBand settings on RDMA sizes; the platform creates the admin user."""
+    idle shutdown by deallocation; the platform creates the admin user (InfiniBand: cluster-files.sh finds it)."""
     return CloudParts(
         subnet_cidr=spec.azure_options.subnet_cidr, node_env="azure-node-env.sh", head_scripts=("azure-runner.sh",),
         runner_install=(("bash", f"{OPT}/azure-runner.sh", _runner_sha256()),),
-        job_env=RDMA_ENV if spec.azure_options.rdma else {}, create_user=False)
+        create_user=False)
 
 
 def cloud_config(spec: ClusterSpec, index: int | None, ips: list[str] | None = None) -> str:
