@@ -73,6 +73,13 @@ class Node(pulumi.ComponentResource):
                 lambda password: {"commandToExecute": _command(spec, index, script),
                                   powershell.PASSWORD_SETTING: password})),
             opts=child)
+        if spec.azure_options.rdma:
+            self.infiniband = compute.VirtualMachineExtension(
+                f"{name}-{azure.INFINIBAND_NAME}", vm_extension_name=azure.INFINIBAND_NAME, vm_name=self.vm.name,
+                resource_group_name=args.resource_group_name, location=args.location, tags=tags,
+                publisher=azure.INFINIBAND_WINDOWS["publisher"], type=azure.INFINIBAND_WINDOWS["type"],
+                type_handler_version=azure.INFINIBAND_WINDOWS["typeHandlerVersion"], auto_upgrade_minor_version=True,
+                opts=child)
         self.register_outputs({"vm_id": self.vm.id, "private_ip": self.private_ip})
 
 

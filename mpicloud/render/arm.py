@@ -81,6 +81,9 @@ def parameters(spec: ClusterSpec) -> Json:
                            "allowedValues": sorted(azure.IMAGE_SKUS), **meta("Windows Server version")},
         "acceleratedNetworking": {"type": "bool", "defaultValue": spec.azure_options.accelerated_networking,
                                   **meta("accelerated networking (the VM size must support it)")},
+        "infiniBand": {"type": "bool", "defaultValue": spec.azure_options.rdma,
+                       **meta("install the InfiniBand driver (HB, HC, HX and ND sizes with 'r' only); MS-MPI then "
+                              "uses RDMA through NetworkDirect")},
         "idleShutdownMinutes": {"type": "int", "defaultValue": 0, **_limits("idleShutdownMinutes"),
                                 **meta("deallocate every VM after this many idle minutes (0: never). Above 0 the "
                                        "deployment creates a custom role and role assignments, which needs "
@@ -231,7 +234,12 @@ def compute(spec: ClusterSpec) -> list[Json]:
                                 "settings": {"timestamp": powershell.script_version(script)},
                                 "protectedSettings": {"commandToExecute": _command(script),
                                                       powershell.PASSWORD_SETTING: f"[{_p('adminPassword')}]"}}}
-    return [*placement(spec), _vm(spec), extension, *deallocate(spec)]
+    infiniband = {**_base("Microsoft.Compute/virtualMachines/extensions", azure.COMPUTE_API,
+                          f"[format('{{0}}-N{{1}}/{azure.INFINIBAND_NAME}', {_p('clusterName')}, copyIndex())]"),
+                  "condition": f"[{_p('infiniBand')}]", "copy": _loop("infiniband"),
+                  "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]"],
+                  "properties": {**azure.INFINIBAND_WINDOWS, "autoUpgradeMinorVersion": True, "settings": {}}}
+    return [*placement(spec), _vm(spec), extension, infiniband, *deallocate(spec)]
 
 
 def outputs(spec: ClusterSpec) -> Json:

@@ -300,3 +300,12 @@ def test_the_key_and_the_password_ssh_switch_reach_every_bootstrap(azure_spec: C
             command = plain(ext["protectedSettings"])["commandToExecute"]
             assert f" -AdminKeyB64 {key} " in command and f" -PasswordSsh {password_ssh}" in command
     return _deploy(spec, check)
+
+
+@pulumi.runtime.test
+def test_infiniband_driver_only_on_rdma_sizes(azure_spec: ClusterSpec) -> pulumi.Output[None]:
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], out: dict[str, Any]) -> None:
+        drivers = [i for t, _, i, _ in created if t == "azure-native:compute:VirtualMachineExtension"
+                   and i["type"] == "InfiniBandDriverWindows"]
+        assert len(drivers) == 2 and all(d["publisher"] == "Microsoft.HpcCompute" for d in drivers)
+    return _deploy(_spec(azure_spec, nodes=2, size="Standard_HB120rs_v3", azure={"rdma": True}), check)

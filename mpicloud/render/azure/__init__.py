@@ -18,6 +18,10 @@ IMAGE_SKUS = {"2022": "2022-datacenter-g2", "2025": "2025-datacenter-g2"}
 #: the bootstrap extension (one CustomScriptExtension per VM)
 EXTENSION = {"publisher": "Microsoft.Compute", "type": "CustomScriptExtension", "typeHandlerVersion": "1.10"}
 EXTENSION_NAME = "bootstrap"
+#: the InfiniBand driver of Windows nodes on RDMA sizes (MS-MPI uses it through NetworkDirect)
+INFINIBAND_WINDOWS = {"publisher": "Microsoft.HpcCompute", "type": "InfiniBandDriverWindows",
+                      "typeHandlerVersion": "1.5"}
+INFINIBAND_NAME = "infiniband"
 #: the only actions of the custom role the head node's identity gets (idle shutdown): read and deallocate VMs;
 #: not "Virtual Machine Contributor", which allows Run Command and extension writes (code as SYSTEM everywhere)
 DEALLOCATE_ACTIONS = ("Microsoft.Compute/virtualMachines/read", "Microsoft.Compute/virtualMachines/deallocate/action")
