@@ -11,7 +11,7 @@ from pulumi_azure_native import authorization, compute, keyvault, network
 from azure_mpi import linux
 from azure_mpi.linux import ARM_ENDPOINT
 from azure_mpi.network import NetworkArgs, public_ip
-from mpicloud.render import azure
+from mpicloud.render import azure, windows_bootstrap
 from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec
 
@@ -144,7 +144,7 @@ class Nodes(pulumi.ComponentResource):
                 ppg_name, proximity_placement_group_name=ppg_name, resource_group_name=args.resource_group_name,
                 location=args.location, proximity_placement_group_type="Standard", tags=azure.tags(spec), opts=child)
         linux_nodes = spec.os == "linux"
-        script = "" if linux_nodes else powershell.bootstrap_ps1(spec)
+        script = "" if linux_nodes else windows_bootstrap.bootstrap_ps1(spec)
         self.vault = linux.vault(spec, args.resource_group_name, args.location, args.subnet_id, child) \
             if linux_nodes else None
         self.nodes = [Node(n, i, args, self.ppg, script, self.vault, child) for i, n in enumerate(spec.node_names)]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from mpicloud.render import azure
+from mpicloud.render import azure, windows_bootstrap
 from mpicloud.render.arm_ui import NUMBER_LIMITS, create_ui_definition
 from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec, load_spec
@@ -96,7 +96,7 @@ def variables(spec: ClusterSpec) -> Json:
     names = {key: f"[format('{{0}}{value[len(spec.name):]}', parameters('clusterName'))]"
              for key, value in azure.resource_names(spec).items() if key in ("vnet", "nsg", "ppg")}
     tags = {**azure.tags(spec), "mpicloud-cluster": "[parameters('clusterName')]"}
-    script = powershell.bootstrap_ps1(spec)
+    script = windows_bootstrap.bootstrap_ps1(spec)
     return {"names": names, "tags": tags, "imageSkus": dict(azure.IMAGE_SKUS),
             "bootstrapUserData": powershell.user_data(script),
             "subnetId": f"[{_rid('Microsoft.Network/virtualNetworks/subnets', VNET, _lit(azure.SUBNET_NAME))}]"}
@@ -224,7 +224,7 @@ def deallocate(spec: ClusterSpec) -> list[Json]:
 
 def compute(spec: ClusterSpec) -> list[Json]:
     """Optional PPG, the VMs, the bootstrap extension per VM and the head node's deallocate permission."""
-    script = powershell.bootstrap_ps1(spec)
+    script = windows_bootstrap.bootstrap_ps1(spec)
     extension = {**_base("Microsoft.Compute/virtualMachines/extensions", azure.COMPUTE_API,
                          f"[format('{{0}}-N{{1}}/{azure.EXTENSION_NAME}', {_p('clusterName')}, copyIndex())]"),
                  "copy": _loop("bootstraps"),

@@ -12,7 +12,9 @@ import pytest
 
 from mpicloud.assets import provision_dir, runner_files
 from mpicloud.errors import RenderError
+from mpicloud.render import windows_bootstrap
 from mpicloud.render.azure import powershell
+from mpicloud.render.windows_bootstrap import MSMPI, OPENSSH_MSI
 from mpicloud.spec import ClusterSpec, spec_from_dict
 from tests.cloud.powershell import syntax_problems
 
@@ -25,7 +27,7 @@ def _packed(script: str) -> dict[str, bytes]:
 
 
 def test_rendered_bootstrap_parses(azure_spec: ClusterSpec) -> None:
-    assert syntax_problems(powershell.bootstrap_ps1(azure_spec)) == []
+    assert syntax_problems(windows_bootstrap.bootstrap_ps1(azure_spec)) == []
 
 
 @pytest.mark.parametrize("name", ["start-runner.ps1", "stop-cluster.ps1"])
@@ -34,7 +36,7 @@ def test_helper_scripts_parse(name: str) -> None:
 
 
 def test_parser_reports_a_broken_script(azure_spec: ClusterSpec) -> None:
-    broken = powershell.bootstrap_ps1(azure_spec).replace("} else {", "else {", 1)
+    broken = windows_bootstrap.bootstrap_ps1(azure_spec).replace("} else {", "else {", 1)
     assert syntax_problems(broken)
 
 
@@ -42,24 +44,24 @@ def test_installers_with_quotes_are_quoted_and_parse(azure_spec: ClusterSpec) ->
     doc = azure_spec.model_dump(mode="json", exclude_none=True)
     doc["software"] = {"installers": [{"url": "https://example.org/it's.msi", "sha256": "A" * 64,
                                        "args": ["/quiet", "DIR=C:\\Program Files\\x'y", "$(evil)"]}]}
-    script = powershell.bootstrap_ps1(spec_from_dict(doc))
+    script = windows_bootstrap.bootstrap_ps1(spec_from_dict(doc))
     assert syntax_problems(script) == []
     assert "'https://example.org/it''s.msi'" in script and "'" + "a" * 64 + "'" in script
     assert "@('/quiet', 'DIR=C:\\Program Files\\x''y', '$(evil)')" in script
 
 
 def test_downloads_are_pinned_and_verified_before_use(azure_spec: ClusterSpec) -> None:
-    script = powershell.bootstrap_ps1(azure_spec)
-    assert f"Get-Verified '{powershell.MSMPI.url}' '{powershell.MSMPI.sha256}'" in script
-    assert f"Get-Verified '{powershell.PYTHON.url}' '{powershell.PYTHON.sha256}'" in script
-    assert script.index("Get-Verified '" + powershell.MSMPI.url) < script.index("'-unattend', '-force'")
-    assert "msmpisetup" in powershell.MSMPI.url and "/10.1.3/" not in powershell.MSMPI.url  # the 10.1.3 download id
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
+    assert f"Get-Verified '{MSMPI.url}' '{MSMPI.sha256}'" in script
+    assert f"Get-Verified '{windows_bootstrap.PYTHON.url}' '{windows_bootstrap.PYTHON.sha256}'" in script
+    assert script.index("Get-Verified '" + MSMPI.url) < script.index("'-unattend', '-force'")
+    assert "msmpisetup" in MSMPI.url and "/10.1.3/" not in MSMPI.url  # the 10.1.3 download id
     assert re.search(r"Set-Service -Name MsMpiLaunchSvc -StartupType Automatic\nStart-Service -Name MsMpiLaunchSvc",
                      script)
 
 
 def test_every_step_is_guarded(azure_spec: ClusterSpec) -> None:
-    script = powershell.bootstrap_ps1(azure_spec)
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
     for guard in ("if (-not (Get-Service -Name sshd", "if (-not (Test-Path $mpiexec))",
                   "if (Get-NetFirewallRule -Name $Name", "if (-not (Get-SmbShare -Name $ShareName",
                   "elseif (-not (Test-Path $Shared))", "if (-not (Test-Path $python))", "-notcontains $msmpiBin"):
@@ -68,7 +70,7 @@ def test_every_step_is_guarded(azure_spec: ClusterSpec) -> None:
 
 
 def test_script_embeds_the_runner_and_helpers_exactly(azure_spec: ClusterSpec) -> None:
-    files = _packed(powershell.bootstrap_ps1(azure_spec))
+    files = _packed(windows_bootstrap.bootstrap_ps1(azure_spec))
     for name, data in runner_files("windows").items():
         assert files[name] == data
     assert "slurm_backend.py" not in files  # Linux only
@@ -77,7 +79,7 @@ def test_script_embeds_the_runner_and_helpers_exactly(azure_spec: ClusterSpec) -
 
 
 def test_runner_config_template(azure_spec: ClusterSpec) -> None:
-    script = powershell.bootstrap_ps1(azure_spec)
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
     text = re.search(r"\$config = '(.*?)' \| ConvertFrom-Json", script, re.S)
     assert text
     config = json.loads(text.group(1).replace("''", "'"))
@@ -90,7 +92,7 @@ def test_runner_config_template(azure_spec: ClusterSpec) -> None:
 def test_no_secret_and_ascii_and_fits_custom_data(azure_spec: ClusterSpec,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MPICLOUD_ADMIN_PASSWORD", PASSWORD)
-    script = powershell.bootstrap_ps1(azure_spec)
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
     assert PASSWORD not in script and powershell.b64(PASSWORD) not in script
     assert script.isascii()
     assert len(powershell.user_data(script)) <= 65535, "userData is limited to 64 KiB of base64"
@@ -99,7 +101,7 @@ def test_no_secret_and_ascii_and_fits_custom_data(azure_spec: ClusterSpec,
 def test_linux_spec_is_refused() -> None:
     spec = spec_from_dict({"name": "x1", "cloud": "local", "nodes": 1})
     with pytest.raises(RenderError, match="os: windows"):
-        powershell.bootstrap_ps1(spec)
+        windows_bootstrap.bootstrap_ps1(spec)
 
 
 def _values(**over: str) -> dict[str, str]:
@@ -109,7 +111,7 @@ def _values(**over: str) -> dict[str, str]:
 
 
 def test_command_runs_the_userdata_script_only_with_the_expected_hash(azure_spec: ClusterSpec) -> None:
-    script = powershell.bootstrap_ps1(azure_spec)
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
     command = powershell.bootstrap_command(_values(), script)
     assert command.startswith("powershell.exe -NoProfile -ExecutionPolicy Bypass -Command \"")
     assert powershell.USER_DATA_URL in command and "CustomData" not in command
@@ -122,14 +124,14 @@ def test_command_runs_the_userdata_script_only_with_the_expected_hash(azure_spec
     # which PowerShell accepts, so the call's arguments are left out)
     assert syntax_problems(command.split(' -Command "', 1)[1].split(" -NodeIndex ")[0]) == []
     assert gzip.decompress(base64.b64decode(powershell.user_data(script))) == script.encode()
-    other = powershell.bootstrap_ps1(spec_from_dict({**azure_spec.model_dump(mode="json", exclude_none=True),
+    other = windows_bootstrap.bootstrap_ps1(spec_from_dict({**azure_spec.model_dump(mode="json", exclude_none=True),
                                                   "slots_per_node": 8}))
     assert powershell.force_update_tag(other) != powershell.force_update_tag(script)
 
 
 @pytest.mark.parametrize("bad", ["1; Remove-Item C:\\", "1\" & calc", "x y", ""])
 def test_command_rejects_values_that_are_not_tokens(bad: str, azure_spec: ClusterSpec) -> None:
-    script = powershell.bootstrap_ps1(azure_spec)
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
     with pytest.raises(RenderError, match="NodeIndex"):
         powershell.bootstrap_command(_values(NodeIndex=bad), script)
     with pytest.raises(RenderError, match="missing"):
@@ -143,7 +145,7 @@ def password_forms(password: str) -> list[str]:
 
 
 def test_no_form_of_the_password_in_the_command_or_script(azure_spec: ClusterSpec) -> None:
-    script = powershell.bootstrap_ps1(azure_spec)
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
     text = powershell.bootstrap_command(_values(), script) + script + powershell.user_data(script)
     for form in password_forms(PASSWORD):
         assert form not in text
@@ -151,7 +153,7 @@ def test_no_form_of_the_password_in_the_command_or_script(azure_spec: ClusterSpe
 
 
 def test_script_logs_to_its_own_acl_file_and_never_the_password(azure_spec: ClusterSpec) -> None:
-    script = powershell.bootstrap_ps1(azure_spec)
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
     assert "Transcript" not in script.replace("instead of Start-Transcript", "")
     assert "icacls.exe $Log /inheritance:r /grant:r '*S-1-5-32-544:F' '*S-1-5-18:F'" in script
     logging = [line for line in script.splitlines() if re.search(r"Write-(Step|Output|Host)|Add-Content|Out-File",
@@ -162,23 +164,23 @@ def test_script_logs_to_its_own_acl_file_and_never_the_password(azure_spec: Clus
 
 
 def test_downloads_and_openssh_are_retried_with_backoff(azure_spec: ClusterSpec) -> None:
-    script = powershell.bootstrap_ps1(azure_spec)
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
     assert 'Invoke-WithRetry "download of $Url" { Invoke-WebRequest' in script
     assert "Invoke-WithRetry 'Add-WindowsCapability OpenSSH.Server'" in script
     assert "[Math]::Pow(2, $try)" in script
-    assert f"Get-Verified '{powershell.OPENSSH_MSI.url}' '{powershell.OPENSSH_MSI.sha256}' 'openssh.msi'" in script
+    assert f"Get-Verified '{OPENSSH_MSI.url}' '{OPENSSH_MSI.sha256}' 'openssh.msi'" in script
     order = [script.index(s) for s in ("Add-WindowsCapability -Online", "msiexec.exe", "Set-Service -Name sshd")]
     assert order == sorted(order)
     doc = azure_spec.model_dump(mode="json", exclude_none=True)
     doc["azure"] = {**doc.get("azure", {}), "openssh_msi": {"url": "https://example.org/OpenSSH-Win64.msi",
                                                             "sha256": "B" * 64}}
-    pinned = powershell.bootstrap_ps1(spec_from_dict(doc))
+    pinned = windows_bootstrap.bootstrap_ps1(spec_from_dict(doc))
     assert syntax_problems(pinned) == []
     assert "Get-Verified 'https://example.org/OpenSSH-Win64.msi' '" + "b" * 64 + "' 'openssh.msi'" in pinned
 
 
 def test_ssh_key_goes_to_administrators_authorized_keys(azure_spec: ClusterSpec) -> None:
-    script = powershell.bootstrap_ps1(azure_spec)
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
     assert "$keys = Join-Path $sshData 'administrators_authorized_keys'" in script
     assert "icacls.exe $keys /inheritance:r /grant:r '*S-1-5-32-544:F' '*S-1-5-18:F'" in script
     assert "if ($PasswordSsh -eq 0 -and (Test-Path $sshdConfig))" in script
@@ -187,7 +189,8 @@ def test_ssh_key_goes_to_administrators_authorized_keys(azure_spec: ClusterSpec)
 
 
 def test_mpi_jobs_wait_for_verified_saved_credentials(azure_spec: ClusterSpec) -> None:
-    config = json.loads(re.search(r"\$config = '(.*?)' \| ConvertFrom-Json", powershell.bootstrap_ps1(azure_spec),
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
+    config = json.loads(re.search(r"\$config = '(.*?)' \| ConvertFrom-Json", script,
                                   re.S).group(1).replace("''", "'"))  # type: ignore[union-attr]
     assert config["require_files"][0]["path"] == "C:\\shared\\.mpicloud\\savecreds.ok"
     start = (provision_dir() / "windows" / "start-runner.ps1").read_text()

@@ -13,6 +13,7 @@ import pulumi
 import pytest
 from pulumi.runtime import rpc
 
+from mpicloud.render import windows_bootstrap
 from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec, spec_from_dict
 from tests.specdata import PUBKEY
@@ -208,7 +209,7 @@ def test_tags_on_every_taggable_resource(azure_spec: ClusterSpec) -> pulumi.Outp
 def test_bootstrap_is_user_data_and_an_update_does_not_replace_nodes(azure_spec: ClusterSpec) -> pulumi.Output[None]:
     mocks = Mocks()
     spec = _spec(azure_spec, nodes=2)
-    script = powershell.bootstrap_ps1(spec)
+    script = windows_bootstrap.bootstrap_ps1(spec)
 
     def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
         vms = {n: i for t, n, i, _ in created if t == "azure-native:compute:VirtualMachine"}
@@ -219,7 +220,8 @@ def test_bootstrap_is_user_data_and_an_update_does_not_replace_nodes(azure_spec:
             assert mocks.options[name].ignore_changes == VM_IGNORED
         assert VM_IGNORED == ["osProfile.adminPassword", "osProfile.customData", "storageProfile.imageReference"]
         assert all(e["forceUpdateTag"] == powershell.force_update_tag(script) for e in exts)
-        assert all(powershell.script_sha256(script) in plain(e["protectedSettings"])["commandToExecute"] for e in exts)
+        sha = windows_bootstrap.script_sha256(script)
+        assert all(sha in plain(e["protectedSettings"])["commandToExecute"] for e in exts)
     return _deploy(spec, check, mocks)
 
 
