@@ -70,11 +70,12 @@ class NodeIdentity(pulumi.ComponentResource):
 
     def _admin_secret(self, name: str, args: NodeIdentityArgs, role: aws.iam.Role,
                       opts: pulumi.ResourceOptions) -> None:
-        """The Windows administrator password in Secrets Manager (encrypted with the deployment's key), readable by
-        the node role only; never in user data, tags or outputs."""
+        """The Windows administrator password in Secrets Manager, readable by the node role only (its policy names
+        this secret); never in user data, tags or outputs. Encrypted with Secrets Manager's own key: the
+        deployment's key may be used by the node role alone, so the deploying user could not write the secret."""
         self.admin_secret = aws.secretsmanager.Secret(
             f"{name}-admin-password", description=f"mpicloud {args.spec.name}: Windows administrator password",
-            kms_key_id=self.key.arn, recovery_window_in_days=7, tags=args.tags, opts=opts)
+            recovery_window_in_days=7, tags=args.tags, opts=opts)
         aws.secretsmanager.SecretVersion(f"{name}-admin-password-value", secret_id=self.admin_secret.id,
                                          secret_string=pulumi.Output.secret(args.admin_password), opts=opts)
         self.policies.append(aws.iam.RolePolicy(f"{name}-admin-password", role=role.id, opts=opts,
