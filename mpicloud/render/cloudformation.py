@@ -8,8 +8,8 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from mpicloud.errors import RenderError
+from mpicloud.render.aws import MAX_TEMPLATE_NODES as MAX_TEMPLATE_NODES  # re-exported: cfn_windows reads it here
 from mpicloud.render.aws import (
-    MAX_TEMPLATE_NODES,
     METADATA_OPTIONS,
     ROOT_DEVICE,
     SHARED_VOLUME_DEVICE,
