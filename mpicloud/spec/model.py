@@ -376,7 +376,9 @@ class ClusterSpec(_Model):
     def _os_options(self) -> None:
         """Options of one OS set on a cluster of the other (an Azure Windows image on Linux nodes, ...)."""
         only = {"azure": {"windows_version": "windows", "password_ssh": "windows", "patch_mode": "windows",
-                          "openssh_msi": "windows", "linux_image": "linux"}}
+                          "openssh_msi": "windows", "linux_image": "linux"},
+                # MS-MPI has no EFA support; Windows keeps C:\shared on the root volume
+                "aws": {"efa": "linux", "shared_volume_gb": "linux"}}
         for section, fields in only.items():
             options = getattr(self, section)
             for field in sorted(options.model_fields_set if options is not None else ()):

@@ -88,6 +88,7 @@ def test_every_cloud_runs_every_os(cloud: str, os: str, size: str | None, admin:
     ("azure", "windows", "azure: {linux_image: ubuntu}\n", "azure.linux_image: only for os linux, not os windows"),
     ("azure", "linux", "azure: {rdma: true}\n", "azure.rdma: size 'Standard_D4s_v5' has no InfiniBand"),
     ("aws", "linux", "aws: {efa: true}\n", "aws.efa: instance type 'c5n.large' has no EFA"),
+    ("aws", "windows", "aws: {efa: true}\n", "aws.efa: only for os linux, not os windows"),
     ("azure", "linux", "size: Standard_HB120rs_v3\nazure: {rdma: true, linux_image: ubuntu}\n",
      "azure.linux_image: azure.rdma on Linux needs ubuntu-hpc"),
 ])
@@ -103,7 +104,7 @@ def test_options_of_another_target_or_size_are_rejected_by_field(cloud: str, os:
     ("azure", "linux", "Standard_HB120rs_v3", "azure: {rdma: true, linux_image: ubuntu-hpc}\n"),
     ("azure", "windows", "Standard_HC44rs", "azure: {rdma: true, windows_version: '2022'}\n"),
     ("aws", "linux", "c5n.18xlarge", "aws: {efa: true}\n"),
-    ("aws", "windows", "hpc7a.96xlarge", "aws: {efa: true}\n"),
+    ("aws", "windows", "hpc7a.96xlarge", "aws: {placement_group: true}\n"),
 ])
 def test_rdma_on_a_size_that_has_it(cloud: str, os: str, size: str, extra: str) -> None:
     admin = LINUX_KEY if os == "linux" else WINDOWS_PASSWORD
