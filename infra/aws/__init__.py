@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pulumi
@@ -55,11 +56,19 @@ class MpiCluster(pulumi.ComponentResource):
             "attach_command": head_ip.apply(lambda ip: spec.target.attach_command(
                 spec.name, ip, user, spec.slots_per_node, spec.admin.password.env if spec.admin.password else None)),
             # Pulumi cannot read console output: cloud-init prints the host key fingerprints there
-            "host_key_fingerprints": self.nodes.instances[0].id.apply(
-                lambda i: f"aws ec2 get-console-output --latest --output text --instance-id {i} "
-                          "| sed -n '/BEGIN SSH HOST KEY FINGERPRINTS/,/END SSH HOST KEY FINGERPRINTS/p'"),
+            "host_key_fingerprints": self.nodes.instances[0].id.apply(_host_keys_hint(spec.os)),
         }
         self.register_outputs(self.outputs)
+
+
+def _host_keys_hint(os: str) -> Callable[[str], str]:
+    """How to read the head node's host key fingerprints (Pulumi cannot read them itself)."""
+    if os == "windows":
+        return lambda _: ("over RDP on N0: C:\\Windows\\System32\\OpenSSH\\ssh-keygen.exe -l -f "
+                          "C:\\ProgramData\\ssh\\ssh_host_ed25519_key.pub (the bootstrap prints the same "
+                          "MPICLOUD-HOSTKEY lines)")
+    return lambda i: (f"aws ec2 get-console-output --latest --output text --instance-id {i} "
+                      "| sed -n '/BEGIN SSH HOST KEY FINGERPRINTS/,/END SSH HOST KEY FINGERPRINTS/p'")
 
 
 #: Windows: the stack secret holding the administrator password (`pulumi config set --secret mpicloud:adminPassword`)
