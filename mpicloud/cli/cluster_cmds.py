@@ -32,6 +32,9 @@ def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")],
     """Check a spec; report every problem with its field path."""
     parsed = load_spec(spec)
     out.print(f"{spec}: valid ({parsed.cloud}, {parsed.os}, {parsed.nodes} nodes x {parsed.slots_per_node} slots)")
+    if parsed.idle_shutdown_minutes:
+        out.print(f"idle shutdown after {parsed.idle_shutdown_minutes:g} minutes: {parsed.target.stop_action}",
+                  markup=False)
     if boot_files is not None:
         from mpicloud.render.bootstrap import boot_files as render_boot  # renderers load only when asked
         boot_files.mkdir(parents=True, exist_ok=True)

@@ -35,5 +35,6 @@ def test_example_validates_and_renders(name: str, monkeypatch: pytest.MonkeyPatc
 def test_validate_writes_the_boot_files(tmp_path: Path) -> None:
     done = cli("validate", str(ROOT / "examples" / "azure-linux.yaml"), "--boot-files", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "idle shutdown after 60 minutes: the head node deallocates every VM" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node0.cloud-config.yaml", "worker.cloud-config.yaml"]
     assert (tmp_path / "node0.cloud-config.yaml").read_text().startswith("#cloud-config\n")
