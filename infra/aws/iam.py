@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from mpicloud.render.aws_common import secrets_key_policy, secrets_policy, ssm_prefix
+from mpicloud.render.aws import admin_secret_policy, secrets_key_policy, secrets_policy, ssm_prefix
 from mpicloud.render.iam import assume_bucket_role_policy, bucket_access_policy, ec2_trust_policy
 from mpicloud.spec import ClusterSpec
 
@@ -19,6 +19,8 @@ class NodeIdentityArgs:
 
     spec: ClusterSpec
     tags: dict[str, str]
+    #: Windows: the administrator password, kept in a Secrets Manager secret only the nodes may read
+    admin_password: pulumi.Input[str] | None = None
 
 
 class NodeIdentity(pulumi.ComponentResource):
@@ -59,6 +61,23 @@ class NodeIdentity(pulumi.ComponentResource):
             self.policies.append(aws.iam.RolePolicy(f"{name}-assume-bucket-role", role=role.id, opts=child,
                                                     policy=json.dumps(assume_bucket_role_policy(bucket),
                                                                       sort_keys=True)))
+        self.admin_secret: aws.secretsmanager.Secret | None = None
+        if args.admin_password is not None:
+            self._admin_secret(name, args, role, child)
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=args.tags, opts=child)
         self.profile_name = profile.name
         self.register_outputs({"profile_name": self.profile_name, "ssm_prefix": self.ssm_prefix})
+
+    def _admin_secret(self, name: str, args: NodeIdentityArgs, role: aws.iam.Role,
+                      opts: pulumi.ResourceOptions) -> None:
+        """The Windows administrator password in Secrets Manager, readable by the node role only (its policy names
+        this secret); never in user data, tags or outputs. Encrypted with Secrets Manager's own key: the
+        deployment's key may be used by the node role alone, so the deploying user could not write the secret."""
+        self.admin_secret = aws.secretsmanager.Secret(
+            f"{name}-admin-password", description=f"mpicloud {args.spec.name}: Windows administrator password",
+            recovery_window_in_days=7, tags=args.tags, opts=opts)
+        aws.secretsmanager.SecretVersion(f"{name}-admin-password-value", secret_id=self.admin_secret.id,
+                                         secret_string=pulumi.Output.secret(args.admin_password), opts=opts)
+        self.policies.append(aws.iam.RolePolicy(f"{name}-admin-password", role=role.id, opts=opts,
+                                                policy=self.admin_secret.arn.apply(
+            lambda arn: json.dumps(admin_secret_policy(arn), sort_keys=True))))

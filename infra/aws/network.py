@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from mpicloud.render.aws_common import SSH_PORT
+from mpicloud.render.aws import RDP_PORT, SSH_PORT
 from mpicloud.spec import ClusterSpec
 
 
@@ -63,11 +63,13 @@ class Network(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         group = aws.ec2.SecurityGroup(f"{name}-sg", vpc_id=self.vpc_id, tags=args.tags, opts=child,
                                       description="mpicloud cluster: SSH from allowed_cidrs, all among members")
+        ports = {"ssh": SSH_PORT, **({"rdp": RDP_PORT} if args.spec.os == "windows" else {})}
         for i, cidr in enumerate(args.spec.access.allowed_cidrs):
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-ssh-{i}", security_group_id=group.id, ip_protocol="tcp", from_port=SSH_PORT,
-                to_port=SSH_PORT, description="SSH from an allowed network", tags=args.tags, opts=child,
-                **({"cidr_ipv6": cidr} if ":" in cidr else {"cidr_ipv4": cidr}))
+            for service, port in ports.items():
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-{service}-{i}", security_group_id=group.id, ip_protocol="tcp", from_port=port,
+                    to_port=port, description=f"{service.upper()} from an allowed network", tags=args.tags,
+                    opts=child, **({"cidr_ipv6": cidr} if ":" in cidr else {"cidr_ipv4": cidr}))
         aws.vpc.SecurityGroupIngressRule(f"{name}-members", security_group_id=group.id, ip_protocol="-1",
                                          referenced_security_group_id=group.id, tags=args.tags, opts=child,
                                          description="MPI, SSH, SMB/NFS between members")

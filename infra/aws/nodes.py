@@ -1,4 +1,5 @@
-"""The nodes: cluster placement group, key pair, N instances (IMDSv2, encrypted root, optional EFA), /shared volume."""
+"""The nodes: cluster placement group, key pair, N instances (IMDSv2, encrypted root, optional EFA), /shared volume
+(Linux); Windows nodes boot the PowerShell bootstrap from SSM through EC2Launch v2 instead."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from mpicloud.render.aws_common import (
+from mpicloud.render.aws import (
     METADATA_OPTIONS,
     SHARED_VOLUME_DEVICE,
     TAG_SHARED_VOLUME,
     idle_tag,
     node_tags,
+    powershell,
 )
-from mpicloud.render.linux import node_addresses, runner_parameters, user_data_base64
+from mpicloud.render.aws.cloud_init import node_addresses, runner_parameters, user_data_base64
+from mpicloud.render.windows_bootstrap import bootstrap_ps1
 from mpicloud.spec import ClusterSpec
 
 #: instance inputs a later `pulumi up` leaves alone: the AMI is resolved once (a newer "latest" image must not
@@ -36,6 +39,8 @@ class NodesArgs:
     ssm_prefix: pulumi.Output[str]
     key_id: pulumi.Input[str]
     tags: dict[str, str]
+    #: Windows: the ARN of the administrator password's secret (an instance tag the bootstrap reads)
+    admin_secret_arn: pulumi.Input[str] | None = None
 
 
 class Nodes(pulumi.ComponentResource):
@@ -55,12 +60,13 @@ class Nodes(pulumi.ComponentResource):
         options = spec.aws_options
         group = aws.ec2.PlacementGroup(f"{name}-pg", strategy="cluster", tags=args.tags, opts=child) \
             if options.placement_group else None
+        windows = spec.os == "windows"
         key_name: pulumi.Input[str] | None = options.key_name
-        if key_name is None:
+        if key_name is None and not windows:
             key_name = aws.ec2.KeyPair(f"{name}-key", public_key=spec.admin.ssh_public_key, tags=args.tags,
                                        opts=child).key_name
         self.ami = pulumi.Output.from_input(options.ami) if options.ami else aws.ssm.get_parameter_output(
-            name=options.ami_ssm_parameter, opts=pulumi.InvokeOptions(parent=self)).value
+            name=spec.ami_parameter, opts=pulumi.InvokeOptions(parent=self)).value
         ips = node_addresses(options.subnet_cidr, spec.node_count)
         common = {
             "ami": self.ami, "instance_type": spec.size, "key_name": key_name,
@@ -71,13 +77,16 @@ class Nodes(pulumi.ComponentResource):
             "instance_initiated_shutdown_behavior": "stop", "monitoring": True, "ebs_optimized": True,
         }
         self.addresses = []
+        # Windows: the whole bootstrap (runner inside) in pieces, joined by the EC2Launch v2 task
+        self.script = bootstrap_ps1(spec) if windows else ""
+        pieces = powershell.script_parameters("", self.script) if windows else runner_parameters("")
         self.runner_parts = [
             aws.ssm.Parameter(f"{name}-runner-{i}", name=args.ssm_prefix.apply(lambda p, k=key: p + k), type="String",
                               value=value, tier="Standard", description="mpicloud runner (gzip+base64 piece)",
                               tags=args.tags, opts=child)
-            for i, (key, value) in enumerate(sorted(runner_parameters("").items()))]
+            for i, (key, value) in enumerate(sorted(pieces.items()))]
         self.shared_volume = None
-        if spec.shared_storage.kind != "local":
+        if spec.shared_storage.kind != "local" and not windows:
             # retain_on_delete: even `pulumi destroy` keeps the results; docs/aws-linux.md says how to delete it
             self.shared_volume = aws.ebs.Volume(
                 f"{name}-shared", availability_zone=args.availability_zone, size=options.shared_volume_gb,
@@ -103,6 +112,8 @@ class Nodes(pulumi.ComponentResource):
                                      args.key_id), "Name": name}
         if index == 0 and self.shared_volume is not None:
             tags[TAG_SHARED_VOLUME] = self.shared_volume.id
+        if args.admin_secret_arn is not None:
+            tags.update({powershell.TAG_INDEX: str(index), powershell.TAG_SECRET: args.admin_secret_arn})
         network: dict[str, Any] = {"subnet_id": args.subnet_id, "private_ip": ips[index],
                                    "vpc_security_group_ids": [args.security_group_id],
                                    "associate_public_ip_address": True}
@@ -112,8 +123,9 @@ class Nodes(pulumi.ComponentResource):
                                            private_ips=[ips[index]], security_groups=[args.security_group_id],
                                            tags=args.tags, opts=child)
             network = {"network_interfaces": [{"network_interface_id": eni.id, "device_index": 0}]}
-        instance = aws.ec2.Instance(name, user_data_base64=user_data_base64(spec, index, ips), tags=tags,
-                                    opts=after, **common, **network)
+        boot = {"user_data": powershell.user_data(spec, self.script)} if spec.os == "windows" else \
+            {"user_data_base64": user_data_base64(spec, index, ips)}
+        instance = aws.ec2.Instance(name, tags=tags, opts=after, **boot, **common, **network)
         if eni is not None:
             self.addresses.append(aws.ec2.Eip(f"{name}-ip", domain="vpc", network_interface=eni.id, tags=args.tags,
                                               opts=child))

@@ -1,4 +1,5 @@
-"""Azure Windows MS-MPI cluster on pulumi-azure-native: `deploy(spec)` builds it and exports its outputs."""
+"""Azure cluster (Windows MS-MPI or Linux Open MPI) on pulumi-azure-native: `deploy(spec)` builds it and exports
+its outputs."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ __all__ = ["MpiCluster", "MpiClusterArgs", "deploy"]
 def deploy(spec: ClusterSpec) -> MpiCluster:
     """Create the cluster described by `spec` and export addresses, admin user, SSH command and host keys.
 
-    The admin password is the stack secret mpicloud:adminPassword (`pulumi config set --secret`), not an
-    environment variable every `pulumi up` would need."""
-    password = pulumi.Config("mpicloud").require_secret(PASSWORD_CONFIG)
+    Windows: the admin password is the stack secret mpicloud:adminPassword (`pulumi config set --secret`), not an
+    environment variable every `pulumi up` would need. Linux: SSH keys only, no password."""
+    password = pulumi.Config("mpicloud").require_secret(PASSWORD_CONFIG) if spec.os == "windows" else None
     cluster = MpiCluster(spec.name, MpiClusterArgs(spec=spec, admin_password=password))
     for key, value in cluster.outputs().items():
         pulumi.export(key, value)

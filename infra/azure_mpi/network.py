@@ -1,4 +1,5 @@
-"""Network of the cluster: NSG (SSH/RDP from the allowed networks only), VNet and subnet, optional NAT gateway."""
+"""Network of the cluster: NSG (SSH, and RDP on Windows, from the allowed networks only), VNet and subnet, optional
+NAT gateway."""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ class NetworkArgs:
 
 
 def security_rules(spec: ClusterSpec) -> list[network.SecurityRuleArgs]:
-    """The inbound allow rules (from render/azure.py, the same rules the ARM template emits)."""
+    """The inbound allow rules (from render/azure/__init__.py, the same rules the ARM template emits)."""
     return [network.SecurityRuleArgs(
         name=rule.name, description=rule.description, priority=rule.priority, direction="Inbound", access="Allow",
         protocol="Tcp", source_address_prefixes=azure.allowed_sources(spec), source_port_range="*",
-        destination_address_prefix="*", destination_port_range=str(rule.port)) for rule in azure.INBOUND]
+        destination_address_prefix="*", destination_port_range=str(rule.port)) for rule in azure.inbound(spec)]
 
 
 def public_ip(name: str, args: NetworkArgs, parent: pulumi.Resource) -> network.PublicIPAddress:
@@ -60,7 +61,10 @@ class Network(pulumi.ComponentResource):
             subnets=[network.SubnetArgs(
                 name=azure.SUBNET_NAME, address_prefix=spec.azure_options.subnet_cidr, default_outbound_access=False,
                 network_security_group=network.NetworkSecurityGroupArgs(id=self.nsg.id),
-                nat_gateway=network.SubResourceArgs(id=self.nat.id) if self.nat else None)],
+                nat_gateway=network.SubResourceArgs(id=self.nat.id) if self.nat else None,
+                # Linux nodes reach the cluster's Key Vault through the subnet (the vault denies every other network)
+                service_endpoints=[network.ServiceEndpointPropertiesFormatArgs(service="Microsoft.KeyVault")]
+                if spec.os == "linux" else None)],
             opts=child)
         self.subnet_id = pulumi.Output.concat(self.vnet.id, "/subnets/", azure.SUBNET_NAME)
         self.register_outputs({"subnet_id": self.subnet_id, "nsg_id": self.nsg.id})

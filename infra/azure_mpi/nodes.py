@@ -1,20 +1,20 @@
-"""The nodes: optional proximity placement group, per node a public IP (or none), NIC, VM and bootstrap extension."""
+"""The nodes: optional proximity placement group, per node a public IP (or none), NIC, VM and (Windows) bootstrap
+extension or (Linux) cloud-init custom data and the cluster's Key Vault."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import pulumi
-from pulumi_azure_native import authorization, compute, network
+from pulumi_azure_native import authorization, compute, keyvault, network
 
+from azure_mpi import linux
+from azure_mpi.linux import ARM_ENDPOINT
 from azure_mpi.network import NetworkArgs, public_ip
-from mpicloud.render import azure, blobaccess, windows
-from mpicloud.render.runner_config import node_names
+from mpicloud.render import azure, blobaccess, windows_bootstrap
+from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec
 from mpicloud.spec.model import BlobContainer
-
-#: Resource Manager endpoint of the public cloud (the ARM template uses environment().resourceManager)
-ARM_ENDPOINT = "https://management.azure.com/"
 
 
 @dataclass
@@ -25,14 +25,15 @@ class NodesArgs:
     resource_group_name: pulumi.Input[str]
     location: pulumi.Input[str]
     subnet_id: pulumi.Input[str]
-    admin_password: pulumi.Input[str]
+    admin_password: pulumi.Input[str] | None
 
 
 class Node(pulumi.ComponentResource):
-    """One Windows Server VM with its NIC, optional public IP and the bootstrap extension."""
+    """One VM with its NIC and optional public IP; Windows: the bootstrap extension, Linux: custom data and a fixed
+    private address (`store`: the cluster's Key Vault)."""
 
     def __init__(self, name: str, index: int, args: NodesArgs, ppg: compute.ProximityPlacementGroup | None,
-                 script: str, opts: pulumi.ResourceOptions | None = None) -> None:
+                 script: str, store: keyvault.Vault | None, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mpicloud:azure:Node", name, None, opts)
         self.node_name = name
         spec, tags, child = args.spec, azure.tags(args.spec), pulumi.ResourceOptions(parent=self)
@@ -46,25 +47,40 @@ class Node(pulumi.ComponentResource):
             f"{name}-nic", network_interface_name=f"{resource}-nic", resource_group_name=args.resource_group_name,
             location=args.location, enable_accelerated_networking=options.accelerated_networking, tags=tags,
             ip_configurations=[network.NetworkInterfaceIPConfigurationArgs(
-                name="ipconfig", private_ip_allocation_method="Dynamic", subnet=network.SubnetArgs(id=args.subnet_id),
+                name="ipconfig", subnet=network.SubnetArgs(id=args.subnet_id),
+                **({"private_ip_allocation_method": "Static", "private_ip_address": linux.addresses(spec)[index]}
+                   if store else {"private_ip_allocation_method": "Dynamic"}),
                 public_ip_address=network.PublicIPAddressArgs(id=self.public_ip.id) if self.public_ip else None)],
             opts=child)
         # the bootstrap is userData (updated in place); a new password or image must not replace the VM (and
         # wipe C:\shared on N0): ARM refuses to change adminPassword, and the image is pinned at creation
-        self.vm = compute.VirtualMachine(name, **_vm_args(name, index, args, self.nic, ppg, script),
+        self.vm = compute.VirtualMachine(name, **_vm_args(name, index, args, self.nic, ppg, script, store),
                                          opts=pulumi.ResourceOptions(parent=self, ignore_changes=VM_IGNORED))
+        self.private_ip = self.nic.ip_configurations.apply(
+            lambda configs: (configs[0].private_ip_address or "") if configs else "")
+        self.extension: compute.VirtualMachineExtension | None = None
+        if store is not None:
+            self.vault_role = linux.grant_vault(name, index, self.vm, store, child)
+            self.register_outputs({"vm_id": self.vm.id, "private_ip": self.private_ip})
+            return
         self.extension = compute.VirtualMachineExtension(
             f"{name}-{azure.EXTENSION_NAME}", vm_extension_name=azure.EXTENSION_NAME, vm_name=self.vm.name,
             resource_group_name=args.resource_group_name, location=args.location, tags=tags,
             publisher=azure.EXTENSION["publisher"], type=azure.EXTENSION["type"],
             type_handler_version=azure.EXTENSION["typeHandlerVersion"], auto_upgrade_minor_version=True,
-            force_update_tag=windows.force_update_tag(script), settings={"timestamp": windows.script_version(script)},
+            force_update_tag=powershell.force_update_tag(script),
+            settings={"timestamp": powershell.script_version(script)},
             protected_settings=pulumi.Output.secret(pulumi.Output.from_input(args.admin_password).apply(
                 lambda password: {"commandToExecute": _command(spec, index, script),
-                                  windows.PASSWORD_SETTING: password})),
+                                  powershell.PASSWORD_SETTING: password})),
             opts=child)
-        self.private_ip = self.nic.ip_configurations.apply(
-            lambda configs: (configs[0].private_ip_address or "") if configs else "")
+        if spec.azure_options.rdma:
+            self.infiniband = compute.VirtualMachineExtension(
+                f"{name}-{azure.INFINIBAND_NAME}", vm_extension_name=azure.INFINIBAND_NAME, vm_name=self.vm.name,
+                resource_group_name=args.resource_group_name, location=args.location, tags=tags,
+                publisher=azure.INFINIBAND_WINDOWS["publisher"], type=azure.INFINIBAND_WINDOWS["type"],
+                type_handler_version=azure.INFINIBAND_WINDOWS["typeHandlerVersion"], auto_upgrade_minor_version=True,
+                opts=child)
         self.register_outputs({"vm_id": self.vm.id, "private_ip": self.private_ip})
 
 
@@ -72,23 +88,32 @@ class Node(pulumi.ComponentResource):
 VM_IGNORED = ["osProfile.adminPassword", "osProfile.customData", "storageProfile.imageReference"]
 
 
-def _vm_args(name: str, index: int, args: NodesArgs, nic: network.NetworkInterface,
-             ppg: compute.ProximityPlacementGroup | None, script: str) -> dict[str, object]:
+def _windows_inputs(name: str, index: int, args: NodesArgs, script: str) -> dict[str, object]:
     spec = args.spec
     patch = spec.azure_options.patch_mode
     identity = compute.VirtualMachineIdentityArgs(type="SystemAssigned") \
         if index == 0 and (spec.idle_shutdown_minutes or spec.blob_identity) else None
     return dict(
-        vm_name=azure.vm_name(spec.name, name), resource_group_name=args.resource_group_name, location=args.location,
-        tags=azure.tags(spec), identity=identity, user_data=windows.user_data(script),
-        hardware_profile=compute.HardwareProfileArgs(vm_size=spec.size),
+        tags=azure.tags(spec), identity=identity, user_data=powershell.user_data(script),
         os_profile=compute.OSProfileArgs(
             computer_name=name, admin_username=spec.admin.username, admin_password=args.admin_password,
             windows_configuration=compute.WindowsConfigurationArgs(
                 provision_vm_agent=True, enable_automatic_updates=patch != "Manual",
                 patch_settings=compute.PatchSettingsArgs(patch_mode=patch))),
+        image_reference=compute.ImageReferenceArgs(**azure.image_reference(spec.azure_options.windows_version)))
+
+
+def _vm_args(name: str, index: int, args: NodesArgs, nic: network.NetworkInterface,
+             ppg: compute.ProximityPlacementGroup | None, script: str,
+             store: keyvault.Vault | None) -> dict[str, object]:
+    spec = args.spec
+    inputs = linux.vm_inputs(spec, index, store) if store else _windows_inputs(name, index, args, script)
+    image = inputs.pop("image_reference")
+    return dict(
+        vm_name=azure.vm_name(spec.name, name), resource_group_name=args.resource_group_name, location=args.location,
+        hardware_profile=compute.HardwareProfileArgs(vm_size=spec.size), **inputs,
         storage_profile=compute.StorageProfileArgs(
-            image_reference=compute.ImageReferenceArgs(**azure.image_reference(spec.azure_options.windows_version)),
+            image_reference=image,
             os_disk=compute.OSDiskArgs(create_option="FromImage", delete_option="Delete",
                                        managed_disk=compute.ManagedDiskParametersArgs(
                                            storage_account_type=azure.os_disk_type(spec.size or "")))),
@@ -99,11 +124,11 @@ def _vm_args(name: str, index: int, args: NodesArgs, nic: network.NetworkInterfa
 
 
 def _command(spec: ClusterSpec, index: int, script: str) -> str:
-    return windows.bootstrap_command({
+    return powershell.bootstrap_command({
         "NodeIndex": str(index), "NodeCount": str(spec.node_count), "SlotsPerNode": str(spec.slots_per_node),
         "IdleMinutes": str(spec.idle_shutdown_minutes or 0), "ArmEndpoint": ARM_ENDPOINT,
-        "AdminUserB64": windows.b64(spec.admin.username), "VmPrefixB64": windows.b64(spec.name),
-        "AdminKeyB64": windows.key_b64(spec.admin.ssh_public_key),
+        "AdminUserB64": powershell.b64(spec.admin.username), "VmPrefixB64": powershell.b64(spec.name),
+        "AdminKeyB64": powershell.key_b64(spec.admin.ssh_public_key),
         "PasswordSsh": "1" if spec.azure_options.password_ssh else "0"}, script)
 
 
@@ -119,8 +144,12 @@ class Nodes(pulumi.ComponentResource):
             self.ppg = compute.ProximityPlacementGroup(
                 ppg_name, proximity_placement_group_name=ppg_name, resource_group_name=args.resource_group_name,
                 location=args.location, proximity_placement_group_type="Standard", tags=azure.tags(spec), opts=child)
-        script = windows.bootstrap_ps1(spec)
-        self.nodes = [Node(n, i, args, self.ppg, script, child) for i, n in enumerate(node_names(spec))]
+        linux_nodes = spec.os == "linux"
+        script = "" if linux_nodes else windows_bootstrap.bootstrap_ps1(spec)
+        self.vault = linux.vault(spec, args.resource_group_name, args.location, args.subnet_id, child) \
+            if linux_nodes else None
+        self.nodes = [Node(n, i, args, self.ppg, script, self.vault, child) for i, n in enumerate(spec.node_names)]
+        self.deallocate_roles: list[authorization.RoleAssignment] = []
         self.head_principal = self.nodes[0].vm.identity.apply(
             lambda identity: identity.principal_id if identity else "")
         if spec.idle_shutdown_minutes:
@@ -157,9 +186,10 @@ class Nodes(pulumi.ComponentResource):
             description="mpicloud idle shutdown: the head node may read and deallocate the cluster's VMs",
             permissions=[authorization.PermissionArgs(actions=list(azure.DEALLOCATE_ACTIONS), not_actions=[])],
             opts=opts)
-        for node in self.nodes:
+        self.deallocate_roles = [
             authorization.RoleAssignment(
                 f"{node.node_name}-deallocate", scope=node.vm.id, role_definition_id=self.role.id,
                 principal_type="ServicePrincipal",
                 principal_id=self.head_principal,
                 description="mpicloud: the head node deallocates the cluster when idle", opts=opts)
+            for node in self.nodes]

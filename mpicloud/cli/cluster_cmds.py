@@ -23,7 +23,10 @@ def _age(seconds: float) -> str:
 
 
 @app.command()
-def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")]) -> None:
+def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")],
+             boot_files: Annotated[Path | None, typer.Option(help="also write what the nodes run at first boot "
+                                                                   "(cloud-init, PowerShell) into this directory")]
+             = None) -> None:
     """Check a spec; report every problem with its field path."""
     from mpicloud.spec import load_spec
 
@@ -31,6 +34,15 @@ def validate(spec: Annotated[Path, typer.Argument(help="cluster spec (YAML)")]) 
     elastic = parsed.elastic
     nodes = f"head + {elastic.min}..{elastic.max} compute nodes" if elastic else f"{parsed.nodes} nodes"
     out.print(f"{spec}: valid ({parsed.cloud}, {parsed.os}, {nodes} x {parsed.slots_per_node} slots)")
+    if parsed.idle_shutdown_minutes:
+        out.print(f"idle shutdown after {parsed.idle_shutdown_minutes:g} minutes: {parsed.target.stop_action}",
+                  markup=False)
+    if boot_files is not None:
+        from mpicloud.render.bootstrap import boot_files as render_boot  # renderers load only when asked
+        boot_files.mkdir(parents=True, exist_ok=True)
+        for name, text in render_boot(parsed).items():
+            (boot_files / name).write_text(text, encoding="utf-8")
+            out.print(f"wrote {boot_files / name}", markup=False)
     if parsed.password_only:
         out.print("note: no admin.ssh_public_key, so the cluster is password-only (SSH logins and mpicloud attach "
                   "use the admin password); add a key to log in with it")

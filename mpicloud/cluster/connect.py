@@ -14,16 +14,11 @@ from mpicloud.cluster import registry
 from mpicloud.cluster.registry import ClusterRecord, Node, ProxySettings
 from mpicloud.errors import ClusterError, HostKeyError
 from mpicloud.secret import secret_from_env
+from mpicloud.spec.targets import platform
 from mpicloud.transport.hostkeys import fingerprint, pin_host_key, scan_host_key
 from mpicloud.transport.proxy import ProxyConfig, ProxySocketFactory
 from mpicloud.transport.proxy_env import ProxyCommandFactory, fetch_pac, proxy_from_env, proxy_from_pac
 from mpicloud.transport.ssh import Endpoint, SocketFactory, SSHTransport, connect
-
-DEFAULTS = {
-    "linux": {"python": ["python3"], "runner": "/opt/mpicloud/runner.py", "shared": "/shared"},
-    "windows": {"python": ["C:\\ProgramData\\mpicloud\\python\\python.exe"],
-                "runner": "C:\\ProgramData\\mpicloud\\runner.py", "shared": "C:\\shared"},
-}
 
 
 def endpoint(record: ClusterRecord, node: Node | None = None) -> Endpoint:
@@ -108,8 +103,10 @@ def resolve_ssh_config(host: str, config_path: Path | None = None) -> dict[str, 
 
 def attach(request: AttachRequest, config_path: Path | None = None) -> tuple[ClusterRecord, list[str]]:
     """Register an existing cluster: pin its host key (verified against a fingerprint when given)."""
-    if request.os not in DEFAULTS:
-        raise ClusterError(f"--os must be linux or windows, not {request.os!r}")
+    try:
+        defaults = platform(request.os)
+    except ValueError as exc:
+        raise ClusterError(f"--{exc}") from None
     existing = (registry.cluster_dir(request.name) / "cluster.json").is_file()
     if existing and not request.rekey:
         raise ClusterError(f"cluster {request.name!r} is already registered; use --rekey to re-pin its host key")
@@ -129,13 +126,12 @@ def attach(request: AttachRequest, config_path: Path | None = None) -> tuple[Clu
         raise ClusterError("give --key FILE or --password-env VAR (the password itself is never an argument)")
     if key_file and not Path(key_file).is_file():
         raise ClusterError(f"--key {key_file}: no such file")
-    defaults = DEFAULTS[request.os]
     jump_spec = request.jump or (str(ssh["proxyjump"]) if "proxyjump" in ssh else None)
     record = ClusterRecord(
         name=request.name, provider="attached", os=request.os, user=user,
-        nodes=[Node(name="N0" if request.os == "windows" else "node0", host=host, port=port)],
-        slots_per_node=request.slots_per_node, shared_path=request.shared_path or str(defaults["shared"]),
-        python=request.python or list(defaults["python"]), runner=request.runner or str(defaults["runner"]),
+        nodes=[Node(name=defaults.node_name(0), host=host, port=port)],
+        slots_per_node=request.slots_per_node, shared_path=request.shared_path or defaults.shared_path,
+        python=request.python or list(defaults.python), runner=request.runner or defaults.runner,
         key_file=key_file, password_env=request.password_env, jump=_jump_node(jump_spec),
         jump_user=_jump_user(jump_spec) or user, teardown="pulumi destroy (or delete the resource group/stack)",
         proxy=request.proxy, pac_url=request.pac_url,

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from mpicloud.render import azure, windows
+from mpicloud.render import azure, windows_bootstrap
 from mpicloud.render.arm_ui import NUMBER_LIMITS, create_ui_definition
+from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec, load_spec
 
 SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#"
@@ -39,8 +40,8 @@ def _loop(name: str) -> Json:
     return {"name": name, "count": f"[{_p('nodeCount')}]"}
 
 
-def _node(suffix: str = "") -> str:
-    return f"format('{{0}}-N{{1}}{suffix}', parameters('clusterName'), copyIndex())"
+def _node(suffix: str = "", prefix: str = "N") -> str:
+    return f"format('{{0}}-{prefix}{{1}}{suffix}', parameters('clusterName'), copyIndex())"
 
 
 def _limits(name: str) -> Json:
@@ -80,6 +81,9 @@ def parameters(spec: ClusterSpec) -> Json:
                            "allowedValues": sorted(azure.IMAGE_SKUS), **meta("Windows Server version")},
         "acceleratedNetworking": {"type": "bool", "defaultValue": spec.azure_options.accelerated_networking,
                                   **meta("accelerated networking (the VM size must support it)")},
+        "infiniBand": {"type": "bool", "defaultValue": spec.azure_options.rdma,
+                       **meta("install the InfiniBand driver (HB, HC, HX and ND sizes with 'r' only); MS-MPI then "
+                              "uses RDMA through NetworkDirect")},
         "idleShutdownMinutes": {"type": "int", "defaultValue": 0, **_limits("idleShutdownMinutes"),
                                 **meta("deallocate every VM after this many idle minutes (0: never). Above 0 the "
                                        "deployment creates a custom role and role assignments, which needs "
@@ -92,9 +96,9 @@ def variables(spec: ClusterSpec) -> Json:
     names = {key: f"[format('{{0}}{value[len(spec.name):]}', parameters('clusterName'))]"
              for key, value in azure.resource_names(spec).items() if key in ("vnet", "nsg", "ppg")}
     tags = {**azure.tags(spec), "mpicloud-cluster": "[parameters('clusterName')]"}
-    script = windows.bootstrap_ps1(spec)
+    script = windows_bootstrap.bootstrap_ps1(spec)
     return {"names": names, "tags": tags, "imageSkus": dict(azure.IMAGE_SKUS),
-            "bootstrapUserData": windows.user_data(script),
+            "bootstrapUserData": powershell.user_data(script),
             "subnetId": f"[{_rid('Microsoft.Network/virtualNetworks/subnets', VNET, _lit(azure.SUBNET_NAME))}]"}
 
 
@@ -105,10 +109,11 @@ def _base(kind: str, api: str, name: str) -> Json:
 
 def network(spec: ClusterSpec) -> list[Json]:
     """NSG (SSH/RDP from the allowed CIDR only), VNet with the cluster subnet, one Standard static IP per node."""
+    prefix = spec.target.platform.node_prefix
     rules = [{"name": r.name, "properties": {
         "description": r.description, "priority": r.priority, "direction": "Inbound", "access": "Allow",
         "protocol": "Tcp", "sourceAddressPrefix": f"[{_p('allowedSourceCidr')}]", "sourcePortRange": "*",
-        "destinationAddressPrefix": "*", "destinationPortRange": str(r.port)}} for r in azure.INBOUND]
+        "destinationAddressPrefix": "*", "destinationPortRange": str(r.port)}} for r in azure.inbound(spec)]
     nsg = {**_base("Microsoft.Network/networkSecurityGroups", azure.NETWORK_API, "[variables('names').nsg]"),
            "properties": {"securityRules": rules}}
     vnet = {**_base("Microsoft.Network/virtualNetworks", azure.NETWORK_API, "[variables('names').vnet]"),
@@ -118,17 +123,18 @@ def network(spec: ClusterSpec) -> list[Json]:
                     "addressPrefix": spec.azure_options.subnet_cidr, "defaultOutboundAccess": False,
                     "networkSecurityGroup": {
                         "id": f"[{_rid('Microsoft.Network/networkSecurityGroups', NSG)}]"}}}]}}
-    pip = {**_base("Microsoft.Network/publicIPAddresses", azure.NETWORK_API, f"[{_node('-ip')}]"),
+    pip = {**_base("Microsoft.Network/publicIPAddresses", azure.NETWORK_API, f"[{_node('-ip', prefix)}]"),
            "copy": _loop("publicIps"), "sku": {"name": "Standard", "tier": "Regional"},
            "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}}
-    nic = {**_base("Microsoft.Network/networkInterfaces", azure.NETWORK_API, f"[{_node('-nic')}]"),
+    nic = {**_base("Microsoft.Network/networkInterfaces", azure.NETWORK_API, f"[{_node('-nic', prefix)}]"),
            "copy": _loop("nics"),
            "dependsOn": [f"[{_rid('Microsoft.Network/virtualNetworks', VNET)}]",
-                         f"[{_rid('Microsoft.Network/publicIPAddresses', _node('-ip'))}]"],
+                         f"[{_rid('Microsoft.Network/publicIPAddresses', _node('-ip', prefix))}]"],
            "properties": {"enableAcceleratedNetworking": f"[{_p('acceleratedNetworking')}]", "ipConfigurations": [
                {"name": "ipconfig", "properties": {
                    "privateIPAllocationMethod": "Dynamic", "subnet": {"id": "[variables('subnetId')]"},
-                   "publicIPAddress": {"id": f"[{_rid('Microsoft.Network/publicIPAddresses', _node('-ip'))}]"}}}]}}
+                   "publicIPAddress": {
+                       "id": f"[{_rid('Microsoft.Network/publicIPAddresses', _node('-ip', prefix))}]"}}}]}}
     return [nsg, vnet, pip, nic]
 
 
@@ -169,9 +175,9 @@ def _command(script: str) -> str:
               "SlotsPerNode": f"string({_p('slotsPerNode')})", "IdleMinutes": f"string({_p('idleShutdownMinutes')})",
               "ArmEndpoint": "environment().resourceManager", "AdminUserB64": f"base64({_p('adminUsername')})",
               "VmPrefixB64": f"base64({_p('clusterName')})",
-              "AdminKeyB64": f"if(empty({key}), {_lit(windows.NO_KEY)}, base64({key}))",
+              "AdminKeyB64": f"if(empty({key}), {_lit(powershell.NO_KEY)}, base64({key}))",
               "PasswordSsh": f"if({_p('sshKeyOnly')}, '0', '1')"}
-    pieces = windows.command_pieces(values, script)
+    pieces = powershell.command_pieces(values, script)
     return "[concat(" + ", ".join(_lit(t) if literal else t for literal, t in pieces) + ")]"
 
 
@@ -186,36 +192,54 @@ def _deallocate_role() -> Json:
                 "permissions": [{"actions": list(azure.DEALLOCATE_ACTIONS)}]}}
 
 
-def compute(spec: ClusterSpec) -> list[Json]:
-    """Optional PPG, the VMs, the bootstrap extension per VM and the head node's deallocate permission."""
-    out: list[Json] = []
-    if spec.azure_options.proximity_placement_group:
-        out.append({**_base("Microsoft.Compute/proximityPlacementGroups", azure.COMPUTE_API,
-                            "[variables('names').ppg]"), "properties": {"proximityPlacementGroupType": "Standard"}})
-    script = windows.bootstrap_ps1(spec)
-    extension = {**_base("Microsoft.Compute/virtualMachines/extensions", azure.COMPUTE_API,
-                         f"[format('{{0}}-N{{1}}/{azure.EXTENSION_NAME}', {_p('clusterName')}, copyIndex())]"),
-                 "copy": _loop("bootstraps"),
-                 "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]"],
-                 "properties": {**azure.EXTENSION, "autoUpgradeMinorVersion": True,
-                                "forceUpdateTag": windows.force_update_tag(script),
-                                "settings": {"timestamp": windows.script_version(script)},
-                                "protectedSettings": {"commandToExecute": _command(script),
-                                                      windows.PASSWORD_SETTING: f"[{_p('adminPassword')}]"}}}
-    head = _rid("Microsoft.Compute/virtualMachines", f"format('{{0}}-N0', {_p('clusterName')})")
+def placement(spec: ClusterSpec) -> list[Json]:
+    """The proximity placement group, when the spec asks for one."""
+    if not spec.azure_options.proximity_placement_group:
+        return []
+    return [{**_base("Microsoft.Compute/proximityPlacementGroups", azure.COMPUTE_API, "[variables('names').ppg]"),
+             "properties": {"proximityPlacementGroupType": "Standard"}}]
+
+
+def deallocate(spec: ClusterSpec) -> list[Json]:
+    """The head node's permission to deallocate every VM (idle shutdown): the custom role and one assignment per
+    VM, only when idleShutdownMinutes > 0."""
+    prefix = spec.target.platform.node_prefix
+    node = _node("", prefix)
+    head = _rid("Microsoft.Compute/virtualMachines", f"format('{{0}}-{prefix}0', {_p('clusterName')})")
     role_id = f"subscriptionResourceId('Microsoft.Authorization/roleDefinitions', {ROLE})"
     role = {"type": "Microsoft.Authorization/roleAssignments", "apiVersion": azure.AUTHORIZATION_API,
-            "name": f"[guid(resourceGroup().id, {_p('clusterName')}, {NODE}, 'deallocate')]",
+            "name": f"[guid(resourceGroup().id, {_p('clusterName')}, {node}, 'deallocate')]",
             "condition": f"[greater({_p('idleShutdownMinutes')}, 0)]", "copy": _loop("deallocateRoles"),
-            "scope": f"[format('Microsoft.Compute/virtualMachines/{{0}}-N{{1}}', {_p('clusterName')}, copyIndex())]",
-            "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]", f"[{head}]",
+            "scope": f"[format('Microsoft.Compute/virtualMachines/{{0}}-{prefix}{{1}}', {_p('clusterName')}, "
+                     "copyIndex())]",
+            "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', node)}]", f"[{head}]",
                           f"[{_rid('Microsoft.Authorization/roleDefinitions', ROLE)}]"],
             "properties": {
                 "roleDefinitionId": f"[{role_id}]",
                 "principalId": f"[reference({head}, '{azure.COMPUTE_API}', 'full').identity.principalId]",
                 "principalType": "ServicePrincipal",
                 "description": "mpicloud: the head node deallocates the cluster when idle"}}
-    return [*out, _vm(spec), extension, _deallocate_role(), role]
+    return [_deallocate_role(), role]
+
+
+def compute(spec: ClusterSpec) -> list[Json]:
+    """Optional PPG, the VMs, the bootstrap extension per VM and the head node's deallocate permission."""
+    script = windows_bootstrap.bootstrap_ps1(spec)
+    extension = {**_base("Microsoft.Compute/virtualMachines/extensions", azure.COMPUTE_API,
+                         f"[format('{{0}}-N{{1}}/{azure.EXTENSION_NAME}', {_p('clusterName')}, copyIndex())]"),
+                 "copy": _loop("bootstraps"),
+                 "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]"],
+                 "properties": {**azure.EXTENSION, "autoUpgradeMinorVersion": True,
+                                "forceUpdateTag": powershell.force_update_tag(script),
+                                "settings": {"timestamp": powershell.script_version(script)},
+                                "protectedSettings": {"commandToExecute": _command(script),
+                                                      powershell.PASSWORD_SETTING: f"[{_p('adminPassword')}]"}}}
+    infiniband = {**_base("Microsoft.Compute/virtualMachines/extensions", azure.COMPUTE_API,
+                          f"[format('{{0}}-N{{1}}/{azure.INFINIBAND_NAME}', {_p('clusterName')}, copyIndex())]"),
+                  "condition": f"[{_p('infiniBand')}]", "copy": _loop("infiniband"),
+                  "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]"],
+                  "properties": {**azure.INFINIBAND_WINDOWS, "autoUpgradeMinorVersion": True, "settings": {}}}
+    return [*placement(spec), _vm(spec), extension, infiniband, *deallocate(spec)]
 
 
 def outputs(spec: ClusterSpec) -> Json:
@@ -235,8 +259,8 @@ def outputs(spec: ClusterSpec) -> Json:
                                                        f"'{azure.COMPUTE_API}', 'full').identity.principalId]"},
         "sshCommand": {"type": "string", "value": f"[concat('ssh ', {user}, '@', {ip})]"},
         "attachCommand": {"type": "string", "value": (
-            f"[concat('mpicloud attach ', {_p('clusterName')}, ' --host ', {ip}, ' --user ', {user}, "
-            f"' --password-env {PASSWORD_ENV} --os windows')]")},
+            f"[format({_lit(spec.target.attach_command('{0}', '{1}', '{2}', '{3}', PASSWORD_ENV))}, "
+            f"{_p('clusterName')}, {ip}, {user}, {_p('slotsPerNode')})]")},
     }
 
 
@@ -265,9 +289,10 @@ def create_ui_definition_json() -> str:
     return _text(create_ui_definition(load_spec(EXAMPLE)))
 
 
-def deploy_button_url(raw_base: str) -> str:
-    """The Deploy-to-Azure link for templates published under `raw_base` (e.g. a raw.githubusercontent.com URL)."""
-    base = raw_base.rstrip("/")
-    template = quote(f"{base}/templates/arm/azuredeploy.json", safe="")
-    form = quote(f"{base}/templates/arm/createUiDefinition.json", safe="")
+def deploy_button_url(raw_base: str, folder: str = "templates/arm") -> str:
+    """The Deploy-to-Azure link for templates published under `raw_base` (e.g. a raw.githubusercontent.com URL);
+    `folder`: templates/arm (Windows) or templates/arm/linux."""
+    base = f"{raw_base.rstrip('/')}/{folder.strip('/')}"
+    template = quote(f"{base}/azuredeploy.json", safe="")
+    form = quote(f"{base}/createUiDefinition.json", safe="")
     return f"{PORTAL}{template}/createUIDefinitionUri/{form}"

@@ -74,6 +74,8 @@ def _cluster(spec: ClusterSpec) -> list[Json]:
                   [(f"Windows Server {v}", v) for v in sorted(azure.IMAGE_SKUS)], "the marketplace image"),
         _dropdown("acceleratedNetworking", "Accelerated networking", "On" if options.accelerated_networking else "Off",
                   [("On", True), ("Off", False)], "needs a VM size that supports it"),
+        _dropdown("infiniBand", "InfiniBand", "On" if options.rdma else "Off", [("On", True), ("Off", False)],
+                  "the InfiniBand driver for MS-MPI over RDMA: HB, HC, HX and ND sizes with 'r' only"),
         _dropdown("sshKeyOnly", "SSH logins", "Key or password", [("Key or password", False), ("Key only", True)],
                   "Key only needs the administrator SSH public key"),
         _dropdown("patchMode", "Windows Update", options.patch_mode, [(m, m) for m in azure.PATCH_MODES],
@@ -94,7 +96,7 @@ def create_ui_definition(spec: ClusterSpec) -> Json:
         "adminPassword": "[basics('adminPassword').password]", "allowedSourceCidr": "[basics('allowedSourceCidr')]",
         "nodeCount": f"[int({steps}.nodeCount)]", "vmSize": f"[{steps}.vmSize]",
         "slotsPerNode": f"[int({steps}.slotsPerNode)]", "windowsVersion": f"[{steps}.windowsVersion]",
-        "acceleratedNetworking": f"[{steps}.acceleratedNetworking]",
+        "acceleratedNetworking": f"[{steps}.acceleratedNetworking]", "infiniBand": f"[{steps}.infiniBand]",
         "idleShutdownMinutes": f"[int({steps}.idleShutdownMinutes)]",
     }
     return {"$schema": SCHEMA, "handler": "Microsoft.Azure.CreateUIDef", "version": "0.1.2-preview",

@@ -8,8 +8,8 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from mpicloud.errors import RenderError
-from mpicloud.render.aws_common import (
-    MAX_TEMPLATE_NODES,
+from mpicloud.render.aws import MAX_TEMPLATE_NODES as MAX_TEMPLATE_NODES  # re-exported: cfn_windows reads it here
+from mpicloud.render.aws import (
     METADATA_OPTIONS,
     ROOT_DEVICE,
     SHARED_VOLUME_DEVICE,
@@ -19,9 +19,9 @@ from mpicloud.render.aws_common import (
     secrets_key_policy,
     secrets_policy,
 )
+from mpicloud.render.aws.cloud_init import node_addresses, runner_parameters, user_data_base64
 from mpicloud.render.cfn_bucket import BUCKET_CONDITIONS, BUCKET_PARAMETERS, prefix_policy_statements
 from mpicloud.render.iam import assume_role_statement, ec2_trust_policy, kms_statement
-from mpicloud.render.linux import node_addresses, runner_parameters, user_data_base64
 from mpicloud.spec.load import spec_from_dict
 from mpicloud.spec.model import ClusterSpec
 
@@ -29,6 +29,9 @@ _S3_HOST = re.compile(r"(^|\.)s3[.-]([a-z0-9-]+\.)?amazonaws\.com(\.cn)?$")
 _CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
 #: the deployment's SSM path: stack name and the id of its own KMS key (a nonce per deployment)
 PREFIX = "/mpicloud/${AWS::StackName}/${SecretsKey}"
+#: node slots of the EFA variant (cluster-efa.json): instance network interfaces have no InterfaceType, so each node
+#: gets an EFA interface and an Elastic IP of its own, and 3 resources per node must fit CloudFormation's 500
+MAX_EFA_NODES = 128
 #: Fn::Or takes at most 10 conditions: HasNode{i} lists NodeCount i+1 .. i+STRIDE and refers to HasNode{i+STRIDE}
 STRIDE = 9
 
@@ -45,13 +48,13 @@ def _ref(name: str) -> dict[str, str]:
     return {"Ref": name}
 
 
-def _parameters(spec: ClusterSpec) -> dict[str, Any]:
-    options = spec.aws_options
+def _parameters(spec: ClusterSpec, nodes: int | None = None) -> dict[str, Any]:
+    options, nodes = spec.aws_options, nodes or MAX_TEMPLATE_NODES
     return {
         # a String: Conditions compare text, and moto (unlike CloudFormation) keeps a Number's Ref numeric
         "NodeCount": {"Type": "String", "Default": str(spec.node_count),
-                      "AllowedValues": [str(n) for n in range(1, MAX_TEMPLATE_NODES + 1)],
-                      "Description": f"number of nodes (1 to {MAX_TEMPLATE_NODES}; node0 is the head node)"},
+                      "AllowedValues": [str(n) for n in range(1, nodes + 1)],
+                      "Description": f"number of nodes (1 to {nodes}; node0 is the head node)"},
         "SlotsPerNode": {"Type": "Number", "Default": spec.slots_per_node, "MinValue": 1, "MaxValue": 1024,
                          "Description": "MPI slots per node (usually the core count)"},
         "InstanceType": {"Type": "String", "Default": spec.size, "Description": "EC2 instance type"},
@@ -59,7 +62,7 @@ def _parameters(spec: ClusterSpec) -> dict[str, Any]:
         "AllowedSshCidr": {"Type": "String", "AllowedPattern": _CIDR_PATTERN,
                            "Description": "the only network allowed to reach SSH, e.g. 203.0.113.0/24"},
         "LatestImageId": {"Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
-                          "Default": options.ami_ssm_parameter,
+                          "Default": spec.ami_parameter,
                           "Description": "SSM parameter of the Debian 12 AMI, used while ImageId is empty. "
                                          "CloudFormation resolves it again on EVERY stack update: a newer image "
                                          "replaces every node unless ImageId pins the one in use"},
@@ -81,17 +84,18 @@ def _parameters(spec: ClusterSpec) -> dict[str, Any]:
     }
 
 
-def _conditions() -> dict[str, Any]:
+def _conditions(nodes: int | None = None) -> dict[str, Any]:
     """Node i exists when NodeCount > i: chained Or of Equals (CloudFormation compares only for equality)."""
+    nodes = nodes or MAX_TEMPLATE_NODES
     conditions: dict[str, Any] = {"HasBucket": {"Fn::Not": [{"Fn::Equals": [_ref("BucketName"), ""]}]},
                                   "HasBucketRole": {"Fn::Not": [{"Fn::Equals": [_ref("BucketRoleArn"), ""]}]},
                                   "HasPinnedImage": {"Fn::Not": [{"Fn::Equals": [_ref("ImageId"), ""]}]},
                                   **BUCKET_CONDITIONS}
-    for i in range(MAX_TEMPLATE_NODES - 1, 0, -1):
+    for i in range(nodes - 1, 0, -1):
         # node i exists when NodeCount is one of i+1 .. i+STRIDE, or when node i+STRIDE exists
         terms: list[dict[str, Any]] = [{"Fn::Equals": [_ref("NodeCount"), str(n)]}
-                                       for n in range(i + 1, min(i + STRIDE, MAX_TEMPLATE_NODES) + 1)]
-        if i + STRIDE < MAX_TEMPLATE_NODES:
+                                       for n in range(i + 1, min(i + STRIDE, nodes) + 1)]
+        if i + STRIDE < nodes:
             terms.append({"Condition": f"HasNode{i + STRIDE}"})
         conditions[f"HasNode{i}"] = terms[0] if len(terms) == 1 else {"Fn::Or": terms}
     return conditions
@@ -211,7 +215,21 @@ def _runner_parts() -> dict[str, Any]:
 IMAGE = {"Fn::If": ["HasPinnedImage", _ref("ImageId"), _ref("LatestImageId")]}
 
 
-def _node(spec: ClusterSpec, index: int, ips: list[str], after: list[str]) -> dict[str, Any]:
+def _efa(index: int, ip: str) -> dict[str, Any]:
+    """Node `index`'s EFA interface (its fixed address) and its Elastic IP (a pre-made interface gets no public
+    address of its own), switched on with the node."""
+    condition = {"Condition": f"HasNode{index}"} if index else {}
+    return {
+        f"Node{index}Efa": {"Type": "AWS::EC2::NetworkInterface", **condition, "Properties": {
+            "SubnetId": _ref("Subnet"), "PrivateIpAddress": ip, "GroupSet": [_ref("SecurityGroup")],
+            # EFA needs the group's all-traffic rules to itself (ClusterIngress/ClusterEgress)
+            "InterfaceType": "efa", "Description": f"EFA of node{index}", "Tags": _tags()}},
+        f"Node{index}Ip": {"Type": "AWS::EC2::EIP", **condition, "DependsOn": "GatewayAttachment", "Properties": {
+            "Domain": "vpc", "InstanceId": _ref(f"Node{index}"), "Tags": _tags()}},
+    }
+
+
+def _node(spec: ClusterSpec, index: int, ips: list[str], after: list[str], efa: bool = False) -> dict[str, Any]:
     tags: dict[str, Any] = node_tags(_ref("NodeCount"), _ref("SlotsPerNode"), {"Fn::Sub": PREFIX},
                                      _ref("IdleShutdownMinutes"), _ref("SecretsKey"))
     props: dict[str, Any] = {
@@ -219,9 +237,9 @@ def _node(spec: ClusterSpec, index: int, ips: list[str], after: list[str]) -> di
                            "Version": {"Fn::GetAtt": ["NodeLaunchTemplate", "LatestVersionNumber"]}},
         "ImageId": IMAGE, "InstanceType": _ref("InstanceType"), "KeyName": _ref("KeyName"),
         "IamInstanceProfile": _ref("NodeProfile"),
-        "NetworkInterfaces": [{"DeviceIndex": "0", "SubnetId": _ref("Subnet"), "PrivateIpAddress": ips[index],
-                               "GroupSet": [_ref("SecurityGroup")], "AssociatePublicIpAddress": True,
-                               "DeleteOnTermination": True}]}
+        "NetworkInterfaces": [{"DeviceIndex": "0", "NetworkInterfaceId": _ref(f"Node{index}Efa")} if efa else {
+            "DeviceIndex": "0", "SubnetId": _ref("Subnet"), "PrivateIpAddress": ips[index],
+            "GroupSet": [_ref("SecurityGroup")], "AssociatePublicIpAddress": True, "DeleteOnTermination": True}]}
     if index == 0:
         props["UserData"] = user_data_base64(spec, 0, ips)
         tags[TAG_SHARED_VOLUME] = _ref("SharedVolume")
@@ -245,15 +263,15 @@ def _shared_volume() -> dict[str, Any]:
     }
 
 
-def _outputs(user: str) -> dict[str, Any]:
+def _outputs(spec: ClusterSpec, efa: bool = False) -> dict[str, Any]:
+    user = spec.admin.username
+    ip = "${Node0Ip}" if efa else "${Node0.PublicIp}"  # EFA: the Elastic IP (Ref is its address)
     return {
         "HeadPublicIp": {"Description": "public address of node0 (the head node)",
-                         "Value": {"Fn::GetAtt": ["Node0", "PublicIp"]}},
-        "SshCommand": {"Description": "log in to the head node",
-                       "Value": {"Fn::Sub": f"ssh {user}@${{Node0.PublicIp}}"}},
+                         "Value": _ref("Node0Ip") if efa else {"Fn::GetAtt": ["Node0", "PublicIp"]}},
+        "SshCommand": {"Description": "log in to the head node", "Value": {"Fn::Sub": f"ssh {user}@{ip}"}},
         "AttachCommand": {"Description": "register the cluster with mpicloud (host key pinned on first use)",
-                          "Value": {"Fn::Sub": f"mpicloud attach NAME --host ${{Node0.PublicIp}} --user {user} "
-                                              "--slots ${SlotsPerNode}"}},
+                          "Value": {"Fn::Sub": spec.target.attach_command("NAME", ip, user, "${SlotsPerNode}")}},
         "HeadInstanceId": {"Description": "host key fingerprints: aws ec2 get-console-output --instance-id",
                            "Value": _ref("Node0")},
         "SecurityGroupId": {"Value": _ref("SecurityGroup")},
@@ -264,23 +282,26 @@ def _outputs(user: str) -> dict[str, Any]:
     }
 
 
-def cluster_template(spec: ClusterSpec | None = None) -> dict[str, Any]:
-    """The cluster template as a dict (the same cloud-init, ports and policies as the Pulumi program)."""
+def cluster_template(spec: ClusterSpec | None = None, efa: bool = False) -> dict[str, Any]:
+    """The cluster template as a dict (the same cloud-init, ports and policies as the Pulumi program); `efa`: the
+    variant whose nodes (at most MAX_EFA_NODES) are attached through EFA interfaces (cluster-efa.json)."""
     spec = spec or template_spec()
-    if spec.node_count > MAX_TEMPLATE_NODES:
-        raise RenderError(f"the CloudFormation template has at most {MAX_TEMPLATE_NODES} nodes; use Pulumi for "
-                          f"{spec.node_count}")
+    nodes = MAX_EFA_NODES if efa else MAX_TEMPLATE_NODES
+    if spec.node_count > nodes:
+        raise RenderError(f"the CloudFormation template has at most {nodes} nodes; use Pulumi for {spec.node_count}")
     ips = node_addresses(spec.aws_options.subnet_cidr, MAX_TEMPLATE_NODES)
     parts = _runner_parts()
     resources = {**_network(spec), **_security(), **_iam(), **_launch_template(user_data_base64(spec, None, ips)),
                  **parts, **_shared_volume()}
-    resources.update({f"Node{i}": _node(spec, i, ips, sorted(parts) if i == 0 else [])
-                      for i in range(MAX_TEMPLATE_NODES)})
+    for i in range(nodes):
+        resources.update({f"Node{i}": _node(spec, i, ips, sorted(parts) if i == 0 else [], efa),
+                          **(_efa(i, ips[i]) if efa else {})})
+    kind = "Linux Open MPI cluster on EFA" if efa else "Linux Open MPI cluster"
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
-        "Description": "mpicloud Linux Open MPI cluster (generated by mpicloud.render.cloudformation; do not edit)",
-        "Parameters": _parameters(spec), "Conditions": _conditions(), "Resources": resources,
-        "Outputs": _outputs(spec.admin.username),
+        "Description": f"mpicloud {kind} (generated by mpicloud.render.cloudformation; do not edit)",
+        "Parameters": _parameters(spec, nodes), "Conditions": _conditions(nodes), "Resources": resources,
+        "Outputs": _outputs(spec, efa),
     }
 
 
@@ -288,13 +309,20 @@ def cluster_template(spec: ClusterSpec | None = None) -> dict[str, Any]:
 TEMPLATE_LIMIT = 1_000_000
 
 
-def cluster_template_json(spec: ClusterSpec | None = None) -> str:
+def cluster_template_json(spec: ClusterSpec | None = None, efa: bool = False) -> str:
     """Deterministic JSON text of the cluster template (indent 1: 256 nodes must stay under TEMPLATE_LIMIT)."""
-    text = json.dumps(cluster_template(spec), sort_keys=True, indent=1) + "\n"
+    text = json.dumps(cluster_template(spec, efa), sort_keys=True, indent=1) + "\n"
     if len(text.encode()) > TEMPLATE_LIMIT:
         raise RenderError(f"the CloudFormation template is {len(text)} bytes; CloudFormation reads at most "
                           f"{TEMPLATE_LIMIT} from S3")
     return text
+
+
+def efa_template_json() -> str:
+    """templates/cloudformation/cluster-efa.json: the template for EFA instance types (c5n.18xlarge by default)."""
+    return cluster_template_json(spec_from_dict({**template_spec().model_dump(mode="json", exclude_none=True),
+                                                 "size": "c5n.18xlarge", "aws": {"subnet_cidr": "10.0.0.0/23",
+                                                                                 "efa": True}}), efa=True)
 
 
 def launch_stack_url(template_url: str, region: str, stack_name: str = "mpi-cluster",

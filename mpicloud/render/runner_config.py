@@ -23,8 +23,7 @@ SCALE_DOWN_IDLE_MINUTES = 10.0
 def node_names(spec: ClusterSpec) -> list[str]:
     """Host names of the nodes a cluster starts with, in order; node 0 is the head node (an elastic cluster
     starts with the head only)."""
-    prefix = "N" if spec.os == "windows" else "node"
-    return [f"{prefix}{i}" for i in range(1 if spec.elastic else spec.node_count)]
+    return spec.node_names[:1] if spec.elastic else spec.node_names
 
 
 def pool_config(spec: ClusterSpec, resume: list[str], suspend: list[str]) -> dict[str, Any]:
@@ -43,24 +42,25 @@ def runner_root(shared_path: str) -> str:
     return shared_path.rstrip("/\\") + separator + ".mpicloud"
 
 
-def runner_config(spec: ClusterSpec, stop_command: list[str] | None,
+def runner_config(spec: ClusterSpec, stop_command: list[str] | None = None,
                   env: dict[str, str] | None = None, names: list[str] | None = None,
                   slurm_env: dict[str, str] | None = None, pool: dict[str, Any] | None = None) -> dict[str, Any]:
     """The runner configuration: nodes and slots (an elastic cluster's head has none), launcher, scheduler
     backend (with `slurm_env`, what Slurm's commands need, e.g. SLURM_CONF), idle shutdown, the stop action
-    and the node pool (`pool_config`)."""
+    (default: the target's) and the node pool (`pool_config`)."""
     slots = 0 if spec.elastic else spec.slots_per_node
+    stop = stop_command if stop_command is not None else list(spec.target.stop_command or ()) or None
     return {
         "version": RUNNER_CONFIG_VERSION,
         "cluster": spec.name,
         "os": spec.os,
-        "launcher": "mpiexec" if spec.os == "windows" else "mpirun",
+        "launcher": spec.target.platform.launcher,
         "scheduler": spec.scheduler,
         **({"slurm_env": dict(slurm_env or {})} if spec.scheduler == "slurm" else {}),
         "nodes": [{"name": n, "slots": slots} for n in (names or node_names(spec))],
         **({"pool": pool} if pool else {}),
         "idle_shutdown_minutes": spec.idle_shutdown_minutes,
-        "stop_command": stop_command,
+        "stop_command": stop,
         "env": dict(env or {}),
     }
 

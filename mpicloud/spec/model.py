@@ -8,6 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from mpicloud.spec.sizes import azure_rdma, efa_capable
+from mpicloud.spec.targets import Target, target
+from mpicloud.spec.targets import platform as os_platform
+
 SPEC_VERSION = 3
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
@@ -236,7 +240,11 @@ Storage = Annotated[Annotated[Bucket, Tag("s3")] | Annotated[BlobContainer, Tag(
 class AzureOptions(_Model):
     """Options only the Azure program and ARM template read."""
 
-    windows_version: Literal["2022", "2025"] = "2022"
+    windows_version: Literal["2022", "2025"] = Field(default="2022", description="os windows: Windows Server version")
+    linux_image: Literal["ubuntu-hpc", "ubuntu"] = Field(
+        default="ubuntu-hpc", description="os linux: Microsoft's Ubuntu HPC image (InfiniBand drivers, UCX and MPI "
+                                          "stacks included) or plain Ubuntu; Open MPI from the distribution on both")
+    rdma: bool = Field(default=False, description="InfiniBand for MPI (HB, HC, HX and ND sizes with 'r' only)")
     public_ip: Literal["per_node", "head_nat"] = "per_node"
     accelerated_networking: bool = True
     proximity_placement_group: bool = True
@@ -250,10 +258,17 @@ class AzureOptions(_Model):
         default=None, description="pinned Win32-OpenSSH MSI (url, sha256) if Add-WindowsCapability keeps failing")
 
 
+#: default SSM parameter of the AMI per OS (public parameters AWS maintains)
+AMI_PARAMETERS = {"linux": "/aws/service/debian/release/12/latest/amd64",
+                  "windows": "/aws/service/ami-windows-latest/Windows_Server-2022-English-Full-Base"}
+
+
 class AwsOptions(_Model):
     """Options only the AWS program and CloudFormation template read."""
 
-    ami_ssm_parameter: str = "/aws/service/debian/release/12/latest/amd64"
+    ami_ssm_parameter: str | None = Field(
+        default=None, description="SSM parameter of the AMI (default: Debian 12 for os linux, Windows Server 2022 "
+                                  "Base for os windows)")
     ami: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$",
                             description="pinned AMI id (default: resolved once from ami_ssm_parameter)")
     shared_volume_gb: int = Field(default=100, ge=1, le=16384,
@@ -355,16 +370,14 @@ class ClusterSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSpec:
-        pairs = {"local": "linux", "aws": "linux", "azure": "windows"}
-        if pairs[self.cloud] != self.os:
-            raise ValueError(f"cloud {self.cloud!r} runs os {pairs[self.cloud]!r}, not {self.os!r}")
+        found = target(self.cloud, self.os)
         for section in ("azure", "aws", "local"):
-            if getattr(self, section) is not None and section != self.cloud:
-                raise ValueError(f"section {section!r} is only allowed with cloud: {section}")
+            if getattr(self, section) is not None and section != found.options:
+                raise ValueError(f"{section}: this section is only allowed with cloud: {section}")
         if self.cloud != "local" and not self.size:
-            raise ValueError(f"cloud {self.cloud!r} needs 'size' (the VM or instance type)")
+            raise ValueError(f"size: cloud {self.cloud!r} needs the VM or instance type")
         if self.cloud != "local" and not self.region:
-            raise ValueError(f"cloud {self.cloud!r} needs 'region'")
+            raise ValueError(f"region: cloud {self.cloud!r} needs a region")
         if self.os == "windows" and self.admin.password is None:
             raise ValueError("os windows needs admin.password (e.g. {env: MPICLOUD_ADMIN_PASSWORD}): "
                              "MS-MPI launches ranks with the password")
@@ -372,6 +385,8 @@ class ClusterSpec(_Model):
             raise ValueError("os linux needs admin.ssh_public_key")
         if self.azure is not None and not self.azure.password_ssh and not self.admin.ssh_public_key:
             raise ValueError("azure.password_ssh false needs admin.ssh_public_key (or nobody can log in over SSH)")
+        self._os_options()
+        self._rdma_supported()
         if self.cloud == "aws":
             for key in self.tags:
                 if not _IMDS_TAG_KEY.match(key) or key in (".", "..", "_index"):
@@ -397,6 +412,32 @@ class ClusterSpec(_Model):
             raise ValueError("nodes: {min, max} (elastic) needs the built-in queue on loopback nodes for now "
                              "(scheduler: builtin, local.network: loopback)")
 
+    def _os_options(self) -> None:
+        """Options of one OS set on a cluster of the other (an Azure Windows image on Linux nodes, ...)."""
+        only = {"azure": {"windows_version": "windows", "password_ssh": "windows", "patch_mode": "windows",
+                          "openssh_msi": "windows", "linux_image": "linux"},
+                # MS-MPI has no EFA support; Windows keeps C:\shared on the root volume
+                "aws": {"efa": "linux", "shared_volume_gb": "linux"}}
+        for section, fields in only.items():
+            options = getattr(self, section)
+            for field in sorted(options.model_fields_set if options is not None else ()):
+                default = type(options).model_fields[field].default
+                if fields.get(field, self.os) != self.os and getattr(options, field) != default:
+                    raise ValueError(f"{section}.{field}: only for os {fields[field]}, not os {self.os}")
+
+    def _rdma_supported(self) -> None:
+        size = self.size or ""
+        if self.azure is not None and self.azure.rdma and not azure_rdma(size):
+            raise ValueError(f"azure.rdma: size {size!r} has no InfiniBand (RDMA sizes are HB, HC, HX and ND "
+                             "with an 'r' among their feature letters, e.g. Standard_HB120rs_v3)")
+        if self.azure is not None and self.azure.rdma and self.os == "linux" \
+                and self.azure.linux_image != "ubuntu-hpc":
+            raise ValueError("azure.linux_image: azure.rdma on Linux needs ubuntu-hpc (its InfiniBand drivers)")
+        if self.aws is not None and self.aws.efa and not efa_capable(size):
+            raise ValueError(f"aws.efa: instance type {size!r} has no EFA (e.g. c5n.18xlarge, hpc7a.96xlarge; "
+                             "see aws ec2 describe-instance-types --filters Name=network-info.efa-supported,"
+                             "Values=true)")
+
     def _scheduler_supported(self) -> None:
         if self.scheduler == "builtin":
             return
@@ -406,6 +447,11 @@ class ClusterSpec(_Model):
         if self.cloud == "local" and self.local_options.network == "loopback":
             raise ValueError("scheduler: slurm on the local cluster needs local.network: namespaces "
                              "(one network namespace per node, as root)")
+
+    @property
+    def target(self) -> Target:
+        """The (cloud, os) target: node names, paths, launcher, bootstrap, stop action, attach command."""
+        return target(self.cloud, self.os)
 
     @property
     def password_only(self) -> bool:
@@ -419,9 +465,7 @@ class ClusterSpec(_Model):
             return self.shared
         if self.cloud == "local":
             return Shared(kind="local", path="shared")
-        if self.os == "windows":
-            return Shared(kind="smb", path="C:\\shared")
-        return Shared(kind="smb", path="/shared")
+        return Shared(kind="smb", path=os_platform(self.os).shared_path)
 
     @property
     def bucket_grant(self) -> str | None:
@@ -448,6 +492,16 @@ class ClusterSpec(_Model):
     def blob_identity(self) -> bool:
         """The head node's managed identity reads and writes the customer's Blob container."""
         return self.blob_container is not None and self.bucket_grant == "managed_identity"
+
+    @property
+    def node_names(self) -> list[str]:
+        """Host names of the nodes, in order; node 0 is the head node."""
+        return [self.target.platform.node_name(i) for i in range(self.node_count)]
+
+    @property
+    def ami_parameter(self) -> str:
+        """The SSM parameter of the AMI: the spec's, else the default of the OS."""
+        return self.aws_options.ami_ssm_parameter or AMI_PARAMETERS[self.os]
 
     @property
     def azure_options(self) -> AzureOptions:

@@ -1,10 +1,11 @@
 #!/bin/bash
 # mpicloud node identity and cluster files: /etc/hosts names node0..nodeN-1, MPICLOUD_NODE machine-wide,
-# the Open MPI hostfile, and on the head node runner.json (N nodes of SLOTS slots, idle shutdown minutes).
+# the Open MPI hostfile, and on the head node runner.json (N nodes of SLOTS slots, idle shutdown minutes, MPI
+# settings for the node's RDMA device: EFA or InfiniBand).
 # usage: cluster-files.sh INDEX USER SHARED IP0 IP1 ... (N, SLOTS from /etc/mpicloud/node.env)
 # INDEX auto (a worker of the CloudFormation template, whose nodes share one user data): the position of this
 # node's private address (MPICLOUD_PRIVATE_IP) among IP1..; the host name is set to nodeINDEX then.
-# MPICLOUD_SYSROOT (tests only) prefixes /etc and /opt.
+# MPICLOUD_SYSROOT (tests only) prefixes /etc, /opt and /sys.
 set -euo pipefail
 index=$1 user=$2 shared=$3
 shift 3
@@ -31,12 +32,19 @@ install -d -m 775 -o "$user" -g "$(id -gn "$user")" "$shared" "$shared/.mpicloud
 # every node must see this file before the runner starts an MPI job there (runner.py: share_problem)
 [ -f "$shared/.mpicloud/share-marker" ] || echo "mpicloud shared storage of node0" > "$shared/.mpicloud/share-marker"
 python3 - "$count" "$slots" "$MPICLOUD_IDLE_MINUTES" "$shared/.mpicloud/runner.json" "$root" <<'PY'
-import json, sys
+import glob, json, sys
 count, slots, idle, target = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 with open(sys.argv[5] + "/opt/mpicloud/runner.base.json", encoding="utf-8") as handle:
     config = json.load(handle)
 config["nodes"] = [{"name": f"node{i}", "slots": slots} for i in range(count)]
 config["idle_shutdown_minutes"] = idle or None
+# MPI over the RDMA device of this node's size (every node has the same): EFA through libfabric, InfiniBand
+# (Azure HB/HC/HX/ND) through UCX; plain TCP otherwise
+devices = [d.rsplit("/", 1)[-1] for d in glob.glob(sys.argv[5] + "/sys/class/infiniband/*")]
+if any(d.startswith("efa") for d in devices):
+    config["env"].update(FI_PROVIDER="efa", OMPI_MCA_pml="cm", OMPI_MCA_mtl="ofi")
+elif any(d.startswith("mlx") for d in devices):
+    config["env"].update(OMPI_MCA_pml="ucx", OMPI_MCA_osc="ucx")
 with open(target, "w", encoding="utf-8") as handle:
     json.dump(config, handle, sort_keys=True, indent=2)
 PY

@@ -1,10 +1,21 @@
 # mpicloud idle-shutdown action, run by the runner on the head node when the cluster has been idle.
-# Deallocates every VM (the head last) through Azure Resource Manager with the head node's managed identity,
-# which the deployment grants a custom role holding only virtualMachines/read and deallocate/action on each VM.
-# If that fails, the head shuts itself down: a VM stopped from inside is NOT deallocated and still bills compute.
+# -Mode deallocate (Azure): deallocates every VM (the head last) through Azure Resource Manager with the head node's
+# managed identity, which the deployment grants a custom role holding only virtualMachines/read and deallocate/action
+# on each VM. If that fails, the head shuts itself down: a VM stopped from inside is NOT deallocated and still bills.
+# -Mode halt (AWS): shuts every worker down (the same administrator on every node may), then the head; EC2 stops
+# instances that shut themselves down (InstanceInitiatedShutdownBehavior stop), disks kept.
+param([ValidateSet('deallocate', 'halt')][string]$Mode = 'deallocate')
 $ErrorActionPreference = 'Stop'
 $data = Join-Path $env:ProgramData 'mpicloud'
 $cluster = Get-Content -Raw -Path (Join-Path $data 'cluster.json') | ConvertFrom-Json
+if ($Mode -eq 'halt') {
+  foreach ($node in @($cluster.nodes | Where-Object { $_ -ne $env:COMPUTERNAME })) {
+    shutdown.exe /s /m "\\$node" /t 0 /c 'mpicloud idle shutdown'
+    Write-Output "mpicloud: shutting down $node"
+  }
+  shutdown.exe /s /t 60 /c 'mpicloud idle shutdown'
+  exit 0
+}
 try {
   if (-not $cluster.arm) { throw 'no Resource Manager endpoint configured' }
   $imds = 'http://169.254.169.254/metadata'

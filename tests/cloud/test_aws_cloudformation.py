@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from mpicloud.errors import RenderError
-from mpicloud.render.aws_common import MAX_TEMPLATE_NODES, TAG_NODES
+from mpicloud.render.aws import MAX_TEMPLATE_NODES, TAG_NODES
+from mpicloud.render.aws.cloud_init import cloud_config, node_addresses, runner_parameters
 from mpicloud.render.cloudformation import cluster_template, cluster_template_json, launch_stack_url, template_spec
-from mpicloud.render.linux import cloud_config, node_addresses, runner_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "templates" / "cloudformation" / "cluster.json"

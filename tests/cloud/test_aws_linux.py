@@ -14,8 +14,7 @@ import yaml
 
 from mpicloud.assets import provision_dir, runner_files
 from mpicloud.errors import RenderError
-from mpicloud.render.linux import (
-    STOP_COMMAND,
+from mpicloud.render.aws.cloud_init import (
     USER_DATA_LIMIT,
     cloud_config,
     node_addresses,
@@ -92,8 +91,11 @@ def test_head_runs_runner_workers_mount(spec: ClusterSpec) -> None:
     assert fetch[2].startswith("runner.py:") and fetch[2].endswith(f":{digest}")
     assert head["runcmd"].index(fetch) < head["runcmd"].index(["systemctl", "daemon-reload"])
     assert json.loads(head_files["/opt/mpicloud/runner.base.json"]) == {
-        **runner_config(spec, STOP_COMMAND), "share_marker": "/shared/.mpicloud/share-marker",
+        **runner_config(spec), "nodes": [], "idle_shutdown_minutes": None,  # filled in at boot (cluster-files.sh)
+        "share_marker": "/shared/.mpicloud/share-marker",
         "share_probe": ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]}
+    ips = node_addresses(spec.aws_options.subnet_cidr, 8)  # with the template's addresses, resizing keeps it:
+    assert cloud_config(spec, 0, ips) == cloud_config(spec.model_copy(update={"nodes": 7}), 0, ips)
     # the head mounts its own /shared volume before anything writes there
     volume = ["bash", "/opt/mpicloud/shared-volume.sh", "/shared"]
     assert head["runcmd"].index(volume) < head["runcmd"].index(next(c for c in head["runcmd"] if "cluster-files.sh"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from mpicloud.assets import provision_dir, runner_files
-from mpicloud.render.linux import STOP_COMMAND, cloud_config, runner_parameters
+from mpicloud.render.aws.cloud_init import cloud_config, runner_parameters
 from mpicloud.render.runner_config import runner_config
 from tests.specdata import aws_spec
 
@@ -55,7 +55,7 @@ def test_head_node_files(tmp_path: Path, count: int, idle: str, expected_idle: f
     assert (root / "etc" / "environment").read_text() == "MPICLOUD_NODE=node0\n"
     written = json.loads((shared / ".mpicloud" / "runner.json").read_text())
     spec = aws_spec(nodes=count, slots_per_node=4, idle_shutdown_minutes=expected_idle)
-    assert written == {**runner_config(spec, STOP_COMMAND), "share_marker": "/shared/.mpicloud/share-marker",
+    assert written == {**runner_config(spec), "share_marker": "/shared/.mpicloud/share-marker",
                        "share_probe": ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]}
     assert (shared / ".mpicloud" / "share-marker").is_file()
     assert _run(root, 0, shared, IPS).returncode == 0  # a second run (reboot) adds nothing
@@ -223,7 +223,7 @@ def test_idle_shutdown_halts_workers_then_the_head(tmp_path: Path) -> None:
     (root / "etc" / "mpicloud" / "hostfile").write_text("".join(f"node{i} slots=4\n" for i in range(3)))
     env = {**_tools(tmp_path, ssh=LOGGER, sudo=LOGGER), "FAKE_LOG": str(tmp_path / "log"),
            "MPICLOUD_SYSROOT": str(root)}
-    done = subprocess.run(["bash", str(provision_dir() / "linux" / "stop-cluster.sh")], capture_output=True,
+    done = subprocess.run(["bash", str(provision_dir() / "linux" / "stop-cluster.sh"), "halt"], capture_output=True,
                           text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "log").read_text().splitlines() == [

@@ -18,9 +18,9 @@ import pulumi
 import pytest
 from parliament import analyze_policy_string
 
-from mpicloud.render.aws_common import TAG_NODES
+from mpicloud.render.aws import TAG_NODES
+from mpicloud.render.aws.cloud_init import cloud_config, runner_parameters
 from mpicloud.render.iam import bucket_access_policy
-from mpicloud.render.linux import cloud_config, runner_parameters
 from mpicloud.spec import ClusterSpec
 from tests.specdata import aws_spec
 
@@ -196,8 +196,9 @@ def test_cross_account_grant_may_only_assume_the_bucket_role(seen: list[Any]) ->
 
 @pulumi.runtime.test
 def test_existing_network_efa_and_single_node(seen: list[Any]) -> pulumi.Output[Any]:
-    spec = aws_spec(nodes=1, aws={"vpc_id": "vpc-1", "subnet_id": "subnet-1", "subnet_cidr": "172.31.5.0/24",
-                                  "efa": True, "placement_group": False, "key_name": "mine"})
+    spec = aws_spec(nodes=1, size="c5n.18xlarge", aws={
+        "vpc_id": "vpc-1", "subnet_id": "subnet-1", "subnet_cidr": "172.31.5.0/24", "efa": True,
+        "placement_group": False, "key_name": "mine"})
 
     def check(_: Any) -> None:
         assert not _of(seen, "ec2/vpc:Vpc") and not _of(seen, "ec2/keyPair:KeyPair")
@@ -318,12 +319,12 @@ def test_members_egress_to_the_group_itself(mocks: Mocks) -> pulumi.Output[Any]:
         rules = _of(mocks.seen, "vpc/securityGroupEgressRule:SecurityGroupEgressRule")
         (member,) = [r for r in rules if "referencedSecurityGroupId" in r]
         assert member["referencedSecurityGroupId"] == member["securityGroupId"] and member["ipProtocol"] == "-1"
-    return _deployed(aws_spec(aws={"efa": True})).apply(check)
+    return _deployed(aws_spec(size="c5n.18xlarge", aws={"efa": True})).apply(check)
 
 
 @pulumi.runtime.test
 def test_efa_nodes_are_reached_through_their_elastic_ips(mocks: Mocks) -> pulumi.Output[Any]:
-    spec = aws_spec(aws={"efa": True})
+    spec = aws_spec(size="c5n.18xlarge", aws={"efa": True})
     cluster = program.MpiCluster(spec.name, program.MpiClusterArgs(spec))
 
     def check(out: list[Any]) -> None:

@@ -133,6 +133,17 @@ def test_template_size_does_not_grow_with_nodes(azure_spec: ClusterSpec) -> None
                                                                 "Microsoft.Authorization/roleDefinitions"})
 
 
+def test_infiniband_driver_only_when_asked(azure_spec: ClusterSpec) -> None:
+    template = arm.azuredeploy(azure_spec)
+    assert template["parameters"]["infiniBand"]["defaultValue"] is False
+    infiniband = [r for r in _of(template, "Microsoft.Compute/virtualMachines/extensions")
+                  if r["properties"]["type"] == "InfiniBandDriverWindows"]
+    assert len(infiniband) == 1 and infiniband[0]["condition"] == "[parameters('infiniBand')]"
+    assert infiniband[0]["properties"]["publisher"] == "Microsoft.HpcCompute"
+    rdma = arm.azuredeploy(_spec(azure_spec, size="Standard_HB120rs_v3", azure={"rdma": True}))
+    assert rdma["parameters"]["infiniBand"]["defaultValue"] is True
+
+
 def test_without_ppg(azure_spec: ClusterSpec) -> None:
     doc = arm.azuredeploy(_spec(azure_spec, azure={"proximity_placement_group": False}))
     assert not _of(doc, "Microsoft.Compute/proximityPlacementGroups")

@@ -13,7 +13,8 @@ import pulumi
 import pytest
 from pulumi.runtime import rpc
 
-from mpicloud.render import blobaccess, windows
+from mpicloud.render import blobaccess, windows_bootstrap
+from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec, spec_from_dict
 from tests.specdata import PUBKEY
 
@@ -116,7 +117,7 @@ def test_resource_counts(azure_spec: ClusterSpec, nodes: int) -> pulumi.Output[N
         assert len(out["public_ips"]) == nodes and out["admin_username"] == "mpiadmin"
         assert out["ssh_command"] == f"ssh mpiadmin@{out['public_ips'][0]}"
         assert out["host_key_fingerprints"] == {f"N{i}": [f"ED25519 SHA256:keyN{i}"] for i in range(nodes)}
-        assert "--password-env MPICLOUD_ADMIN_PASSWORD --os windows" in out["attach_command"]
+        assert out["attach_command"].endswith("--os windows --slots 4 --password-env MPICLOUD_ADMIN_PASSWORD")
     return _deploy(_spec(azure_spec, nodes=nodes), check)
 
 
@@ -182,7 +183,7 @@ def test_secrets_only_in_protected_settings_and_admin_password(azure_spec: Clust
         assert len(mocks.raw) == len(created) > 10
         utf16 = base64.b64encode(PASSWORD.encode("utf-16-le")).decode()
         for typ, name, inputs in mocks.raw:
-            found = (_paths(inputs, PASSWORD), _paths(inputs, windows.b64(PASSWORD)), _paths(inputs, utf16))
+            found = (_paths(inputs, PASSWORD), _paths(inputs, powershell.b64(PASSWORD)), _paths(inputs, utf16))
             if typ == "azure-native:compute:VirtualMachine":
                 assert found == (["/osProfile/adminPassword (secret)"], [], []), name
             elif typ == "azure-native:compute:VirtualMachineExtension":
@@ -191,7 +192,7 @@ def test_secrets_only_in_protected_settings_and_admin_password(azure_spec: Clust
                 assert "commandToExecute" not in inputs["settings"]
             else:
                 assert found == ([], [], []), (typ, name)
-        assert PASSWORD not in json.dumps(out) and windows.b64(PASSWORD) not in json.dumps(out)
+        assert PASSWORD not in json.dumps(out) and powershell.b64(PASSWORD) not in json.dumps(out)
     return _deploy(_spec(azure_spec, nodes=2), check, mocks)
 
 
@@ -208,18 +209,19 @@ def test_tags_on_every_taggable_resource(azure_spec: ClusterSpec) -> pulumi.Outp
 def test_bootstrap_is_user_data_and_an_update_does_not_replace_nodes(azure_spec: ClusterSpec) -> pulumi.Output[None]:
     mocks = Mocks()
     spec = _spec(azure_spec, nodes=2)
-    script = windows.bootstrap_ps1(spec)
+    script = windows_bootstrap.bootstrap_ps1(spec)
 
     def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
         vms = {n: i for t, n, i, _ in created if t == "azure-native:compute:VirtualMachine"}
         exts = [i for t, _, i, _ in created if t == "azure-native:compute:VirtualMachineExtension"]
         for name, vm in vms.items():
-            assert vm["userData"] == windows.user_data(script) and "customData" not in vm["osProfile"]
+            assert vm["userData"] == powershell.user_data(script) and "customData" not in vm["osProfile"]
             assert vm["vmName"] == f"winmpi-{name}" and vm["osProfile"]["computerName"] == name
             assert mocks.options[name].ignore_changes == VM_IGNORED
         assert VM_IGNORED == ["osProfile.adminPassword", "osProfile.customData", "storageProfile.imageReference"]
-        assert all(e["forceUpdateTag"] == windows.force_update_tag(script) for e in exts)
-        assert all(windows.script_sha256(script) in plain(e["protectedSettings"])["commandToExecute"] for e in exts)
+        assert all(e["forceUpdateTag"] == powershell.force_update_tag(script) for e in exts)
+        sha = windows_bootstrap.script_sha256(script)
+        assert all(sha in plain(e["protectedSettings"])["commandToExecute"] for e in exts)
     return _deploy(spec, check, mocks)
 
 
@@ -285,8 +287,8 @@ def test_admin_password_is_the_stack_secret_not_an_env_var(azure_spec: ClusterSp
 
 
 @pytest.mark.parametrize(("admin", "azure", "key", "password_ssh"), [
-    ({"ssh_public_key": PUBKEY}, {"password_ssh": False}, windows.b64(PUBKEY), "0"),
-    ({}, {}, windows.NO_KEY, "1")], ids=["key-only", "password-only"])
+    ({"ssh_public_key": PUBKEY}, {"password_ssh": False}, powershell.b64(PUBKEY), "0"),
+    ({}, {}, powershell.NO_KEY, "1")], ids=["key-only", "password-only"])
 @pulumi.runtime.test
 def test_the_key_and_the_password_ssh_switch_reach_every_bootstrap(azure_spec: ClusterSpec, admin: dict[str, Any],
                                                                    azure: dict[str, Any], key: str,
@@ -326,3 +328,12 @@ def test_blob_container_grant_is_two_conditional_assignments_for_the_head(azure_
         assert outputs["head_principal_id"] == "principal-N0"
         assert not [t for t, *_ in created if t == "azure-native:authorization:RoleDefinition"]
     return _deploy(spec_from_dict(doc), check)
+
+
+@pulumi.runtime.test
+def test_infiniband_driver_only_on_rdma_sizes(azure_spec: ClusterSpec) -> pulumi.Output[None]:
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], out: dict[str, Any]) -> None:
+        drivers = [i for t, _, i, _ in created if t == "azure-native:compute:VirtualMachineExtension"
+                   and i["type"] == "InfiniBandDriverWindows"]
+        assert len(drivers) == 2 and all(d["publisher"] == "Microsoft.HpcCompute" for d in drivers)
+    return _deploy(_spec(azure_spec, nodes=2, size="Standard_HB120rs_v3", azure={"rdma": True}), check)

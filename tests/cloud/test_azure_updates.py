@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from mpicloud.render import arm, arm_ui, azure, windows
+from mpicloud.render import arm, arm_ui, azure, windows_bootstrap
+from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec, spec_from_dict
 
 #: a recognisable password: none of its forms may appear anywhere but the protected setting
@@ -45,11 +46,11 @@ def test_password_parameter_reaches_only_the_protected_setting(template: dict[st
 
 
 def test_no_form_of_a_real_password_in_the_rendered_command(azure_spec: ClusterSpec) -> None:
-    script = windows.bootstrap_ps1(azure_spec)
+    script = windows_bootstrap.bootstrap_ps1(azure_spec)
     values = {"NodeIndex": "0", "NodeCount": "2", "SlotsPerNode": "4", "IdleMinutes": "0", "ArmEndpoint": "x",
-              "AdminUserB64": windows.b64("mpiadmin"), "VmPrefixB64": windows.b64("c"), "AdminKeyB64": "none",
+              "AdminUserB64": powershell.b64("mpiadmin"), "VmPrefixB64": powershell.b64("c"), "AdminKeyB64": "none",
               "PasswordSsh": "1"}
-    rendered = windows.bootstrap_command(values, script) + json.dumps(arm.azuredeploy(azure_spec))
+    rendered = powershell.bootstrap_command(values, script) + json.dumps(arm.azuredeploy(azure_spec))
     assert not [form for form in _forms(PASSWORD) if form in rendered]
 
 
@@ -65,11 +66,11 @@ def test_bootstrap_is_user_data_and_reruns_when_it_changes(azure_spec: ClusterSp
     vm = _res(first, "Microsoft.Compute/virtualMachines")["properties"]
     assert vm["userData"] == "[variables('bootstrapUserData')]" and "customData" not in vm["osProfile"]
     ext1, ext2 = (_res(t, "Microsoft.Compute/virtualMachines/extensions")["properties"] for t in (first, changed))
-    assert ext1["forceUpdateTag"] == windows.force_update_tag(_script(first))
+    assert ext1["forceUpdateTag"] == powershell.force_update_tag(_script(first))
     assert ext1["forceUpdateTag"] != ext2["forceUpdateTag"]
     # the command only runs the userData whose hash it names (IMDS may still serve the previous script)
-    assert windows.script_sha256(_script(changed)) in ext2["protectedSettings"]["commandToExecute"]
-    assert windows.script_sha256(_script(first)) not in ext2["protectedSettings"]["commandToExecute"]
+    assert windows_bootstrap.script_sha256(_script(changed)) in ext2["protectedSettings"]["commandToExecute"]
+    assert windows_bootstrap.script_sha256(_script(first)) not in ext2["protectedSettings"]["commandToExecute"]
 
 
 def test_idle_shutdown_role_is_custom_minimal_and_opt_in(template: dict[str, Any]) -> None:

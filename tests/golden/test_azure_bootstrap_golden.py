@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from mpicloud.render.windows import bootstrap_ps1
+from mpicloud.render.windows_bootstrap import bootstrap_ps1
 from mpicloud.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]

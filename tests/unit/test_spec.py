@@ -43,8 +43,8 @@ def test_unknown_key_without_close_match_lists_known_fields() -> None:
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("name: a1\ncloud: gcp\nnodes: 1\n", "cloud: Input should be 'local', 'azure' or 'aws'"),
-    ("name: a1\ncloud: azure\nos: linux\nnodes: 1\nsize: x\nregion: y\n", "cloud 'azure' runs os 'windows'"),
-    ("name: a1\ncloud: aws\nnodes: 1\nregion: y\nadmin: {ssh_public_key: 'ssh-ed25519 AAAA'}\n", "needs 'size'"),
+    ("name: a1\ncloud: local\nos: windows\nnodes: 1\n", "cloud 'local' does not run os 'windows'"),
+    ("name: a1\ncloud: aws\nnodes: 1\nregion: y\nadmin: {ssh_public_key: 'ssh-ed25519 AAAA'}\n", "size: cloud 'aws'"),
     ("name: a1\ncloud: azure\nos: windows\nnodes: 1\nsize: x\nregion: y\n", "needs admin.password"),
     ("name: a1\ncloud: local\nnodes: 1\nadmin: {password: hunter2}\n", "admin.password: Input should be"),
     ("name: a1\ncloud: local\nnodes: 1\naccess: {allowed_cidrs: [10.0.0.0/33]}\n", "allowed_cidrs"),
@@ -58,6 +58,66 @@ def test_unknown_key_without_close_match_lists_known_fields() -> None:
 ])
 def test_bad_specs_name_the_field(text: str, expected: str) -> None:
     assert any(expected in p for p in problems(text)), problems(text)
+
+
+LINUX_KEY = f"admin: {{ssh_public_key: '{PUBKEY}'}}\n"
+WINDOWS_PASSWORD = "admin: {password: {env: MPICLOUD_ADMIN_PASSWORD}}\n"
+
+
+@pytest.mark.parametrize(("cloud", "os", "size", "admin", "names", "launcher"), [
+    ("local", "linux", None, "", "node0", "mpirun"),
+    ("aws", "linux", "c5n.large", LINUX_KEY, "node0", "mpirun"),
+    ("aws", "windows", "c5.xlarge", WINDOWS_PASSWORD, "N0", "mpiexec"),
+    ("azure", "linux", "Standard_D4s_v5", LINUX_KEY, "node0", "mpirun"),
+    ("azure", "windows", "Standard_D4s_v5", WINDOWS_PASSWORD, "N0", "mpiexec"),
+])
+def test_every_cloud_runs_every_os(cloud: str, os: str, size: str | None, admin: str, names: str,
+                                   launcher: str) -> None:
+    where = f"size: {size}\nregion: r1\n" if size else ""
+    spec = parse_spec(f"name: a1\ncloud: {cloud}\nos: {os}\nnodes: 2\n{where}{admin}")
+    assert (spec.target.cloud, spec.target.os) == (cloud, os)
+    assert spec.node_names == [names, names[:-1] + "1"] and spec.target.platform.launcher == launcher
+    assert spec.shared_storage.path == {"local": "shared", "linux": "/shared", "windows": "C:\\shared"}[
+        "local" if cloud == "local" else os]
+
+
+@pytest.mark.parametrize(("cloud", "os", "extra", "expected"), [
+    ("aws", "linux", "azure: {linux_image: ubuntu-hpc}\n", "azure: this section is only allowed with cloud: azure"),
+    ("azure", "linux", "aws: {efa: true}\n", "aws: this section is only allowed with cloud: aws"),
+    ("azure", "linux", "azure: {windows_version: '2025'}\n", "azure.windows_version: only for os windows, not "
+                                                               "os linux"),
+    ("azure", "windows", "azure: {linux_image: ubuntu}\n", "azure.linux_image: only for os linux, not os windows"),
+    ("azure", "linux", "azure: {rdma: true}\n", "azure.rdma: size 'Standard_D4s_v5' has no InfiniBand"),
+    ("aws", "linux", "aws: {efa: true}\n", "aws.efa: instance type 'c5n.large' has no EFA"),
+    ("aws", "windows", "aws: {efa: true}\n", "aws.efa: only for os linux, not os windows"),
+    ("azure", "linux", "size: Standard_HB120rs_v3\nazure: {rdma: true, linux_image: ubuntu}\n",
+     "azure.linux_image: azure.rdma on Linux needs ubuntu-hpc"),
+])
+def test_options_of_another_target_or_size_are_rejected_by_field(cloud: str, os: str, extra: str,
+                                                                  expected: str) -> None:
+    size = "c5n.large" if cloud == "aws" else "Standard_D4s_v5"
+    admin = LINUX_KEY if os == "linux" else WINDOWS_PASSWORD
+    found = problems(f"name: a1\ncloud: {cloud}\nos: {os}\nnodes: 1\nsize: {size}\nregion: r\n{admin}{extra}")
+    assert any(expected in p for p in found), found
+
+
+@pytest.mark.parametrize(("cloud", "os", "size", "extra"), [
+    ("azure", "linux", "Standard_HB120rs_v3", "azure: {rdma: true, linux_image: ubuntu-hpc}\n"),
+    ("azure", "windows", "Standard_HC44rs", "azure: {rdma: true, windows_version: '2022'}\n"),
+    ("aws", "linux", "c5n.18xlarge", "aws: {efa: true}\n"),
+    ("aws", "windows", "hpc7a.96xlarge", "aws: {placement_group: true}\n"),
+])
+def test_rdma_on_a_size_that_has_it(cloud: str, os: str, size: str, extra: str) -> None:
+    admin = LINUX_KEY if os == "linux" else WINDOWS_PASSWORD
+    parse_spec(f"name: a1\ncloud: {cloud}\nos: {os}\nnodes: 2\nsize: {size}\nregion: r\n{admin}{extra}")
+
+
+def test_the_ami_parameter_follows_the_os() -> None:
+    base = "name: a1\ncloud: aws\nnodes: 1\nsize: c5.large\nregion: r\n"
+    assert "debian" in parse_spec(base + LINUX_KEY).ami_parameter
+    assert "Windows_Server-2022" in parse_spec(base + "os: windows\n" + WINDOWS_PASSWORD).ami_parameter
+    pinned = parse_spec(base + LINUX_KEY + "aws: {ami_ssm_parameter: /my/ami}\n")
+    assert pinned.ami_parameter == "/my/ami"
 
 
 def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:

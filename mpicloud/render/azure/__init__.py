@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass
 
 from mpicloud.errors import RenderError
-from mpicloud.render.quoting import posix_join
 from mpicloud.spec.model import ClusterSpec
 
 COMPUTE_API = "2024-11-01"
@@ -19,12 +18,19 @@ IMAGE_SKUS = {"2022": "2022-datacenter-g2", "2025": "2025-datacenter-g2"}
 #: the bootstrap extension (one CustomScriptExtension per VM)
 EXTENSION = {"publisher": "Microsoft.Compute", "type": "CustomScriptExtension", "typeHandlerVersion": "1.10"}
 EXTENSION_NAME = "bootstrap"
+#: the InfiniBand driver of Windows nodes on RDMA sizes (MS-MPI uses it through NetworkDirect)
+INFINIBAND_WINDOWS = {"publisher": "Microsoft.HpcCompute", "type": "InfiniBandDriverWindows",
+                      "typeHandlerVersion": "1.5"}
+INFINIBAND_NAME = "infiniband"
 #: the only actions of the custom role the head node's identity gets (idle shutdown): read and deallocate VMs;
 #: not "Virtual Machine Contributor", which allows Run Command and extension writes (code as SYSTEM everywhere)
 DEALLOCATE_ACTIONS = ("Microsoft.Compute/virtualMachines/read", "Microsoft.Compute/virtualMachines/deallocate/action")
 #: an elastic cluster's head also starts its compute VMs again (provision/runner/azure_nodes.py); nothing else
 ELASTIC_ACTIONS = (*DEALLOCATE_ACTIONS, "Microsoft.Compute/virtualMachines/start/action")
 SUBNET_NAME = "cluster"
+#: built-in roles on a Linux cluster's Key Vault: node0 writes the intra-cluster secrets, the other nodes read them
+SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
+SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 #: who may create role definitions and assignments (what idle shutdown needs beyond Contributor)
 ROLE_ADMINS = "Owner or User Access Administrator"
 #: patch modes of Windows VMs (osProfile.windowsConfiguration.patchSettings.patchMode)
@@ -43,6 +49,14 @@ class InboundRule:
 
 INBOUND = (InboundRule("allow-ssh", 100, 22, "SSH and SFTP from the allowed networks"),
            InboundRule("allow-rdp", 110, 3389, "RDP from the allowed networks"))
+#: Azure sizes with InfiniBand offered by the portal form of an RDMA cluster (the spec accepts any, see spec/sizes.py)
+RDMA_SIZES = ("Standard_HB120rs_v3", "Standard_HB176rs_v4", "Standard_HX176rs", "Standard_HC44rs",
+              "Standard_HB120rs_v2")
+
+
+def inbound(spec: ClusterSpec) -> tuple[InboundRule, ...]:
+    """The NSG allow rules of the spec's OS: SSH everywhere, RDP on Windows only."""
+    return INBOUND if spec.os == "windows" else tuple(r for r in INBOUND if r.port != 3389)
 
 
 def allowed_sources(spec: ClusterSpec) -> list[str]:
@@ -94,8 +108,3 @@ def image_reference(windows_version: str) -> dict[str, str]:
     return {"publisher": IMAGE_PUBLISHER, "offer": IMAGE_OFFER, "sku": IMAGE_SKUS[windows_version],
             "version": "latest"}
 
-
-def attach_command(cluster: str, host: str, user: str, password_env: str) -> str:
-    """The `mpicloud attach` line printed after a deployment (the password stays in the variable)."""
-    return posix_join(["mpicloud", "attach", cluster, "--host", host, "--user", user, "--password-env", password_env,
-                       "--os", "windows"])

@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 from mpicloud.spec.model import ClusterSpec
 
 SSH_PORT = 22
+#: Windows nodes: RDP from the allowed networks too
+RDP_PORT = 3389
 #: the CloudFormation template declares this many nodes (the spec's limit), NodeCount switches them on by Conditions
 MAX_TEMPLATE_NODES = 256
 ROOT_DEVICE = "/dev/xvda"
@@ -58,6 +60,13 @@ def secrets_policy(parameter_arn_prefix: Any, key_arn: Any) -> dict[str, Any]:
         {"Sid": "ClusterSecrets", "Effect": "Allow", "Action": ["ssm:GetParameter", "ssm:PutParameter"],
          "Resource": parameter_arn_prefix},
         {"Sid": "ClusterSecretsKey", "Effect": "Allow", "Action": KEY_USE_ACTIONS, "Resource": key_arn}]}
+
+
+def admin_secret_policy(secret_arn: Any) -> dict[str, Any]:
+    """Windows nodes: read the administrator password of this deployment's secret, nothing else."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "AdminPassword", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
+         "Resource": secret_arn}]}
 
 
 def secrets_key_policy(account_root_arn: Any, node_role_arn: Any) -> dict[str, Any]:

@@ -1,0 +1,155 @@
+"""The #cloud-config of a Linux node on any cloud: the provision/linux scripts, packages and boot commands every
+Linux cluster shares, plus what its cloud adds (CloudParts)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from mpicloud.assets import provision_dir
+from mpicloud.errors import RenderError
+from mpicloud.render.quoting import posix_join
+from mpicloud.render.runner_config import (
+    SHARE_MARKER,
+    SHARE_PROBE,
+    root_file,
+    runner_config,
+    runner_config_json,
+    runner_root,
+)
+from mpicloud.render.templating import render_template
+from mpicloud.spec.model import ClusterSpec
+from mpicloud.spec.targets import LINUX
+
+OPT = LINUX.install_dir
+SMB_PASSWORD_FILE = "/etc/mpicloud/smb-password"
+#: host offset of node 0 in the subnet (AWS and Azure reserve the first addresses; keep a little room)
+FIRST_HOST = 10
+_SCRIPTS = ("cluster-secrets.sh", "cluster-files.sh", "shared-storage.sh")
+_HEAD_SCRIPTS = ("stop-cluster.sh",)
+_BASE_PACKAGES = ("openmpi-bin", "libopenmpi-dev", "openssh-client", "python3", "curl")
+File = dict[str, str]
+Command = list[str]
+
+
+@dataclass(frozen=True)
+class CloudParts:
+    """What one cloud adds to the shared Linux node setup."""
+
+    #: the option section holding subnet_cidr (NFS clients, node addresses)
+    subnet_cidr: str
+    #: provision/linux scripts that write /etc/mpicloud/node.env and admin.pub (first command on every node)
+    node_env: str
+    packages: tuple[str, ...] = ()
+    #: provision/linux scripts only the head node needs
+    head_scripts: tuple[str, ...] = ()
+    #: head node commands before anything writes to the shared directory (AWS: its own EBS volume)
+    head_setup: tuple[tuple[str, ...], ...] = ()
+    #: head node commands that install the runner in OPT
+    runner_install: tuple[tuple[str, ...], ...] = ()
+    #: create the admin user (AWS); on Azure the platform creates it with its key from the VM's osProfile
+    create_user: bool = True
+
+
+def node_addresses(subnet_cidr: str, count: int, section: str) -> list[str]:
+    """Fixed private IPs of nodes 0..count-1 (known before boot, so hostfile and mounts need no lookup)."""
+    network = ipaddress.ip_network(subnet_cidr, strict=False)
+    if FIRST_HOST + count > network.num_addresses - 2:
+        raise RenderError(f"{section}.subnet_cidr {subnet_cidr} is too small for {count} nodes from host "
+                          f".{FIRST_HOST}")
+    return [str(network.network_address + FIRST_HOST + i) for i in range(count)]
+
+
+def _file(path: str, content: str, mode: str = "0755") -> File:
+    return {"path": path, "content": content, "mode": mode}
+
+
+def _script(name: str) -> File:
+    return _file(f"{OPT}/{name}", (provision_dir() / "linux" / name).read_text(encoding="utf-8"))
+
+
+def _software_script(spec: ClusterSpec) -> str:
+    installers = [posix_join([i.url, i.sha256, *i.args]) for i in spec.software.installers]
+    return render_template("linux/install-software.sh.j2", pip=posix_join(spec.software.pip),
+                           installers=installers)
+
+
+def _files(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[File]:
+    files = [_script(name) for name in (parts.node_env, *_SCRIPTS)]
+    files.append(_file(f"{OPT}/install-software.sh", _software_script(spec)))
+    if spec.scheduler == "slurm":
+        prolog = f"{OPT}/slurm-task-prolog.sh"
+        files += [_script("slurm-node.sh"),
+                  _file(prolog, (provision_dir() / "slurm" / "task-prolog.sh").read_text(encoding="utf-8")),
+                  _file(f"{OPT}/slurm.conf.in", render_template("linux/slurm.conf.j2", cluster=spec.name,
+                                                                 task_prolog=prolog), "0644")]
+    if head:
+        path = spec.shared_storage.path
+        # nodes and idle minutes come from the cloud's metadata at boot (cluster-files.sh): the user data stays the
+        # same whatever the node count, so resizing a cluster never changes (or replaces) its nodes' user data
+        config = {**runner_config(spec), "nodes": [], "idle_shutdown_minutes": None,
+                  "share_marker": root_file(path, SHARE_MARKER), "share_probe": SHARE_PROBE}
+        files += [_script(name) for name in (*_HEAD_SCRIPTS, *parts.head_scripts)]
+        files += [
+            _file(f"{OPT}/runner.base.json", runner_config_json(config), "0644"),
+            _file("/etc/systemd/system/mpicloud-runner.service", render_template(
+                "linux/mpicloud-runner.service.j2", user=spec.admin.username, root=runner_root(path)), "0644"),
+        ]
+    return files
+
+
+#: Debian 12 packages of the SDKs the node's bucketio.py runs on, by bucket kind (tested under /usr/bin/python3)
+OBJECT_SDK_PACKAGES = {"s3": "python3-boto3", "azure_blob": "python3-azure-storage"}
+
+
+def _packages(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[str]:
+    kind = spec.shared_storage.kind
+    storage = {("smb", True): ["samba"], ("smb", False): ["cifs-utils"],
+               ("nfs", True): ["nfs-kernel-server"], ("nfs", False): ["nfs-common"]}.get((kind, head), [])
+    pip = ["python3-pip"] if spec.software.pip else []
+    slurm = (["munge", "slurmd", "slurm-client", "libpmix-dev"] + (["slurmctld"] if head else [])) \
+        if spec.scheduler == "slurm" else []
+    # the storage SDK bucketio.py uses, where the runner moves objects (the head)
+    sdk = [OBJECT_SDK_PACKAGES[spec.bucket.kind]] if spec.bucket is not None and head else []
+    return [*_BASE_PACKAGES, *parts.packages, *storage, *pip, *slurm, *sdk, *spec.software.packages]
+
+
+def _commands(spec: ClusterSpec, index: int | None, ips: list[str], parts: CloudParts) -> list[Command]:
+    head = index == 0
+    user, shared = spec.admin.username, spec.shared_storage
+    commands: list[Command] = [["bash", f"{OPT}/{parts.node_env}"]]
+    if head and shared.kind != "local":
+        commands += [list(c) for c in parts.head_setup]
+    slurm = spec.scheduler == "slurm"
+    commands += [
+        ["bash", f"{OPT}/cluster-secrets.sh", "head" if head else "worker", user, *(["munge"] if slurm else [])],
+        ["bash", f"{OPT}/cluster-files.sh", "auto" if index is None else str(index), user, shared.path, *ips],
+    ]
+    if shared.kind != "local":
+        commands.append(["bash", f"{OPT}/shared-storage.sh", "server" if head else "client", "--kind", shared.kind,
+                         "--path", shared.path, "--user", user, "--password-file", SMB_PASSWORD_FILE,
+                         "--server", "node0", "--clients", parts.subnet_cidr])
+    if slurm:  # after the shared storage: jobs run in their work dirs there
+        commands.append(["bash", f"{OPT}/slurm-node.sh", "head" if head else "worker"])
+    commands.append(["bash", f"{OPT}/install-software.sh"])
+    if head:
+        commands += [*(list(c) for c in parts.runner_install), ["systemctl", "daemon-reload"],
+                     ["systemctl", "enable", "--now", "mpicloud-runner.service"]]
+    return commands
+
+
+def cloud_config(spec: ClusterSpec, index: int | None, ips: list[str], parts: CloudParts) -> str:
+    """The #cloud-config of node `index` (0 is the head node; None: any worker, which finds its index from its
+    private address at boot); contains no secret: node specifics come from the cloud's metadata (node_env)."""
+    if spec.os != "linux":
+        raise RenderError("cloud-init user data is for os linux")
+    if spec.shared_storage.kind == "local" and spec.node_count > 1:
+        raise RenderError("shared.kind local gives every node its own directory; use smb or nfs with nodes > 1")
+    if not re.match(r"^/[A-Za-z0-9._/-]*$", spec.shared_storage.path):
+        raise RenderError(f"shared.path {spec.shared_storage.path!r} must be an absolute path of plain characters")
+    head = index == 0
+    return render_template(
+        "linux/cloud-config.yaml.j2", index=index, user=spec.admin.username, create_user=parts.create_user,
+        packages=_packages(spec, head, parts), files=_files(spec, head, parts),
+        commands=_commands(spec, index, ips, parts))

@@ -1,0 +1,40 @@
+"""Every example spec validates, and renders what its target's nodes run at first boot (one per (cloud, os) pair)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mpicloud.render.bootstrap import RENDERERS, boot_files
+from mpicloud.spec import load_spec
+from mpicloud.spec.targets import TARGETS
+from tests.conftest import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = {"local.yaml": ("local", "linux"), "aws-linux.yaml": ("aws", "linux"),
+            "aws-windows.yaml": ("aws", "windows"), "azure-linux.yaml": ("azure", "linux"),
+            "azure-windows.yaml": ("azure", "windows")}
+
+
+def test_every_target_has_an_example_and_a_boot_renderer() -> None:
+    assert set(EXAMPLES.values()) == set(TARGETS)
+    assert {(t.cloud, t.bootstrap) for t in TARGETS.values()} == set(RENDERERS)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_validates_and_renders(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPICLOUD_ADMIN_PASSWORD", "not-in-any-file-42")
+    spec = load_spec(ROOT / "examples" / name)
+    assert (spec.cloud, spec.os) == EXAMPLES[name]
+    files = boot_files(spec)
+    assert files and all(text.strip() for text in files.values())
+    assert not any("not-in-any-file-42" in text for text in files.values())
+
+
+def test_validate_writes_the_boot_files(tmp_path: Path) -> None:
+    done = cli("validate", str(ROOT / "examples" / "azure-linux.yaml"), "--boot-files", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "idle shutdown after 60 minutes: the head node deallocates every VM" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node0.cloud-config.yaml", "worker.cloud-config.yaml"]
+    assert (tmp_path / "node0.cloud-config.yaml").read_text().startswith("#cloud-config\n")
