@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import tarfile
 from pathlib import Path
@@ -40,15 +41,30 @@ def runner_files(os_name: str = "linux") -> dict[str, bytes]:
     return {**{name: (folder / name).read_bytes() for name in names}, **protocol_files()}
 
 
-def runner_bundle(os_name: str = "linux") -> bytes:
-    """runner_files as one tar (deterministic: sorted, mtime 0, root-owned, mode 644): compressed whole, the
-    files share one dictionary, which keeps the Windows bootstrap inside Azure's userData limit."""
+def without_docstrings(source: bytes) -> bytes:
+    """Python source without comments and without the docstrings of functions and classes (the module's stays:
+    scripts print it as their usage); the code is otherwise the same syntax tree."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and \
+                    isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return (ast.unparse(tree) + "\n").encode()
+
+
+def runner_bundle(os_name: str = "linux", compact: bool = False) -> bytes:
+    """runner_files as one tar (deterministic: sorted, mtime 0, root-owned, mode 755): compressed whole, the files
+    share one dictionary. `compact`: Python files without_docstrings, which keeps the Windows bootstrap inside
+    Azure's 64 KiB userData."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in sorted(runner_files(os_name).items()):
+            body = without_docstrings(data) if compact and name.endswith(".py") else data
             info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
+            info.size, info.mode, info.mtime = len(body), 0o755, 0
+            tar.addfile(info, io.BytesIO(body))
     return buffer.getvalue()
 
 

@@ -96,7 +96,7 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
         object_sdks={"libs": q(OBJECT_LIBS), "pip_url": q(PIP.url), "pip_sha256": q(PIP.sha256),
                      "packages": " ".join(q(p) for p in OBJECT_SDKS)} if spec.bucket is not None else None,
         openssh_msi=_openssh_msi(spec),
-        runner_bundle=q(gzip_base64(runner_bundle("windows"))),
+        runner_bundle=q(gzip_base64(runner_bundle("windows", compact=True))),
         runner_config=q(_base_runner_config(spec)),
         stop_script=q(gzip_base64((windows / "stop-cluster.ps1").read_bytes())),
         start_script=q(gzip_base64((windows / "start-runner.ps1").read_bytes())))

@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 
-from mpicloud.assets import provision_dir, runner_files
+from mpicloud.assets import provision_dir, runner_files, without_docstrings
 from mpicloud.errors import RenderError
 from mpicloud.render import windows_bootstrap
 from mpicloud.render.azure import powershell
@@ -76,8 +76,8 @@ def test_script_embeds_the_runner_and_helpers_exactly(azure_spec: ClusterSpec) -
     with tarfile.open(fileobj=io.BytesIO(files["runner.tar"])) as tar:
         members = tar.getmembers()
         bundled = {m.name: tar.extractfile(m).read() for m in members}  # type: ignore[union-attr]
-    assert all(m.isfile() and m.mode == 0o644 for m in members)
-    assert bundled == runner_files("windows")
+    assert all(m.isfile() and m.mode == 0o755 and m.mtime == 0 for m in members)
+    assert bundled == {n: without_docstrings(d) if n.endswith(".py") else d for n, d in runner_files("windows").items()}
     assert "slurm_backend.py" not in bundled  # Linux only
     for name in ("start-runner.ps1", "stop-cluster.ps1"):
         assert files[name] == (provision_dir() / "windows" / name).read_bytes()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import io
 import json
 import subprocess
+import tarfile
 from pathlib import Path
 
-from mpicloud.assets import install_runner, runner_files
+from mpicloud.assets import install_runner, runner_bundle, runner_files
 from tests.runnerlib import NODE_PYTHON
 
 PROBE = """
@@ -47,3 +50,23 @@ def test_protocol_package_is_shipped_whole() -> None:
     for path in package.glob("*.py"):
         assert files[f"mpicloud/protocol/{path.name}"] == path.read_bytes()
     assert "mpicloud/__init__.py" in files
+
+
+def test_the_compact_bundle_is_the_same_program_and_runs(tmp_path: Path) -> None:
+    """Azure's userData carries the runner without function docstrings: the same syntax tree otherwise, and it
+    runs under the nodes' interpreter."""
+    with tarfile.open(fileobj=io.BytesIO(runner_bundle("linux", compact=True))) as tar:
+        tar.extractall(tmp_path / "opt", filter="data")
+    for name, data in runner_files().items():
+        if name.endswith(".py"):
+            compact = ast.parse((tmp_path / "opt" / name).read_bytes())
+            original = ast.parse(data)
+            for node in ast.walk(original):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and \
+                        ast.get_docstring(node, clean=False) is not None:
+                    node.body = node.body[1:] or [ast.Pass()]
+            assert ast.dump(compact) == ast.dump(original), name
+    (tmp_path / "root").mkdir()
+    done = subprocess.run([NODE_PYTHON, "-I", "-S", str(tmp_path / "opt" / "runner.py"), "list", "--root",
+                           str(tmp_path / "root")], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and json.loads(done.stdout) == [], done.stderr
