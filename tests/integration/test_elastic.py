@@ -109,5 +109,12 @@ def test_resize_grows_live_and_shrinking_drains_or_cancels_with_force(home: Path
         status = cli("status", "sizer")
         assert "nodes: 2 stopped, 1 up; min 1, max 1 (resized by hand" in status.stdout, status.stdout
         assert "node-hours since" in status.stdout
+        assert cli("stop", "sizer").returncode == 0
+        started = cli("start", "sizer")
+        assert started.returncode == 0, started.stderr
+        assert not _node_pids(cluster.record, "node1")  # a stopped node stays stopped across stop/start
+        again = Cluster.get("sizer")
+        after = again.submit(["hostname"]).wait(60)
+        assert after.state == "succeeded" and again.job(after.id).stdout() == "node0\n"
     finally:
         assert cli("stop", "sizer").returncode == 0
