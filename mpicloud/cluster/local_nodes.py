@@ -20,6 +20,7 @@ from mpicloud.cluster import local, registry
 from mpicloud.cluster.processes import MARKER, alive, matching_processes
 from mpicloud.cluster.registry import ClusterRecord, Node
 from mpicloud.errors import ClusterError
+from mpicloud.protocol.pool import MAX_NODES
 from mpicloud.render.templating import render_template
 
 
@@ -35,8 +36,8 @@ def _index(node: str) -> int:
     if not node.startswith("node") or not node[4:].isdigit() or node[4:] != str(int(node[4:])):
         raise ClusterError(f"{node!r} is not a node name of a local cluster (node1, node2, ...)")
     index = int(node[4:])
-    if not 1 <= index <= 255:
-        raise ClusterError(f"{node}: only node1 to node255 can be started or stopped (node0 is the head)")
+    if not 1 <= index <= MAX_NODES:
+        raise ClusterError(f"{node}: only node1 to node{MAX_NODES} can be started or stopped (node0 is the head)")
     return index
 
 

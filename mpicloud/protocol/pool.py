@@ -13,6 +13,8 @@ POOL_FILE, RESIZE_FILE = "nodes.json", "resize.json"
 #: a compute node's states: only `up` nodes take new jobs; `draining` ones finish theirs and then stop
 UP, STARTING, STOPPED, DRAINING, STOPPING = "up", "starting", "stopped", "draining", "stopping"
 NODE_STATES = (UP, STARTING, STOPPED, DRAINING, STOPPING)
+#: the most compute nodes a cluster may have (node1..node255 beside the head)
+MAX_NODES = 255
 
 
 def resize_request(nodes: int | None, force: bool) -> bytes:

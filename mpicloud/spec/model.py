@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from mpicloud.protocol.pool import MAX_NODES
+
 SPEC_VERSION = 3
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
@@ -295,8 +297,8 @@ class NodeRange(_Model):
     """An elastic cluster: a head node that holds the queue and runs no jobs, plus between `min` and `max`
     compute nodes, started when queued jobs need their cores and stopped when idle."""
 
-    min: int = Field(ge=0, le=255, description="compute nodes always up (0: none while the queue is empty)")
-    max: int = Field(ge=1, le=255, description="compute nodes at most")
+    min: int = Field(ge=0, le=MAX_NODES, description="compute nodes always up (0: none while the queue is empty)")
+    max: int = Field(ge=1, le=MAX_NODES, description="compute nodes at most")
 
     @model_validator(mode="after")
     def _ordered(self) -> NodeRange:

@@ -15,7 +15,7 @@ from typing import Any
 
 import autoscale
 
-from mpicloud.protocol.pool import DRAINING, POOL_FILE, RESIZE_FILE, STARTING, STOPPED, STOPPING, UP
+from mpicloud.protocol.pool import DRAINING, MAX_NODES, POOL_FILE, RESIZE_FILE, STARTING, STOPPED, STOPPING, UP
 
 #: the runner's kill points in the pool (MPICLOUD_RUNNER_CRASH_AT, for tests)
 POOL_CRASH_POINTS = ("pool.after_plan", "pool.after_resume", "pool.after_suspend")
@@ -46,6 +46,8 @@ class Pool:
     def _load(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
         try:
             data: dict[str, Any] = self.rt.read_json(self.path)
+            for entry in data["nodes"].values():  # idle times are not recorded on every pass: count them anew
+                entry["idle_since"] = self.rt.now()
         except (OSError, ValueError):
             at = self.rt.now()  # first start: every node runner.json lists is up (the cluster made them)
             data = {"version": 1, "started_at": at, "limits": None, "force": False,
@@ -100,10 +102,10 @@ class Pool:
     # -- one pass of the runner's loop
     def step(self, queued: list[int], used: dict[str, int]) -> None:
         """Finish actions, take a resize request, decide and act (each change recorded before it is acted on)."""
-        self._reap_actions()
-        self._take_resize()
         if not self.resume:
             return  # no node actions: a fixed cluster, nodes.json only counts its node-hours
+        self._reap_actions()
+        self._take_resize()
         at = self.rt.now()
         for name in self.names():
             entry = self.data["nodes"].get(name)
@@ -187,13 +189,19 @@ class Pool:
             return
         try:
             request = self.rt.read_json(request_file)
-        except (OSError, ValueError):
-            return  # being written: next pass
-        count = request.get("nodes")
-        self.data["limits"] = None if count is None else [int(count), int(count)]
-        self.data["force"] = bool(request.get("force"))
+        except OSError:
+            return  # next pass
+        except ValueError:
+            request = None
+        count = request.get("nodes") if isinstance(request, dict) else -1
+        if count is not None and not (type(count) is int and 0 <= count <= MAX_NODES):
+            request_file.unlink(missing_ok=True)
+            self.runner.log(f"resize: {count!r} is not a node count (0..{MAX_NODES}); request ignored")
+            return
+        self.data["limits"] = None if count is None else [count, count]
+        self.data["force"] = bool(request.get("force")) if isinstance(request, dict) else False
         self.save()
-        request_file.unlink(missing_ok=True)
+        request_file.unlink(missing_ok=True)  # after the save: a crash in between takes it again, the same way
         self.runner.log(f"resize: {'the spec limits' if count is None else f'{count} nodes'}"
                         f"{' (forced)' if self.data['force'] else ''}")
 

@@ -149,6 +149,22 @@ def test_forced_resize_cancels_with_the_reason(tmp_path: Path) -> None:
         stop(q)
 
 
+def test_a_hostile_resize_request_is_ignored_and_named(tmp_path: Path) -> None:
+    q = elastic(tmp_path)
+    q.serve()
+    try:
+        for text in ('{"nodes": -3}', '{"nodes": "2"}', "[1]", "{not json"):
+            (q.root / RESIZE_FILE).write_text(text)
+            wait_for(lambda: not (q.root / RESIZE_FILE).exists())
+        assert q.wait(job(q, 4))["state"] == "succeeded"  # the pool still works, with the spec's limits
+        assert not pool_status(q)["resized"]
+        log = q.log.read_text()
+        assert "resize: -3 is not a node count (0..255); request ignored" in log
+        assert "resize: '2' is not a node count" in log
+    finally:
+        stop(q)
+
+
 @pytest.mark.parametrize("point", nodepool.POOL_CRASH_POINTS)
 def test_runner_killed_at_each_pool_step_loses_nothing(tmp_path: Path, point: str) -> None:
     q = elastic(tmp_path)
