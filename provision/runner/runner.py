@@ -803,8 +803,7 @@ class Runner:
     def scale(self) -> None:
         """One pass of the elastic pool: start nodes for queued cores, drain and stop what is not needed."""
         if not self.pool.resume:
-            self.pool.step([], {})
-            return
+            return  # no node actions: a fixed size
         self.cores = {j: self.cores.get(j) or int(self.state(j)["cores"]) for j in self.queue}
         self.pool.step(list(self.cores.values()), self.busy())
 
