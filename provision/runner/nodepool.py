@@ -46,14 +46,34 @@ class Pool:
     def _load(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
         try:
             data: dict[str, Any] = self.rt.read_json(self.path)
-            for entry in data["nodes"].values():  # idle times are not recorded on every pass: count them anew
-                entry["idle_since"] = self.rt.now()
         except (OSError, ValueError):
             at = self.rt.now()  # first start: every node runner.json lists is up (the cluster made them)
-            data = {"version": 1, "started_at": at, "limits": None, "force": False,
-                    "nodes": {str(n["name"]): self._entry(UP, at) for n in nodes}}
+            data = {"version": 1, "started_at": at, "limits": None, "force": False, "head_seconds": 0.0,
+                    "head_since": at, "nodes": {str(n["name"]): self._entry(UP, at) for n in nodes}}
+            self.rt.write_json(self.path, data)
+        at = self.rt.now()
+        for entry in data["nodes"].values():  # idle times are not recorded on every pass: count them anew
+            entry["idle_since"] = at
+            if data.get("paused") and entry["state"] in (UP, DRAINING):
+                entry["up_since"] = at
+        if data.pop("paused", False):
+            data["head_since"] = at
             self.rt.write_json(self.path, data)
         return data
+
+    def pause(self) -> None:
+        """The runner stops on purpose (the cluster stops): up-time stops counting until the next start."""
+        at = self.rt.now()
+        for entry in self.data["nodes"].values():
+            if entry["up_since"] is not None:
+                entry["up_seconds"] += at - entry["up_since"]
+                entry["up_since"] = None
+        self.data.update(head_seconds=self._head_seconds(at), head_since=None, paused=True)
+        self.save()
+
+    def _head_seconds(self, at: float) -> float:
+        since = self.data.get("head_since", self.data["started_at"])
+        return float(self.data.get("head_seconds", 0.0)) + (at - float(since) if since is not None else 0.0)
 
     @staticmethod
     def _entry(state: str, at: float) -> dict[str, Any]:
@@ -227,7 +247,7 @@ class Pool:
         nodes = {n: self.state(n) for n in self.names()}
         compute = sum(e["up_seconds"] + (at - e["up_since"] if e["up_since"] is not None else 0.0)
                       for n, e in self.data["nodes"].items() if n != self.head)
-        head = at - float(self.data["started_at"])  # the head is up as long as the cluster
+        head = self._head_seconds(at)  # the head is up as long as the cluster
         limits = self.limits()
         return {"pool": {"nodes": nodes, "min": limits.min_nodes, "max": limits.max_nodes,
                          "resized": self.data["limits"] is not None, "resizable": bool(self.resume),

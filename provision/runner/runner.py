@@ -1364,6 +1364,9 @@ class FixedPool:
     def step(self, queued: list[int], used: dict[str, int]) -> None:
         """Nothing to decide."""
 
+    def pause(self) -> None:
+        """Nothing counted."""
+
     def status(self) -> dict[str, Any]:
         return {}
 
@@ -1556,6 +1559,7 @@ def main(argv: list[str]) -> int:
     runner = Runner(root)
     reason = runner.serve()
     with contextlib.suppress(OSError):
+        runner.pool.pause()  # stopped on purpose: the cluster stops, its node-hours stop counting
         runner.write_status()
     runner.log(f"runner stopped: {reason}")
     if reason == "idle shutdown":

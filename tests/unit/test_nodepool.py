@@ -187,3 +187,24 @@ def stop(q: LocalQueue) -> None:
         q.stop()
     except subprocess.TimeoutExpired:
         q.kill()
+
+
+def test_node_hours_stop_counting_while_the_runner_is_stopped_on_purpose(tmp_path: Path) -> None:
+    q = elastic(tmp_path, idle_minutes=60)
+    q.serve()
+    try:
+        assert q.wait(job(q, 2))["state"] == "succeeded"  # n1 is up now, and stays up (idle limit 60 min)
+    finally:
+        stop(q)
+    record = json.loads((q.root / nodepool.POOL_FILE).read_text())
+    assert record["paused"] and record["head_since"] is None and record["nodes"]["n1"]["up_since"] is None
+    before = pool_status(q)["node_hours"]
+    time.sleep(3.0)  # the cluster is stopped: not counted
+    q.serve()
+    try:
+        wait_for(lambda: pool_status(q)["nodes"] == {"n1": "up", "n2": "stopped"}
+                 and float(json.loads((q.root / "status.json").read_text())["heartbeat"]) > time.time() - 1)
+        after = pool_status(q)["node_hours"]
+        assert after - before < 2.5 / 3600  # head and n1 counted only since the restart, not the 3 s stopped
+    finally:
+        stop(q)
