@@ -57,8 +57,10 @@ def _ensure(record: ClusterRecord, node: str) -> Node:
     if not local._port_free(made.host, made.port):
         raise ClusterError(f"cannot add {node}: port {made.port} on {made.host} is taken by another process")
     line = local.node_files(record, made)
-    with open(record.dir / "known_hosts_nodes", "a", encoding="utf-8") as hosts:
-        hosts.write(line)
+    known_hosts = record.dir / "known_hosts_nodes"
+    if line not in known_hosts.read_text(encoding="utf-8").splitlines(keepends=True):  # once, also after a crash
+        with open(known_hosts, "a", encoding="utf-8") as hosts:
+            hosts.write(line)
     record.nodes = sorted([*record.nodes, made], key=lambda n: _index(n.name) if n.name != head.name else 0)
     ssh_config = Path(record.local["ssh_config"])
     tmp = ssh_config.with_name(f".{ssh_config.name}.tmp")
