@@ -78,7 +78,7 @@ def start_node(name: str, node: str) -> None:
     with _locked(name) as record:
         _check(record)
         made = _ensure(record, node)
-        if not _node_pids(record, node):
+        if not node_pids(record, node):
             local._spawn_sshd(record, made, record.local["cluster_id"])
     local._wait_ready(record, nodes=[made])
 
@@ -89,21 +89,21 @@ def stop_node(name: str, node: str, grace: float = 3.0) -> None:
     with _locked(name) as record:
         _check(record)
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-            pids = _node_pids(record, node)
+            pids = node_pids(record, node)
             for pid in pids:
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     continue
             deadline = time.monotonic() + wait
-            while _node_pids(record, node) and time.monotonic() < deadline:
+            while node_pids(record, node) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        left = _node_pids(record, node)
+        left = node_pids(record, node)
         if left:
             raise ClusterError(f"{node}: processes {', '.join(map(str, left))} would not stop")
 
 
-def _node_pids(record: ClusterRecord, node: str) -> list[int]:
+def node_pids(record: ClusterRecord, node: str) -> list[int]:
     """The node's sshd, everything below it, and its sessions' processes (their environment names the cluster
     and the node)."""
     markers = {f"{MARKER}={record.local['cluster_id']}".encode(), f"MPICLOUD_NODE={node}".encode()}
