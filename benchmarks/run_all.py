@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from benchmarks import bucket_bench, cli_bench, logs_bench, memory_bench, queue_bench, transfer_bench, wan_bench
+from benchmarks import (
+    bucket_bench,
+    cli_bench,
+    elastic_bench,
+    logs_bench,
+    memory_bench,
+    queue_bench,
+    transfer_bench,
+    wan_bench,
+)
 
 
 def main() -> None:
@@ -20,6 +29,8 @@ def main() -> None:
     logs_bench.main()
     print("== bucket (node object client vs SDKs) ==", flush=True)
     bucket_bench.main()
+    print("== elastic (node start, node-hours) ==", flush=True)
+    elastic_bench.main()
 
 
 if __name__ == "__main__":

@@ -208,10 +208,13 @@ def _start_node(spec: ClusterSpec, record: ClusterRecord, node: Node, cluster_id
 
 
 def node_files(record: ClusterRecord, node: Node) -> str:
-    """Write a node's sshd config and host key and pin the key; return its line for the nodes' known_hosts."""
+    """Write a node's sshd config and host key (kept when it has one: a node made again after an interrupted
+    start keeps its identity) and pin the key; return its line for the nodes' known_hosts."""
     node_dir = record.dir / node.name
     host_key = node_dir / "ssh_host_ed25519_key"
-    public = generate_keypair(host_key, f"{node.name}@{record.name}").split()[:2]
+    kept = host_key.with_name(host_key.name + ".pub")
+    public = (kept.read_text(encoding="utf-8") if host_key.exists() and kept.exists()
+              else generate_keypair(host_key, f"{node.name}@{record.name}")).split()[:2]
     config = node_dir / "sshd_config"
     config.write_text(render_template(
         "local/sshd_config.j2", node=node.name, address=node.host, port=node.port, host_key=host_key,

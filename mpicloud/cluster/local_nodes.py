@@ -20,6 +20,7 @@ from mpicloud.cluster import local, registry
 from mpicloud.cluster.processes import MARKER, alive, matching_processes
 from mpicloud.cluster.registry import ClusterRecord, Node
 from mpicloud.errors import ClusterError
+from mpicloud.protocol.pool import MAX_NODES
 from mpicloud.render.templating import render_template
 
 
@@ -35,8 +36,8 @@ def _index(node: str) -> int:
     if not node.startswith("node") or not node[4:].isdigit() or node[4:] != str(int(node[4:])):
         raise ClusterError(f"{node!r} is not a node name of a local cluster (node1, node2, ...)")
     index = int(node[4:])
-    if not 1 <= index <= 255:
-        raise ClusterError(f"{node}: only node1 to node255 can be started or stopped (node0 is the head)")
+    if not 1 <= index <= MAX_NODES:
+        raise ClusterError(f"{node}: only node1 to node{MAX_NODES} can be started or stopped (node0 is the head)")
     return index
 
 
@@ -56,8 +57,10 @@ def _ensure(record: ClusterRecord, node: str) -> Node:
     if not local._port_free(made.host, made.port):
         raise ClusterError(f"cannot add {node}: port {made.port} on {made.host} is taken by another process")
     line = local.node_files(record, made)
-    with open(record.dir / "known_hosts_nodes", "a", encoding="utf-8") as hosts:
-        hosts.write(line)
+    known_hosts = record.dir / "known_hosts_nodes"
+    if line not in known_hosts.read_text(encoding="utf-8").splitlines(keepends=True):  # once, also after a crash
+        with open(known_hosts, "a", encoding="utf-8") as hosts:
+            hosts.write(line)
     record.nodes = sorted([*record.nodes, made], key=lambda n: _index(n.name) if n.name != head.name else 0)
     ssh_config = Path(record.local["ssh_config"])
     tmp = ssh_config.with_name(f".{ssh_config.name}.tmp")
@@ -75,7 +78,7 @@ def start_node(name: str, node: str) -> None:
     with _locked(name) as record:
         _check(record)
         made = _ensure(record, node)
-        if not _node_pids(record, node):
+        if not node_pids(record, node):
             local._spawn_sshd(record, made, record.local["cluster_id"])
     local._wait_ready(record, nodes=[made])
 
@@ -86,21 +89,21 @@ def stop_node(name: str, node: str, grace: float = 3.0) -> None:
     with _locked(name) as record:
         _check(record)
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-            pids = _node_pids(record, node)
+            pids = node_pids(record, node)
             for pid in pids:
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     continue
             deadline = time.monotonic() + wait
-            while _node_pids(record, node) and time.monotonic() < deadline:
+            while node_pids(record, node) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        left = _node_pids(record, node)
+        left = node_pids(record, node)
         if left:
             raise ClusterError(f"{node}: processes {', '.join(map(str, left))} would not stop")
 
 
-def _node_pids(record: ClusterRecord, node: str) -> list[int]:
+def node_pids(record: ClusterRecord, node: str) -> list[int]:
     """The node's sshd, everything below it, and its sessions' processes (their environment names the cluster
     and the node)."""
     markers = {f"{MARKER}={record.local['cluster_id']}".encode(), f"MPICLOUD_NODE={node}".encode()}

@@ -8,10 +8,7 @@ from typing import Any
 
 from mpicloud.errors import JobError
 from mpicloud.jobs.remote import QueueHandle
-from mpicloud.protocol.pool import RESIZE_FILE, STOPPED, UP, resize_request
-
-#: the most compute nodes a cluster may have (node1..node255 beside the head)
-MAX_NODES = 255
+from mpicloud.protocol.pool import MAX_NODES, RESIZE_FILE, STOPPED, UP, resize_request
 
 
 def pool_status(queue: QueueHandle) -> dict[str, Any]:

@@ -13,6 +13,12 @@ POOL_FILE, RESIZE_FILE = "nodes.json", "resize.json"
 #: a compute node's states: only `up` nodes take new jobs; `draining` ones finish theirs and then stop
 UP, STARTING, STOPPED, DRAINING, STOPPING = "up", "starting", "stopped", "draining", "stopping"
 NODE_STATES = (UP, STARTING, STOPPED, DRAINING, STOPPING)
+#: the most compute nodes a cluster may have (node1..node255 beside the head)
+MAX_NODES = 255
+#: AWS: the tags on a cluster's instances (the head's node actions find and may touch only these)
+CLUSTER_TAG, NODE_TAG = "mpicloud:cluster", "mpicloud:node"
+#: Azure Resource Manager's compute API version, for the templates and the head's node actions alike
+AZURE_COMPUTE_API = "2024-11-01"
 
 
 def resize_request(nodes: int | None, force: bool) -> bytes:

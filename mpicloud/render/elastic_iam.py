@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: the tag every node of a cluster carries (ec2_nodes.CLUSTER_TAG on the node side)
-CLUSTER_TAG = "mpicloud:cluster"
+from mpicloud.protocol.pool import CLUSTER_TAG
 
 
 def node_actions_policy(cluster: str, region: str, account: str, launch_template_id: str, node_role_arn: str,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from mpicloud.protocol.pool import MAX_NODES
 from mpicloud.spec.sizes import azure_rdma, efa_capable
 from mpicloud.spec.targets import Target, target
 from mpicloud.spec.targets import platform as os_platform
@@ -310,8 +311,8 @@ class NodeRange(_Model):
     """An elastic cluster: a head node that holds the queue and runs no jobs, plus between `min` and `max`
     compute nodes, started when queued jobs need their cores and stopped when idle."""
 
-    min: int = Field(ge=0, le=255, description="compute nodes always up (0: none while the queue is empty)")
-    max: int = Field(ge=1, le=255, description="compute nodes at most")
+    min: int = Field(ge=0, le=MAX_NODES, description="compute nodes always up (0: none while the queue is empty)")
+    max: int = Field(ge=1, le=MAX_NODES, description="compute nodes at most")
 
     @model_validator(mode="after")
     def _ordered(self) -> NodeRange:

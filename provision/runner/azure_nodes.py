@@ -19,8 +19,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-#: Resource Manager's compute API version (the same as render.azure.COMPUTE_API, checked by a test)
-COMPUTE_API = "2024-11-01"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the protocol package installed beside this file
+from mpicloud.protocol.pool import AZURE_COMPUTE_API as COMPUTE_API
+
 IMDS = "http://169.254.169.254/metadata"
 
 

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-CLUSTER_TAG, NODE_TAG = "mpicloud:cluster", "mpicloud:node"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the protocol package installed beside this file
+from mpicloud.protocol.pool import CLUSTER_TAG, NODE_TAG
+
 LIVE = ("pending", "running", "stopping", "stopped")
 
 

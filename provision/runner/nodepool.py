@@ -15,7 +15,7 @@ from typing import Any
 
 import autoscale
 
-from mpicloud.protocol.pool import DRAINING, POOL_FILE, RESIZE_FILE, STARTING, STOPPED, STOPPING, UP
+from mpicloud.protocol.pool import DRAINING, MAX_NODES, POOL_FILE, RESIZE_FILE, STARTING, STOPPED, STOPPING, UP
 
 #: the runner's kill points in the pool (MPICLOUD_RUNNER_CRASH_AT, for tests)
 POOL_CRASH_POINTS = ("pool.after_plan", "pool.after_resume", "pool.after_suspend")
@@ -48,10 +48,32 @@ class Pool:
             data: dict[str, Any] = self.rt.read_json(self.path)
         except (OSError, ValueError):
             at = self.rt.now()  # first start: every node runner.json lists is up (the cluster made them)
-            data = {"version": 1, "started_at": at, "limits": None, "force": False,
-                    "nodes": {str(n["name"]): self._entry(UP, at) for n in nodes}}
+            data = {"version": 1, "started_at": at, "limits": None, "force": False, "head_seconds": 0.0,
+                    "head_since": at, "nodes": {str(n["name"]): self._entry(UP, at) for n in nodes}}
+            self.rt.write_json(self.path, data)
+        at = self.rt.now()
+        for entry in data["nodes"].values():  # idle times are not recorded on every pass: count them anew
+            entry["idle_since"] = at
+            if data.get("paused") and entry["state"] in (UP, DRAINING):
+                entry["up_since"] = at
+        if data.pop("paused", False):
+            data["head_since"] = at
             self.rt.write_json(self.path, data)
         return data
+
+    def pause(self) -> None:
+        """The runner stops on purpose (the cluster stops): up-time stops counting until the next start."""
+        at = self.rt.now()
+        for entry in self.data["nodes"].values():
+            if entry["up_since"] is not None:
+                entry["up_seconds"] += at - entry["up_since"]
+                entry["up_since"] = None
+        self.data.update(head_seconds=self._head_seconds(at), head_since=None, paused=True)
+        self.save()
+
+    def _head_seconds(self, at: float) -> float:
+        since = self.data.get("head_since", self.data["started_at"])
+        return float(self.data.get("head_seconds", 0.0)) + (at - float(since) if since is not None else 0.0)
 
     @staticmethod
     def _entry(state: str, at: float) -> dict[str, Any]:
@@ -100,10 +122,10 @@ class Pool:
     # -- one pass of the runner's loop
     def step(self, queued: list[int], used: dict[str, int]) -> None:
         """Finish actions, take a resize request, decide and act (each change recorded before it is acted on)."""
-        self._reap_actions()
-        self._take_resize()
         if not self.resume:
             return  # no node actions: a fixed cluster, nodes.json only counts its node-hours
+        self._reap_actions()
+        self._take_resize()
         at = self.rt.now()
         for name in self.names():
             entry = self.data["nodes"].get(name)
@@ -187,13 +209,19 @@ class Pool:
             return
         try:
             request = self.rt.read_json(request_file)
-        except (OSError, ValueError):
-            return  # being written: next pass
-        count = request.get("nodes")
-        self.data["limits"] = None if count is None else [int(count), int(count)]
-        self.data["force"] = bool(request.get("force"))
+        except OSError:
+            return  # next pass
+        except ValueError:
+            request = None
+        count = request.get("nodes") if isinstance(request, dict) else -1
+        if count is not None and not (type(count) is int and 0 <= count <= MAX_NODES):
+            request_file.unlink(missing_ok=True)
+            self.runner.log(f"resize: {count!r} is not a node count (0..{MAX_NODES}); request ignored")
+            return
+        self.data["limits"] = None if count is None else [count, count]
+        self.data["force"] = bool(request.get("force")) if isinstance(request, dict) else False
         self.save()
-        request_file.unlink(missing_ok=True)
+        request_file.unlink(missing_ok=True)  # after the save: a crash in between takes it again, the same way
         self.runner.log(f"resize: {'the spec limits' if count is None else f'{count} nodes'}"
                         f"{' (forced)' if self.data['force'] else ''}")
 
@@ -219,7 +247,7 @@ class Pool:
         nodes = {n: self.state(n) for n in self.names()}
         compute = sum(e["up_seconds"] + (at - e["up_since"] if e["up_since"] is not None else 0.0)
                       for n, e in self.data["nodes"].items() if n != self.head)
-        head = at - float(self.data["started_at"])  # the head is up as long as the cluster
+        head = self._head_seconds(at)  # the head is up as long as the cluster
         limits = self.limits()
         return {"pool": {"nodes": nodes, "min": limits.min_nodes, "max": limits.max_nodes,
                          "resized": self.data["limits"] is not None, "resizable": bool(self.resume),

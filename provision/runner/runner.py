@@ -856,8 +856,7 @@ class Runner:
     def scale(self) -> None:
         """One pass of the elastic pool: start nodes for queued cores, drain and stop what is not needed."""
         if not self.pool.resume:
-            self.pool.step([], {})
-            return
+            return  # no node actions: a fixed size
         self.cores = {j: self.cores.get(j) or int(self.state(j)["cores"]) for j in self.queue}
         self.pool.step(list(self.cores.values()), self.busy())
 
@@ -1432,6 +1431,9 @@ class FixedPool:
     def step(self, queued: list[int], used: dict[str, int]) -> None:
         """Nothing to decide."""
 
+    def pause(self) -> None:
+        """Nothing counted."""
+
     def status(self) -> dict[str, Any]:
         return {}
 
@@ -1672,6 +1674,7 @@ def main(argv: list[str]) -> int:
     runner = Runner(root)
     reason = runner.serve()
     with contextlib.suppress(OSError):
+        runner.pool.pause()  # stopped on purpose: the cluster stops, its node-hours stop counting
         runner.write_status()
     runner.log(f"runner stopped: {reason}")
     if reason == "idle shutdown":

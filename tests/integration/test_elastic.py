@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from mpicloud.api import Cluster
-from mpicloud.cluster.local_nodes import _node_pids
+from mpicloud.cluster.local_nodes import node_pids
 from tests.conftest import cli
 
 #: per job: the node it ran on (hostname: each loopback node has its own), its id into its work dir, a pause
@@ -67,7 +67,7 @@ def test_a_burst_takes_min0_max4_from_0_to_4_nodes_and_back_every_job_once_in_or
         assert ran_on == [state["hosts"][0][0]]  # ran once, on the first node of its allocation
         assert (root / "jobs" / job.id / "work" / "out.txt").read_text() == f"{job.id}\n"
         assert all(host != "node0" for host, _ in state["hosts"])  # the head holds the queue, runs no jobs
-    assert not any(_node_pids(cluster.record, f"node{i}") for i in range(1, 5))
+    assert not any(node_pids(cluster.record, f"node{i}") for i in range(1, 5))
     hours = json.loads((root / "status.json").read_text())["pool"]["node_hours"]
     assert 0 < hours < 0.2
 
@@ -96,7 +96,7 @@ def test_resize_grows_live_and_shrinking_drains_or_cancels_with_force(home: Path
         assert long.info().state == "succeeded"
         assert (root / "jobs" / long.id / "work" / "out.txt").read_text() == "finished\n"
         assert shrunk["nodes"] == {"node0": "up", "node1": "stopped", "node2": "stopped"}
-        assert not _node_pids(cluster.record, "node1") and not _node_pids(cluster.record, "node2")
+        assert not node_pids(cluster.record, "node1") and not node_pids(cluster.record, "node2")
         cluster.resize(2)
         stuck = cluster.submit(["sleep", "300"], cores=2)
         while stuck.info().state != "running":
@@ -109,5 +109,12 @@ def test_resize_grows_live_and_shrinking_drains_or_cancels_with_force(home: Path
         status = cli("status", "sizer")
         assert "nodes: 2 stopped, 1 up; min 1, max 1 (resized by hand" in status.stdout, status.stdout
         assert "node-hours since" in status.stdout
+        assert cli("stop", "sizer").returncode == 0
+        started = cli("start", "sizer")
+        assert started.returncode == 0, started.stderr
+        assert not node_pids(cluster.record, "node1")  # a stopped node stays stopped across stop/start
+        again = Cluster.get("sizer")
+        after = again.submit(["hostname"]).wait(60)
+        assert after.state == "succeeded" and again.job(after.id).stdout() == "node0\n"
     finally:
         assert cli("stop", "sizer").returncode == 0

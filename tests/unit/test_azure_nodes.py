@@ -10,6 +10,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,16 +117,18 @@ def test_a_wrong_token_or_version_is_an_error_not_a_silent_success(settings: dic
     assert FakeAzure.state["power"] == "deallocated"
 
 
-def test_the_api_version_is_the_renderers() -> None:
-    assert azure_nodes.COMPUTE_API == COMPUTE_API
-
-
-def test_it_runs_on_the_nodes_python_with_the_standard_library_only() -> None:
+def test_it_runs_on_the_nodes_python_with_the_standard_library_only(tmp_path: Path) -> None:
+    """Installed beside the runner and its protocol package (as a node has them), under the nodes' Python."""
+    import shutil
     import subprocess
 
+    from mpicloud.assets import install_runner
     from tests.runnerlib import NODE_PYTHON, RUNNER
 
-    probe = f"import sys; sys.path.insert(0, {str(RUNNER.parent)!r}); import azure_nodes"
+    install_runner(tmp_path)
+    shutil.copy(RUNNER.with_name("azure_nodes.py"), tmp_path)
+    probe = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import azure_nodes; print(azure_nodes.COMPUTE_API)"
     done = subprocess.run([NODE_PYTHON, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == COMPUTE_API

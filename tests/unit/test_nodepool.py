@@ -149,6 +149,22 @@ def test_forced_resize_cancels_with_the_reason(tmp_path: Path) -> None:
         stop(q)
 
 
+def test_a_hostile_resize_request_is_ignored_and_named(tmp_path: Path) -> None:
+    q = elastic(tmp_path)
+    q.serve()
+    try:
+        for text in ('{"nodes": -3}', '{"nodes": "2"}', "[1]", "{not json"):
+            (q.root / RESIZE_FILE).write_text(text)
+            wait_for(lambda: not (q.root / RESIZE_FILE).exists())
+        assert q.wait(job(q, 4))["state"] == "succeeded"  # the pool still works, with the spec's limits
+        assert not pool_status(q)["resized"]
+        log = q.log.read_text()
+        assert "resize: -3 is not a node count (0..255); request ignored" in log
+        assert "resize: '2' is not a node count" in log
+    finally:
+        stop(q)
+
+
 @pytest.mark.parametrize("point", nodepool.POOL_CRASH_POINTS)
 def test_runner_killed_at_each_pool_step_loses_nothing(tmp_path: Path, point: str) -> None:
     q = elastic(tmp_path)
@@ -171,3 +187,24 @@ def stop(q: LocalQueue) -> None:
         q.stop()
     except subprocess.TimeoutExpired:
         q.kill()
+
+
+def test_node_hours_stop_counting_while_the_runner_is_stopped_on_purpose(tmp_path: Path) -> None:
+    q = elastic(tmp_path, idle_minutes=60)
+    q.serve()
+    try:
+        assert q.wait(job(q, 2))["state"] == "succeeded"  # n1 is up now, and stays up (idle limit 60 min)
+    finally:
+        stop(q)
+    record = json.loads((q.root / nodepool.POOL_FILE).read_text())
+    assert record["paused"] and record["head_since"] is None and record["nodes"]["n1"]["up_since"] is None
+    before = pool_status(q)["node_hours"]
+    time.sleep(3.0)  # the cluster is stopped: not counted
+    q.serve()
+    try:
+        wait_for(lambda: pool_status(q)["nodes"] == {"n1": "up", "n2": "stopped"}
+                 and float(json.loads((q.root / "status.json").read_text())["heartbeat"]) > time.time() - 1)
+        after = pool_status(q)["node_hours"]
+        assert after - before < 2.5 / 3600  # head and n1 counted only since the restart, not the 3 s stopped
+    finally:
+        stop(q)

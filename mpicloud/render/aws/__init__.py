@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from mpicloud.protocol.pool import CLUSTER_TAG
 from mpicloud.spec.model import ClusterSpec
 
 SSH_PORT = 22
@@ -42,7 +43,7 @@ def idle_tag(spec: ClusterSpec) -> str:
 
 def cluster_tags(spec: ClusterSpec) -> dict[str, str]:
     """Tags on every taggable resource: the spec's own plus the cluster name."""
-    return {**spec.tags, "mpicloud:cluster": spec.name}
+    return {**spec.tags, CLUSTER_TAG: spec.name}
 
 
 #: what the node role may do with the deployment's key (SSM SecureString put and get)

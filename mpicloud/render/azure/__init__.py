@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass
 
 from mpicloud.errors import RenderError
+from mpicloud.protocol.pool import AZURE_COMPUTE_API
 from mpicloud.spec.model import ClusterSpec
 
-COMPUTE_API = "2024-11-01"
+COMPUTE_API = AZURE_COMPUTE_API  # the head's node actions call the same version
 NETWORK_API = "2024-05-01"
 AUTHORIZATION_API = "2022-04-01"
 IMAGE_PUBLISHER = "MicrosoftWindowsServer"
