@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import logs_bench, queue_bench, transfer_bench
+from benchmarks import bucket_bench, logs_bench, queue_bench, transfer_bench
 
 
 def main() -> None:
@@ -12,6 +12,8 @@ def main() -> None:
     transfer_bench.main()
     print("== logs ==", flush=True)
     logs_bench.main()
+    print("== bucket (node object client vs SDKs) ==", flush=True)
+    bucket_bench.main()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, submit
 from mpicloud.jobs.transfer import Progress, Summary
 from mpicloud.render.awsconfig import AwsFiles
+from mpicloud.secret import Secret
 from mpicloud.spec import ClusterSpec, load_spec
 from mpicloud.transport.ssh import close_cluster
 
@@ -178,6 +179,10 @@ class Cluster:
     def install_bucket_profile(self, files: AwsFiles) -> list[str]:
         """Deliver the bucket profile (render.awsconfig.aws_files) to the cluster for s3:// inputs and outputs."""
         return bucket.install_profile(self.queue, files)
+
+    def install_blob_config(self, config: Secret) -> str:
+        """Deliver the Azure Blob access (render.blobaccess.blob_config) to the cluster for az:// URLs."""
+        return bucket.install_blob_config(self.queue, config)
 
     def status(self) -> dict[str, Any]:
         """Runner status: slots, queue length, idle time, heartbeat; for a stopped local cluster, state

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 
@@ -15,7 +17,7 @@ def provision_dir() -> Path:
 
 
 #: the cluster-side scripts in provision/runner, installed side by side on every node that runs jobs
-RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "slurm_backend.py")
+RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "s3store.py", "blobstore.py", "slurm_backend.py")
 #: the ones Windows nodes never run (scheduler: slurm is Linux only), left out of the Windows bootstrap
 LINUX_ONLY = ("slurm_backend.py",)
 
@@ -34,6 +36,18 @@ def runner_files(os_name: str = "linux") -> dict[str, bytes]:
     folder = provision_dir() / "runner"
     names = [n for n in RUNNER_SCRIPTS if os_name == "linux" or n not in LINUX_ONLY]
     return {**{name: (folder / name).read_bytes() for name in names}, **protocol_files()}
+
+
+def runner_bundle(os_name: str = "linux") -> bytes:
+    """runner_files as one tar (deterministic: sorted, mtime 0, root-owned, mode 644): compressed whole, the
+    files share one dictionary, which keeps the Windows bootstrap inside Azure's userData limit."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in sorted(runner_files(os_name).items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def install_runner(dest: Path) -> Path:

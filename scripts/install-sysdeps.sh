@@ -3,16 +3,25 @@
 set -euo pipefail
 want=(openssh-server openssh-client openmpi-bin libopenmpi-dev samba smbclient cifs-utils squid dante-server
       pigz pbzip2 zstd iproute2 procps util-linux cloud-init
-      slurmctld slurmd slurm-client munge libpmix-dev)
+      slurmctld slurmd slurm-client munge libpmix-dev
+      python3-boto3 python3-azure-storage nodejs)
+#: the Azure Storage emulator the tests run (npm), pinned
+AZURITE=azurite@3.35.0
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+command -v npm >/dev/null || missing+=(npm)  # nodejs from NodeSource brings its own npm
+need_azurite=$(command -v azurite-blob >/dev/null || echo yes)
+[ ${#missing[@]} -eq 0 ] && [ -z "$need_azurite" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
-  echo "missing Debian packages: ${missing[*]}" >&2
-  echo "install them with: sudo apt-get install ${missing[*]}" >&2
+  echo "missing Debian packages: ${missing[*]}${need_azurite:+ and the npm package $AZURITE}" >&2
+  echo "install them with: sudo apt-get install ${missing[*]}${need_azurite:+; sudo npm install -g $AZURITE}" >&2
   exit 1
+fi
+if [ ${#missing[@]} -eq 0 ]; then
+  npm install -g --no-fund --no-audit "$AZURITE"
+  exit 0
 fi
 echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
@@ -35,3 +44,4 @@ done
 for pidfile in /run/munge/munged.pid /run/slurmctld.pid /run/slurmd.pid; do
   [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
 done
+[ -z "$need_azurite" ] || npm install -g --no-fund --no-audit "$AZURITE"

@@ -56,6 +56,7 @@ class MpiCluster(pulumi.ComponentResource):
                 spec.name, ip or "N0-public-IP", spec.admin.username, spec.slots_per_node,
                 spec.admin.password.env if spec.admin.password else None)),
             "password_only": spec.password_only,
+            "head_principal_id": self.nodes.head_principal,
             "host_key_fingerprints": self._host_keys(),
         }
 

@@ -11,9 +11,10 @@ from pulumi_azure_native import authorization, compute, keyvault, network
 from azure_mpi import linux
 from azure_mpi.linux import ARM_ENDPOINT
 from azure_mpi.network import NetworkArgs, public_ip
-from mpicloud.render import azure, windows_bootstrap
+from mpicloud.render import azure, blobaccess, windows_bootstrap
 from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec
+from mpicloud.spec.model import BlobContainer
 
 
 @dataclass
@@ -91,7 +92,7 @@ def _windows_inputs(name: str, index: int, args: NodesArgs, script: str) -> dict
     spec = args.spec
     patch = spec.azure_options.patch_mode
     identity = compute.VirtualMachineIdentityArgs(type="SystemAssigned") \
-        if index == 0 and spec.idle_shutdown_minutes else None
+        if index == 0 and (spec.idle_shutdown_minutes or spec.blob_identity) else None
     return dict(
         tags=azure.tags(spec), identity=identity, user_data=powershell.user_data(script),
         os_profile=compute.OSProfileArgs(
@@ -148,14 +149,33 @@ class Nodes(pulumi.ComponentResource):
         self.vault = linux.vault(spec, args.resource_group_name, args.location, args.subnet_id, child) \
             if linux_nodes else None
         self.nodes = [Node(n, i, args, self.ppg, script, self.vault, child) for i, n in enumerate(spec.node_names)]
+        self.head_principal = self.nodes[0].vm.identity.apply(
+            lambda identity: identity.principal_id if identity else "")
         self.deallocate_roles: list[authorization.RoleAssignment] = []
         if spec.idle_shutdown_minutes:
             self._grant_deallocate(args, child)
+        if spec.blob_identity and spec.blob_container and spec.blob_container.resource_group:
+            self._grant_blob(spec.blob_container, child)
         self.register_outputs({"names": [n.vm.name for n in self.nodes]})
+
+    def _grant_blob(self, container: BlobContainer, opts: pulumi.ResourceOptions) -> None:
+        """The head's two ABAC-conditioned assignments on the customer's container (render.blobaccess)."""
+        subscription = authorization.get_client_config_output().subscription_id
+        scope = subscription.apply(lambda sub: blobaccess.container_scope(
+            sub, container.resource_group or "", container.account, container.container))
+        for assignment in blobaccess.role_assignments(container):
+            role = assignment["role"]
+            authorization.RoleAssignment(
+                f"{self.nodes[0].node_name}-blob-{blobaccess.ROLE_PREFIX[role]}", scope=scope,
+                role_definition_id=subscription.apply(
+                    lambda sub, r=role: f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{r}"),
+                principal_type="ServicePrincipal", principal_id=self.head_principal,
+                condition=assignment["condition"], condition_version=blobaccess.CONDITION_VERSION,
+                description=f"mpicloud: the {blobaccess.ROLE_PREFIX[role]} prefix of the cluster's container only",
+                opts=opts)
 
     def _grant_deallocate(self, args: NodesArgs, opts: pulumi.ResourceOptions) -> None:
         """A custom role (read + deallocate VMs only) for N0's identity, assigned on each VM of the cluster."""
-        head = self.nodes[0].vm
         group = authorization.get_client_config_output().subscription_id.apply(
             lambda sub: f"/subscriptions/{sub}/resourceGroups/")
         scope = pulumi.Output.concat(group, args.resource_group_name)
@@ -170,6 +190,6 @@ class Nodes(pulumi.ComponentResource):
             authorization.RoleAssignment(
                 f"{node.node_name}-deallocate", scope=node.vm.id, role_definition_id=self.role.id,
                 principal_type="ServicePrincipal",
-                principal_id=head.identity.apply(lambda identity: identity.principal_id if identity else ""),
+                principal_id=self.head_principal,
                 description="mpicloud: the head node deallocates the cluster when idle", opts=opts)
             for node in self.nodes]

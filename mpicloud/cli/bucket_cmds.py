@@ -12,6 +12,7 @@ import typer
 from mpicloud.api import Cluster
 from mpicloud.cli.app import app, out
 from mpicloud.errors import MpicloudError
+from mpicloud.render import blobaccess
 from mpicloud.render.awsconfig import AccessKey, AwsFiles, aws_files
 from mpicloud.render.iam import iam_documents
 from mpicloud.secret import secret_from_env
@@ -84,9 +85,28 @@ def bucket_install(
     name: Annotated[str, typer.Argument(help="registered cluster")],
     spec: Annotated[Path, typer.Argument(help="cluster spec with a bucket: section")],
     access_key_id_env: KeyIdEnv = None, secret_access_key_env: SecretEnv = None, on_ec2: OnEc2 = None,
+    sas_env: Annotated[str | None, typer.Option(help="azure_blob: env var holding a container SAS")] = None,
+    account_key_env: Annotated[str | None, typer.Option(
+        help="azure_blob: env var holding the storage account key; a container SAS (read, list, create, write; "
+             "no delete) is made from it here and only the SAS goes to the cluster")] = None,
+    days: Annotated[float, typer.Option(help="azure_blob with --account-key-env: the SAS's lifetime")] = 7,
 ) -> None:
-    """Render the bucket profile and deliver it to the cluster (mode 600) for s3:// inputs/outputs and jobs."""
-    files = _files(load_spec(spec), access_key_id_env, secret_access_key_env, on_ec2)
-    paths = Cluster.get(name).install_bucket_profile(files)
-    out.print(f"bucket profile installed on {name}: {', '.join(paths)} (jobs see AWS_PROFILE=mpicloud)",
+    """Deliver bucket access to the cluster (mode 600): the AWS profile for s3:// URLs, or the container SAS for
+    az:// URLs; jobs and the runner use it."""
+    loaded = load_spec(spec)
+    container = loaded.blob_container
+    if container is None:
+        files = _files(loaded, access_key_id_env, secret_access_key_env, on_ec2)
+        paths = Cluster.get(name).install_bucket_profile(files)
+        out.print(f"bucket profile installed on {name}: {', '.join(paths)} (jobs see AWS_PROFILE=mpicloud)",
+                  markup=False)
+        return
+    if bool(sas_env) == bool(account_key_env):
+        raise MpicloudError("an azure_blob bucket needs --sas-env or --account-key-env (one of them)")
+    if sas_env:
+        sas = secret_from_env(sas_env, "container SAS")
+    else:
+        sas = blobaccess.container_sas(container, secret_from_env(account_key_env or "", "storage account key"), days)
+    path = Cluster.get(name).install_blob_config(blobaccess.blob_config(container, sas))
+    out.print(f"blob access installed on {name}: {path} (az://{container.account}/{container.container}/)",
               markup=False)

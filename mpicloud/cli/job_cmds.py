@@ -29,10 +29,12 @@ def submit(
     command: Annotated[list[str], typer.Argument(help="the command, after --")],
     cores: Annotated[int, typer.Option(help="cores (MPI ranks) for the job")] = 1,
     mpi: Annotated[bool, typer.Option("--mpi", help="wrap with mpirun/mpiexec and a per-job hostfile")] = False,
-    inputs: Annotated[list[str] | None, typer.Option("--input", help="file, dir, archive or s3:// URL")] = None,
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--input", help="file, dir, archive or object URL (s3://, az://)")] = None,
     label: Annotated[str | None, typer.Option("--name", help="a label for the job")] = None,
     post: Annotated[str | None, typer.Option(help="command run after the main one (exit code kept apart)")] = None,
-    output_to: Annotated[str | None, typer.Option(help="s3://bucket/prefix/ the cluster uploads outputs to")] = None,
+    output_to: Annotated[str | None, typer.Option(
+        help="s3://bucket/prefix/ or az://account/container/prefix/ the cluster uploads outputs to")] = None,
     job_id: Annotated[str | None, typer.Option("--id", help="your own job id: a retry with the same id returns "
                                                             "the existing job instead of queueing it again")] = None,
     no_unpack: Annotated[bool, typer.Option("--no-unpack", help="keep .zip/.tar* inputs as files")] = False,

@@ -171,7 +171,9 @@ def _create(spec: ClusterSpec, directory: Path, cluster_id: str) -> ClusterRecor
     install_runner(directory / "runner")
     stop = [*local_ns.host_prefix(record), "env", f"MPICLOUD_HOME={registry.home()}", sys.executable, "-m",
             "mpicloud.cli", "stop", spec.name, "--reason", "idle shutdown"]
-    config = runner_config(spec, stop, slurm_env=local_ns.session_env(record))
+    # local nodes are no cloud VMs: the AWS SDKs must not ask for an instance role (169.254.169.254)
+    config = runner_config(spec, stop, env={"AWS_EC2_METADATA_DISABLED": "true"},
+                           slurm_env=local_ns.session_env(record))
     (shared / ".mpicloud" / "runner.json").write_text(runner_config_json(config))
     record.save()
     known_nodes: list[str] = []

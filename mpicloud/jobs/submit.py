@@ -16,6 +16,7 @@ from pathlib import Path
 from mpicloud.errors import JobError, TransportError
 from mpicloud.jobs import transfer
 from mpicloud.jobs.remote import QueueHandle
+from mpicloud.protocol import objects
 from mpicloud.protocol.jobs import JOB_FILE, JOB_VERSION, QUEUE, SPOOL, STORE, InputEntry, JobDoc
 from mpicloud.protocol.transfer import upload_mark
 from mpicloud.transport.base import Stream
@@ -76,13 +77,13 @@ def _local_files(item: Path) -> list[tuple[Path, str]]:
     return [(item, item.name)]
 
 
-S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S*$")
-
-
-def check_s3_url(url: str, what: str) -> None:
-    """An s3://bucket/key-or-prefix URL, or a JobError naming the option."""
-    if not S3_URL.match(url):
-        raise JobError(f"{what} {url!r} is not an s3://bucket/key URL (e.g. s3://my-data/output/run1/)")
+def object_url(url: str, what: str) -> str:
+    """An object URL (s3://, az:// or an https blob URL) in the form the cluster reads, or a JobError naming
+    the option."""
+    try:
+        return str(objects.parse(url))
+    except objects.BadObjectURL as exc:
+        raise JobError(f"{what}: {exc}") from None
 
 
 def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path], on_event: InputEvent | None = None,
@@ -92,10 +93,10 @@ def upload_inputs(queue: QueueHandle, inputs: Sequence[str | Path], on_event: In
     entries: list[InputEntry] = []
     for raw in inputs:
         text = str(raw)
-        if text.startswith("s3://"):
-            name = text.rstrip("/").rsplit("/", 1)[-1]
-            entries.append({"source": "s3", "url": text, "name": name,
-                            "unpack": unpack and name.lower().endswith(ARCHIVES)})
+        if objects.is_object_url(text):
+            url = objects.parse(text)
+            entries.append({"source": "object", "url": str(url), "name": url.name,
+                            "unpack": unpack and url.name.lower().endswith(ARCHIVES)})
             continue
         item = Path(text)
         if not item.exists() or not os.access(item, os.R_OK):
@@ -181,9 +182,10 @@ def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None 
         raise JobError("no command given: put it after `--`, e.g. `mpicloud submit NAME -- hostname`")
     if request.cores < 1:
         raise JobError(f"--cores must be at least 1, not {request.cores}")
-    for url, what in [(str(i), "--input") for i in request.inputs if str(i).startswith("s3:")] + \
-            ([(request.output_to, "--output-to")] if request.output_to else []):
-        check_s3_url(url, what)
+    for item in request.inputs:
+        if objects.is_object_url(str(item)) or str(item).startswith(("s3:", "az:")):
+            object_url(str(item), "--input")
+    output_to = object_url(request.output_to, "--output-to") if request.output_to else None
     if job_id is not None:
         check_job_id(job_id)
     queue.prepare()
@@ -196,7 +198,7 @@ def submit(queue: QueueHandle, request: JobRequest, on_event: InputEvent | None 
     job_id = job_id or new_job_id()
     job: JobDoc = {"version": JOB_VERSION, "id": job_id, "name": request.name, "argv": request.argv,
                    "cores": request.cores, "mpi": request.mpi, "inputs": inputs, "post": request.post,
-                   "env": request.env, "output_to": request.output_to, "sweep": request.sweep,
+                   "env": request.env, "output_to": output_to, "sweep": request.sweep,
                    "submitted_at": time.time()}
     spool = queue.path(SPOOL, job_id)
     queue.transport.makedirs(spool)

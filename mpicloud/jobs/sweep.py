@@ -20,6 +20,7 @@ from mpicloud.errors import JobError
 from mpicloud.jobs import query
 from mpicloud.jobs.remote import QueueHandle
 from mpicloud.jobs.submit import InputEvent, JobRequest, new_job_id, submit, upload_inputs
+from mpicloud.protocol import objects
 from mpicloud.protocol.jobs import SWEEPS, TERMINAL, JobState
 from mpicloud.render.quoting import UnquotableValue, batch_quote, posix_quote, powershell_quote, python_quote
 
@@ -29,7 +30,9 @@ INTERPRETERS = {".sh": ["sh"], ".bash": ["bash"], ".py": ["python3"], ".ps1": ["
 #: how a value is written into a script of each language: as one literal word or string, never as code
 QUOTERS: dict[str, Callable[[str], str]] = {".sh": posix_quote, ".bash": posix_quote, ".py": python_quote,
                                             ".ps1": powershell_quote, ".bat": batch_quote, ".cmd": batch_quote}
-RESERVED = {"cores", "name", "s3_input", "s3_output"}
+RESERVED = {"cores", "name", "s3_input", "s3_output", "input_url", "output_url"}
+#: the columns naming a run's bucket input and output: (S3 only, any object URL)
+URL_COLUMNS = {"input": ("s3_input", "input_url"), "output": ("s3_output", "output_url")}
 
 
 class Raw(str):
@@ -58,8 +61,8 @@ class Run:
     values: dict[str, str]
     script: str
     cores: int
-    s3_input: str | None
-    s3_output: str | None
+    input_url: str | None
+    output_url: str | None
 
 
 def read_runs(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
@@ -119,12 +122,27 @@ def plan(csv_path: Path, template_path: Path, cores_per_run: int = 1) -> list[Ru
         cores = values.get("cores") or str(cores_per_run)
         if not cores.isdigit() or int(cores) < 1:
             raise JobError(f"{csv_path}:{line}: cores must be a whole number >= 1, not {cores!r}")
-        for column in ("s3_input", "s3_output"):
-            if values.get(column) and not values[column].startswith("s3://"):
-                raise JobError(f"{csv_path}:{line}: {column} must be an s3:// URL, not {values[column]!r}")
+        urls = {role: _row_url(values, csv_path, line, *columns) for role, columns in URL_COLUMNS.items()}
         runs.append(Run(line=line, values=values, script=script, cores=int(cores),
-                        s3_input=values.get("s3_input") or None, s3_output=values.get("s3_output") or None))
+                        input_url=urls["input"], output_url=urls["output"]))
     return runs
+
+
+def _row_url(values: dict[str, str], csv_path: Path, line: int, s3_column: str, any_column: str) -> str | None:
+    """The row's URL from its S3-only column or its any-store column (not both), checked; None when empty."""
+    given = [(c, values[c]) for c in (s3_column, any_column) if values.get(c)]
+    if len(given) > 1:
+        raise JobError(f"{csv_path}:{line}: give {s3_column} or {any_column}, not both")
+    if not given:
+        return None
+    column, text = given[0]
+    try:
+        url = objects.parse(text)
+    except objects.BadObjectURL as exc:
+        raise JobError(f"{csv_path}:{line}: {column}: {exc}") from None
+    if column == s3_column and url.scheme != "s3":
+        raise JobError(f"{csv_path}:{line}: {column} must be an s3:// URL, not {text!r} (use {any_column})")
+    return str(url)
 
 
 def script_command(template_path: Path) -> tuple[str, list[str]]:
@@ -153,7 +171,7 @@ def submit_sweep(queue: QueueHandle, csv_path: Path, template_path: Path, cores_
     queue.transport.write_bytes(queue.path(SWEEPS, f"{sweep_id}.json"), json.dumps(record, indent=1).encode())
     for run, job_id in zip(runs, job_ids, strict=True):
         request = JobRequest(argv=argv, cores=run.cores, name=f"{record['name']}:{run.line}", sweep=sweep_id,
-                             inputs=[run.s3_input] if run.s3_input else [], output_to=run.s3_output,
+                             inputs=[run.input_url] if run.input_url else [], output_to=run.output_url,
                              extra_files={script_name: run.script.encode()})
         submit(queue, request, job_id=job_id, preuploaded=[*shared_inputs,
                {"source": "jobdir", "name": script_name, "unpack": False}])

@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any, TypedDict
 
 #: the job.json format the client writes and the runner reads (older ones are upgraded by the runner)
-JOB_VERSION = 2
+JOB_VERSION = 3
 
 #: directories under the runner root: submissions being written, submitted, accepted, input objects, sweeps
 SPOOL, QUEUE, JOBS, STORE, SWEEPS = "spool", "queue", "jobs", "store", "sweeps"
@@ -42,7 +42,7 @@ class InputEntry(TypedDict, total=False):
     """One input of a job, staged into its work dir in order: from the store (by SHA-256), a bucket or the job
     dir (v1); archives with `unpack` are overlaid; `mode` (permission bits) and `mtime` (ns) as uploaded."""
 
-    source: str  # "store" | "s3" | "jobdir"
+    source: str  # "store" | "object" (an s3:// or az:// URL) | "jobdir"
     name: str
     sha256: str
     url: str
@@ -107,7 +107,14 @@ def _v1_to_v2(job: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-UPGRADES = {1: _v1_to_v2}
+def _v2_to_v3(job: dict[str, Any]) -> dict[str, Any]:
+    """v2: object inputs were S3 only (source "s3"); v3 names any object URL (source "object")."""
+    job["inputs"] = [{**item, "source": "object"} if item.get("source") == "s3" else item
+                     for item in job.get("inputs", [])]
+    return job
+
+
+UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def upgrade_job(job: dict[str, Any]) -> dict[str, Any]:

@@ -165,8 +165,8 @@ def _vm(spec: ClusterSpec) -> Json:
         depends.append(ppg)
     return {**_base("Microsoft.Compute/virtualMachines", azure.COMPUTE_API, f"[{NODE}]"), "copy": _loop("vms"),
             "dependsOn": depends, "properties": props,
-            "identity": {"type": f"[if(and(equals(copyIndex(), 0), greater({_p('idleShutdownMinutes')}, 0)), "
-                                 "'SystemAssigned', 'None')]"}}
+            # the head's identity: deallocation when idle (role below), the customer's Blob container (blob-access.json)
+            "identity": {"type": "[if(equals(copyIndex(), 0), 'SystemAssigned', 'None')]"}}
 
 
 def _command(script: str) -> str:
@@ -245,6 +245,7 @@ def compute(spec: ClusterSpec) -> list[Json]:
 def outputs(spec: ClusterSpec) -> Json:
     """Addresses and how to connect; never a secret."""
     head_ip = f"format('{{0}}-N0-ip', {_p('clusterName')})"
+    head = f"format('{{0}}-N0', {_p('clusterName')})"
     ip = f"reference({_rid('Microsoft.Network/publicIPAddresses', head_ip)}).ipAddress"
     nic = f"reference({_rid('Microsoft.Network/networkInterfaces', _node('-nic'))})"
     user = _p("adminUsername")
@@ -254,6 +255,8 @@ def outputs(spec: ClusterSpec) -> Json:
         "privateIps": {"type": "array", "copy": {"count": f"[{_p('nodeCount')}]",
                                                  "input": f"[{nic}.ipConfigurations[0].properties.privateIPAddress]"}},
         "adminUsername": {"type": "string", "value": f"[{user}]"},
+        "headPrincipalId": {"type": "string", "value": f"[reference({_rid('Microsoft.Compute/virtualMachines', head)}, "
+                                                       f"'{azure.COMPUTE_API}', 'full').identity.principalId]"},
         "sshCommand": {"type": "string", "value": f"[concat('ssh ', {user}, '@', {ip})]"},
         "attachCommand": {"type": "string", "value": (
             f"[format({_lit(spec.target.attach_command('{0}', '{1}', '{2}', '{3}', PASSWORD_ENV))}, "

@@ -99,6 +99,10 @@ def _files(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[File]:
     return files
 
 
+#: Debian 12 packages of the SDKs the node's bucketio.py runs on, by bucket kind (tested under /usr/bin/python3)
+OBJECT_SDK_PACKAGES = {"s3": "python3-boto3", "azure_blob": "python3-azure-storage"}
+
+
 def _packages(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[str]:
     kind = spec.shared_storage.kind
     storage = {("smb", True): ["samba"], ("smb", False): ["cifs-utils"],
@@ -106,7 +110,9 @@ def _packages(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[str]:
     pip = ["python3-pip"] if spec.software.pip else []
     slurm = (["munge", "slurmd", "slurm-client", "libpmix-dev"] + (["slurmctld"] if head else [])) \
         if spec.scheduler == "slurm" else []
-    return [*_BASE_PACKAGES, *parts.packages, *storage, *pip, *slurm, *spec.software.packages]
+    # the storage SDK bucketio.py uses, where the runner moves objects (the head)
+    sdk = [OBJECT_SDK_PACKAGES[spec.bucket.kind]] if spec.bucket is not None and head else []
+    return [*_BASE_PACKAGES, *parts.packages, *storage, *pip, *slurm, *sdk, *spec.software.packages]
 
 
 def _commands(spec: ClusterSpec, index: int | None, ips: list[str], parts: CloudParts) -> list[Command]:

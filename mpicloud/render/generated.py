@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mpicloud.render import arm, cfn_bucket
+from mpicloud.render import arm, blobaccess, cfn_bucket
 from mpicloud.render.aws.cfn_windows import windows_template_json
 from mpicloud.render.azure import arm_linux
 from mpicloud.render.cloudformation import cluster_template_json, efa_template_json
@@ -14,6 +14,7 @@ from mpicloud.render.cloudformation import cluster_template_json, efa_template_j
 #: relative path under the repository root -> zero-argument renderer returning the file's text
 GENERATED: dict[str, Callable[[], str]] = {
     "templates/arm/azuredeploy.json": arm.azuredeploy_json,
+    "templates/arm/blob-access.json": blobaccess.blob_access_json,
     "templates/arm/createUiDefinition.json": arm.create_ui_definition_json,
     "templates/arm/linux/azuredeploy.json": arm_linux.azuredeploy_json,
     "templates/arm/linux/createUiDefinition.json": arm_linux.create_ui_definition_json,

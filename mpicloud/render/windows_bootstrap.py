@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from mpicloud.assets import provision_dir, runner_files
+from mpicloud.assets import provision_dir, runner_bundle
 from mpicloud.errors import RenderError
 from mpicloud.render.cloud_config import node_addresses
 from mpicloud.render.quoting import powershell_quote
@@ -42,7 +42,14 @@ PYTHON = Download("3.12.10", "https://www.python.org/ftp/python/3.12.10/python-3
 #: fails closed (Get-Verified refuses the download)
 OPENSSH_MSI = Download("8.9.1.0", "https://github.com/PowerShell/Win32-OpenSSH/releases/download/v8.9.1.0p1-Beta/"
                        "OpenSSH-Win64-v8.9.1.0.msi", "f4b9808d0fa29bfc50feb4bd4611ee852458638480dc63ad97380b10abd9aa39")
+#: pip itself (a wheel runs as `python pip.whl/pip`), for the storage SDKs below; the embeddable Python has no pip
+PIP = Download("24.3.1", "https://files.pythonhosted.org/packages/py3/p/pip/pip-24.3.1-py3-none-any.whl",
+               "3790624780082365f47549d032f3770eeb2b1e8bd1f7b2e02dace1afa361b4ed")
+#: the SDKs the node's bucketio.py moves objects with, installed (wheels only) when the spec has a bucket
+OBJECT_SDKS = ("boto3==1.35.99", "azure-storage-blob==12.24.0", "azure-identity==1.19.0")
 DATA_DIR = WINDOWS.install_dir
+#: where those SDKs go (pip --target); the runner passes it to bucketio.py as MPICLOUD_OBJECT_LIBS
+OBJECT_LIBS = f"{DATA_DIR}\\objlibs"
 SHARE_NAME = "shared"
 LAUNCH_PORT = 8677
 def _installers(spec: ClusterSpec) -> list[dict[str, str]]:
@@ -62,7 +69,9 @@ def _base_runner_config(spec: ClusterSpec) -> str:
     marker = {"path": root_file(spec.shared_storage.path, SAVECREDS_MARKER),
               "reason": "MS-MPI credentials are not saved and verified yet (mpiexec -savecreds, then a run without "
                         "-pwd; see C:\\ProgramData\\mpicloud\\runner-task.log on N0)"}
-    return runner_config_json({**config, "nodes": [], "idle_shutdown_minutes": None, "require_files": [marker]})
+    libs = {"object_libs": OBJECT_LIBS} if spec.bucket is not None else {}
+    return runner_config_json({**config, "nodes": [], "idle_shutdown_minutes": None, "require_files": [marker],
+                               **libs})
 
 
 def bootstrap_ps1(spec: ClusterSpec) -> str:
@@ -82,8 +91,10 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
         node_prefix=q(spec.target.platform.node_prefix), msmpi_version=MSMPI.version, msmpi_url=q(MSMPI.url),
         msmpi_sha256=q(MSMPI.sha256), python_version=PYTHON.version, python_url=q(PYTHON.url),
         python_sha256=q(PYTHON.sha256), launch_port=LAUNCH_PORT, installers=_installers(spec),
+        object_sdks={"libs": q(OBJECT_LIBS), "pip_url": q(PIP.url), "pip_sha256": q(PIP.sha256),
+                     "packages": " ".join(q(p) for p in OBJECT_SDKS)} if spec.bucket is not None else None,
         openssh_msi=_openssh_msi(spec),
-        runner_files=[(q(n), q(gzip_base64(data))) for n, data in runner_files("windows").items()],
+        runner_bundle=q(gzip_base64(runner_bundle("windows"))),
         runner_config=q(_base_runner_config(spec)),
         stop_script=q(gzip_base64((windows / "stop-cluster.ps1").read_bytes())),
         start_script=q(gzip_base64((windows / "start-runner.ps1").read_bytes())))

@@ -127,24 +127,33 @@ class Software(_Model):
         return values
 
 
-def _key_prefix(value: str) -> str:
-    if not value or value.startswith("/") or "*" in value or "\\" in value or ".." in value.split("/"):
-        raise ValueError("must be a key prefix such as 'input/' (no leading '/', no '*', '\\' or '..')")
-    return value if value.endswith("/") else value + "/"
+class _Prefixes(_Model):
+    """The customer's storage as the cluster sees it: objects under input_prefix read-only, under
+    output_prefix read-write, nothing else."""
+
+    input_prefix: str = "input/"
+    output_prefix: str = "output/"
+
+    @field_validator("input_prefix", "output_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or any(c in value for c in "*\\'\"") or ".." in value.split("/"):
+            raise ValueError("must be a key prefix such as 'input/' (no leading '/', no '*', '\\', quotes or '..')")
+        return value if value.endswith("/") else value + "/"
+
+    @model_validator(mode="after")
+    def _prefixes_disjoint(self) -> _Prefixes:
+        a, b = self.input_prefix, self.output_prefix
+        if a.startswith(b) or b.startswith(a):
+            raise ValueError("input_prefix and output_prefix must not contain one another")
+        return self
 
 
-def _disjoint(a: str, b: str) -> None:
-    if a.startswith(b) or b.startswith(a):
-        raise ValueError("input_prefix and output_prefix must not contain one another")
-
-
-class Bucket(_Model):
-    """The customer's own S3 bucket: inputs read-only, outputs read-write."""
+class Bucket(_Prefixes):
+    """The customer's own S3 bucket."""
 
     kind: Literal["s3"] = "s3"
     name: str
-    input_prefix: str = "input/"
-    output_prefix: str = "output/"
     region: str | None = None
     grant: Literal["instance_role", "iam_user", "cross_account_role"] | None = None
     kms_key_arn: str | None = None
@@ -162,11 +171,6 @@ class Bucket(_Model):
             raise ValueError("must be a valid S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
         return value
 
-    @field_validator("input_prefix", "output_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        return _key_prefix(value)
-
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
@@ -175,8 +179,7 @@ class Bucket(_Model):
         return value
 
     @model_validator(mode="after")
-    def _prefixes_disjoint(self) -> Bucket:
-        _disjoint(self.input_prefix, self.output_prefix)
+    def _cross_account(self) -> Bucket:
         if self.grant == "cross_account_role" and not (
                 self.external_id and (self.trusted_account_id or self.trusted_principal_arn)):
             raise ValueError("grant cross_account_role needs external_id and trusted_account_id "
@@ -184,21 +187,21 @@ class Bucket(_Model):
         return self
 
 
-class BlobContainer(_Model):
-    """The customer's own Azure Blob Storage container: blobs under the input prefix read-only, under the
-    output prefix read-write."""
+class BlobContainer(_Prefixes):
+    """The customer's own Azure Blob Storage container."""
 
     kind: Literal["azure_blob"]
     account: str = Field(description="storage account name")
     container: str
-    input_prefix: str = "input/"
-    output_prefix: str = "output/"
     grant: Literal["managed_identity", "sas"] | None = Field(
         default=None, description="managed_identity (Azure clusters; ABAC-scoped role assignments) or sas "
                                   "(a container SAS installed with `mpicloud bucket install`)")
     endpoint_url: str | None = Field(
         default=None, description="blob endpoint (emulators such as Azurite: http://127.0.0.1:10000/ACCOUNT); "
                                   "default https://ACCOUNT.blob.core.windows.net")
+    resource_group: str | None = Field(
+        default=None, description="managed_identity with Pulumi: the storage account's resource group (same "
+                                  "subscription); the program then creates the role assignments itself")
 
     @field_validator("account")
     @classmethod
@@ -214,11 +217,6 @@ class BlobContainer(_Model):
             raise ValueError("must be a container name (3-63 lower-case letters, digits and single '-')")
         return value
 
-    @field_validator("input_prefix", "output_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        return _key_prefix(value)
-
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
@@ -226,11 +224,6 @@ class BlobContainer(_Model):
             raise ValueError("must be a URL such as http://127.0.0.1:10000/devstoreaccount1 (scheme, host and "
                              "at most the account as path)")
         return value.rstrip("/") if value else value
-
-    @model_validator(mode="after")
-    def _prefixes_disjoint(self) -> BlobContainer:
-        _disjoint(self.input_prefix, self.output_prefix)
-        return self
 
 
 def _storage_kind(value: Any) -> str:
@@ -370,6 +363,10 @@ class ClusterSpec(_Model):
                 if not _IMDS_TAG_KEY.match(key) or key in (".", "..", "_index"):
                     raise ValueError(f"tags: key {key!r} is not allowed on AWS instances that expose tags over "
                                      "instance metadata (letters, digits and + - = . , _ : @ only; no spaces or /)")
+        if self.blob_container is not None and self.blob_container.grant == "managed_identity" \
+                and self.cloud != "azure":
+            raise ValueError(f"bucket.grant: managed_identity needs cloud: azure (a {self.cloud} node has no Azure "
+                             "identity); use grant: sas")
         self._scheduler_supported()
         return self
 
@@ -448,6 +445,11 @@ class ClusterSpec(_Model):
     def blob_container(self) -> BlobContainer | None:
         """The container when the customer's storage is Azure Blob."""
         return self.bucket if isinstance(self.bucket, BlobContainer) else None
+
+    @property
+    def blob_identity(self) -> bool:
+        """The head node's managed identity reads and writes the customer's Blob container."""
+        return self.blob_container is not None and self.bucket_grant == "managed_identity"
 
     @property
     def node_names(self) -> list[str]:

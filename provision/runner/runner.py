@@ -44,6 +44,7 @@ from typing import Any, Protocol
 # an isolated interpreter (-I, or Windows' embeddable Python with its ._pth file) leaves the script's own
 # directory off sys.path: the protocol package installed beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mpicloud.protocol import objects
 from mpicloud.protocol.jobs import (
     CANCEL_FILE,
     JOB_FILE,
@@ -58,6 +59,7 @@ from mpicloud.protocol.jobs import (
     TERMINAL,
     upgrade_job,
 )
+from mpicloud.protocol.objects import BLOB_CONFIG
 from mpicloud.protocol.paths import UnsafePath, check_name, safe_join
 
 RUNNER_VERSION = 2
@@ -74,7 +76,7 @@ HEARTBEAT_STALE = 5.0
 STOP_GRACE = 5.0
 SIGKILL = getattr(signal, "SIGKILL", 9)  # Windows' signal module has none (taskkill /F is used there)
 WINDOWS = os.name == "nt"
-#: the cluster-side S3 client for s3:// inputs and --output-to, installed beside this file
+#: the cluster-side object client (S3, Azure Blob) for URL inputs and --output-to, installed beside this file
 BUCKETIO = Path(__file__).with_name("bucketio.py")
 #: what one log stream of a job may take on the shared disk (runner.json `log_limit_bytes`; a job may ask for
 #: less with MPICLOUD_LOG_LIMIT): its first half and its last half are kept
@@ -417,8 +419,8 @@ def stage_inputs(root: Path, jobdir: Path, job: dict[str, Any], work: Path, env:
     directory input arrives as a folder of the same name (its files' names are `DIR/...`)."""
     for item in job["inputs"]:
         source = item.get("source", "store")
-        if source == "s3":
-            path = _s3_get(item["url"], jobdir / ".inputs", env)
+        if source == "object":
+            path = _object_get(item["url"], jobdir / ".inputs", env)
         elif source == "store":
             path = _named(root / STORE / item["sha256"], item["name"], jobdir / ".inputs")
         else:
@@ -464,14 +466,14 @@ def _named(path: Path, name: str, folder: Path) -> Path:
     return link
 
 
-def _s3_get(url: str, folder: Path, env: dict[str, str]) -> Path:
-    """Download one object with the node's own credentials (bucketio.py beside this file)."""
+def _object_get(url: str, folder: Path, env: dict[str, str]) -> Path:
+    """Download one object or prefix with the node's own credentials (bucketio.py beside this file)."""
     folder.mkdir(exist_ok=True)
     result = subprocess.run([sys.executable, str(BUCKETIO), "get", url, str(folder)], env=env,
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(result.stderr.strip() or f"download of {url} failed")
-    return folder / url.rstrip("/").rsplit("/", 1)[-1]
+    return folder / objects.parse(url).name
 
 
 def job_env(root: Path, jobdir: Path, job: dict[str, Any], hosts: list[tuple[str, int]],
@@ -491,6 +493,10 @@ def job_env(root: Path, jobdir: Path, job: dict[str, Any], hosts: list[tuple[str
         env.setdefault("AWS_CONFIG_FILE", str(aws / "config"))
         env.setdefault("AWS_SHARED_CREDENTIALS_FILE", str(aws / "credentials"))
         env.setdefault("AWS_PROFILE", "mpicloud")
+    if (root / BLOB_CONFIG).is_file():  # the container SAS installed by `mpicloud bucket install`
+        env.setdefault("MPICLOUD_BLOB_CONFIG", str(root / BLOB_CONFIG))
+    if config.get("object_libs"):  # the storage SDKs, where the node's Python lacks them (Windows)
+        env.setdefault("MPICLOUD_OBJECT_LIBS", str(config["object_libs"]))
     return env
 
 
@@ -565,13 +571,24 @@ def run_job(root: Path, job_id: str, launch: str) -> int:
     if job.get("post") and not (jobdir / CANCEL_FILE).exists():
         result["post_exit_code"], _ = _run(list(job["post"]), work, env, post, post, limit)
     if job.get("output_to") and not (jobdir / CANCEL_FILE).exists():
-        with open(jobdir / "post.log", "ab") as log:
-            code = subprocess.run([sys.executable, str(BUCKETIO), "put", str(work), job["output_to"], "--skip",
-                                  str(jobdir / "inputs.json")], env=env,
-                                  stdout=log, stderr=log, check=False).returncode
-        if code != 0 and result["exit_code"] == 0:
-            result.update(exit_code=1, reason=f"upload to {job['output_to']} failed (see post.log)")
+        problem = push_outputs(work, job["output_to"], jobdir, env)
+        if problem and result["exit_code"] == 0:
+            result.update(exit_code=1, reason=f"upload to {job['output_to']} failed: {problem} (see post.log)")
     return _finish(jobdir, result)
+
+
+def push_outputs(work: Path, url: str, jobdir: Path, env: dict[str, str]) -> str | None:
+    """Upload the files the job created or changed (bucketio.py put); the failure's last line, or None. Its
+    output and errors go to post.log."""
+    with open(jobdir / "post.log", "ab") as log:
+        done = subprocess.run([sys.executable, str(BUCKETIO), "put", str(work), url, "--skip",
+                               str(jobdir / "inputs.json")], env=env, stdout=log, stderr=subprocess.PIPE,
+                              check=False)
+        log.write(done.stderr)
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.decode(errors="replace").strip().splitlines()
+    return lines[-1].removeprefix("bucketio: ") if lines else f"exit code {done.returncode}"
 
 
 def slurm_hosts(names: list[str], tasks_per_node: str) -> list[tuple[str, int]]:

@@ -106,6 +106,8 @@ def test_head_runs_runner_workers_mount(spec: ClusterSpec) -> None:
     # restarted whatever killed it; stopping or restarting it spares the job wrappers in its cgroup
     assert "Restart=on-failure" in service and "KillMode=process" in service
     assert "samba" in head["packages"] and "cifs-utils" in worker["packages"]
+    # the runner's object transfers run on boto3 from Debian (the versions the bucket tests run under)
+    assert "python3-boto3" in head["packages"] and "python3-boto3" not in worker["packages"]
     assert ["systemctl", "enable", "--now", "mpicloud-runner.service"] in head["runcmd"]
     mount = [c for c in worker["runcmd"] if "/opt/mpicloud/shared-storage.sh" in c]
     assert mount and mount[0][2] == "client" and "node0" in mount[0]

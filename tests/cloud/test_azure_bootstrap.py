@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 import re
+import tarfile
 
 import pytest
 
@@ -71,9 +73,12 @@ def test_every_step_is_guarded(azure_spec: ClusterSpec) -> None:
 
 def test_script_embeds_the_runner_and_helpers_exactly(azure_spec: ClusterSpec) -> None:
     files = _packed(windows_bootstrap.bootstrap_ps1(azure_spec))
-    for name, data in runner_files("windows").items():
-        assert files[name] == data
-    assert "slurm_backend.py" not in files  # Linux only
+    with tarfile.open(fileobj=io.BytesIO(files["runner.tar"])) as tar:
+        members = tar.getmembers()
+        bundled = {m.name: tar.extractfile(m).read() for m in members}  # type: ignore[union-attr]
+    assert all(m.isfile() and m.mode == 0o644 for m in members)
+    assert bundled == runner_files("windows")
+    assert "slurm_backend.py" not in bundled  # Linux only
     for name in ("start-runner.ps1", "stop-cluster.ps1"):
         assert files[name] == (provision_dir() / "windows" / name).read_bytes()
 
@@ -220,3 +225,18 @@ def test_start_runner_uses_the_password_only_for_savecreds_and_logs_none_of_it()
     logged = [line for line in script.splitlines() if "Out-File" in line and "-pwd" not in line]
     assert logged and not any("$secret" in line or "$plain" in line or "$blob" in line for line in logged)
     assert "Start-Transcript" not in script and "Remove-Item -Force -Path $blob" in script
+
+
+def test_a_bucket_installs_the_storage_sdks_into_the_runners_python(azure_spec: ClusterSpec) -> None:
+    doc = azure_spec.model_dump(mode="json", exclude_none=True)
+    doc["bucket"] = {"kind": "azure_blob", "account": "simdata", "container": "runs"}
+    script = windows_bootstrap.bootstrap_ps1(spec_from_dict(doc))
+    assert syntax_problems(script) == []
+    # pip itself is a pinned, verified download; the SDKs are wheels only, pinned, into OBJECT_LIBS
+    assert f"Get-Verified '{windows_bootstrap.PIP.url}' '{windows_bootstrap.PIP.sha256}'" in script
+    assert "--only-binary ':all:' --target $libs " + " ".join(f"'{p}'" for p in windows_bootstrap.OBJECT_SDKS) in script
+    assert script.index("installed.ok") < script.index("Write-Packed (Join-Path $Data 'runner.tar')")
+    config = re.search(r"\$config = '(.*?)' \| ConvertFrom-Json", script, re.S)
+    assert config and json.loads(config.group(1).replace("''", "'"))["object_libs"] == windows_bootstrap.OBJECT_LIBS
+    plain = windows_bootstrap.bootstrap_ps1(azure_spec)  # no bucket: no SDKs, no download of pip
+    assert windows_bootstrap.PIP.url not in plain and "object_libs" not in plain

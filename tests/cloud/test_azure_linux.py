@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpicloud.assets import provision_dir, runner_files
+from mpicloud.assets import provision_dir, runner_bundle, runner_files
 from mpicloud.render.azure import cloud_init
 from mpicloud.spec import ClusterSpec, load_spec, spec_from_dict
 from tests.cloud.azure_fake import TOKEN, FakeAzure, serve
@@ -185,7 +185,7 @@ def test_the_head_unpacks_the_runner_from_user_data_when_its_hash_matches(tmp_pa
     assert done.returncode == 0, done.stderr
     for name, data in runner_files().items():
         assert (tmp_path / "opt" / "mpicloud" / name).read_bytes() == data
-    with tarfile.open(fileobj=io.BytesIO(cloud_init.runner_bundle())) as tar:
+    with tarfile.open(fileobj=io.BytesIO(runner_bundle())) as tar:
         assert all(member.mtime == 0 for member in tar.getmembers())  # deterministic: same bytes every render
 
 

@@ -13,7 +13,7 @@ import pulumi
 import pytest
 from pulumi.runtime import rpc
 
-from mpicloud.render import windows_bootstrap
+from mpicloud.render import blobaccess, windows_bootstrap
 from mpicloud.render.azure import powershell
 from mpicloud.spec import ClusterSpec, spec_from_dict
 from tests.specdata import PUBKEY
@@ -302,6 +302,32 @@ def test_the_key_and_the_password_ssh_switch_reach_every_bootstrap(azure_spec: C
             command = plain(ext["protectedSettings"])["commandToExecute"]
             assert f" -AdminKeyB64 {key} " in command and f" -PasswordSsh {password_ssh}" in command
     return _deploy(spec, check)
+
+
+@pulumi.runtime.test
+def test_blob_container_grant_is_two_conditional_assignments_for_the_head(azure_spec: ClusterSpec
+                                                                         ) -> pulumi.Output[None]:
+    doc = azure_spec.model_dump(mode="json", exclude_none=True)
+    doc.pop("idle_shutdown_minutes", None)
+    doc["bucket"] = {"kind": "azure_blob", "account": "simdata", "container": "runs", "resource_group": "data-rg"}
+
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], outputs: dict[str, Any]) -> None:
+        assignments = [i for t, _, i, _ in created if t == "azure-native:authorization:RoleAssignment"]
+        scope = "/subscriptions/sub/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/simdata/" \
+                "blobServices/default/containers/runs"
+        assert {(a["scope"], a["roleDefinitionId"].rsplit("/", 1)[-1], a["conditionVersion"])
+                for a in assignments} == {(scope, blobaccess.READER_ROLE, "2.0"), (scope, blobaccess.CONTRIBUTOR_ROLE,
+                                                                                 "2.0")}
+        container = spec_from_dict(doc).blob_container
+        assert container is not None
+        assert sorted(a["condition"] for a in assignments) == sorted(
+            a["condition"] for a in blobaccess.role_assignments(container))
+        assert all(a["principalId"] == "principal-N0" for a in assignments)
+        vms = {n: i for t, n, i, _ in created if t == "azure-native:compute:VirtualMachine"}
+        assert {n for n, v in vms.items() if v.get("identity")} == {"N0"}  # the head only, though idle is off
+        assert outputs["head_principal_id"] == "principal-N0"
+        assert not [t for t, *_ in created if t == "azure-native:authorization:RoleDefinition"]
+    return _deploy(spec_from_dict(doc), check)
 
 
 @pulumi.runtime.test

@@ -88,8 +88,8 @@ def test_idle_shutdown_role_is_custom_minimal_and_opt_in(template: dict[str, Any
     assert "Owner or User Access Administrator" in template["parameters"]["idleShutdownMinutes"]["metadata"][
         "description"]
     identity = _res(template, "Microsoft.Compute/virtualMachines")["identity"]["type"]
-    assert identity == ("[if(and(equals(copyIndex(), 0), greater(parameters('idleShutdownMinutes'), 0)), "
-                        "'SystemAssigned', 'None')]")
+    assert identity == "[if(equals(copyIndex(), 0), 'SystemAssigned', 'None')]"  # the head only
+    assert "identity.principalId" in template["outputs"]["headPrincipalId"]["value"]
 
 
 def test_ssh_key_and_patch_mode_parameters(template: dict[str, Any]) -> None:

@@ -28,6 +28,16 @@ def free_port(address: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def end_process(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server the tests started (by its PID): TERM, then KILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -67,12 +77,7 @@ def squid(scheme: str, user: str, password: str) -> Iterator[int]:
         wait_port(port, proc, workdir / "cache.log")
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -6,13 +6,10 @@ and jobs on the real local cluster that pull s3:// inputs and push outputs with 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
-import subprocess
 import sys
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,14 +20,15 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from mpicloud.api import Cluster
-from mpicloud.assets import provision_dir
 from mpicloud.jobs.query import read_log
 from mpicloud.render.awsconfig import AccessKey, aws_files
 from mpicloud.secret import Secret
 from mpicloud.spec import spec_from_dict
 from mpicloud.spec.model import Bucket
 from tests.conftest import cli
+from tests.integration.nodeio import bucketio, zip_bytes
 from tests.integration.s3server import S3World, moto_world
+from tests.integration.truncating import Cutter, truncating_relay
 
 EXTERNAL_ID = "ext-7f3a9c"
 BUCKET = "sim-data"
@@ -53,6 +51,7 @@ def _profile_dir(tmp_path: Path, world: S3World, key: tuple[str, str], **bucket:
     (tmp_path / "credentials").write_text(files.credentials.reveal() if files.credentials else "")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     return {**clean, "AWS_CONFIG_FILE": str(tmp_path / "config"), "AWS_PROFILE": "mpicloud",
+            "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials")}
 
 
@@ -93,33 +92,27 @@ def test_iam_user_profile_matrix_with_boto3(world: S3World, tmp_path: Path, monk
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix="input/")["KeyCount"] == 1
 
 
-def _bucketio(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    script = provision_dir() / "runner" / "bucketio.py"
-    return subprocess.run([sys.executable, str(script), *args], env={**env, "MPICLOUD_S3_PART_MB": "5"},
-                          capture_output=True, text=True, timeout=120)
-
-
 def test_cross_account_role_needs_the_external_id(world: S3World, tmp_path: Path) -> None:
     env = _profile_dir(tmp_path, world, world.node_key, grant="cross_account_role", role_arn=world.role_arn,
                        external_id=EXTERNAL_ID, trusted_account_id="123456789012")
-    got = _bucketio(env, "get", f"s3://{BUCKET}/input/mesh.dat", str(tmp_path / "in"))
+    got = bucketio(env, "get", f"s3://{BUCKET}/input/mesh.dat", str(tmp_path / "in"))
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "in" / "mesh.dat").read_bytes() == b"mesh"
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "big.bin").write_bytes(os.urandom(11 * 1024 * 1024))   # multipart with 5 MiB parts
-    put = _bucketio(env, "put", str(tmp_path / "out"), f"s3://{BUCKET}/output/xacct/")
+    put = bucketio(env, "put", str(tmp_path / "out"), f"s3://{BUCKET}/output/xacct/")
     assert put.returncode == 0, put.stderr
     stored = world.client("s3").get_object(Bucket=BUCKET, Key="output/xacct/big.bin")["Body"].read()
     assert stored == (tmp_path / "out" / "big.bin").read_bytes()
-    denied = _bucketio(env, "put", str(tmp_path / "out"), f"s3://{BUCKET}/input/xacct/")
+    denied = bucketio(env, "put", str(tmp_path / "out"), f"s3://{BUCKET}/input/xacct/")
     assert denied.returncode == 1 and "AccessDenied" in denied.stderr
     # the base key alone reaches nothing in the bucket
     base = {**env, "AWS_PROFILE": "mpicloud-base"}
-    assert "AccessDenied" in _bucketio(base, "get", f"s3://{BUCKET}/input/mesh.dat", str(tmp_path)).stderr
+    assert "AccessDenied" in bucketio(base, "get", f"s3://{BUCKET}/input/mesh.dat", str(tmp_path)).stderr
     (tmp_path / "w").mkdir()
     wrong = _profile_dir(tmp_path / "w", world, world.node_key, grant="cross_account_role",
                          role_arn=world.role_arn, external_id="guessed-id", trusted_account_id="123456789012")
-    refused = _bucketio(wrong, "get", f"s3://{BUCKET}/input/mesh.dat", str(tmp_path))
+    refused = bucketio(wrong, "get", f"s3://{BUCKET}/input/mesh.dat", str(tmp_path))
     assert refused.returncode == 1 and "AssumeRole" in refused.stderr and "AccessDenied" in refused.stderr
 
 
@@ -142,18 +135,10 @@ def profile_on_cluster(local_cluster: Cluster, cluster_home: Path, world: S3Worl
         (aws / name).unlink()
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def test_job_pulls_input_from_and_pushes_outputs_to_the_bucket(profile_on_cluster: Cluster,
                                                                world: S3World) -> None:
     admin = world.client("s3")
-    admin.put_object(Bucket=BUCKET, Key="input/case.zip", Body=_zip({"case/params.txt": b"mach=0.8\n"}))
+    admin.put_object(Bucket=BUCKET, Key="input/case.zip", Body=zip_bytes({"case/params.txt": b"mach=0.8\n"}))
     script = ("import boto3, pathlib; p = pathlib.Path('case/params.txt').read_text();"
               "pathlib.Path('result.txt').write_text('solved ' + p);"
               # run scripts use the same profile directly (AWS_PROFILE / AWS_CONFIG_FILE set by the runner)
@@ -243,10 +228,10 @@ def test_bad_s3_urls_are_refused_before_anything_is_queued(profile_on_cluster: C
 def test_keys_with_spaces_and_plus_signs(world: S3World, tmp_path: Path) -> None:
     world.client("s3").put_object(Bucket=BUCKET, Key="input/run 7/a+b c.txt", Body=b"odd name")
     env = _profile_dir(tmp_path, world, world.user_key, grant="iam_user")
-    got = _bucketio(env, "get", f"s3://{BUCKET}/input/run 7/", str(tmp_path / "in"))
+    got = bucketio(env, "get", f"s3://{BUCKET}/input/run 7/", str(tmp_path / "in"))
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "in" / "run 7" / "a+b c.txt").read_bytes() == b"odd name"
-    put = _bucketio(env, "put", str(tmp_path / "in"), f"s3://{BUCKET}/output/odd names/")
+    put = bucketio(env, "put", str(tmp_path / "in"), f"s3://{BUCKET}/output/odd names/")
     assert put.returncode == 0, put.stderr
     body = world.client("s3").get_object(Bucket=BUCKET, Key="output/odd names/run 7/a+b c.txt")["Body"].read()
     assert body == b"odd name"
@@ -265,12 +250,56 @@ def test_hostile_object_keys_never_write_outside_the_destination(world: S3World,
             s3.put_object(Bucket=BUCKET, Key=f"input/{prefix}/aaa-ordinary.txt", Body=b"fine")
             s3.put_object(Bucket=BUCKET, Key=key, Body=b"pwned")
             dest = tmp_path / f"in-{case}"
-            got = _bucketio(env, "get", f"s3://{BUCKET}/input/{prefix}/", str(dest))
+            got = bucketio(env, "get", f"s3://{BUCKET}/input/{prefix}/", str(dest))
             assert got.returncode == 1 and "refusing object key" in got.stderr, (case, got.stderr)
             assert not list(dest.rglob("*")), f"{case}: files written before the refusal"
-        single = _bucketio(env, "get", f"s3://{BUCKET}/input/evil-abs/..", str(tmp_path / "in-single"))
+        single = bucketio(env, "get", f"s3://{BUCKET}/input/evil-abs/..", str(tmp_path / "in-single"))
         assert single.returncode == 1 and "refusing object key" in single.stderr
         assert not list(outside.iterdir()) and not list(tmp_path.glob("escaped"))
     finally:
         for item in s3.list_objects_v2(Bucket=BUCKET, Prefix="input/evil-").get("Contents", []):
             s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+
+
+@pytest.mark.parametrize("times", [2, -1], ids=["retried", "never-whole"])
+def test_cut_downloads_are_retried_and_never_renamed_into_place(world: S3World, tmp_path: Path, times: int) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    world.client("s3").put_object(Bucket=BUCKET, Key="input/cut/field.bin", Body=data)
+    cutter = Cutter(suffix="/input/cut/field.bin", times=times)
+    with truncating_relay(world.endpoint, cutter) as relay:
+        env = _profile_dir(tmp_path, world, world.user_key, grant="iam_user", endpoint_url=relay.rstrip("/"))
+        got = bucketio(env, "get", f"s3://{BUCKET}/input/cut/field.bin", str(tmp_path / "in"))
+    target = tmp_path / "in" / "field.bin"
+    if times > 0:
+        assert got.returncode == 0, got.stderr
+        assert target.read_bytes() == data and cutter.cut == 2 and cutter.gets == 3
+    else:
+        assert got.returncode == 1 and "s3://sim-data/input/cut/field.bin" in got.stderr, got.stderr
+        assert cutter.cut >= 2 and not target.exists()
+    assert not [p.name for p in tmp_path.glob("in/*") if p.name != "field.bin"]  # no part file left behind
+
+
+#: (verb, key, allowed) through the node code with the iam_user grant's prefix policy
+MATRIX = [("get", "input/mesh.dat", True), ("get", "input/", True), ("get", "other/secret.txt", False),
+          ("put", "output/matrix/", True), ("put", "input/matrix/", False), ("put", "other/matrix/", False),
+          ("put", "output-old/matrix/", False), ("get", "output/matrix/", True)]
+
+
+@pytest.mark.parametrize(("verb", "key", "allowed"), MATRIX, ids=[f"{v}:{k}" for v, k, _ in MATRIX])
+def test_prefix_policy_matrix_through_the_node_code(world: S3World, tmp_path: Path, verb: str, key: str,
+                                                    allowed: bool) -> None:
+    env = _profile_dir(tmp_path, world, world.user_key, grant="iam_user")
+    if verb == "get":
+        done = bucketio(env, "get", f"s3://{BUCKET}/{key}", str(tmp_path / "in"))
+    else:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "small.txt").write_text("small")
+        (tmp_path / "out" / "big.bin").write_bytes(os.urandom(11 * 1024 * 1024))  # multipart, 5 MiB parts
+        done = bucketio(env, "put", str(tmp_path / "out"), f"s3://{BUCKET}/{key}")
+    assert (done.returncode == 0) == allowed, done.stderr
+    if not allowed:
+        assert "AccessDenied" in done.stderr and "Traceback" not in done.stderr
+    if verb == "put" and not allowed:  # nothing landed, not even part of a multipart upload
+        listing = world.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=key)
+        assert "Contents" not in listing
+        assert not world.client("s3").list_multipart_uploads(Bucket=BUCKET).get("Uploads")

@@ -219,3 +219,9 @@ def test_blob_container_fields_are_checked_by_name(field: str, value: str) -> No
     bucket = {"kind": "azure_blob", "account": "simdata", "container": "runs", field: value}
     with pytest.raises(SpecError, match=field):
         spec_from_dict({"name": "ab", "cloud": "local", "nodes": 1, "bucket": bucket})
+
+
+def test_managed_identity_blob_grant_needs_azure() -> None:
+    with pytest.raises(SpecError, match=r"bucket\.grant: managed_identity needs cloud: azure"):
+        spec_from_dict({"name": "ab", "cloud": "local", "nodes": 1, "bucket": {
+            "kind": "azure_blob", "account": "simdata", "container": "runs", "grant": "managed_identity"}})

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
-import tarfile
 from typing import TypeVar
 
-from mpicloud.assets import runner_files
+from mpicloud.assets import runner_bundle
 from mpicloud.errors import RenderError
 from mpicloud.render import cloud_config as linux
 from mpicloud.render.aws import TAG_IDLE, TAG_NODES, TAG_SLOTS
@@ -35,17 +33,6 @@ def node_tags(count: T, slots: T, idle: T, vault: T, arm: T) -> dict[str, T]:
 def node_addresses(subnet_cidr: str, count: int) -> list[str]:
     """Fixed private IPs of nodes 0..count-1 in the Azure subnet (static NIC addresses)."""
     return linux.node_addresses(subnet_cidr, count, "azure")
-
-
-def runner_bundle() -> bytes:
-    """The runner's files as a deterministic gzipped tar (the head node's userData, unpacked by azure-runner.sh)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in sorted(runner_files().items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o755, 0
-            tar.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
 
 
 def runner_user_data() -> str:

@@ -179,14 +179,9 @@ if (-not (Test-Path $python)) {
   $zip = Get-Verified 'https://www.python.org/ftp/python/3.12.10/python-3.12.10-embed-amd64.zip' '4acbed6dd1c744b0376e3b1cf57ce906f9dc9e95e68824584c8099a63025a3c3' 'python-embed.zip'
   Expand-Archive -Force -Path $zip -DestinationPath (Join-Path $Data 'python')
 }
-Write-Packed (Join-Path $Data 'runner.py') '<gzip+base64 of runner.py>'
-Write-Packed (Join-Path $Data 'transfer.py') '<gzip+base64 of transfer.py>'
-Write-Packed (Join-Path $Data 'bucketio.py') '<gzip+base64 of bucketio.py>'
-Write-Packed (Join-Path $Data 'mpicloud/__init__.py') '<gzip+base64 of mpicloud/__init__.py>'
-Write-Packed (Join-Path $Data 'mpicloud/protocol/__init__.py') '<gzip+base64 of mpicloud/protocol/__init__.py>'
-Write-Packed (Join-Path $Data 'mpicloud/protocol/jobs.py') '<gzip+base64 of mpicloud/protocol/jobs.py>'
-Write-Packed (Join-Path $Data 'mpicloud/protocol/paths.py') '<gzip+base64 of mpicloud/protocol/paths.py>'
-Write-Packed (Join-Path $Data 'mpicloud/protocol/transfer.py') '<gzip+base64 of mpicloud/protocol/transfer.py>'
+Write-Packed (Join-Path $Data 'runner.tar') '<gzip+base64 of runner.tar>'
+& tar.exe -x -f (Join-Path $Data 'runner.tar') -C $Data
+if ($LASTEXITCODE -ne 0) { throw "unpacking the runner files failed (tar exit code $LASTEXITCODE)" }
 
 if ($NodeIndex -eq 0) {
   Write-Step 'mpicloud: runner configuration, idle-shutdown action, saved MS-MPI credentials, runner task'
