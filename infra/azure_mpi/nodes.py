@@ -149,9 +149,9 @@ class Nodes(pulumi.ComponentResource):
         self.vault = linux.vault(spec, args.resource_group_name, args.location, args.subnet_id, child) \
             if linux_nodes else None
         self.nodes = [Node(n, i, args, self.ppg, script, self.vault, child) for i, n in enumerate(spec.node_names)]
-        self.deallocate_roles: list[authorization.RoleAssignment] = []
         self.head_principal = self.nodes[0].vm.identity.apply(
             lambda identity: identity.principal_id if identity else "")
+        self.deallocate_roles: list[authorization.RoleAssignment] = []
         if spec.idle_shutdown_minutes:
             self._grant_deallocate(args, child)
         if spec.blob_identity and spec.blob_container and spec.blob_container.resource_group:

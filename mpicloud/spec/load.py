@@ -49,8 +49,14 @@ def spec_from_dict(document: dict[str, Any], source: str = "<spec>") -> ClusterS
         raise SpecError(source, [_describe(error) for error in exc.errors()]) from None
 
 
+#: the tags pydantic puts into an error's location inside a tagged union: not fields the user wrote
+_UNION_TAGS = {"nodes": {"count", "range"}, "bucket": {"s3", "azure_blob"}}
+
+
 def _describe(error: Any) -> str:
     location = [str(part) for part in error["loc"]]
+    if len(location) > 1 and location[1] in _UNION_TAGS.get(location[0], ()):
+        del location[1]
     path = ".".join(location) or "(top level)"
     if error["type"] == "extra_forbidden":
         hint = _did_you_mean(location)

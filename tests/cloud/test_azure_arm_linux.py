@@ -120,6 +120,7 @@ def test_identities_get_the_vault_only_and_the_head_deallocates(template: dict[s
     deallocate = next(r for r in roles if "virtualMachines" in r["scope"])
     assert "-node{1}" in deallocate["scope"] and deallocate["condition"] == \
         "[greater(parameters('idleShutdownMinutes'), 0)]"
+    assert "identity.principalId" in template["outputs"]["headPrincipalId"]["value"]  # blob-access.json's input
     assert _of(template, "Microsoft.Authorization/roleDefinitions")[0]["properties"]["permissions"][0]["actions"] == \
         ["Microsoft.Compute/virtualMachines/read", "Microsoft.Compute/virtualMachines/deallocate/action"]
 

@@ -148,6 +148,7 @@ def vault_roles() -> Json:
 def outputs(spec: ClusterSpec) -> Json:
     """Addresses and how to connect; never a secret."""
     head_ip = f"format('{{0}}-node0-ip', {_p('clusterName')})"
+    head = f"format('{{0}}-node0', {_p('clusterName')})"
     ip = f"reference({_rid('Microsoft.Network/publicIPAddresses', head_ip)}).ipAddress"
     nic = f"reference({_rid('Microsoft.Network/networkInterfaces', _node('-nic', 'node'))})"
     user = _p("adminUsername")
@@ -158,6 +159,9 @@ def outputs(spec: ClusterSpec) -> Json:
         "privateIps": {"type": "array", "copy": {"count": f"[{_p('nodeCount')}]",
                                                  "input": f"[{nic}.ipConfigurations[0].properties.privateIPAddress]"}},
         "adminUsername": {"type": "string", "value": f"[{user}]"},
+        # the customer's blob-access.json grants this identity its container (docs/bucket-access.md)
+        "headPrincipalId": {"type": "string", "value": f"[reference({_rid('Microsoft.Compute/virtualMachines', head)}, "
+                                                       f"'{azure.COMPUTE_API}', 'full').identity.principalId]"},
         "sshCommand": {"type": "string", "value": f"[concat('ssh ', {user}, '@', {ip})]"},
         "attachCommand": {"type": "string", "value": f"[format({attach}, {_p('clusterName')}, {ip}, {user}, "
                                                      f"{_p('slotsPerNode')})]"},
