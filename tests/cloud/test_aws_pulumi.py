@@ -26,9 +26,8 @@ from tests.specdata import aws_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
-#: resource types that carry no tags in AWS (rules, policies, associations) or are Pulumi components
-#: AWS types without tags (a volume attachment is registered once its instance exists, so it is seen or not by the
-#: time the check runs: it must be left out either way)
+#: resource types that carry no tags in AWS (rules, policies, associations, attachments; a volume attachment is
+#: registered once its instance exists, so the check sees it or not depending on timing)
 UNTAGGABLE = {"aws:iam/rolePolicy:RolePolicy", "aws:ec2/routeTableAssociation:RouteTableAssociation",
               "aws:ec2/volumeAttachment:VolumeAttachment"}
 
