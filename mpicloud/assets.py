@@ -15,9 +15,9 @@ def provision_dir() -> Path:
 
 
 #: the cluster-side scripts in provision/runner, installed side by side on every node that runs jobs
-RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "slurm_backend.py")
-#: the ones Windows nodes never run (scheduler: slurm is Linux only), left out of the Windows bootstrap
-LINUX_ONLY = ("slurm_backend.py",)
+RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "slurm_backend.py", "forkwrap.py")
+#: the ones Windows nodes never run (Slurm; forked job wrappers), left out of the Windows bootstrap
+LINUX_ONLY = ("slurm_backend.py", "forkwrap.py")
 
 
 def protocol_files() -> dict[str, bytes]:
