@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from benchmarks.common import bench_cluster, median_ms, openssh, report, run_quiet, timed
-from mpicloud.api import Cluster
+from mpicloud.api import Cluster, JobInfo
 
 SUBMITTER = """
 import sys
-from mpicloud.api import Cluster
+from mpicloud.api import Cluster, JobInfo
 cluster = Cluster.get("bench")
 for i in range(int(sys.argv[2])):
     job_id = f"{sys.argv[1]}-{i:05d}"
@@ -58,9 +58,8 @@ def steady(cluster: Cluster, jobs: int, ssh_true: list[str], ssh_rate: float) ->
     started = time.perf_counter()
     ids = [cluster.submit(["true"]).id for _ in range(jobs)]
     submitted = time.perf_counter() - started
-    cluster.job(ids[-1]).wait(600)
+    infos = _all_done(cluster, ids)
     total = time.perf_counter() - started
-    infos = {i.id: i for i in cluster.jobs()}
     ok = sum(1 for i in ids if infos[i].state == "succeeded")
     print(f"{jobs} no-op jobs: submitted in {submitted:.1f} s, all done in {total:.1f} s, {ok} succeeded",
           flush=True)
@@ -68,13 +67,22 @@ def steady(cluster: Cluster, jobs: int, ssh_true: list[str], ssh_rate: float) ->
     started = time.perf_counter()
     many = cluster.submit_many([["true"]] * jobs)
     submitted = time.perf_counter() - started
-    many[-1].wait(600)
+    infos = _all_done(cluster, [j.id for j in many])
     total = time.perf_counter() - started
-    infos = {i.id: i for i in cluster.jobs()}
     ok = sum(1 for j in many if infos[j.id].state == "succeeded")
     print(f"{jobs} no-op jobs with submit_many: submitted in {submitted:.2f} s, all done in {total:.1f} s, {ok} "
           f"succeeded (load {os.getloadavg()[0]:.2f})", flush=True)
     report("no-op jobs end to end, submit_many (jobs/s)", jobs / total, ssh_rate, "jobs/s", "higher")
+
+
+def _all_done(cluster: Cluster, ids: list[str]) -> dict[str, JobInfo]:
+    """Wait until every job of ids ended (the last one may end before others); their infos."""
+    cluster.job(ids[-1]).wait(600)
+    while True:
+        infos = {i.id: i for i in cluster.jobs()}
+        if all(infos[i].done for i in ids):
+            return infos
+        time.sleep(0.05)
 
 
 def _runner_pid(status_file: Path) -> tuple[int, float]:

@@ -118,13 +118,13 @@ class Cluster:
 
         return head_transport(self.record)
 
-    def _disconnect(self) -> None:
-        """Close this process's connections to the cluster and its control master."""
+    def _disconnect(self, forget: bool = False) -> None:
+        """Close this process's connections to the cluster and its control master (forget: for good)."""
         from mpicloud.cluster.control import stop_master
         from mpicloud.transport.ssh import close_cluster
 
         close_cluster(self.name)
-        stop_master(self.record)
+        stop_master(self.record, forget)
         self._queue = None
 
     def _local_only(self, verb: str) -> None:
@@ -156,7 +156,7 @@ class Cluster:
         machines keep running: the report's teardown deletes them)."""
         from mpicloud.cluster import local
 
-        self._disconnect()
+        self._disconnect(forget=True)
         if self.record.provider != "local":
             registry.forget(self.name)
             return registry.DownReport(name=self.name, provider=self.record.provider, still_running=True,

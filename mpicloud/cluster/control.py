@@ -66,15 +66,21 @@ def control_transport(record: ClusterRecord) -> Transport | None:
     return ControlTransport(sock, direct, f"{record.user}@{record.head.host}:{record.head.port}")
 
 
-def stop_master(record: ClusterRecord) -> None:
-    """Ask the cluster's master (if any) to close its connection and exit."""
+def stop_master(record: ClusterRecord, forget: bool = False) -> None:
+    """Ask the cluster's master (if any) to close its connection and exit; with forget (the cluster is being
+    removed), also remove its lock and log files."""
     path = socket_path(record)
-    sock = connect_socket(path) if path else None
+    if path is None:
+        return
+    sock = connect_socket(path)
     if sock is not None:
         with contextlib.suppress(OSError):
             send_msg(sock, {"op": "exit"})
             sock.recv(1)
         sock.close()
+    if forget:
+        for leftover in (path.with_suffix(".lock"), path.with_suffix(".log")):
+            leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -454,9 +454,10 @@ MAX_UPLOAD_STREAMS = 16
 
 def upload_plan(size: int, streams: int, rtt: float) -> tuple[int, int]:
     """Streams and range size for an upload: one stream carries at most SERVER_WINDOW per round trip, so a
-    long path gets as many streams as fill the link (bandwidth_delay's rate), in ranges small enough
-    to keep them all busy (at least 8 MiB, at most RANGE)."""
-    wanted = -(-bandwidth_delay(rtt) // SERVER_WINDOW)
-    streams = max(streams, min(MAX_UPLOAD_STREAMS, wanted))
-    span = max(8 << 20, min(RANGE, -(-size // streams)))
-    return streams, -(-span // (1 << 20)) << 20
+    path longer than `streams` windows fill gets as many streams as fill the link (bandwidth_delay's rate, up
+    to 16), in ranges small enough to keep them all busy (at least 8 MiB, at most RANGE)."""
+    wanted = min(MAX_UPLOAD_STREAMS, -(-bandwidth_delay(rtt) // SERVER_WINDOW))
+    if wanted <= streams:
+        return streams, RANGE
+    span = min(RANGE, max(8 << 20, -(-size // wanted)))
+    return wanted, -(-span // (1 << 20)) << 20

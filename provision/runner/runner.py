@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,8 +71,7 @@ JOB_VARS = ("MPICLOUD_JOB_ID", "MPICLOUD_NP", "MPICLOUD_HOSTFILE", "MPICLOUD_JOB
             "MPICLOUD_HOSTS", "MPICLOUD_SWEEP_ID", LAUNCH_VAR)
 #: test hook: MPICLOUD_RUNNER_CRASH_AT=<point> makes the runner kill itself (SIGKILL) when it reaches <point>
 CRASH_VAR = "MPICLOUD_RUNNER_CRASH_AT"
-#: seconds between the loop's looks at queue/ and jobs/ while it waits for its next pass
-WAKE_CHECK = 0.002
+WAKE_CHECK = 0.002  # seconds (see nap)
 CRASH_POINTS = ("accept.after_rename", "accept.after_state", "accept.after_order", "start.after_starting",
                 "start.after_spawn", "start.after_running", "finish.before_state", "finish.after_state")
 #: seconds without a heartbeat after which the runner counts as dead
@@ -190,52 +190,13 @@ def spawn_detached(argv: list[str], cwd: Path, log: Path | None = None) -> subpr
     return subprocess.Popen(argv, **kwargs)
 
 
-class Forked:
-    """A wrapper forked from the runner (POSIX): no interpreter to start, so a job starts in about a
-    millisecond; reaped like a Popen."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                done, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                done, status = self.pid, 0
-            if done:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-
-def spawn_wrapper(args: list[str], cwd: Path, log: Path) -> Forked | subprocess.Popen[bytes]:
-    """Start `runner.py ARGS` detached (own session, output to log, none of the runner's files or the test
-    hook's variable): forked from this process on POSIX, a new interpreter on Windows."""
+def spawn_wrapper(args: list[str], cwd: Path, log: Path) -> int | subprocess.Popen[bytes]:
+    """`runner.py ARGS` detached as spawn_detached; POSIX: forked (forkwrap.py), a pid."""
     if WINDOWS:
         return spawn_detached([sys.executable, str(Path(__file__).resolve()), *args], cwd, log)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return Forked(pid)
-    code = 1
-    try:
-        os.setsid()
-        os.chdir(cwd)
-        os.environ.pop(CRASH_VAR, None)
-        null, out = os.open(os.devnull, os.O_RDONLY), os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the runner's lock and files stay the runner's alone
-        code = main(args)
-    except BaseException:  # the wrapper's own failure goes to its log, never back into the runner's loop
-        import traceback
+    from forkwrap import fork_wrapper
 
-        traceback.print_exc()
-    finally:
-        os._exit(code)
+    return fork_wrapper(main, args, cwd, log, CRASH_VAR)
 
 
 def signal_marked(job_id: str, launch: str | None, sig: int) -> list[int]:
@@ -787,7 +748,7 @@ def _finish(jobdir: Path, result: dict[str, Any], patience: float = 600.0) -> in
         try:
             write_json(jobdir / RESULT_FILE, result)
             with contextlib.suppress(OSError):
-                os.utime(jobdir.parent)  # wakes the runner's loop (it watches jobs/): the slots free at once
+                os.utime(jobdir.parent)  # wakes the runner (see nap)
             return 0
         except OSError:
             if now() > deadline:
@@ -1273,15 +1234,14 @@ class Runner:
             self.nap(marks)
 
     def marks(self) -> tuple[int, ...]:
-        """Modification times of queue/ (a submission was renamed in) and jobs/ (a wrapper recorded a result)."""
+        """mtimes of queue/ (a submission) and jobs/ (a result)."""
         try:
             return tuple(os.stat(self.root / name).st_mtime_ns for name in (QUEUE, JOBS))
         except OSError:
             return ()
 
     def nap(self, marks: tuple[int, ...]) -> None:
-        """Wait up to `poll` seconds for the next pass, ending as soon as queue/ or jobs/ changed since `marks`
-        (taken when the pass began): a submission starts, and a finished job's slots free, within ~WAKE_CHECK."""
+        """Wait up to `poll` s, less once queue/ or jobs/ changed since the pass began."""
         deadline = time.monotonic() + self.poll
         while time.monotonic() < deadline and self.marks() == marks:
             time.sleep(WAKE_CHECK)
@@ -1348,7 +1308,7 @@ class BuiltinBackend:
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
-        self.children: list[Forked | subprocess.Popen[bytes]] = []
+        self.children: list[int | subprocess.Popen[bytes]] = []
 
     def batch(self, queue: list[str], cores: int) -> list[str]:
         return queue[:1]
@@ -1365,7 +1325,8 @@ class BuiltinBackend:
             child = spawn_wrapper(["exec", job_id, "--launch", launches[job_id], "--root", str(self.runner.root)],
                                   jobdir, jobdir / "runner-exec.log")
             self.children.append(child)
-            out[job_id] = {"state": "running", "pid": child.pid, "pid_token": process_start_time(child.pid)}
+            pid = child if isinstance(child, int) else child.pid
+            out[job_id] = {"state": "running", "pid": pid, "pid_token": process_start_time(pid)}
         return out
 
     def resume(self, job_id: str, state: dict[str, Any]) -> None:
@@ -1379,7 +1340,9 @@ class BuiltinBackend:
         self.runner.running[job_id] = self.runner.set_state(job_id, state="running", pid=pid, pid_token=token)
 
     def poll(self) -> None:
-        self.children = [c for c in self.children if c.poll() is None]
+        from forkwrap import ended
+
+        self.children = [c for c in self.children if not (ended(c) if isinstance(c, int) else c.poll() is not None)]
 
     def alive(self, job_id: str, state: dict[str, Any]) -> bool:
         return state.get("pid") is not None and alive(int(state["pid"]), state.get("pid_token"))
@@ -1483,23 +1446,18 @@ def status(root: Path) -> dict[str, Any]:
 
 
 def answer_requests(root: Path) -> int:
-    """`requests`: answer report requests (a JSON list per line: ["list"], ["status"], ["start"]) with one JSON
-    line each ({"ok": report} or {"error": why}) until stdin ends. A client's connection keeps one open, so a
-    report costs a round trip instead of a login shell and an interpreter."""
-    reports = {"list": list_jobs, "status": status, "start": start}
+    """`requests`: a JSON answer line per request line (["list"], ...) until stdin ends."""
     for line in sys.stdin:
         try:
-            answer = {"ok": reports[json.loads(line)[0]](root)}
-        except Exception as exc:  # a bad request or a failed report is answered, the helper stays
+            answer = {"ok": REPORTS[json.loads(line)[0]](root)}
+        except Exception as exc:
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(answer), flush=True)
     return 0
 
 
 def submit_batch(root: Path, batch: list[dict[str, Any]]) -> list[str]:
-    """`submit`: queue the jobs a client sent in one round trip (stdin: a JSON list of {"id", "files": {name:
-    base64}}), each as a client's own submit does: written into spool/<id>, then renamed into queue/<id>. An id
-    the cluster already has (submitted or accepted) is left as it is. Returns the ids this call queued."""
+    """`submit`: queue [{"id", "files": {name: base64}}] as single submits do; returns the ids queued."""
     import base64
 
     queued = []
@@ -1516,8 +1474,8 @@ def submit_batch(root: Path, batch: list[dict[str, Any]]) -> list[str]:
             safe_join(spool, name).write_bytes(base64.b64decode(data))
         try:
             os.rename(spool, target)
-        except OSError:  # another submitter of the same id got there first
-            if not target.exists():
+        except OSError:
+            if not target.exists():  # else: the same id, queued meanwhile
                 raise
             continue
         queued.append(job_id)
@@ -1633,6 +1591,9 @@ def lock(root: Path, wait: bool = False) -> Any:
     return handle
 
 
+REPORTS: dict[str, Callable[[Path], Any]] = {"list": list_jobs, "status": status, "start": start}
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -1653,14 +1614,8 @@ def main(argv: list[str]) -> int:
         return supervise(root)
     if args.command == "purge":
         return purge(root, args.job, args.logs, json.load(sys.stdin) if args.listed else None)
-    if args.command == "list":
-        print(json.dumps(list_jobs(root)))
-        return 0
-    if args.command == "status":
-        print(json.dumps(status(root)))
-        return 0
-    if args.command == "start":
-        print(json.dumps(start(root)))
+    if args.command in REPORTS:
+        print(json.dumps(REPORTS[args.command](root)))
         return 0
     if args.command == "requests":
         return answer_requests(root)
