@@ -9,8 +9,10 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +34,12 @@ from mpicloud.transport.control import (
 )
 
 
+def _prefix(record: ClusterRecord) -> str:
+    """The start of every socket name of this cluster in this registry home, whatever its record says now."""
+    home = hashlib.sha256(f"{CONTROL_VERSION} {registry.home().resolve()}".encode()).hexdigest()[:8]
+    return f"{record.name}-{home}-"
+
+
 def socket_path(record: ClusterRecord) -> Path | None:
     """The cluster's socket: named by everything that decides where and how it connects (the registry home, the
     record, the pinned host keys), so a re-pinned or changed cluster never reuses an older master."""
@@ -42,7 +50,7 @@ def socket_path(record: ClusterRecord) -> Path | None:
     digest.update(json.dumps(asdict(record), sort_keys=True).encode())
     with contextlib.suppress(OSError):
         digest.update(Path(record.known_hosts).read_bytes())
-    return directory / f"{record.name}-{digest.hexdigest()[:20]}.sock"
+    return directory / f"{_prefix(record)}{digest.hexdigest()[:12]}.sock"
 
 
 def control_transport(record: ClusterRecord) -> Transport | None:
@@ -67,20 +75,50 @@ def control_transport(record: ClusterRecord) -> Transport | None:
 
 
 def stop_master(record: ClusterRecord, forget: bool = False) -> None:
-    """Ask the cluster's master (if any) to close its connection and exit; with forget (the cluster is being
-    removed), also remove its lock and log files."""
-    path = socket_path(record)
-    if path is None:
+    """Ask every master of the cluster (one per version of its record: a record changes when the cluster stops,
+    starts or resizes) to close its connection and exit; with forget (the cluster is being removed), also remove
+    their lock and log files."""
+    directory = control_dir()
+    if directory is None:
         return
-    sock = connect_socket(path)
-    if sock is not None:
+    for path in sorted(directory.glob(f"{_prefix(record)}*.sock")):
+        sock = connect_socket(path)
+        if sock is None:
+            continue
+        master = _peer_pid(sock)
         with contextlib.suppress(OSError):
             send_msg(sock, {"op": "exit"})
             sock.recv(1)
         sock.close()
+        _wait_gone(master, EXIT_WAIT)
     if forget:
-        for leftover in (path.with_suffix(".lock"), path.with_suffix(".log")):
-            leftover.unlink(missing_ok=True)
+        for leftover in directory.glob(f"{_prefix(record)}*"):
+            if leftover.suffix in (".lock", ".log"):
+                leftover.unlink(missing_ok=True)
+
+
+#: seconds stop_master waits for a master to be gone after it answered `exit` (it closes its SSH connection)
+EXIT_WAIT = 10.0
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    """The PID of the process at the other end of a Unix socket (the master)."""
+    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+    return int(pid)
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Until the process has exited (or timeout): `down` must leave no process of the cluster behind."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:  # not ours: nothing we may wait for
+            return
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager

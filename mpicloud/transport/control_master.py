@@ -132,7 +132,7 @@ def serve(transport: Transport, server: socket.socket, path: Path, persist: floa
     selector.register(server, selectors.EVENT_READ)
     try:
         while not clock.stop and clock.idle_for() < persist and transport.alive and _still_mine(path, mine):
-            if selector.select(timeout=min(1.0, persist)):
+            if selector.select(timeout=min(0.1, persist)):
                 conn, _ = server.accept()
                 clock.touch(opened=1)
                 threading.Thread(target=_handle, args=(conn, transport, clock), daemon=True).start()

@@ -94,3 +94,5 @@ def test_stop_keeps_the_queue_and_start_runs_it(home: Path, tmp_path: Path) -> N
     down = cli("down", "pauser")
     assert down.returncode == 0 and "removed 3 jobs' data" in down.stdout
     assert not directory.exists() and str(directory) not in _ps()
+    # the CLI's control masters (one per version of the record: stop and start change it) are gone with it
+    assert "mpicloud.cluster.control pauser " not in _ps()
