@@ -10,14 +10,12 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
-import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from mpicloud.cluster import local, registry
-from mpicloud.cluster.processes import MARKER, alive, matching_processes
+from mpicloud.cluster.processes import MARKER, alive, matching_processes, stop_processes
 from mpicloud.cluster.registry import ClusterRecord, Node
 from mpicloud.errors import ClusterError
 from mpicloud.protocol.pool import MAX_NODES
@@ -88,17 +86,7 @@ def stop_node(name: str, node: str, grace: float = 3.0) -> None:
     _index(node)
     with _locked(name) as record:
         _check(record)
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-            pids = node_pids(record, node)
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    continue
-            deadline = time.monotonic() + wait
-            while node_pids(record, node) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        left = node_pids(record, node)
+        left = stop_processes(lambda: node_pids(record, node), grace)
         if left:
             raise ClusterError(f"{node}: processes {', '.join(map(str, left))} would not stop")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MARKER = "MPICLOUD_LOCAL_CLUSTER_ID"
@@ -42,10 +43,10 @@ def matching_processes(markers: set[bytes], sshd_path: bytes) -> list[int]:
     return sorted(found)
 
 
-def stop_cluster_processes(cluster_id: str, directory: str, grace: float = 3.0) -> list[int]:
-    """TERM every cluster process, KILL what is left after `grace` seconds; return the PIDs still alive."""
+def stop_processes(find: Callable[[], list[int]], grace: float = 3.0) -> list[int]:
+    """TERM every process `find` names, KILL what is left after `grace` seconds; return the PIDs still alive."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        pids = cluster_processes(cluster_id, directory)
+        pids = find()
         if not pids:
             return []
         for pid in pids:
@@ -56,7 +57,12 @@ def stop_cluster_processes(cluster_id: str, directory: str, grace: float = 3.0) 
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and alive(pids):
             time.sleep(0.05)
-    return alive(cluster_processes(cluster_id, directory))
+    return alive(find())
+
+
+def stop_cluster_processes(cluster_id: str, directory: str, grace: float = 3.0) -> list[int]:
+    """TERM every cluster process, KILL what is left after `grace` seconds; return the PIDs still alive."""
+    return stop_processes(lambda: cluster_processes(cluster_id, directory), grace)
 
 
 def alive(pids: list[int]) -> list[int]:

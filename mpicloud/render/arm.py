@@ -243,24 +243,28 @@ def compute(spec: ClusterSpec) -> list[Json]:
 
 
 def outputs(spec: ClusterSpec) -> Json:
-    """Addresses and how to connect; never a secret."""
-    head_ip = f"format('{{0}}-N0-ip', {_p('clusterName')})"
-    head = f"format('{{0}}-N0', {_p('clusterName')})"
+    """Addresses and how to connect, for the spec's OS (nodes named by its target); never a secret: a Windows
+    attach line names the environment variable of the password."""
+    prefix = spec.target.platform.node_prefix
+    head_ip = f"format('{{0}}-{prefix}0-ip', {_p('clusterName')})"
+    head = f"format('{{0}}-{prefix}0', {_p('clusterName')})"
     ip = f"reference({_rid('Microsoft.Network/publicIPAddresses', head_ip)}).ipAddress"
-    nic = f"reference({_rid('Microsoft.Network/networkInterfaces', _node('-nic'))})"
+    nic = f"reference({_rid('Microsoft.Network/networkInterfaces', _node('-nic', prefix))})"
     user = _p("adminUsername")
+    attach = _lit(spec.target.attach_command("{0}", "{1}", "{2}", "{3}",
+                                             PASSWORD_ENV if spec.os == "windows" else None))
     return {
         "publicIps": {"type": "array", "copy": {"count": f"[{_p('nodeCount')}]", "input":
-                      f"[reference({_rid('Microsoft.Network/publicIPAddresses', _node('-ip'))}).ipAddress]"}},
+                      f"[reference({_rid('Microsoft.Network/publicIPAddresses', _node('-ip', prefix))}).ipAddress]"}},
         "privateIps": {"type": "array", "copy": {"count": f"[{_p('nodeCount')}]",
                                                  "input": f"[{nic}.ipConfigurations[0].properties.privateIPAddress]"}},
         "adminUsername": {"type": "string", "value": f"[{user}]"},
+        # the customer's blob-access.json grants this identity its container (docs/bucket-access.md)
         "headPrincipalId": {"type": "string", "value": f"[reference({_rid('Microsoft.Compute/virtualMachines', head)}, "
                                                        f"'{azure.COMPUTE_API}', 'full').identity.principalId]"},
         "sshCommand": {"type": "string", "value": f"[concat('ssh ', {user}, '@', {ip})]"},
-        "attachCommand": {"type": "string", "value": (
-            f"[format({_lit(spec.target.attach_command('{0}', '{1}', '{2}', '{3}', PASSWORD_ENV))}, "
-            f"{_p('clusterName')}, {ip}, {user}, {_p('slotsPerNode')})]")},
+        "attachCommand": {"type": "string", "value": f"[format({attach}, {_p('clusterName')}, {ip}, {user}, "
+                                                     f"{_p('slotsPerNode')})]"},
     }
 
 

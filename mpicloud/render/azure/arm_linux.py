@@ -145,29 +145,6 @@ def vault_roles() -> Json:
                 "description": "mpicloud: intra-cluster secrets (node0 writes, the others read)"}}
 
 
-def outputs(spec: ClusterSpec) -> Json:
-    """Addresses and how to connect; never a secret."""
-    head_ip = f"format('{{0}}-node0-ip', {_p('clusterName')})"
-    head = f"format('{{0}}-node0', {_p('clusterName')})"
-    ip = f"reference({_rid('Microsoft.Network/publicIPAddresses', head_ip)}).ipAddress"
-    nic = f"reference({_rid('Microsoft.Network/networkInterfaces', _node('-nic', 'node'))})"
-    user = _p("adminUsername")
-    attach = arm._lit(spec.target.attach_command("{0}", "{1}", "{2}", "{3}"))
-    return {
-        "publicIps": {"type": "array", "copy": {"count": f"[{_p('nodeCount')}]", "input":
-                      f"[reference({_rid('Microsoft.Network/publicIPAddresses', _node('-ip', 'node'))}).ipAddress]"}},
-        "privateIps": {"type": "array", "copy": {"count": f"[{_p('nodeCount')}]",
-                                                 "input": f"[{nic}.ipConfigurations[0].properties.privateIPAddress]"}},
-        "adminUsername": {"type": "string", "value": f"[{user}]"},
-        # the customer's blob-access.json grants this identity its container (docs/bucket-access.md)
-        "headPrincipalId": {"type": "string", "value": f"[reference({_rid('Microsoft.Compute/virtualMachines', head)}, "
-                                                       f"'{azure.COMPUTE_API}', 'full').identity.principalId]"},
-        "sshCommand": {"type": "string", "value": f"[concat('ssh ', {user}, '@', {ip})]"},
-        "attachCommand": {"type": "string", "value": f"[format({attach}, {_p('clusterName')}, {ip}, {user}, "
-                                                     f"{_p('slotsPerNode')})]"},
-    }
-
-
 def azuredeploy(spec: ClusterSpec) -> Json:
     """The whole deployment template (classic array-form resources, copy loops, no secrets)."""
     if (spec.cloud, spec.os) != ("azure", "linux"):
@@ -180,7 +157,7 @@ def azuredeploy(spec: ClusterSpec) -> Json:
             "parameters": parameters(spec), "variables": variables(spec),
             "resources": [*network(spec), vault(), *arm.placement(spec), _vm(spec), vault_roles(),
                           *arm.deallocate(spec)],
-            "outputs": outputs(spec)}
+            "outputs": arm.outputs(spec)}
 
 
 def create_ui_definition(spec: ClusterSpec) -> Json:
