@@ -67,14 +67,24 @@ def _make_user(iam: Any, name: str, policy: dict[str, Any]) -> tuple[str, str]:
 
 
 @contextmanager
-def moto_world(bucket: Bucket) -> Iterator[S3World]:
-    """Start moto_server, create bucket + objects + users + cross-account role, then enforce IAM."""
+def moto_server() -> Iterator[str]:
+    """A moto_server process on a free loopback port; yields its endpoint and ends it (by its PID) after."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         _wait(endpoint, proc)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def moto_world(bucket: Bucket) -> Iterator[S3World]:
+    """Start moto_server, create bucket + objects + users + cross-account role, then enforce IAM."""
+    with moto_server() as endpoint:
         boot = S3World(endpoint, ("testing", "testing"), ("", ""), ("", ""), bucket, "")
         iam = boot.client("iam")
         admin = _make_user(iam, "admin", ADMIN_POLICY)
@@ -99,6 +109,3 @@ def moto_world(bucket: Bucket) -> Iterator[S3World]:
                                        headers={"Content-Type": "text/plain"})
         urllib.request.urlopen(reset, timeout=5).close()
         yield S3World(endpoint, admin, user, node, bucket, role_arn)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

@@ -13,7 +13,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.integration.s3server import _free_port, _wait
+from tests.integration.s3server import moto_server
 from tests.runnerlib import RUNNER, node_module
 
 ec2_nodes = node_module("ec2_nodes")
@@ -25,12 +25,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, dict[str, Any]
     """moto server, an EC2 client, a launch template, the pool's `aws` settings."""
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        _wait(endpoint, proc)
+    with moto_server() as endpoint:
         ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint)
         image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         template = ec2.create_launch_template(LaunchTemplateName="demo-nodes", LaunchTemplateData={
@@ -38,9 +33,6 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, dict[str, Any]
         # moto answers CreatePlacementGroup with a 500: the group is checked with a recording client (unit test)
         yield ec2, {"region": REGION, "launch_template_id": template, "cluster": "demo",
                     "suspend": "stop", "endpoint_url": endpoint}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _instances(ec2: Any) -> list[dict[str, Any]]:
