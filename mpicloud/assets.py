@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import tarfile
 from pathlib import Path
@@ -54,10 +55,11 @@ def without_docstrings(source: bytes) -> bytes:
     return (ast.unparse(tree) + "\n").encode()
 
 
+@functools.cache
 def runner_bundle(os_name: str = "linux", compact: bool = False) -> bytes:
     """runner_files as one tar (deterministic: sorted, mtime 0, root-owned, mode 755): compressed whole, the files
     share one dictionary. `compact`: Python files without_docstrings, which keeps the Windows bootstrap inside
-    Azure's 64 KiB userData."""
+    Azure's 64 KiB userData. Made once per process: every node's render asks for it (the files do not change)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in sorted(runner_files(os_name).items()):
