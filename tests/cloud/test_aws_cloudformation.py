@@ -17,6 +17,7 @@ from mpicloud.errors import RenderError
 from mpicloud.render.aws import MAX_TEMPLATE_NODES, TAG_NODES
 from mpicloud.render.aws.cloud_init import cloud_config, node_addresses, runner_parameters
 from mpicloud.render.cloudformation import cluster_template, cluster_template_json, launch_stack_url, template_spec
+from tests.cloud.cfn_moto import for_moto
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "templates" / "cloudformation" / "cluster.json"
@@ -223,20 +224,11 @@ def test_moto_deploys_the_template() -> None:
         region = "us-east-1"
         ec2 = boto3.client("ec2", region_name=region)
         ec2.create_key_pair(KeyName="me")
-        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         # moto reserves /aws/ names, ships no Debian parameter and resolves the Default even when a value is
         # given, reads SSM parameter Tags as a list and KMS key Tags as TagKey/TagValue: the deployed copy
         # differs only in those three places
         body = cluster_template()
-        body["Parameters"]["LatestImageId"]["Default"] = "/test/debian-12"
-        for resource in body["Resources"].values():  # moto wants a Key/Value list, CloudFormation a map
-            if resource["Type"] == "AWS::SSM::Parameter":
-                resource["Properties"]["Tags"] = [{"Key": k, "Value": v}
-                                                  for k, v in resource["Properties"]["Tags"].items()]
-            if resource["Type"] == "AWS::KMS::Key":  # moto passes CloudFormation's Key/Value to KMS' TagKey API
-                resource["Properties"]["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]}
-                                                  for t in resource["Properties"]["Tags"]]
-        boto3.client("ssm", region_name=region).put_parameter(Name="/test/debian-12", Value=image, Type="String")
+        image = for_moto(body, region, "/test/debian-12")
         cfn = boto3.client("cloudformation", region_name=region)
         cfn.create_stack(StackName="mpi", TemplateBody=json.dumps(body), Capabilities=["CAPABILITY_IAM"],
                          Parameters=[{"ParameterKey": "KeyName", "ParameterValue": "me"},

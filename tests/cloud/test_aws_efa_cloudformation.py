@@ -16,6 +16,7 @@ import pytest
 from mpicloud.render import cloudformation
 from mpicloud.render.aws.cloud_init import node_addresses
 from mpicloud.render.cloudformation import MAX_EFA_NODES, cluster_template, efa_template_json, template_spec
+from tests.cloud.cfn_moto import for_moto
 from tests.cloud.test_aws_cloudformation import BUCKET_ROLE, KMS_KEY, MOTO_SKIPS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,17 +92,8 @@ def test_moto_deploys_the_template(small: dict[str, Any]) -> None:
         region = "us-east-1"
         ec2 = boto3.client("ec2", region_name=region)
         ec2.create_key_pair(KeyName="me")
-        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        body = small  # moto: the same adaptations as the plain template's deploy test
-        body["Parameters"]["LatestImageId"]["Default"] = "/test/debian-12"
-        for resource in body["Resources"].values():
-            if resource["Type"] == "AWS::SSM::Parameter":
-                resource["Properties"]["Tags"] = [{"Key": k, "Value": v}
-                                                  for k, v in resource["Properties"]["Tags"].items()]
-            if resource["Type"] == "AWS::KMS::Key":
-                resource["Properties"]["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]}
-                                                  for t in resource["Properties"]["Tags"]]
-        boto3.client("ssm", region_name=region).put_parameter(Name="/test/debian-12", Value=image, Type="String")
+        body = small
+        for_moto(body, region, "/test/debian-12")
         cfn = boto3.client("cloudformation", region_name=region)
         cfn.create_stack(StackName="efa", TemplateBody=json.dumps(body), Capabilities=["CAPABILITY_IAM"],
                          Parameters=[{"ParameterKey": "KeyName", "ParameterValue": "me"},

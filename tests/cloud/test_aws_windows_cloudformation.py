@@ -16,6 +16,7 @@ from mpicloud.render import cloudformation
 from mpicloud.render.aws import MAX_TEMPLATE_NODES, powershell
 from mpicloud.render.aws.cfn_windows import ROOT_DEVICE, template_spec, windows_template, windows_template_json
 from mpicloud.render.windows_bootstrap import bootstrap_ps1
+from tests.cloud.cfn_moto import for_moto
 from tests.cloud.test_aws_cloudformation import BUCKET_ROLE, KMS_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,17 +114,8 @@ def test_moto_deploys_the_template(small: dict[str, Any]) -> None:
         warnings.simplefilter("always")
         region = "us-east-1"
         ec2 = boto3.client("ec2", region_name=region)
-        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        body = small  # moto: the same three adaptations as the Linux template's deploy test
-        body["Parameters"]["LatestImageId"]["Default"] = "/test/windows-2022"
-        for resource in body["Resources"].values():
-            if resource["Type"] == "AWS::SSM::Parameter":
-                resource["Properties"]["Tags"] = [{"Key": k, "Value": v}
-                                                  for k, v in resource["Properties"]["Tags"].items()]
-            if resource["Type"] == "AWS::KMS::Key":
-                resource["Properties"]["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]}
-                                                  for t in resource["Properties"]["Tags"]]
-        boto3.client("ssm", region_name=region).put_parameter(Name="/test/windows-2022", Value=image, Type="String")
+        body = small
+        image = for_moto(body, region, "/test/windows-2022")
         cfn = boto3.client("cloudformation", region_name=region)
         text = json.dumps(body).replace('{"Ref": "AdminPassword"}', json.dumps(SECRET_ARN))
         cfn.create_stack(StackName="win", TemplateBody=text, Capabilities=["CAPABILITY_IAM"],
