@@ -37,9 +37,12 @@ def test_a_burst_takes_min0_max4_from_0_to_4_nodes_and_back_every_job_once_in_or
     seen: list[int] = []
     done = threading.Event()
 
-    def sample() -> None:
-        while not done.is_set():
+    def sample() -> None:  # the last sample is taken after `done`: it sees the settled pool
+        while True:
+            finished = done.is_set()
             seen.append(sum(s == "up" for s in _pool(root).values()))
+            if finished:
+                return
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample)
