@@ -4,14 +4,19 @@ deallocates it (a deallocated VM bills its disks, not compute). Idempotent: Reso
 a VM already in that state.
 
 Settings: runner.json `pool.azure`: arm (Resource Manager endpoint), subscription, resource_group, cluster
-(VM names are `<cluster>-<node>`, as render.azure.vm_name), imds (default the instance metadata endpoint).
-Not shipped to the nodes yet (see docs/elastic.md): Azure clusters run Windows, whose bootstrap leaves the pool
-out for now.
+(VM names are `<cluster>-<node>`, as render.azure.vm_name), api_version (default the templates' compute API), imds
+(default the instance metadata endpoint). The template knows none of the deployment's values: `configure --root
+ROOT [--arm URL]`, run once by the head's bootstrap, fills them in from the head VM's own instance metadata
+(its subscription, resource group and name; Resource Manager from --arm, else the VM's `mpicloud:arm` tag) and
+sets the pool's `max` to the compute nodes runner.json lists. No secret anywhere: the token comes from the
+managed identity at each action. Shipped to Linux and Windows nodes alike (stdlib only).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import time
 import urllib.parse
@@ -40,7 +45,7 @@ def vm_url(settings: dict[str, Any], node: str, action: str = "") -> str:
              f"{settings['resource_group']}")
     suffix = f"/{action}" if action else ""
     return f"{group}/providers/Microsoft.Compute/virtualMachines/{settings['cluster']}-{node}{suffix}" \
-           f"?api-version={COMPUTE_API}"
+           f"?api-version={settings.get('api_version', COMPUTE_API)}"
 
 
 def call(settings: dict[str, Any], bearer: str, method: str, url: str) -> Any:
@@ -75,12 +80,56 @@ def suspend(settings: dict[str, Any], node: str) -> str:
     return "deallocating"
 
 
+def instance(settings: dict[str, Any]) -> dict[str, Any]:
+    """This VM's compute metadata (subscriptionId, resourceGroupName, name, tagsList) from the instance metadata
+    endpoint."""
+    request = urllib.request.Request(f"{settings.get('imds', IMDS)}/instance/compute?api-version=2021-02-01",
+                                     headers={"Metadata": "true"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return dict(json.load(answer))
+
+
+def configure(root: Path, arm: str | None) -> dict[str, Any]:
+    """Fill runner.json's pool.azure with the deployment's values from the head VM's metadata and bound the pool
+    by the compute nodes runner.json lists (every VM the deployment created); atomic replace."""
+    path = root / "runner.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    pool, head = config["pool"], str(config["nodes"][0]["name"])
+    meta = instance(pool["azure"])
+    tags = {t["name"]: t["value"] for t in meta.get("tagsList") or []}
+    name = str(meta["name"])
+    if not name.endswith(f"-{head}"):
+        raise ValueError(f"this VM is {name!r}, not the head node {head!r} of a cluster")
+    pool["azure"].update(arm=arm or tags["mpicloud:arm"], subscription=meta["subscriptionId"],
+                         resource_group=meta["resourceGroupName"], cluster=name[:-len(head) - 1])
+    pool["max"] = len(config["nodes"]) - 1
+    pool["min"] = min(int(pool["min"]), pool["max"])
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(config, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    if hasattr(os, "chown"):  # the runner's user keeps owning its configuration (cloud-init runs this as root)
+        owner = path.stat()
+        os.chown(tmp, owner.st_uid, owner.st_gid)
+    os.replace(tmp, path)
+    return dict(pool["azure"])
+
+
 def main(argv: list[str]) -> int:
-    """`azure_nodes.py resume|suspend --root ROOT NODE` (the pool's resume_command/suspend_command)."""
-    action, node, root = argv[0], argv[-1], Path(argv[argv.index("--root") + 1])
-    settings = json.loads((root / "runner.json").read_text(encoding="utf-8"))["pool"]["azure"]
-    done = resume(settings, node) if action == "resume" else suspend(settings, node)
-    print(f"{action} {node}: {done}", flush=True)
+    """`azure_nodes.py resume|suspend --root ROOT NODE` (the pool's resume_command/suspend_command);
+    `azure_nodes.py configure --root ROOT [--arm URL]` (the head's bootstrap, once)."""
+    parser = argparse.ArgumentParser(prog="azure_nodes.py")
+    parser.add_argument("action", choices=("resume", "suspend", "configure"))
+    parser.add_argument("--root", type=Path, required=True, help="the runner root (runner.json)")
+    parser.add_argument("--arm", help="configure: the Resource Manager endpoint")
+    parser.add_argument("node", nargs="?", help="resume/suspend: the node's name (N1, node2, ...)")
+    args = parser.parse_args(argv)
+    if args.action == "configure":
+        print(f"configured: {configure(args.root, args.arm)}", flush=True)
+        return 0
+    if not args.node:
+        parser.error(f"{args.action} needs a node name")
+    settings = json.loads((args.root / "runner.json").read_text(encoding="utf-8"))["pool"]["azure"]
+    done = resume(settings, args.node) if args.action == "resume" else suspend(settings, args.node)
+    print(f"{args.action} {args.node}: {done}", flush=True)
     return 0
 
 
