@@ -121,7 +121,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", type=Path, required=True, help="the runner root (runner.json)")
     parser.add_argument("--arm", help="configure: the Resource Manager endpoint")
     parser.add_argument("node", nargs="?", help="resume/suspend: the node's name (N1, node2, ...)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # the pool appends the node after --root ROOT
     if args.action == "configure":
         print(f"configured: {configure(args.root, args.arm)}", flush=True)
         return 0
