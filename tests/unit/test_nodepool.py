@@ -19,15 +19,17 @@ from tests.runnerlib import LocalQueue, node_module
 nodepool = node_module("nodepool")
 
 
-def elastic(tmp_path: Path, low: int = 0, high: int = 2, idle_minutes: float = 0.02) -> LocalQueue:
+def elastic(tmp_path: Path, low: int = 0, high: int = 2, idle_minutes: float = 0.02,
+            listed: int = 0) -> LocalQueue:
     """A queue whose head runs no jobs and whose compute nodes n1..n<high> (2 slots) start and stop on demand;
-    each start/stop is a line in actions.log, as is each job's begin and end."""
+    each start/stop is a line in actions.log, as is each job's begin and end. `listed`: compute nodes runner.json
+    lists beside the head (created with the cluster, as Azure's VMs are)."""
     log = tmp_path / "actions.log"
     action = 'sleep 0.3; echo "{} $0" >> ' + str(log)
     pool = {"min": low, "max": high, "idle_minutes": idle_minutes, "slots_per_node": 2, "head_runs_jobs": False,
             "resume_command": ["sh", "-c", action.format("start")],
             "suspend_command": ["sh", "-c", action.format("stop")]}
-    return LocalQueue(tmp_path / "root", [0], pool=pool, probe_seconds=0)
+    return LocalQueue(tmp_path / "root", [0] + [2] * listed, pool=pool, probe_seconds=0)
 
 
 def job(q: LocalQueue, cores: int, seconds: float = 0.3) -> str:
@@ -94,6 +96,22 @@ def test_nodes_start_for_queued_cores_and_stop_when_idle(tmp_path: Path) -> None
         assert sorted(line for line in lines if line.split()[0] in ("start", "stop")) == \
             ["start n1", "start n2", "stop n1", "stop n2"]
         assert 0 < pool_status(q)["node_hours"] < 0.1
+    finally:
+        stop(q)
+
+
+def test_nodes_created_with_the_cluster_are_up_and_idle_then_stop_down_to_min(tmp_path: Path) -> None:
+    """Azure creates every compute VM up front and lists them in runner.json: the pool's first start takes them as
+    up, and the idle limit deallocates them down to min (nothing else deallocates them after the deployment)."""
+    q = elastic(tmp_path, low=1, high=3, listed=3)
+    q.serve()
+    try:
+        wait_for(lambda: (q.root / "status.json").exists())
+        wait_for(lambda: sorted(pool_status(q)["nodes"].values()) == ["stopped", "stopped", "up"])
+        lines = (q.root.parent / "actions.log").read_text().split("\n")[:-1]
+        stopped = sorted(n for n, state in pool_status(q)["nodes"].items() if state == "stopped")
+        assert sorted(lines) == [f"stop {n}" for n in stopped]  # never started: they were up already
+        assert pool_status(q)["min"] == 1 and pool_status(q)["max"] == 3
     finally:
         stop(q)
 
