@@ -161,8 +161,8 @@ class Nodes(pulumi.ComponentResource):
         if spec.elastic:  # every compute VM is created here; the head's pool deallocates the idle ones (nodes.json)
             self.elastic_roles = self._grant_head(
                 args, "elastic", "elastic pool: the head node may read, start and deallocate the compute VMs",
-                azure.ELASTIC_ACTIONS, self.nodes[1:], "the head node starts and deallocates compute VMs with the queue",
-                child)
+                azure.ELASTIC_ACTIONS, self.nodes[1:],
+                "the head node starts and deallocates compute VMs with the queue", child)
         if spec.blob_identity and spec.blob_container and spec.blob_container.resource_group:
             self._grant_blob(spec.blob_container, child)
         self.register_outputs({"names": [n.vm.name for n in self.nodes]})

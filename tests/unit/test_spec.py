@@ -239,7 +239,8 @@ def test_nodes_is_a_count_or_an_elastic_range() -> None:
     ("nodes: {min: 0, max: 2, maximum: 3}", "nodes.maximum: unknown field"),
     ("nodes: 3\nscale_down_idle_minutes: 5", "scale_down_idle_minutes needs an elastic cluster"),
     ("nodes: {min: 0, max: 2}\nscale_down_idle_minutes: 0", "scale_down_idle_minutes: Input should be greater"),
-    ("nodes: {min: 0, max: 2}\nscheduler: slurm\nlocal: {network: namespaces}", "needs the built-in queue (scheduler: builtin), on loopback"),
+    ("nodes: {min: 0, max: 2}\nscheduler: slurm\nlocal: {network: namespaces}",
+     "needs the built-in queue (scheduler: builtin), on loopback"),
 ])
 def test_bad_elastic_specs_name_the_field(text: str, expected: str) -> None:
     assert any(expected in p for p in problems(f"name: ok1\ncloud: local\n{text}\n")), problems(
