@@ -4,32 +4,53 @@ without loss or cancels with --force, and a runner killed at each pool step lose
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mpicloud.assets import runner_bundle
 from mpicloud.protocol.pool import RESIZE_FILE, resize_request
 from tests.runnerlib import LocalQueue, node_module
 
 nodepool = node_module("nodepool")
 
 
+def compact_runner(folder: Path) -> Path:
+    """The Linux compact bundle (function docstrings dropped, as Azure's userData carries it) unpacked in folder,
+    after checking that its pool files are byte for byte the Windows bootstrap's: runner.py there."""
+    bundles = {}
+    for os_name in ("linux", "windows"):
+        with tarfile.open(fileobj=io.BytesIO(runner_bundle(os_name, compact=True))) as tar:
+            bundles[os_name] = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    for name in ("autoscale.py", "nodepool.py", "azure_nodes.py", "runner.py", "mpicloud/protocol/pool.py"):
+        assert bundles["windows"][name] == bundles["linux"][name], name
+    with tarfile.open(fileobj=io.BytesIO(runner_bundle("linux", compact=True))) as tar:
+        tar.extractall(folder, filter="data")
+    return folder / "runner.py"
+
+
 def elastic(tmp_path: Path, low: int = 0, high: int = 2, idle_minutes: float = 0.02,
-            listed: int = 0) -> LocalQueue:
+            listed: int = 0, compact: bool = False) -> LocalQueue:
     """A queue whose head runs no jobs and whose compute nodes n1..n<high> (2 slots) start and stop on demand;
     each start/stop is a line in actions.log, as is each job's begin and end. `listed`: compute nodes runner.json
-    lists beside the head (created with the cluster, as Azure's VMs are)."""
+    lists beside the head (created with the cluster, as Azure's VMs are); `compact`: the runner of the compact
+    bundle the clouds' nodes get."""
     log = tmp_path / "actions.log"
     action = 'sleep 0.3; echo "{} $0" >> ' + str(log)
     pool = {"min": low, "max": high, "idle_minutes": idle_minutes, "slots_per_node": 2, "head_runs_jobs": False,
             "resume_command": ["sh", "-c", action.format("start")],
             "suspend_command": ["sh", "-c", action.format("stop")]}
-    return LocalQueue(tmp_path / "root", [0] + [2] * listed, pool=pool, probe_seconds=0)
+    q = LocalQueue(tmp_path / "root", [0] + [2] * listed, pool=pool, probe_seconds=0)
+    if compact:
+        q.runner = compact_runner(tmp_path / "compact")
+    return q
 
 
 def job(q: LocalQueue, cores: int, seconds: float = 0.3) -> str:
@@ -183,9 +204,10 @@ def test_a_hostile_resize_request_is_ignored_and_named(tmp_path: Path) -> None:
         stop(q)
 
 
+@pytest.mark.parametrize("compact", [False, True], ids=["source", "compact-bundle"])
 @pytest.mark.parametrize("point", nodepool.POOL_CRASH_POINTS)
-def test_runner_killed_at_each_pool_step_loses_nothing(tmp_path: Path, point: str) -> None:
-    q = elastic(tmp_path)
+def test_runner_killed_at_each_pool_step_loses_nothing(tmp_path: Path, point: str, compact: bool) -> None:
+    q = elastic(tmp_path, compact=compact)
     jobs = [job(q, c) for c in (2, 3, 1)]
     q.serve(crash_at=point)
     try:
