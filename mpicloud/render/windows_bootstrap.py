@@ -66,8 +66,9 @@ def _installers(spec: ClusterSpec) -> list[dict[str, str]]:
 
 
 def _pool(spec: ClusterSpec) -> dict[str, Any] | None:
-    """An elastic Azure cluster's pool (the spec refuses elastic Windows clusters on AWS)."""
-    return azure.node_pool(spec) if spec.cloud == "azure" else None
+    """An elastic Azure cluster's pool (the spec refuses elastic Windows clusters on AWS); a started node is up once
+    sshd and MS-MPI's launch service answer."""
+    return azure.node_pool(spec, (22, LAUNCH_PORT)) if spec.cloud == "azure" else None
 
 
 def _configure_pool(spec: ClusterSpec) -> str | None:

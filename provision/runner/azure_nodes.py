@@ -4,8 +4,8 @@ deallocates it (a deallocated VM bills its disks, not compute). Idempotent: Reso
 a VM already in that state.
 
 Settings: runner.json `pool.azure`: arm (Resource Manager endpoint), subscription, resource_group, cluster
-(VM names are `<cluster>-<node>`, as render.azure.vm_name), api_version (default the templates' compute API), imds
-(default the instance metadata endpoint). The template knows none of the deployment's values: `configure --root
+(VM names are `<cluster>-<node>`, as render.azure.vm_name), api_version (default the templates' compute API),
+ready_ports (resume waits until the node answers on each), imds (default the instance metadata endpoint). The template knows none of the deployment's values: `configure --root
 ROOT [--arm URL]`, run once by the head's bootstrap, fills them in from the head VM's own instance metadata
 (its subscription, resource group and name; Resource Manager from --arm, else the VM's `mpicloud:arm` tag) and
 sets the pool's `max` to the compute nodes runner.json lists. No secret anywhere: the token comes from the
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 import urllib.parse
@@ -63,6 +64,20 @@ def power_state(settings: dict[str, Any], bearer: str, node: str) -> str:
     return codes[0].split("/", 1)[1] if codes else "unknown"
 
 
+def wait_ready(host: str, ports: list[int], deadline: float, poll: float) -> None:
+    """Until each of the node's `ports` accepts a TCP connection (sshd, MS-MPI's launch service): a VM that runs
+    may still be booting, and the pool gives jobs to a node as soon as its resume command succeeds."""
+    for port in ports:
+        while True:
+            try:
+                with socket.create_connection((host, int(port)), timeout=5):
+                    break
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{host} runs but its port {port} does not answer: {error}") from error
+                time.sleep(poll)
+
+
 def resume(settings: dict[str, Any], node: str, timeout: float = 900.0, poll: float = 5.0) -> str:
     bearer = token(settings)
     call(settings, bearer, "POST", vm_url(settings, node, "start"))
@@ -71,6 +86,7 @@ def resume(settings: dict[str, Any], node: str, timeout: float = 900.0, poll: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"VM {settings['cluster']}-{node} is {state}, not running")
         time.sleep(poll)
+    wait_ready(node, list(settings.get("ready_ports") or []), deadline, poll)
     return state
 
 

@@ -135,7 +135,8 @@ def test_the_heads_runner_json_pool_and_its_boot_command() -> None:
     assert pool["resume_command"] == [python, runner, "resume", "--root", "C:\\shared\\.mpicloud"]
     assert pool["suspend_command"] == [python, runner, "suspend", "--root", "C:\\shared\\.mpicloud"]
     assert (pool["min"], pool["max"], pool["idle_minutes"], pool["head_runs_jobs"]) == (1, 8, 20, False)
-    assert pool["azure"] == {"api_version": azure.COMPUTE_API}  # the deployment's values come at boot, no secret
+    # the deployment's values come at boot, no secret; a started node is up once sshd and MS-MPI's launch service answer
+    assert pool["azure"] == {"api_version": azure.COMPUTE_API, "ready_ports": [22, windows_bootstrap.LAUNCH_PORT]}
     configure = f"& '{python}' '{runner}' 'configure' '--root' 'C:\\shared\\.mpicloud' --arm $ArmEndpoint"
     assert script.index("'runner.json'), ($config") < script.index(configure) < script.index("Start-ScheduledTask")
 
@@ -145,7 +146,8 @@ def test_the_heads_runner_json_pool_and_its_boot_command() -> None:
     pool = json.loads(files["/opt/mpicloud/runner.base.json"])["pool"]
     assert pool["resume_command"] == ["/usr/bin/python3", "/opt/mpicloud/azure_nodes.py", "resume", "--root",
                                       runner_root(lin.shared_storage.path)]
-    assert pool["azure"] == {"api_version": azure.COMPUTE_API} and (pool["min"], pool["max"]) == (0, 4)
+    assert pool["azure"] == {"api_version": azure.COMPUTE_API, "ready_ports": [22]}
+    assert (pool["min"], pool["max"]) == (0, 4)
     steps = [" ".join(c[:3]) for c in head["runcmd"]]
     unpack = next(i for i, c in enumerate(steps) if c.startswith("bash /opt/mpicloud/azure-runner.sh"))
     # after the runner files (and runner.json, cluster-files.sh) exist, before the runner starts

@@ -214,6 +214,8 @@ def test_the_rendered_runner_json_drives_the_compact_bundles_script_on_the_wire(
 
     config = json.loads(runner_json.read_text())
     config["pool"]["azure"]["imds"] = settings["imds"]  # the test's metadata endpoint instead of 169.254.169.254
+    ready = config["pool"]["azure"].pop("ready_ports")  # node names do not resolve here: wait_ready is tested below
+    assert ready == ([22] if os_name == "linux" else [22, 8677])
     runner_json.write_text(json.dumps(config))
     configure = azure.configure_command(spec, None if os_name == "linux" else settings["arm"])  # Windows: --arm
     done = run(configure)
@@ -239,3 +241,32 @@ def test_configure_refuses_a_vm_that_is_not_the_head(settings: dict[str, str], t
     FakeAzure.head = "demo-node3"
     with pytest.raises(ValueError, match="this VM is 'demo-node3', not the head node 'node0'"):
         azure_nodes.configure(tmp_path, settings["arm"])
+
+
+def test_resume_waits_until_the_node_answers_on_its_ready_ports() -> None:
+    """A VM that runs may still boot: resume returns once each port accepts a connection, else times out naming it."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free now, listening only later
+    opened: list[socket.socket] = []
+
+    def listen_later() -> None:
+        time.sleep(0.5)
+        server = socket.create_server(("127.0.0.1", port))
+        opened.append(server)
+
+    thread = threading.Thread(target=listen_later)
+    thread.start()
+    try:
+        started = time.monotonic()
+        azure_nodes.wait_ready("127.0.0.1", [port], time.monotonic() + 20, 0.05)
+        assert time.monotonic() - started >= 0.4 and opened  # it waited for the listener
+    finally:
+        thread.join()
+        for server in opened:
+            server.close()
+    with pytest.raises(TimeoutError, match=f"127.0.0.1 runs but its port {port} does not answer"):
+        azure_nodes.wait_ready("127.0.0.1", [port], time.monotonic() + 0.3, 0.05)

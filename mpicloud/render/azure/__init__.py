@@ -117,11 +117,11 @@ def image_reference(windows_version: str) -> dict[str, str]:
 
 
 
-def node_pool(spec: ClusterSpec) -> dict[str, Any] | None:
+def node_pool(spec: ClusterSpec, ready_ports: tuple[int, ...] = (22,)) -> dict[str, Any] | None:
     """runner.json's `pool` of an elastic cluster (None for a fixed one): start/deallocate the compute VMs with
     provision/runner/azure_nodes.py under the head's Python. `pool.azure` holds what the template knows; the head's
     bootstrap adds the deployment's values at boot (`azure_nodes.py configure`: subscription, resource group, VM
-    name prefix, Resource Manager), no secrets."""
+    name prefix, Resource Manager), no secrets. A started node counts as up once each of `ready_ports` answers."""
     if spec.elastic is None:
         return None
     platform = spec.target.platform
@@ -129,7 +129,7 @@ def node_pool(spec: ClusterSpec) -> dict[str, Any] | None:
     def command(action: str) -> list[str]:
         return [NODE_PYTHON[spec.os], platform.path("azure_nodes.py"), action, "--root",
                 runner_root(spec.shared_storage.path)]
-    return {**pool_config(spec, command("resume"), command("suspend")), "azure": {"api_version": COMPUTE_API}}
+    return {**pool_config(spec, command("resume"), command("suspend")), "azure": {"api_version": COMPUTE_API, "ready_ports": list(ready_ports)}}
 
 
 def configure_command(spec: ClusterSpec, arm: str | None = None) -> list[str]:
