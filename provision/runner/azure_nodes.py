@@ -5,10 +5,11 @@ a VM already in that state.
 
 Settings: runner.json `pool.azure`: arm (Resource Manager endpoint), subscription, resource_group, cluster
 (VM names are `<cluster>-<node>`, as render.azure.vm_name), api_version (default the templates' compute API),
-ready_ports (resume waits until the node answers on each), imds (default the instance metadata endpoint). The template knows none of the deployment's values: `configure --root
-ROOT [--arm URL]`, run once by the head's bootstrap, fills them in from the head VM's own instance metadata
-(its subscription, resource group and name; Resource Manager from --arm, else the VM's `mpicloud:arm` tag) and
-sets the pool's `max` to the compute nodes runner.json lists. No secret anywhere: the token comes from the
+ready_ports (resume waits until the node answers on each), imds (default the instance metadata endpoint).
+The template knows none of the deployment's values: `configure --root ROOT [--arm URL]`, run once by the head's
+bootstrap, fills them in from the head VM's own instance metadata (its subscription, resource group and name;
+Resource Manager from --arm, else the VM's `mpicloud:arm` tag) and sets the pool's `max` to the compute nodes
+runner.json lists. No secret anywhere: the token comes from the
 managed identity at each action. Shipped to Linux and Windows nodes alike (stdlib only).
 """
 

@@ -129,7 +129,8 @@ def node_pool(spec: ClusterSpec, ready_ports: tuple[int, ...] = (22,)) -> dict[s
     def command(action: str) -> list[str]:
         return [NODE_PYTHON[spec.os], platform.path("azure_nodes.py"), action, "--root",
                 runner_root(spec.shared_storage.path)]
-    return {**pool_config(spec, command("resume"), command("suspend")), "azure": {"api_version": COMPUTE_API, "ready_ports": list(ready_ports)}}
+    settings = {"api_version": COMPUTE_API, "ready_ports": list(ready_ports)}
+    return {**pool_config(spec, command("resume"), command("suspend")), "azure": settings}
 
 
 def configure_command(spec: ClusterSpec, arm: str | None = None) -> list[str]:
