@@ -295,11 +295,11 @@ def outputs(spec: ClusterSpec) -> Json:
 
 
 def elastic_note(spec: ClusterSpec) -> str:
-    """What the template description adds for an elastic cluster."""
+    """What the template description says of an elastic cluster ("" for a fixed one)."""
     if spec.elastic is None:
         return ""
-    return (f" Elastic: nodeCount VMs are created (the head and {spec.elastic.max} compute nodes); the head's runner "
-            f"deallocates idle compute VMs and starts them for queued jobs (min {spec.elastic.min}), with a custom "
+    return (f"Elastic: nodeCount VMs are created (the head and {spec.elastic.max} compute nodes); the head's runner "
+            f"deallocates idle compute VMs and starts them for queued jobs (min {spec.elastic.min}) with a custom "
             f"role on the compute VMs, which needs {azure.ROLE_ADMINS}.")
 
 
@@ -308,9 +308,9 @@ def azuredeploy(spec: ClusterSpec, source: str = EXAMPLE.name) -> Json:
     file named in its description."""
     return {"$schema": SCHEMA, "contentVersion": "1.0.0.0",
             "metadata": {"description": (
-                f"mpicloud Windows MS-MPI cluster (generated from {source}). A Contributor can deploy it with "
-                f"idleShutdownMinutes 0 (the default); idle shutdown creates a custom role and role assignments, "
-                f"which needs {azure.ROLE_ADMINS}.{elastic_note(spec)}")},
+                f"mpicloud Windows MS-MPI cluster (generated from {source}). " + (elastic_note(spec) or (
+                    "A Contributor can deploy it with idleShutdownMinutes 0 (the default); idle shutdown creates a "
+                    f"custom role and role assignments, which needs {azure.ROLE_ADMINS}.")))},
             "parameters": parameters(spec), "variables": variables(spec),
             "resources": [*network(spec), *compute(spec)], "outputs": outputs(spec)}
 

@@ -116,7 +116,6 @@ def image_reference(windows_version: str) -> dict[str, str]:
             "version": "latest"}
 
 
-
 def node_pool(spec: ClusterSpec, ready_ports: tuple[int, ...] = (22,)) -> dict[str, Any] | None:
     """runner.json's `pool` of an elastic cluster (None for a fixed one): start/deallocate the compute VMs with
     provision/runner/azure_nodes.py under the head's Python. `pool.azure` holds what the template knows; the head's

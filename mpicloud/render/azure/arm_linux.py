@@ -154,7 +154,7 @@ def azuredeploy(spec: ClusterSpec, source: str = EXAMPLE.name) -> Json:
             "metadata": {"description": (
                 f"mpicloud Linux Open MPI cluster (generated from {source}): cloud-init custom data, SSH keys "
                 f"only, secrets in the cluster's own Key Vault. Idle shutdown needs {azure.ROLE_ADMINS}; the vault "
-                f"roles need it too.{arm.elastic_note(spec)}")},
+                f"roles need it too. {arm.elastic_note(spec)}".rstrip())},
             "parameters": parameters(spec), "variables": variables(spec),
             "resources": [*network(spec), vault(), *arm.placement(spec), _vm(spec), vault_roles(),
                           *arm.deallocate(spec), *arm.elastic(spec)],
