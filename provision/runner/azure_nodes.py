@@ -97,13 +97,24 @@ def suspend(settings: dict[str, Any], node: str) -> str:
     return "deallocating"
 
 
-def instance(settings: dict[str, Any]) -> dict[str, Any]:
+#: what resume and suspend need in pool.azure (configure adds the deployment's values)
+REQUIRED = ("arm", "subscription", "resource_group", "cluster")
+
+
+def instance(settings: dict[str, Any], tries: int = 10, wait: float = 6.0) -> dict[str, Any]:
     """This VM's compute metadata (subscriptionId, resourceGroupName, name, tagsList) from the instance metadata
-    endpoint."""
+    endpoint, tried again for about a minute (at boot it may not answer yet)."""
     request = urllib.request.Request(f"{settings.get('imds', IMDS)}/instance/compute?api-version=2021-02-01",
                                      headers={"Metadata": "true"})
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return dict(json.load(answer))
+    def fetch() -> dict[str, Any]:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return dict(json.load(answer))
+    for _ in range(tries - 1):
+        try:
+            return fetch()
+        except OSError:
+            time.sleep(wait)
+    return fetch()  # the last try's error is the one reported
 
 
 def configure(root: Path, arm: str | None) -> dict[str, Any]:
@@ -145,6 +156,10 @@ def main(argv: list[str]) -> int:
     if not args.node:
         parser.error(f"{args.action} needs a node name")
     settings = json.loads((args.root / "runner.json").read_text(encoding="utf-8"))["pool"]["azure"]
+    missing = [key for key in REQUIRED if not settings.get(key)]
+    if missing:
+        parser.exit(2, f"azure_nodes.py: runner.json's pool.azure has no {', '.join(missing)}: the head's boot did not "
+                       "run `azure_nodes.py configure` (see cloud-init's or the bootstrap's log)\n")
     done = resume(settings, args.node) if args.action == "resume" else suspend(settings, args.node)
     print(f"{args.action} {args.node}: {done}", flush=True)
     return 0

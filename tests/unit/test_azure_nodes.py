@@ -270,3 +270,44 @@ def test_resume_waits_until_the_node_answers_on_its_ready_ports() -> None:
             server.close()
     with pytest.raises(TimeoutError, match=f"127.0.0.1 runs but its port {port} does not answer"):
         azure_nodes.wait_ready("127.0.0.1", [port], time.monotonic() + 0.3, 0.05)
+
+
+def test_an_unconfigured_pool_is_one_clear_error(tmp_path: Path) -> None:
+    """resume before `configure` ran (the head's boot failed there): exit 2 naming what is missing, no traceback."""
+    import subprocess
+
+    from mpicloud.assets import install_runner
+    from tests.runnerlib import NODE_PYTHON
+
+    script = install_runner(tmp_path / "opt").with_name("azure_nodes.py")
+    (tmp_path / "runner.json").write_text(json.dumps({"pool": {"azure": {"api_version": COMPUTE_API}}}))
+    done = subprocess.run([NODE_PYTHON, str(script), "resume", "--root", str(tmp_path), "node1"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "pool.azure has no arm, subscription, resource_group, cluster: the head's boot did not run" in done.stderr
+
+
+def test_configure_waits_for_the_metadata_endpoint_at_boot(settings: dict[str, str], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = azure_nodes.urllib.request.urlopen
+
+    def flaky(request: Any, timeout: float) -> Any:
+        calls.append(request.full_url)
+        if len(calls) < 3:
+            raise azure_nodes.urllib.error.URLError("connection refused")
+        return real(request, timeout=timeout)
+
+    monkeypatch.setattr(azure_nodes.urllib.request, "urlopen", flaky)
+    meta = azure_nodes.instance({"imds": settings["imds"]}, wait=0.01)
+    assert meta["subscriptionId"] == "sub-1" and len(calls) == 3
+    calls.clear()
+
+    def down(request: Any, timeout: float) -> Any:
+        calls.append(request.full_url)
+        raise azure_nodes.urllib.error.URLError("connection refused")
+
+    monkeypatch.setattr(azure_nodes.urllib.request, "urlopen", down)
+    with pytest.raises(azure_nodes.urllib.error.URLError):
+        azure_nodes.instance({"imds": settings["imds"]}, tries=2, wait=0.01)
+    assert len(calls) == 2  # gives up after its tries, with the error
