@@ -37,7 +37,7 @@ def compact_runner(folder: Path) -> Path:
 
 
 def elastic(tmp_path: Path, low: int = 0, high: int = 2, idle_minutes: float = 0.02,
-            listed: int = 0, compact: bool = False) -> LocalQueue:
+            listed: int = 0, compact: bool = False, **extra: Any) -> LocalQueue:
     """A queue whose head runs no jobs and whose compute nodes n1..n<high> (2 slots) start and stop on demand;
     each start/stop is a line in actions.log, as is each job's begin and end. `listed`: compute nodes runner.json
     lists beside the head (created with the cluster, as Azure's VMs are); `compact`: the runner of the compact
@@ -46,7 +46,7 @@ def elastic(tmp_path: Path, low: int = 0, high: int = 2, idle_minutes: float = 0
     action = 'sleep 0.3; echo "{} $0" >> ' + str(log)
     pool = {"min": low, "max": high, "idle_minutes": idle_minutes, "slots_per_node": 2, "head_runs_jobs": False,
             "resume_command": ["sh", "-c", action.format("start")],
-            "suspend_command": ["sh", "-c", action.format("stop")]}
+            "suspend_command": ["sh", "-c", action.format("stop")], **extra}
     q = LocalQueue(tmp_path / "root", [0] + [2] * listed, pool=pool, probe_seconds=0)
     if compact:
         q.runner = compact_runner(tmp_path / "compact")
@@ -246,5 +246,29 @@ def test_node_hours_stop_counting_while_the_runner_is_stopped_on_purpose(tmp_pat
                  and float(json.loads((q.root / "status.json").read_text())["heartbeat"]) > time.time() - 1)
         after = pool_status(q)["node_hours"]
         assert after - before < 2.5 / 3600  # head and n1 counted only since the restart, not the 3 s stopped
+    finally:
+        stop(q)
+
+
+def test_after_a_cluster_stop_nodes_that_were_up_start_again_before_they_take_jobs(tmp_path: Path) -> None:
+    """Azure (resume_after_pause): the cluster's stop deallocated every VM and its start brings back the head only;
+    the pool runs the start action of the nodes that were up, and places jobs on them only once they are up."""
+    q = elastic(tmp_path, idle_minutes=60, listed=2, resume_after_pause=True)
+    q.serve()
+    try:
+        wait_for(lambda: (q.root / "status.json").exists() and pool_status(q)["nodes"] == {"n1": "up", "n2": "up"})
+    finally:
+        stop(q)
+    log = q.root.parent / "actions.log"
+    assert not log.exists()  # created up: no action so far
+    q.serve()
+    try:
+        jobs = [job(q, 4)]
+        assert q.wait(jobs[0])["state"] == "succeeded"
+        wait_for(lambda: pool_status(q)["nodes"] == {"n1": "up", "n2": "up"})  # status.json follows each pass
+        lines = check_log(q, jobs)  # the job began only after both nodes had started again
+        assert sorted(line for line in lines if line.startswith("start")) == ["start n1", "start n2"]
+        record = json.loads((q.root / nodepool.POOL_FILE).read_text())
+        assert record["nodes"]["n0"]["state"] == "up"  # the head is not the pool's to start
     finally:
         stop(q)

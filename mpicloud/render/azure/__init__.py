@@ -129,7 +129,9 @@ def node_pool(spec: ClusterSpec, ready_ports: tuple[int, ...] = (22,)) -> dict[s
         return [NODE_PYTHON[spec.os], platform.path("azure_nodes.py"), action, "--root",
                 runner_root(spec.shared_storage.path)]
     settings = {"api_version": COMPUTE_API, "ready_ports": list(ready_ports)}
-    return {**pool_config(spec, command("resume"), command("suspend")), "azure": settings}
+    # an idle shutdown deallocates every VM; the head starts alone: compute nodes that were up start again
+    return {**pool_config(spec, command("resume"), command("suspend")), "resume_after_pause": True,
+            "azure": settings}
 
 
 def configure_command(spec: ClusterSpec, arm: str | None = None) -> list[str]:
