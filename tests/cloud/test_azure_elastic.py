@@ -135,6 +135,7 @@ def test_the_heads_runner_json_pool_and_its_boot_command() -> None:
     assert pool["resume_command"] == [python, runner, "resume", "--root", "C:\\shared\\.mpicloud"]
     assert pool["suspend_command"] == [python, runner, "suspend", "--root", "C:\\shared\\.mpicloud"]
     assert (pool["min"], pool["max"], pool["idle_minutes"], pool["head_runs_jobs"]) == (1, 8, 20, False)
+    assert pool["resume_after_pause"] and pool["replace_unreachable_seconds"] == azure.REPLACE_UNREACHABLE_SECONDS
     # the deployment's values come at boot, no secret; a started node is up once sshd and MS-MPI's launch service answer
     assert pool["azure"] == {"api_version": azure.COMPUTE_API, "ready_ports": [22, windows_bootstrap.LAUNCH_PORT]}
     configure = f"& '{python}' '{runner}' 'configure' '--root' 'C:\\shared\\.mpicloud' --arm $ArmEndpoint"

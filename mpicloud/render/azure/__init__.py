@@ -34,6 +34,9 @@ ELASTIC_ACTIONS = (*DEALLOCATE_ACTIONS, "Microsoft.Compute/virtualMachines/start
 #: the Python the head runs azure_nodes.py with: Debian/Ubuntu's own (stdlib only), or the one the Windows bootstrap
 #: installs
 NODE_PYTHON = {"linux": "/usr/bin/python3", "windows": WINDOWS.python[0]}
+#: an elastic cluster's compute VM unreachable this long is replaced (deallocated, started again): longer than the
+#: pool's default (2 minutes), which a VM still provisioning after the deployment would exceed
+REPLACE_UNREACHABLE_SECONDS = 1800.0
 SUBNET_NAME = "cluster"
 #: built-in roles on a Linux cluster's Key Vault: node0 writes the intra-cluster secrets, the other nodes read them
 SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
@@ -129,9 +132,10 @@ def node_pool(spec: ClusterSpec, ready_ports: tuple[int, ...] = (22,)) -> dict[s
         return [NODE_PYTHON[spec.os], platform.path("azure_nodes.py"), action, "--root",
                 runner_root(spec.shared_storage.path)]
     settings = {"api_version": COMPUTE_API, "ready_ports": list(ready_ports)}
-    # an idle shutdown deallocates every VM; the head starts alone: compute nodes that were up start again
+    # an idle shutdown deallocates every VM; the head starts alone: compute nodes that were up start again. A
+    # compute VM's first boot (cloud-init or the bootstrap, many minutes) must not count as a broken node
     return {**pool_config(spec, command("resume"), command("suspend")), "resume_after_pause": True,
-            "azure": settings}
+            "replace_unreachable_seconds": REPLACE_UNREACHABLE_SECONDS, "azure": settings}
 
 
 def configure_command(spec: ClusterSpec, arm: str | None = None) -> list[str]:
