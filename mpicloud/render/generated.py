@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,12 @@ GENERATED: dict[str, Callable[[], str]] = {
     "templates/arm/azuredeploy.json": arm.azuredeploy_json,
     "templates/arm/blob-access.json": blobaccess.blob_access_json,
     "templates/arm/createUiDefinition.json": arm.create_ui_definition_json,
+    "templates/arm/elastic/azuredeploy.json": functools.partial(
+        arm.azuredeploy_json, arm.EXAMPLE.with_name("azure-windows-elastic.yaml")),
     "templates/arm/linux/azuredeploy.json": arm_linux.azuredeploy_json,
     "templates/arm/linux/createUiDefinition.json": arm_linux.create_ui_definition_json,
+    "templates/arm/linux/elastic/azuredeploy.json": functools.partial(
+        arm_linux.azuredeploy_json, arm.EXAMPLE.with_name("azure-linux-elastic.yaml")),
     "templates/cloudformation/bucket-access.json": cfn_bucket.bucket_access_json,
     "templates/cloudformation/cluster-efa.json": efa_template_json,
     "templates/cloudformation/cluster.json": cluster_template_json,

@@ -406,12 +406,12 @@ class ClusterSpec(_Model):
             if self.scale_down_idle_minutes is not None:
                 raise ValueError("scale_down_idle_minutes needs an elastic cluster (nodes: {min: M, max: X})")
             return
-        if self.cloud != "local":
-            raise ValueError(f"nodes: {{min, max}} (elastic) is built for the local cluster only; {self.cloud} "
-                             "clusters take a fixed number of nodes for now")
-        if self.scheduler != "builtin" or self.local_network != "loopback":
-            raise ValueError("nodes: {min, max} (elastic) needs the built-in queue on loopback nodes for now "
-                             "(scheduler: builtin, local.network: loopback)")
+        if self.cloud not in ("local", "azure"):
+            raise ValueError(f"nodes: {{min, max}} (elastic) is built for the local cluster and Azure only; "
+                             f"{self.cloud} clusters take a fixed number of nodes for now")
+        if self.scheduler != "builtin" or (self.cloud == "local" and self.local_network != "loopback"):
+            raise ValueError("nodes: {min, max} (elastic) needs the built-in queue (scheduler: builtin), on loopback "
+                             "nodes for a local cluster (local.network: loopback), for now")
 
     def _os_options(self) -> None:
         """Options of one OS set on a cluster of the other (an Azure Windows image on Linux nodes, ...)."""

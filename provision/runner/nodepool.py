@@ -43,6 +43,9 @@ class Pool:
         self.suspend = [str(a) for a in config.get("suspend_command") or []]
         self.replace_after = float(config.get("replace_unreachable_seconds", REPLACE_AFTER_SECONDS))
         self.actions: dict[str, tuple[subprocess.Popen[bytes], str]] = {}  # node -> (process, kind)
+        # the cluster's stop takes every node down (Azure deallocates every VM) and its start brings back the head
+        # only: after a pause, nodes that were up run their (idempotent) start again before they take jobs
+        self.resume_after_pause = bool(config.get("resume_after_pause"))
         self.data = self._load(nodes)
 
     # -- nodes.json
@@ -55,9 +58,12 @@ class Pool:
                     "head_since": at, "nodes": {str(n["name"]): self._entry(UP, at) for n in nodes}}
             self.rt.write_json(self.path, data)
         at = self.rt.now()
-        for entry in data["nodes"].values():  # idle times are not recorded on every pass: count them anew
+        paused = bool(data.get("paused"))
+        for name, entry in data["nodes"].items():  # idle times are not recorded on every pass: count them anew
             entry["idle_since"] = at
-            if data.get("paused") and entry["state"] in (UP, DRAINING):
+            if paused and entry["state"] in (UP, DRAINING) and self.resume_after_pause and name != self.head:
+                entry.update(state=STARTING, since=at, retry_at=0.0)
+            elif paused and entry["state"] in (UP, DRAINING):
                 entry["up_since"] = at
         if data.pop("paused", False):
             data["head_since"] = at

@@ -14,7 +14,8 @@ from tests.conftest import cli
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = {"local.yaml": ("local", "linux"), "aws-linux.yaml": ("aws", "linux"),
             "aws-windows.yaml": ("aws", "windows"), "azure-linux.yaml": ("azure", "linux"),
-            "azure-windows.yaml": ("azure", "windows")}
+            "azure-windows.yaml": ("azure", "windows"), "azure-linux-elastic.yaml": ("azure", "linux"),
+            "azure-windows-elastic.yaml": ("azure", "windows")}
 
 
 def test_every_target_has_an_example_and_a_boot_renderer() -> None:
@@ -30,6 +31,8 @@ def test_example_validates_and_renders(name: str, monkeypatch: pytest.MonkeyPatc
     files = boot_files(spec)
     assert files and all(text.strip() for text in files.values())
     assert not any("not-in-any-file-42" in text for text in files.values())
+    # an elastic cluster's head runs the pool's node actions; a fixed one has none
+    assert any("azure_nodes.py" in text and "configure" in text for text in files.values()) == bool(spec.elastic)
 
 
 def test_validate_writes_the_boot_files(tmp_path: Path) -> None:

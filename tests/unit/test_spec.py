@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")))
 def test_examples_validate(example: Path) -> None:
     spec = load_spec(example)
-    assert spec.name and spec.nodes >= 1
+    assert spec.name and spec.node_count >= 1
 
 
 def problems(text: str) -> list[str]:
@@ -239,18 +239,29 @@ def test_nodes_is_a_count_or_an_elastic_range() -> None:
     ("nodes: {min: 0, max: 2, maximum: 3}", "nodes.maximum: unknown field"),
     ("nodes: 3\nscale_down_idle_minutes: 5", "scale_down_idle_minutes needs an elastic cluster"),
     ("nodes: {min: 0, max: 2}\nscale_down_idle_minutes: 0", "scale_down_idle_minutes: Input should be greater"),
-    ("nodes: {min: 0, max: 2}\nscheduler: slurm\nlocal: {network: namespaces}", "needs the built-in queue on loopback"),
+    ("nodes: {min: 0, max: 2}\nscheduler: slurm\nlocal: {network: namespaces}",
+     "needs the built-in queue (scheduler: builtin), on loopback"),
 ])
 def test_bad_elastic_specs_name_the_field(text: str, expected: str) -> None:
     assert any(expected in p for p in problems(f"name: ok1\ncloud: local\n{text}\n")), problems(
         f"name: ok1\ncloud: local\n{text}\n")
 
 
-def test_elastic_is_refused_on_the_clouds_for_now() -> None:
+def test_elastic_is_refused_on_aws_and_with_slurm_on_azure_for_now() -> None:
     from tests.specdata import aws_doc
 
-    with pytest.raises(SpecError, match="built for the local cluster only"):
+    with pytest.raises(SpecError, match="built for the local cluster and Azure only; aws clusters"):
         spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}))
+    text = (ROOT / "examples" / "azure-linux-elastic.yaml").read_text(encoding="utf-8")
+    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\)"):
+        parse_spec(text + "scheduler: slurm\n")
+
+
+@pytest.mark.parametrize("example", ["azure-linux-elastic.yaml", "azure-windows-elastic.yaml"])
+def test_elastic_is_accepted_on_azure_linux_and_windows(example: str) -> None:
+    spec = load_spec(ROOT / "examples" / example)
+    assert spec.cloud == "azure" and spec.elastic is not None and spec.scheduler == "builtin"
+    assert spec.node_count == spec.elastic.max + 1  # every compute VM is created up front
 
 
 def test_managed_identity_blob_grant_needs_azure() -> None:
