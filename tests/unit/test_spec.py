@@ -246,11 +246,18 @@ def test_bad_elastic_specs_name_the_field(text: str, expected: str) -> None:
         f"name: ok1\ncloud: local\n{text}\n")
 
 
-def test_elastic_is_refused_on_the_clouds_for_now() -> None:
+def test_elastic_on_aws_linux_with_the_builtin_queue_only() -> None:
     from tests.specdata import aws_doc
 
-    with pytest.raises(SpecError, match="built for the local cluster only"):
-        spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}))
+    spec = spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "terminate"}))
+    assert spec.elastic is not None and spec.node_count == 3 and spec.aws_options.suspend == "terminate"
+    assert spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2})).aws_options.suspend == "stop"
+    with pytest.raises(SpecError, match=r"on AWS needs the built-in queue for now \(scheduler: builtin\)"):
+        spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, scheduler="slurm"))
+    with pytest.raises(SpecError, match="aws.suspend: Input should be 'stop' or 'terminate'"):
+        spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "hibernate"}))
+    with pytest.raises(SpecError, match="built for the local cluster and AWS Linux only; azure linux"):
+        spec_from_dict({**aws_doc(name="demo", nodes={"min": 0, "max": 2}), "cloud": "azure"})
 
 
 def test_managed_identity_blob_grant_needs_azure() -> None:
