@@ -4,12 +4,17 @@ with the cluster and the node); `suspend NODE` stops or terminates it. Idempoten
 the head) is imported only here, only when an action runs.
 
 Settings: runner.json `pool.aws`: region, launch_template_id, cluster, placement_group (optional),
-suspend ("stop": keep the disk, bill it; "terminate": bill nothing), endpoint_url (tests: moto server).
+suspend ("stop": keep the disk, bill it; "terminate": bill nothing), addresses (optional: node -> its fixed
+private address, launched on the template's network interface), endpoint_url (tests: moto server).
+
+From the command line `resume` returns only once the node is usable: its instance runs and it answers the
+runner's share probe (runner.json `share_probe` + NODE: its boot finished and it sees `share_marker`).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the protocol package
 from mpicloud.protocol.pool import CLUSTER_TAG, NODE_TAG
 
 LIVE = ("pending", "running", "stopping", "stopped")
+#: cloud-init writes it when the node's boot (mounts, keys, software) is done
+BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
 
 
 def client(settings: dict[str, Any]) -> Any:
@@ -46,7 +53,7 @@ def resume(ec2: Any, settings: dict[str, Any], node: str, timeout: float = 600.0
         made = ec2.run_instances(
             LaunchTemplate={"LaunchTemplateId": settings["launch_template_id"]}, MinCount=1, MaxCount=1,
             TagSpecifications=[{"ResourceType": t, "Tags": tags} for t in ("instance", "volume")],
-            **({"Placement": placement} if placement else {}))
+            **({"Placement": placement} if placement else {}), **_address(ec2, settings, node))
         instance = made["Instances"][0]
     elif instance["State"]["Name"] in ("stopped", "stopping"):
         _wait(ec2, instance["InstanceId"], {"stopped"}, timeout)
@@ -68,6 +75,39 @@ def suspend(ec2: Any, settings: dict[str, Any], node: str) -> str | None:
     return str(ids[0])
 
 
+def _address(ec2: Any, settings: dict[str, Any], node: str) -> dict[str, Any]:
+    """RunInstances' NetworkInterfaces: the launch template's own interface with the node's fixed private
+    address (the name every node's /etc/hosts gives it); nothing when the settings name no address."""
+    address = (settings.get("addresses") or {}).get(node)
+    if address is None:
+        return {}
+    data = ec2.describe_launch_template_versions(LaunchTemplateId=settings["launch_template_id"],
+                                                 Versions=["$Default"])["LaunchTemplateVersions"][0]
+    [interface] = data["LaunchTemplateData"]["NetworkInterfaces"]
+    return {"NetworkInterfaces": [{**interface, "PrivateIpAddress": address}]}
+
+
+def wait_ready(config: dict[str, Any], node: str, launched: bool, timeout: float = 1800.0) -> None:
+    """Until the node answers the runner's share probe: its boot (cloud-init) finished and it sees the share
+    marker. A freshly launched node has a new host key: the old one is forgotten first (accept-new takes it)."""
+    probe, marker = config.get("share_probe"), config.get("share_marker")
+    if not (probe and marker):
+        return
+    if launched:
+        known = Path.home() / ".ssh" / "known_hosts"
+        if known.is_file():
+            address = (config["pool"]["aws"].get("addresses") or {}).get(node)
+            for name in filter(None, (node, address)):
+                subprocess.run(["ssh-keygen", "-R", name, "-f", str(known)], capture_output=True, check=False)
+    test = f"test -f {BOOT_FINISHED} -a -f {marker}"
+    deadline = time.monotonic() + timeout
+    while subprocess.run([*probe, node, test], stdin=subprocess.DEVNULL, capture_output=True,
+                         timeout=120, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{node} runs but did not finish its boot or see {marker} in {timeout:.0f} s")
+        time.sleep(5.0)
+
+
 def _wait(ec2: Any, instance_id: str, states: set[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -82,9 +122,15 @@ def _wait(ec2: Any, instance_id: str, states: set[str], timeout: float) -> None:
 def main(argv: list[str]) -> int:
     """`ec2_nodes.py resume|suspend NODE --root ROOT` (the pool's resume_command/suspend_command)."""
     action, node, root = argv[0], argv[-1], Path(argv[argv.index("--root") + 1])
-    settings = json.loads((root / "runner.json").read_text(encoding="utf-8"))["pool"]["aws"]
+    config = json.loads((root / "runner.json").read_text(encoding="utf-8"))
+    settings = config["pool"]["aws"]
     ec2 = client(settings)
-    done = resume(ec2, settings, node) if action == "resume" else suspend(ec2, settings, node)
+    if action == "resume":
+        launched = find(ec2, settings, node) is None
+        done: str | None = resume(ec2, settings, node)
+        wait_ready(config, node, launched)
+    else:
+        done = suspend(ec2, settings, node)
     print(f"{action} {node}: {done or 'no instance'}", flush=True)
     return 0
 
