@@ -93,7 +93,9 @@ def _files(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[File]:
         path = spec.shared_storage.path
         # nodes and idle minutes come from the cloud's metadata at boot (cluster-files.sh): the user data stays the
         # same whatever the node count, so resizing a cluster never changes (or replaces) its nodes' user data
-        config = {**runner_config(spec, pool=parts.pool), "nodes": [], "idle_shutdown_minutes": None,
+        # (an elastic head's nodes are itself alone, whatever the pool does)
+        config = {**runner_config(spec, pool=parts.pool), "idle_shutdown_minutes": None,
+                  **({} if parts.pool else {"nodes": []}),
                   "share_marker": root_file(path, SHARE_MARKER), "share_probe": SHARE_PROBE}
         files += [_script(name) for name in (*_HEAD_SCRIPTS, *parts.head_scripts)]
         files += [

@@ -254,7 +254,7 @@ def test_elastic_on_aws_linux_with_the_builtin_queue_only() -> None:
     assert spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2})).aws_options.suspend == "stop"
     with pytest.raises(SpecError, match=r"on AWS needs the built-in queue for now \(scheduler: builtin\)"):
         spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, scheduler="slurm"))
-    with pytest.raises(SpecError, match="aws.suspend: Input should be 'stop' or 'terminate'"):
+    with pytest.raises(SpecError, match=r"aws\.suspend: Input should be 'stop' or 'terminate'"):
         spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "hibernate"}))
     with pytest.raises(SpecError, match="built for the local cluster and AWS Linux only; azure linux"):
         spec_from_dict({**aws_doc(name="demo", nodes={"min": 0, "max": 2}), "cloud": "azure"})
