@@ -225,12 +225,14 @@ def _head_iam() -> dict[str, Any]:
         "PolicyName": "node-actions", "Roles": [_ref("HeadRole")], "PolicyDocument": _sub(policy)}}}
 
 
-def _launch_template(worker_user_data: str, name: str = "NodeLaunchTemplate",
+def _launch_template(worker_user_data: str | None, name: str = "NodeLaunchTemplate",
                      more: dict[str, Any] | None = None) -> dict[str, Any]:
     """What AWS::EC2::Instance cannot say itself (IMDSv2 above all), and the user data every worker shares (node0
-    has its own); image, type, key and role are on the nodes (`more`: in the template, for compute nodes)."""
+    has its own); image, type, key and role are on the nodes (`more`: in the template, for compute nodes). An
+    elastic head's template has no user data: a new worker user data must not make a new version of it (its
+    instance would be replaced)."""
     data = {
-        "UserData": worker_user_data,
+        **({"UserData": worker_user_data} if worker_user_data else {}),
         "MetadataOptions": {"".join(w.capitalize() for w in k.split("_")): v for k, v in METADATA_OPTIONS.items()},
         "BlockDeviceMappings": [{"DeviceName": ROOT_DEVICE, "Ebs": {
             "Encrypted": True, "VolumeSize": _ref("RootVolumeGb"), "VolumeType": "gp3",
@@ -362,7 +364,7 @@ def cluster_template(spec: ClusterSpec | None = None, efa: bool = False) -> dict
     ips = node_addresses(spec.aws_options.subnet_cidr, spec.node_count if elastic else MAX_TEMPLATE_NODES)
     parts = _runner_parts()
     worker = user_data_base64(spec, None, ips)
-    resources = {**_network(spec), **_security(), **_iam(elastic), **_launch_template(worker),
+    resources = {**_network(spec), **_security(), **_iam(elastic), **_launch_template(None if elastic else worker),
                  **(_compute_launch_template(spec, worker, efa) if elastic else {}), **parts, **_shared_volume()}
     for i in range(nodes):
         resources.update({f"Node{i}": _node(spec, i, ips, sorted(parts) if i == 0 else [], efa),

@@ -101,6 +101,7 @@ def test_only_the_head_at_deploy_and_a_launch_template_for_the_rest(template: di
     # (new worker user data, a newer image) makes a new version of ComputeLaunchTemplate, never a new head
     assert head["LaunchTemplate"]["LaunchTemplateId"] == {"Ref": "NodeLaunchTemplate"}
     assert "ComputeLaunchTemplate" not in json.dumps(head["LaunchTemplate"])
+    assert "UserData" not in resources["NodeLaunchTemplate"]["Properties"]["LaunchTemplateData"]
 
 
 def test_only_the_head_role_may_act_on_nodes(template: dict[str, Any]) -> None:
