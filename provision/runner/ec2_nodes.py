@@ -24,6 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the protocol package
 from mpicloud.protocol.pool import CLUSTER_TAG, NODE_TAG
 
 LIVE = ("pending", "running", "stopping", "stopped")
+#: runner.json pool.aws settings every action needs
+REQUIRED = ("region", "launch_template_id", "cluster")
+#: what a launch creates and tags with the cluster and node (the head's policy requires the cluster tag on each)
+TAGGED = ("instance", "volume", "network-interface")
 #: cloud-init writes it when the node's boot (mounts, keys, software) is done
 BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
 
@@ -52,7 +56,7 @@ def resume(ec2: Any, settings: dict[str, Any], node: str, timeout: float = 600.0
         placement = {"GroupName": settings["placement_group"]} if settings.get("placement_group") else {}
         made = ec2.run_instances(
             LaunchTemplate={"LaunchTemplateId": settings["launch_template_id"]}, MinCount=1, MaxCount=1,
-            TagSpecifications=[{"ResourceType": t, "Tags": tags} for t in ("instance", "volume")],
+            TagSpecifications=[{"ResourceType": t, "Tags": tags} for t in TAGGED],
             **({"Placement": placement} if placement else {}), **_address(ec2, settings, node))
         instance = made["Instances"][0]
     elif instance["State"]["Name"] in ("stopped", "stopping"):
@@ -87,25 +91,36 @@ def _address(ec2: Any, settings: dict[str, Any], node: str) -> dict[str, Any]:
     return {"NetworkInterfaces": [{**interface, "PrivateIpAddress": address}]}
 
 
-def wait_ready(config: dict[str, Any], node: str, launched: bool, timeout: float = 1800.0) -> None:
-    """Until the node answers the runner's share probe: its boot (cloud-init) finished and it sees the share
-    marker. A freshly launched node has a new host key: the old one is forgotten first (accept-new takes it)."""
+def forget_host_key(config: dict[str, Any], node: str) -> None:
+    """Drop the node's old host key (by name and address) from the head's known_hosts before it is launched
+    afresh: the new instance has a new key, which `StrictHostKeyChecking accept-new` then takes."""
+    known = Path.home() / ".ssh" / "known_hosts"
+    if known.is_file():
+        address = (config["pool"]["aws"].get("addresses") or {}).get(node)
+        for name in filter(None, (node, address)):
+            subprocess.run(["ssh-keygen", "-R", name, "-f", str(known)], capture_output=True, check=False)
+
+
+def wait_ready(config: dict[str, Any], node: str, timeout: float = 1800.0) -> None:
+    """Until the node answers the runner's share probe (runner.json `share_probe`): its boot (cloud-init)
+    finished and it sees the share marker."""
     probe, marker = config.get("share_probe"), config.get("share_marker")
     if not (probe and marker):
         return
-    if launched:
-        known = Path.home() / ".ssh" / "known_hosts"
-        if known.is_file():
-            address = (config["pool"]["aws"].get("addresses") or {}).get(node)
-            for name in filter(None, (node, address)):
-                subprocess.run(["ssh-keygen", "-R", name, "-f", str(known)], capture_output=True, check=False)
     test = f"test -f {BOOT_FINISHED} -a -f {marker}"
     deadline = time.monotonic() + timeout
-    while subprocess.run([*probe, node, test], stdin=subprocess.DEVNULL, capture_output=True,
-                         timeout=120, check=False).returncode != 0:
+    while not _answers([*probe, node, test]):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{node} runs but did not finish its boot or see {marker} in {timeout:.0f} s")
         time.sleep(5.0)
+
+
+def _answers(argv: list[str]) -> bool:
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+                              check=False).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _wait(ec2: Any, instance_id: str, states: set[str], timeout: float) -> None:
@@ -119,18 +134,40 @@ def _wait(ec2: Any, instance_id: str, states: set[str], timeout: float) -> None:
         time.sleep(2.0)
 
 
-def main(argv: list[str]) -> int:
-    """`ec2_nodes.py resume|suspend NODE --root ROOT` (the pool's resume_command/suspend_command)."""
-    action, node, root = argv[0], argv[-1], Path(argv[argv.index("--root") + 1])
+def act(action: str, node: str, root: Path) -> str | None:
+    """Run one node action with the settings of ROOT/runner.json; the instance id (None: nothing to suspend)."""
     config = json.loads((root / "runner.json").read_text(encoding="utf-8"))
-    settings = config["pool"]["aws"]
+    settings = (config.get("pool") or {}).get("aws") or {}
+    for key in REQUIRED:
+        if not isinstance(settings.get(key), str) or not settings[key]:
+            raise ValueError(f"{root / 'runner.json'}: pool.aws.{key} is missing")
     ec2 = client(settings)
-    if action == "resume":
-        launched = find(ec2, settings, node) is None
-        done: str | None = resume(ec2, settings, node)
-        wait_ready(config, node, launched)
-    else:
-        done = suspend(ec2, settings, node)
+    if action == "suspend":
+        return suspend(ec2, settings, node)
+    if find(ec2, settings, node) is None:
+        forget_host_key(config, node)  # before the launch: a runner killed after it still finds the key gone
+    done = resume(ec2, settings, node)
+    wait_ready(config, node)
+    return done
+
+
+def main(argv: list[str]) -> int:
+    """`ec2_nodes.py resume|suspend --root ROOT NODE` (the pool's resume_command/suspend_command, the node name
+    appended); one line on stderr and exit 1 when it fails (the pool retries)."""
+    if len(argv) != 4 or argv[0] not in ("resume", "suspend") or argv[1] != "--root":
+        print("usage: ec2_nodes.py resume|suspend --root ROOT NODE", file=sys.stderr)
+        return 2
+    action, root, node = argv[0], Path(argv[2]), argv[3]
+    try:
+        done = act(action, node, root)
+    except (OSError, KeyError, ValueError, TimeoutError) as exc:
+        print(f"{action} {node}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # botocore's errors (ClientError, NoCredentialsError, ...): the SDK is loaded lazily
+        if not type(exc).__module__.startswith("botocore"):
+            raise
+        print(f"{action} {node}: {exc}", file=sys.stderr)
+        return 1
     print(f"{action} {node}: {done or 'no instance'}", flush=True)
     return 0
 

@@ -362,3 +362,17 @@ def test_the_deployed_head_policy_allows_only_this_template_and_cluster(deployed
                     {"iam:PassedToService": "ec2.amazonaws.com"}) == "allow"
     assert evaluate(policy, "iam:PassRole", roles[head_role]["Arn"],
                     {"iam:PassedToService": "ec2.amazonaws.com"}) == "implicit-deny"
+
+
+def test_a_broken_runner_json_or_command_line_is_one_line_naming_the_field(deployed: Deployed, head: Head) -> None:
+    config = json.loads((head.root / "runner.json").read_text())
+    del config["pool"]["aws"]["launch_template_id"]
+    (head.root / "runner.json").write_text(json.dumps(config))
+    proc = _action(head, "resume", "node3")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and out == ""
+    assert err == f"resume node3: ValueError: {head.root / 'runner.json'}: pool.aws.launch_template_id is missing\n"
+    assert _instances(deployed.client("ec2"), "node3") == []
+    done = subprocess.run(["/usr/bin/python3", str(head.opt / "ec2_nodes.py"), "reboot", "node3"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and done.stderr == "usage: ec2_nodes.py resume|suspend --root ROOT NODE\n"

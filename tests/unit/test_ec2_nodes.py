@@ -37,4 +37,5 @@ def test_a_launch_uses_the_template_the_placement_group_and_the_cluster_tags() -
     assert client.runs == [{"LaunchTemplate": {"LaunchTemplateId": "lt-1"}, "MinCount": 1, "MaxCount": 1,
                             "Placement": {"GroupName": "demo-pg"},
                             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
-                                                  {"ResourceType": "volume", "Tags": tags}]}]
+                                                  {"ResourceType": "volume", "Tags": tags},
+                                                  {"ResourceType": "network-interface", "Tags": tags}]}]
