@@ -24,6 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the protocol package
 from mpicloud.protocol.pool import CLUSTER_TAG, NODE_TAG
 
 LIVE = ("pending", "running", "stopping", "stopped")
+#: the launch template's newest version: a stack or program update makes one (whether it also becomes the default
+#: differs between CloudFormation and Pulumi); running nodes keep theirs
+VERSION = "$Latest"
 #: runner.json pool.aws settings every action needs
 REQUIRED = ("region", "launch_template_id", "cluster")
 #: what a launch creates and tags with the cluster and node (the head's policy requires the cluster tag on each)
@@ -55,7 +58,8 @@ def resume(ec2: Any, settings: dict[str, Any], node: str, timeout: float = 600.0
         tags = [{"Key": CLUSTER_TAG, "Value": settings["cluster"]}, {"Key": NODE_TAG, "Value": node}]
         placement = {"GroupName": settings["placement_group"]} if settings.get("placement_group") else {}
         made = ec2.run_instances(
-            LaunchTemplate={"LaunchTemplateId": settings["launch_template_id"]}, MinCount=1, MaxCount=1,
+            LaunchTemplate={"LaunchTemplateId": settings["launch_template_id"], "Version": VERSION},
+            MinCount=1, MaxCount=1,
             TagSpecifications=[{"ResourceType": t, "Tags": tags} for t in TAGGED],
             **({"Placement": placement} if placement else {}), **_address(ec2, settings, node))
         instance = made["Instances"][0]
@@ -86,7 +90,7 @@ def _address(ec2: Any, settings: dict[str, Any], node: str) -> dict[str, Any]:
     if address is None:
         return {}
     data = ec2.describe_launch_template_versions(LaunchTemplateId=settings["launch_template_id"],
-                                                 Versions=["$Default"])["LaunchTemplateVersions"][0]
+                                                 Versions=[VERSION])["LaunchTemplateVersions"][0]
     [interface] = data["LaunchTemplateData"]["NetworkInterfaces"]
     return {"NetworkInterfaces": [{**interface, "PrivateIpAddress": address}]}
 
