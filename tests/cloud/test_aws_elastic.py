@@ -25,9 +25,10 @@ from mpicloud.assets import provision_dir, runner_files
 from mpicloud.protocol.pool import CLUSTER_TAG, NODE_TAG
 from mpicloud.render.aws import TAG_LAUNCH_TEMPLATE, TAG_NODES
 from mpicloud.render.aws.cloud_init import cloud_config, node_addresses
-from mpicloud.render.cloudformation import elastic_template_json, elastic_template_spec
+from mpicloud.render.cloudformation import cluster_template, elastic_template_json, elastic_template_spec
 from mpicloud.render.elastic_iam import node_actions_policy
 from mpicloud.render.iam_check import evaluate
+from mpicloud.spec.load import spec_from_dict
 from tests.cloud.cfn_moto import for_moto
 from tests.integration.s3server import moto_server
 
@@ -64,6 +65,19 @@ def test_cfn_lint_reports_nothing(template: dict[str, Any]) -> None:
     broken["Resources"]["ComputeLaunchTemplate"]["Properties"]["LaunchTemplateData"]["InstanceType"] = {
         "Ref": "Nope"}
     assert lint(json.dumps(broken), config=ManualArgs(regions=["us-east-1"]))
+
+
+def test_the_efa_variant_launches_compute_nodes_on_efa_interfaces() -> None:
+    from cfnlint.api import ManualArgs, lint
+
+    document = {**SPEC.model_dump(mode="json", exclude_none=True), "size": "c5n.18xlarge"}
+    document["aws"] = {**document["aws"], "efa": True}
+    efa = cluster_template(spec_from_dict(document), efa=True)
+    data = efa["Resources"]["ComputeLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert [i["InterfaceType"] for i in data["NetworkInterfaces"]] == ["efa"]
+    assert efa["Resources"]["Node0"]["Properties"]["NetworkInterfaces"] == [
+        {"DeviceIndex": "0", "NetworkInterfaceId": {"Ref": "Node0Efa"}}]
+    assert [(m.rule.id, m.message) for m in lint(json.dumps(efa), config=ManualArgs(regions=["us-east-1"]))] == []
 
 
 def test_checkov_is_clean_apart_from_justified_skips() -> None:
