@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")))
 def test_examples_validate(example: Path) -> None:
     spec = load_spec(example)
-    assert spec.name and spec.nodes >= 1
+    assert spec.name and spec.node_count >= 1 and spec.total_slots >= 1
 
 
 def problems(text: str) -> list[str]:
