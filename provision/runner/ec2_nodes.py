@@ -55,7 +55,8 @@ def resume(ec2: Any, settings: dict[str, Any], node: str, timeout: float = 600.0
     """Start the node (launch it when it has no instance); return its instance id once it runs."""
     instance = find(ec2, settings, node)
     if instance is None:
-        tags = [{"Key": CLUSTER_TAG, "Value": settings["cluster"]}, {"Key": NODE_TAG, "Value": node}]
+        tags = [{"Key": CLUSTER_TAG, "Value": settings["cluster"]}, {"Key": NODE_TAG, "Value": node},
+                {"Key": "Name", "Value": f"{settings['cluster']}-{node}"}]  # as a fixed cluster's nodes are named
         placement = {"GroupName": settings["placement_group"]} if settings.get("placement_group") else {}
         made = ec2.run_instances(
             LaunchTemplate={"LaunchTemplateId": settings["launch_template_id"], "Version": VERSION},

@@ -303,7 +303,7 @@ def test_resume_launches_from_the_deployed_template_and_returns_once_the_node_is
                      "-a -f /shared/.mpicloud/share-marker")
     tags = {t["Key"]: t["Value"] for t in made["Tags"]}
     assert tags["aws:ec2launchtemplate:id"] == deployed.template_id
-    assert tags[CLUSTER_TAG] == STACK and tags[NODE_TAG] == "node1"
+    assert tags[CLUSTER_TAG] == STACK and tags[NODE_TAG] == "node1" and tags["Name"] == f"{STACK}-node1"
     # what the worker reads at boot (node-env.sh) came with the launch template
     for key in ("mpicloud:nodes", "mpicloud:slots", "mpicloud:ssm-prefix", "mpicloud:kms-key"):
         assert tags[key] == deployed.head_tags[key], key
