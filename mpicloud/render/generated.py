@@ -10,7 +10,7 @@ from pathlib import Path
 from mpicloud.render import arm, blobaccess, cfn_bucket
 from mpicloud.render.aws.cfn_windows import windows_template_json
 from mpicloud.render.azure import arm_linux
-from mpicloud.render.cloudformation import cluster_template_json, efa_template_json
+from mpicloud.render.cloudformation import cluster_template_json, efa_template_json, elastic_template_json
 
 #: relative path under the repository root -> zero-argument renderer returning the file's text
 GENERATED: dict[str, Callable[[], str]] = {
@@ -25,6 +25,7 @@ GENERATED: dict[str, Callable[[], str]] = {
         arm_linux.azuredeploy_json, arm.EXAMPLE.with_name("azure-linux-elastic.yaml")),
     "templates/cloudformation/bucket-access.json": cfn_bucket.bucket_access_json,
     "templates/cloudformation/cluster-efa.json": efa_template_json,
+    "templates/cloudformation/cluster-elastic.json": elastic_template_json,
     "templates/cloudformation/cluster.json": cluster_template_json,
     "templates/cloudformation/windows-cluster.json": windows_template_json,
 }
