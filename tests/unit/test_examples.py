@@ -32,8 +32,9 @@ def test_example_validates_and_renders(name: str, monkeypatch: pytest.MonkeyPatc
     files = boot_files(spec)
     assert files and all(text.strip() for text in files.values())
     assert not any("not-in-any-file-42" in text for text in files.values())
-    # an elastic cluster's head runs the pool's node actions; a fixed one has none
-    assert any("azure_nodes.py" in text and "configure" in text for text in files.values()) == bool(spec.elastic)
+    # an elastic cluster's head runs the pool's node actions (its cloud's); a fixed one has none
+    actions = {"azure": "azure_nodes.py", "aws": "ec2_nodes.py"}.get(spec.cloud)
+    assert any("resume_command" in text and str(actions) in text for text in files.values()) == bool(spec.elastic)
 
 
 def test_validate_writes_the_boot_files(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -248,10 +249,9 @@ def test_bad_elastic_specs_name_the_field(text: str, expected: str) -> None:
 
 
 def test_elastic_is_refused_on_aws_windows_and_with_slurm_on_the_clouds_for_now() -> None:
-    from tests.specdata import aws_doc
-
+    text = (ROOT / "examples" / "aws-windows.yaml").read_text(encoding="utf-8")
     with pytest.raises(SpecError, match="aws windows clusters take a fixed number of nodes"):
-        spec_from_dict(aws_doc(name="demo", os="windows", nodes={"min": 0, "max": 2}))
+        parse_spec(re.sub(r"(?m)^nodes: .*$", "nodes: {min: 0, max: 2}", text))
     text = (ROOT / "examples" / "azure-linux-elastic.yaml").read_text(encoding="utf-8")
     with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\)"):
         parse_spec(text + "scheduler: slurm\n")
