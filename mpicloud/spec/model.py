@@ -409,9 +409,6 @@ class ClusterSpec(_Model):
         if self.cloud != "local":
             raise ValueError(f"nodes: {{min, max}} (elastic) is built for the local cluster only; {self.cloud} "
                              "clusters take a fixed number of nodes for now")
-        if self.scheduler != "builtin" or self.local_network != "loopback":
-            raise ValueError("nodes: {min, max} (elastic) needs the built-in queue on loopback nodes for now "
-                             "(scheduler: builtin, local.network: loopback)")
 
     def _os_options(self) -> None:
         """Options of one OS set on a cluster of the other (an Azure Windows image on Linux nodes, ...)."""

@@ -1402,9 +1402,14 @@ class FixedPool:
 
 
 def make_pool(runner: Runner) -> Any:
-    """The compute node pool (nodepool.py beside this file, Linux), or a fixed one (Windows)."""
+    """The compute node pool (nodepool.py beside this file, Linux; slurm_pool.py on an elastic Slurm cluster), or
+    a fixed one (Windows)."""
     if WINDOWS:
         return FixedPool(runner)
+    if runner.config.get("scheduler") == "slurm" and runner.config.get("pool"):
+        import slurm_pool  # Slurm's power saving acts on the nodes; this pool reports and resizes
+
+        return slurm_pool.SlurmPool(runner, sys.modules[__name__])
     import nodepool
 
     return nodepool.Pool(runner, sys.modules[__name__])

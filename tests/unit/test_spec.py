@@ -239,11 +239,17 @@ def test_nodes_is_a_count_or_an_elastic_range() -> None:
     ("nodes: {min: 0, max: 2, maximum: 3}", "nodes.maximum: unknown field"),
     ("nodes: 3\nscale_down_idle_minutes: 5", "scale_down_idle_minutes needs an elastic cluster"),
     ("nodes: {min: 0, max: 2}\nscale_down_idle_minutes: 0", "scale_down_idle_minutes: Input should be greater"),
-    ("nodes: {min: 0, max: 2}\nscheduler: slurm\nlocal: {network: namespaces}", "needs the built-in queue on loopback"),
+    ("nodes: {min: 0, max: 2}\nscheduler: slurm\nlocal: {network: loopback}", "needs local.network: namespaces"),
 ])
 def test_bad_elastic_specs_name_the_field(text: str, expected: str) -> None:
     assert any(expected in p for p in problems(f"name: ok1\ncloud: local\n{text}\n")), problems(
         f"name: ok1\ncloud: local\n{text}\n")
+
+
+def test_elastic_runs_with_slurm_and_on_namespaced_nodes() -> None:
+    for extra in ("scheduler: slurm\n", "local: {network: namespaces}\n"):
+        spec = parse_spec(f"name: ok1\ncloud: local\nnodes: {{min: 0, max: 2}}\n{extra}")
+        assert spec.elastic is not None and spec.local_network == "namespaces"
 
 
 def test_elastic_is_refused_on_the_clouds_for_now() -> None:
