@@ -156,11 +156,11 @@ def power_config(spec: ClusterSpec, record: ClusterRecord, layout: slurm_local.S
     assert spec.elastic is not None
     script = Path(record.runner).parent / "slurm_power.py"
     programs = {}
-    for action in ("resume", "suspend"):
+    for action in ("resume", "suspend", "prolog"):
         wrapper = layout.root / action
         wrapper.parent.mkdir(parents=True, exist_ok=True)
-        wrapper.write_text(f"#!/bin/sh\n# Slurm's {action.capitalize()}Program for this cluster (generated)\nexec "
-                           f"{shlex.join([record.python[0], str(script), action, '--root', record.runner_root])} "
+        wrapper.write_text(f"#!/bin/sh\n# slurm_power.py {action} for this cluster's Slurm (generated)\nexec "
+                           f"{shlex.join([record.python[0], str(script), '--root', record.runner_root, action])} "
                            '"$@"\n')
         wrapper.chmod(0o755)
         programs[action] = str(wrapper)
@@ -174,7 +174,7 @@ def start_node_scheduler(record: ClusterRecord, node: Node, enter: list[str]) ->
     """Start a node's slurmd (Slurm clusters)."""
     if record.local.get("slurm_conf"):
         layout = slurm_layout(str(record.dir), record.local["cluster_id"])
-        slurm_local.start_slurmd(layout, node.name, enter, {MARKER: record.local["cluster_id"]})
+        slurm_local.start_slurmd(layout, node.name, enter, {MARKER: record.local["cluster_id"]}, booted=True)
 
 
 def wait_node_scheduler(record: ClusterRecord, node: Node) -> None:

@@ -104,12 +104,15 @@ def start(layout: SlurmLayout, controller: list[str], nodes: Sequence[Node], ent
                layout.root / nodes[-1].name / "slurmd.log")
 
 
-def start_slurmd(layout: SlurmLayout, node: str, enter: list[str], env: dict[str, str]) -> None:
-    """Start a node's slurmd (`enter` runs a command in the node); it carries MPICLOUD_NODE like the node's sshd."""
+def start_slurmd(layout: SlurmLayout, node: str, enter: list[str], env: dict[str, str], booted: bool = False) -> None:
+    """Start a node's slurmd (`enter` runs a command in the node); it carries MPICLOUD_NODE like the node's sshd.
+    `booted`: it reports a fresh boot (`-b`), which slurmctld needs to end a power-up (the node's namespaces share
+    the host's kernel, whose boot time is older than the resume)."""
     (layout.root / node).mkdir(parents=True, exist_ok=True)
     for sub in ("spool", "tmp"):
         (layout.run / node / sub).mkdir(parents=True, exist_ok=True)
-    _spawn([*enter, "slurmd", "-D", "-N", node, "-f", str(layout.conf)], layout.root / node / "slurmd.out",
+    _spawn([*enter, "slurmd", "-D", *(["-b"] if booted else []), "-N", node, "-f", str(layout.conf)],
+           layout.root / node / "slurmd.out",
            {**env, **layout.client_env(), "MPICLOUD_NODE": node})
 
 
