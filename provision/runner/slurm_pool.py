@@ -80,6 +80,7 @@ class SlurmPool(nodepool.Pool):
             keep = names
         else:
             keep = (live + [n for n in names if n not in live])[:limits.max_nodes]
+            self._ask(sorted(ours & set(keep)), "UNDRAIN", at)
         leaving = [n for n in live if n not in keep]
         usable = [n for n in keep if not rows[n][0].startswith(("down", "drain", "drng"))]
         wanted = [n for n in usable if self.state(n) == STOPPED and n not in live]
