@@ -49,6 +49,18 @@ class SlurmPool(nodepool.Pool):
         self.sinfo = Background(["sinfo", "-h", "-N", "-o", "%N|%t|%E"], self.env, POOL_INFO, rt.now)
         self.asked: dict[tuple[str, str], float] = {}  # (node, command) -> when
 
+    def names(self) -> list[str]:
+        """Every compute node slurm.conf lists (node1..node<spec max>), also while a resize keeps fewer up."""
+        prefix = self.head.rstrip("0123456789")
+        listed = {f"{prefix}{i}" for i in range(1, self.spec_limits[1] + 1)}
+        return sorted(set(super().names()) | listed, key=lambda n: (len(n), n))
+
+    def status(self) -> dict[str, Any]:
+        """nodepool.Pool's report; `most`: a resize may not ask for more nodes than slurm.conf lists."""
+        report = super().status()
+        report["pool"]["most"] = self.spec_limits[1]
+        return report
+
     def step(self, queued: list[int], used: dict[str, int]) -> None:
         """Take a resize request; with a fresh `sinfo`: record the nodes' states, then bring Slurm to the limits."""
         self._take_resize()

@@ -131,6 +131,8 @@ def test_slurm_resize_drains_without_loss_and_force_cancels_with_the_reason(elas
     cluster = _up(elastic("sresize", "nodes: {min: 0, max: 2}\nscheduler: slurm\n"  # type: ignore[operator]
                                      "scale_down_idle_minutes: 5\n"))
     root = Path(cluster.record.runner_root)
+    refused = cli("resize", "sresize", "--nodes", "3")
+    assert refused.returncode == 2 and "--nodes must be between 0 and 2" in refused.stderr, refused.stderr
     long = cluster.submit(["sh", "-c", "sleep 4; echo finished > out.txt"])
     while long.info().state != "running":
         time.sleep(0.1)
