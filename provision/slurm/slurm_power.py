@@ -33,7 +33,7 @@ PROLOG_WAIT = 600.0
 
 def log(root: Path, message: str) -> None:
     """One timestamped line in slurm/power.log."""
-    (root / "slurm").mkdir(exist_ok=True)
+    (root / "slurm").mkdir(parents=True, exist_ok=True)
     with open(root / "slurm" / "power.log", "a", encoding="utf-8") as out:
         out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {message}\n")
 
