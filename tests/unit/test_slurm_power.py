@@ -24,8 +24,8 @@ POWER = provision_dir() / "slurm" / "slurm_power.py"
 
 
 def _record(tmp_path: Path) -> ClusterRecord:
-    return ClusterRecord(name="burst", provider="local", os="linux", user="root", nodes=[Node("node0", "198.18.0.2", 22)],
-                         slots_per_node=2, shared_path=str(tmp_path / "shared"), python=["/usr/bin/python3"],
+    return ClusterRecord(name="burst", provider="local", os="linux", user="root",
+                         nodes=[Node("node0", "198.18.0.2", 22)], slots_per_node=2, shared_path=str(tmp_path / "shared"), python=["/usr/bin/python3"],
                          runner=str(tmp_path / "runner" / "runner.py"), local={"cluster_id": "0123abcd" * 4})
 
 
@@ -66,7 +66,7 @@ def test_elastic_slurm_conf_has_cloud_nodes_and_power_saving(tmp_path: Path, mon
 def test_fixed_and_cloud_slurm_conf_have_no_power_saving(tmp_path: Path) -> None:
     fixed = _render(tmp_path, None)
     assert "State=UNKNOWN" in fixed and "State=CLOUD" not in fixed and "Suspend" not in fixed and "Resume" not in fixed
-    cloud = render_template("linux/slurm.conf.j2", cluster="c")
+    cloud = render_template("linux/slurm.conf.j2", cluster="c", task_prolog="/p")
     assert "Suspend" not in cloud and "State=CLOUD" not in cloud  # the include renders nothing until the clouds use it
 
 
