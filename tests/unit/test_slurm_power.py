@@ -25,7 +25,8 @@ POWER = provision_dir() / "slurm" / "slurm_power.py"
 
 def _record(tmp_path: Path) -> ClusterRecord:
     return ClusterRecord(name="burst", provider="local", os="linux", user="root",
-                         nodes=[Node("node0", "198.18.0.2", 22)], slots_per_node=2, shared_path=str(tmp_path / "shared"), python=["/usr/bin/python3"],
+                         nodes=[Node("node0", "198.18.0.2", 22)], slots_per_node=2,
+                         shared_path=str(tmp_path / "shared"), python=["/usr/bin/python3"],
                          runner=str(tmp_path / "runner" / "runner.py"), local={"cluster_id": "0123abcd" * 4})
 
 
