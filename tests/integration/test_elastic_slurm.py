@@ -7,6 +7,8 @@ namespace, interface or process of the cluster is left.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -176,3 +178,32 @@ def test_builtin_pool_makes_namespaced_nodes_live(elastic: object) -> None:
         time.sleep(0.2)
     assert not node_pids(record, "node1")
     assert not any(n.endswith("n1") for n in ours())  # its netns and veth are gone with it
+
+
+def test_a_failed_resume_leaves_the_node_down_with_its_reason_and_the_job_requeued(elastic: object) -> None:
+    cluster = _up(elastic("sfail", "nodes: {min: 0, max: 2}\nscheduler: slurm\n"))  # type: ignore[operator]
+    blocker = registry.cluster_dir("sfail") / "node2"
+    blocker.write_text("not a directory: `mpicloud node start sfail node2` fails\n")
+    env = {**os.environ, "SLURM_CONF": cluster.record.local["slurm_conf"]}
+    job = cluster.submit(["hostname"], cores=2)  # one slot per node: it needs node1 and node2
+    deadline = time.monotonic() + 60
+    while True:
+        reasons = subprocess.run(["sinfo", "-h", "-R", "-o", "%n|%E"], env=env, capture_output=True, text=True,
+                                 timeout=30).stdout
+        if "node2|mpicloud resume failed" in reasons:
+            break
+        assert time.monotonic() < deadline, reasons
+        time.sleep(0.2)
+    sid = json.loads((Path(cluster.record.runner_root) / "jobs" / job.id / "state.json").read_text())["slurm_id"]
+    deadline = time.monotonic() + 30
+    while (shown := subprocess.run(["squeue", "-h", "-j", sid, "-o", "%T"], env=env, capture_output=True,
+                                   text=True, timeout=30).stdout.strip()) != "PENDING":
+        assert time.monotonic() < deadline, shown  # requeued at once, not CONFIGURING until ResumeTimeout
+        time.sleep(0.2)
+    blocker.unlink()
+    resumed = subprocess.run(["scontrol", "update", "NodeName=node2", "State=RESUME"], env=env, capture_output=True,
+                             text=True, timeout=30)
+    assert resumed.returncode == 0, resumed.stderr
+    info = job.wait(120)
+    assert info.state == "succeeded", info.reason
+    assert sorted(cluster.job(job.id).stdout().split()) == ["node1", "node2"]
