@@ -6,7 +6,7 @@ after SuspendTime); both run runner.json's pool commands through slurm_power.py,
 the nodes' states from `sinfo` (power flags ~ # % !) into nodes.json and status.json as the built-in pool does
 (node-hours included), and turns the limits into Slurm commands: fewer than `min` nodes up, `POWER_UP`; a resize
 to N nodes keeps N up and the others out of use (`POWER_DOWN_ASAP`: running jobs finish; with --force, the jobs
-are cancelled with the reason first, then `POWER_DOWN_FORCE`; then `DRAIN` with RESIZE_REASON so that Slurm does
+are cancelled with the reason, then `POWER_DOWN_FORCE` once the runner saw them end; then `DRAIN` with RESIZE_REASON so that Slurm does
 not power them up again), `--auto` undrains them. Every command is idempotent and follows the recorded limits,
 so a runner killed anywhere repeats what was missing.
 """
@@ -97,20 +97,21 @@ class SlurmPool(nodepool.Pool):
         usable = [n for n in keep if not rows[n][0].startswith(("down", "drain", "drng"))]
         wanted = [n for n in usable if self.state(n) == STOPPED and n not in live]
         self._ask(wanted[:max(0, limits.min_nodes - len([n for n in live if n in keep]))], "POWER_UP", at)
+        self._ask(leaving, "POWER_DOWN_ASAP", at)
         if self.data.get("force"):
             self._force(leaving, used, at)
-        else:
-            self._ask(leaving, "POWER_DOWN_ASAP", at)
         self._ask([n for n in names if n not in keep and n not in ours and self.state(n) == STOPPED], "DRAIN", at)
 
     def _force(self, leaving: list[str], used: dict[str, int], at: float) -> None:
-        """resize --force: the jobs on leaving nodes are cancelled with the reason, then the nodes powered down."""
+        """resize --force: the runner's jobs on the (drained) leaving nodes are cancelled with the reason; once none
+        is left there (the runner checked their processes on the nodes), POWER_DOWN_FORCE ends anything else."""
         if not leaving:
             self.data["force"] = False
             self.save()
             return
         self.cancel_jobs_on({n for n in leaving if used.get(n)})
-        self._ask(leaving, "POWER_DOWN_FORCE", at)
+        if not any(used.get(n) for n in leaving):
+            self._ask(leaving, "POWER_DOWN_FORCE", at)
 
     def _ask(self, nodes: list[str], state: str, at: float) -> None:
         """`scontrol update NodeName=... State=...` for the nodes not asked the same within ASK_AGAIN s."""

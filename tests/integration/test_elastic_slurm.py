@@ -177,10 +177,11 @@ def test_builtin_pool_makes_namespaced_nodes_live(elastic: object) -> None:
         assert time.monotonic() < deadline, _pool(root)
         time.sleep(0.2)
     assert not node_pids(record, "node1")
-    assert not any(n.endswith("n1") for n in ours())  # its netns and veth are gone with it
+    tag = record.local["tag"]
+    assert not {f"mpc{tag}n1", f"mpc{tag}h1"} & ours()  # its netns and veth are gone with it
 
 
-def test_a_failed_resume_leaves_the_node_down_with_its_reason_and_the_job_requeued(elastic: object) -> None:
+def test_a_failed_resume_sets_the_node_down_with_its_reason_and_requeues_the_job(elastic: object) -> None:
     cluster = _up(elastic("sfail", "nodes: {min: 0, max: 2}\nscheduler: slurm\n"))  # type: ignore[operator]
     blocker = registry.cluster_dir("sfail") / "node2"
     blocker.write_text("not a directory: `mpicloud node start sfail node2` fails\n")
@@ -200,10 +201,6 @@ def test_a_failed_resume_leaves_the_node_down_with_its_reason_and_the_job_requeu
                                    text=True, timeout=30).stdout.strip()) != "PENDING":
         assert time.monotonic() < deadline, shown  # requeued at once, not CONFIGURING until ResumeTimeout
         time.sleep(0.2)
-    blocker.unlink()
-    resumed = subprocess.run(["scontrol", "update", "NodeName=node2", "State=RESUME"], env=env, capture_output=True,
-                             text=True, timeout=30)
-    assert resumed.returncode == 0, resumed.stderr
-    info = job.wait(120)
-    assert info.state == "succeeded", info.reason
-    assert sorted(cluster.job(job.id).stdout().split()) == ["node1", "node2"]
+    status = json.loads((Path(cluster.record.runner_root) / "status.json").read_text())
+    assert status["pool"]["nodes"]["node2"] in ("stopping", "stopped")  # DOWN: it takes no jobs
+    assert job.info().state == "queued"

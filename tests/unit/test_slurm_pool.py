@@ -114,4 +114,7 @@ def test_resize_force_cancels_the_jobs_with_the_reason_before_powering_down(tmp_
     reason = "cancelled by resize --force: node node2 leaves the cluster"
     assert runner.stopped == [("j1", reason)]
     assert (runner.root / "jobs" / "j1" / rt.CANCEL_FILE).read_text() == reason + "\n"  # written first
-    assert runner.commands == ["NodeName=node2 State=POWER_DOWN_FORCE"]
+    assert runner.commands == ["NodeName=node2 State=POWER_DOWN_ASAP"]  # drained; its jobs are being cancelled
+    del runner.running["j1"]  # the runner saw j1's processes end
+    pool.step([], {"node1": 1})
+    assert runner.commands[-1] == "NodeName=node2 State=POWER_DOWN_FORCE"
