@@ -7,8 +7,8 @@ the nodes' states from `sinfo` (power flags ~ # % !) into nodes.json and status.
 (node-hours included), and turns the limits into Slurm commands: fewer than `min` nodes up, `POWER_UP`; a resize
 to N nodes keeps N up and the others out of use (`POWER_DOWN_ASAP`: running jobs finish; with --force, the jobs
 are cancelled with the reason, then `POWER_DOWN_FORCE` once the runner saw them end; then `DRAIN` with
-RESIZE_REASON so that Slurm does not power them up again), `--auto` undrains them. Every command is idempotent and follows the recorded limits,
-so a runner killed anywhere repeats what was missing.
+RESIZE_REASON so that Slurm does not power them up again), `--auto` undrains them. Every command is idempotent
+and follows the recorded limits, so a runner killed anywhere repeats what was missing.
 """
 
 from __future__ import annotations
