@@ -6,7 +6,7 @@ after SuspendTime); both run runner.json's pool commands through slurm_power.py,
 the nodes' states from `sinfo` (power flags ~ # % !) into nodes.json and status.json as the built-in pool does
 (node-hours included), and turns the limits into Slurm commands: fewer than `min` nodes up, `POWER_UP`; a resize
 to N nodes keeps N up and the others out of use (`POWER_DOWN_ASAP`: running jobs finish; with --force, the jobs
-are cancelled with the reason, then `POWER_DOWN_FORCE` once the runner saw them end; then `DRAIN` with
+are drained and cancelled with the reason, `POWER_DOWN_FORCE` once the runner saw them end; then `DRAIN` with
 RESIZE_REASON so that Slurm does not power them up again), `--auto` undrains them. Every command is idempotent
 and follows the recorded limits, so a runner killed anywhere repeats what was missing.
 """
@@ -86,29 +86,33 @@ class SlurmPool(nodepool.Pool):
         limits = self.limits()
         names = [n for n in self.names() if n in rows]
         ours = {n for n in names if rows[n][1] == RESIZE_REASON}
-        live = [n for n in names if self.state(n) in (UP, STARTING) and n not in ours]
+        powered = [n for n in names if self.state(n) in (UP, STARTING, DRAINING)]
         if self.data["limits"] is None:
             self._ask(sorted(ours), "UNDRAIN", at)
             keep = names
         else:
+            live = [n for n in powered if n not in ours]
             keep = (live + [n for n in names if n not in live])[:limits.max_nodes]
             self._ask(sorted(ours & set(keep)), "UNDRAIN", at)
-        leaving = [n for n in live if n not in keep]
-        usable = [n for n in keep if not rows[n][0].startswith(("down", "drain", "drng"))]
-        wanted = [n for n in usable if self.state(n) == STOPPED and n not in live]
-        self._ask(wanted[:max(0, limits.min_nodes - len([n for n in live if n in keep]))], "POWER_UP", at)
-        self._ask(leaving, "POWER_DOWN_ASAP", at)
+        leaving = [n for n in powered if n not in keep]
+        kept_up = [n for n in keep if self.state(n) in (UP, STARTING)]
+        usable = [n for n in keep if self.state(n) == STOPPED and not rows[n][0].startswith(("down", "drain", "drng"))]
+        self._ask(usable[:max(0, limits.min_nodes - len(kept_up))], "POWER_UP", at)
         if self.data.get("force"):
             self._force(leaving, used, at)
+        else:
+            self._ask(leaving, "POWER_DOWN_ASAP", at)
         self._ask([n for n in names if n not in keep and n not in ours and self.state(n) == STOPPED], "DRAIN", at)
 
     def _force(self, leaving: list[str], used: dict[str, int], at: float) -> None:
-        """resize --force: the runner's jobs on the (drained) leaving nodes are cancelled with the reason; once none
-        is left there (the runner checked their processes on the nodes), POWER_DOWN_FORCE ends anything else."""
+        """resize --force: the leaving nodes are drained (not powered down yet: the runner checks that its cancelled
+        jobs left no process there), the runner's jobs on them cancelled with the reason; once none is left,
+        POWER_DOWN_FORCE ends anything else (e.g. a native `sbatch` job)."""
         if not leaving:
             self.data["force"] = False
             self.save()
             return
+        self._ask(leaving, "DRAIN", at)
         self.cancel_jobs_on({n for n in leaving if used.get(n)})
         if not any(used.get(n) for n in leaving):
             self._ask(leaving, "POWER_DOWN_FORCE", at)

@@ -47,6 +47,7 @@ class FakeRunner:
 
     def stop(self, job_id: str, state: dict[str, Any], reason: str | None) -> None:
         self.stopped.append((job_id, reason))
+        self.stopping[job_id] = reason
 
 
 class Sinfo:
@@ -114,7 +115,10 @@ def test_resize_force_cancels_the_jobs_with_the_reason_before_powering_down(tmp_
     reason = "cancelled by resize --force: node node2 leaves the cluster"
     assert runner.stopped == [("j1", reason)]
     assert (runner.root / "jobs" / "j1" / rt.CANCEL_FILE).read_text() == reason + "\n"  # written first
-    assert runner.commands == ["NodeName=node2 State=POWER_DOWN_ASAP"]  # drained; its jobs are being cancelled
-    del runner.running["j1"]  # the runner saw j1's processes end
+    assert runner.commands == [f"NodeName=node2 State=DRAIN Reason={slurm_pool.RESIZE_REASON}"]  # still powered
+    sinfo.rows["node2"] = ("drng", slurm_pool.RESIZE_REASON)
+    pool.step([], {"node1": 2, "node2": 1})
+    assert runner.stopped == [("j1", reason)] and len(runner.commands) == 1  # not cancelled twice, not powered down
+    del runner.running["j1"], runner.stopping["j1"]  # the runner saw j1's processes end
     pool.step([], {"node1": 1})
     assert runner.commands[-1] == "NodeName=node2 State=POWER_DOWN_FORCE"
