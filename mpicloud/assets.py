@@ -20,10 +20,10 @@ def provision_dir() -> Path:
 
 #: the cluster-side scripts in provision/runner, installed side by side on every node that runs jobs
 RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "s3store.py", "blobstore.py", "slurm_backend.py",
-                  "autoscale.py", "nodepool.py", "ec2_nodes.py", "forkwrap.py", "slurm_pool.py")
-#: the ones Windows nodes never run (Slurm, the AWS node actions and forked job wrappers are Linux only; the
-#: elastic pool is not built for Windows), left out of the Windows bootstrap
-LINUX_ONLY = ("slurm_backend.py", "ec2_nodes.py", "autoscale.py", "nodepool.py", "forkwrap.py", "slurm_pool.py")
+                  "autoscale.py", "nodepool.py", "ec2_nodes.py", "azure_nodes.py", "forkwrap.py", "slurm_pool.py")
+#: the ones Windows nodes never run (Slurm, the AWS node actions and forked job wrappers are Linux only), left out
+#: of the Windows bootstrap; the pool and the Azure node actions run there too
+LINUX_ONLY = ("slurm_backend.py", "ec2_nodes.py", "forkwrap.py", "slurm_pool.py")
 #: Slurm's ResumeProgram/SuspendProgram (provision/slurm), installed beside the runner scripts on Linux nodes
 SLURM_SCRIPTS = ("slurm_power.py",)
 

@@ -43,9 +43,12 @@ class MpiCluster(pulumi.ComponentResource):
         # the nodes wait for the whole network (internet route included): cloud-init installs packages at boot
         self.nodes = Nodes(f"{name}-nodes", NodesArgs(
             spec, self.network.subnet_id, self.network.availability_zone, self.network.security_group_id,
-            self.identity.profile_name, self.identity.ssm_prefix, self.identity.key.key_id, tags,
-            secret.arn if secret is not None else None),
+            self.identity.profile_name, self.identity.head_profile_name, self.identity.ssm_prefix,
+            self.identity.key.key_id, tags, secret.arn if secret is not None else None),
             pulumi.ResourceOptions(parent=self, providers={"aws": self.provider}, depends_on=[self.network]))
+        template = self.nodes.launch_template
+        if template is not None:
+            self.identity.allow_node_actions(template.id)
         head_ip = self.nodes.public_ips.apply(lambda ips: ips[0])
         user = spec.admin.username
         self.outputs = {
@@ -57,6 +60,7 @@ class MpiCluster(pulumi.ComponentResource):
                 spec.name, ip, user, spec.slots_per_node, spec.admin.password.env if spec.admin.password else None)),
             # Pulumi cannot read console output: cloud-init prints the host key fingerprints there
             "host_key_fingerprints": self.nodes.instances[0].id.apply(_host_keys_hint(spec.os)),
+            **({"launch_template_id": template.id} if template is not None else {}),
         }
         self.register_outputs(self.outputs)
 

@@ -1,5 +1,6 @@
 """The nodes: cluster placement group, key pair, N instances (IMDSv2, encrypted root, optional EFA), /shared volume
-(Linux); Windows nodes boot the PowerShell bootstrap from SSM through EC2Launch v2 instead."""
+(Linux); Windows nodes boot the PowerShell bootstrap from SSM through EC2Launch v2 instead. An elastic cluster gets
+the head alone and a launch template its runner starts compute nodes from (provision/runner/ec2_nodes.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pulumi_aws as aws
 
 from mpicloud.render.aws import (
     METADATA_OPTIONS,
+    ROOT_DEVICE,
     SHARED_VOLUME_DEVICE,
+    TAG_LAUNCH_TEMPLATE,
     TAG_SHARED_VOLUME,
     idle_tag,
     node_tags,
@@ -36,6 +39,8 @@ class NodesArgs:
     availability_zone: pulumi.Input[str]
     security_group_id: pulumi.Input[str]
     profile_name: pulumi.Input[str]
+    #: the head's instance profile (an elastic head's own role; else profile_name)
+    head_profile_name: pulumi.Input[str]
     ssm_prefix: pulumi.Output[str]
     key_id: pulumi.Input[str]
     tags: dict[str, str]
@@ -51,6 +56,7 @@ class Nodes(pulumi.ComponentResource):
     runner_parts: list[aws.ssm.Parameter]  # the runner, too big for user data; the head node joins them
     shared_volume: aws.ebs.Volume | None  # the head node's shared directory, a volume of its own
     shared_attachment: aws.ec2.VolumeAttachment | None
+    launch_template: aws.ec2.LaunchTemplate | None  # elastic: the compute nodes' template
     public_ips: pulumi.Output[list[str]]
     ami: pulumi.Output[str]
 
@@ -68,9 +74,10 @@ class Nodes(pulumi.ComponentResource):
         self.ami = pulumi.Output.from_input(options.ami) if options.ami else aws.ssm.get_parameter_output(
             name=spec.ami_parameter, opts=pulumi.InvokeOptions(parent=self)).value
         ips = node_addresses(options.subnet_cidr, spec.node_count)
+        self.launch_template = None if spec.elastic is None else self._compute_template(
+            f"{name}-compute", args, ips, key_name, group)
         common = {
             "ami": self.ami, "instance_type": spec.size, "key_name": key_name,
-            "iam_instance_profile": args.profile_name,
             "placement_group": group.name if group else None, "metadata_options": METADATA_OPTIONS,
             "root_block_device": {"encrypted": True, "volume_size": options.root_volume_gb, "volume_type": "gp3",
                                   "tags": args.tags},
@@ -92,7 +99,8 @@ class Nodes(pulumi.ComponentResource):
                 f"{name}-shared", availability_zone=args.availability_zone, size=options.shared_volume_gb,
                 type="gp3", encrypted=True, tags={**args.tags, "Name": f"{spec.name}-shared"},
                 opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
-        self.instances = [self._instance(f"{name}-node{i}", i, ips, common, args) for i in range(spec.node_count)]
+        started = 1 if spec.elastic else spec.node_count
+        self.instances = [self._instance(f"{name}-node{i}", i, ips, common, args) for i in range(started)]
         self.shared_attachment = None if self.shared_volume is None else aws.ec2.VolumeAttachment(
             f"{name}-shared-attach", device_name=SHARED_VOLUME_DEVICE, volume_id=self.shared_volume.id,
             instance_id=self.instances[0].id, stop_instance_before_detaching=True, opts=child)
@@ -101,17 +109,45 @@ class Nodes(pulumi.ComponentResource):
             pulumi.Output.all(*[n.public_ip for n in self.instances])
         self.register_outputs({"public_ips": self.public_ips, "ami": self.ami})
 
+    @staticmethod
+    def _node_tags(args: NodesArgs) -> dict[str, pulumi.Input[str]]:
+        spec = args.spec
+        return {**args.tags, **node_tags(str(spec.node_count), str(spec.slots_per_node), args.ssm_prefix,
+                                         idle_tag(spec), args.key_id)}
+
+    def _compute_template(self, name: str, args: NodesArgs, ips: list[str], key_name: pulumi.Input[str] | None,
+                          group: aws.ec2.PlacementGroup | None) -> aws.ec2.LaunchTemplate:
+        """The elastic cluster's compute nodes: everything an instance needs, the nodes' profile, the worker user
+        data (no secret) and the tags a node reads at boot; the head adds a node's name tag and fixed address at
+        launch. A change makes a new default version: running nodes stay, later launches use it."""
+        spec, options = args.spec, args.spec.aws_options
+        interface = {"device_index": 0, "subnet_id": args.subnet_id, "security_groups": [args.security_group_id],
+                     "associate_public_ip_address": "true", "delete_on_termination": "true",
+                     **({"interface_type": "efa"} if options.efa else {})}
+        return aws.ec2.LaunchTemplate(
+            name, image_id=self.ami, instance_type=spec.size, key_name=key_name,
+            iam_instance_profile={"name": args.profile_name}, network_interfaces=[interface],
+            placement={"group_name": group.name} if group else None, metadata_options=METADATA_OPTIONS,
+            user_data=user_data_base64(spec, None, ips), update_default_version=True,
+            block_device_mappings=[{"device_name": ROOT_DEVICE, "ebs": {
+                "encrypted": "true", "volume_size": options.root_volume_gb, "volume_type": "gp3",
+                "delete_on_termination": "true"}}],
+            ebs_optimized="true", monitoring={"enabled": True}, instance_initiated_shutdown_behavior="stop",
+            tag_specifications=[{"resource_type": "instance", "tags": {**self._node_tags(args), "Name": name}},
+                                {"resource_type": "volume", "tags": args.tags}],
+            tags=args.tags, opts=pulumi.ResourceOptions(parent=self))
+
     def _instance(self, name: str, index: int, ips: list[str], common: dict[str, Any],
                   args: NodesArgs) -> aws.ec2.Instance:
         child = pulumi.ResourceOptions(parent=self)
         after = pulumi.ResourceOptions(parent=self, depends_on=list(self.runner_parts) if index == 0 else [],
                                        ignore_changes=INSTANCE_IGNORED)
         spec = args.spec
-        tags: dict[str, pulumi.Input[str]] = {
-            **args.tags, **node_tags(str(spec.node_count), str(spec.slots_per_node), args.ssm_prefix, idle_tag(spec),
-                                     args.key_id), "Name": name}
+        tags: dict[str, pulumi.Input[str]] = {**self._node_tags(args), "Name": name}
         if index == 0 and self.shared_volume is not None:
             tags[TAG_SHARED_VOLUME] = self.shared_volume.id
+        if index == 0 and self.launch_template is not None:
+            tags[TAG_LAUNCH_TEMPLATE] = self.launch_template.id
         if args.admin_secret_arn is not None:
             tags.update({powershell.TAG_INDEX: str(index), powershell.TAG_SECRET: args.admin_secret_arn})
         network: dict[str, Any] = {"subnet_id": args.subnet_id, "private_ip": ips[index],
@@ -125,7 +161,9 @@ class Nodes(pulumi.ComponentResource):
             network = {"network_interfaces": [{"network_interface_id": eni.id, "device_index": 0}]}
         boot = {"user_data": powershell.user_data(spec, self.script)} if spec.os == "windows" else \
             {"user_data_base64": user_data_base64(spec, index, ips)}
-        instance = aws.ec2.Instance(name, tags=tags, opts=after, **boot, **common, **network)
+        profile = args.head_profile_name if index == 0 else args.profile_name
+        instance = aws.ec2.Instance(name, tags=tags, opts=after, iam_instance_profile=profile, **boot, **common,
+                                    **network)
         if eni is not None:
             self.addresses.append(aws.ec2.Eip(f"{name}-ip", domain="vpc", network_interface=eni.id, tags=args.tags,
                                               opts=child))

@@ -92,7 +92,7 @@ def _windows_inputs(name: str, index: int, args: NodesArgs, script: str) -> dict
     spec = args.spec
     patch = spec.azure_options.patch_mode
     identity = compute.VirtualMachineIdentityArgs(type="SystemAssigned") \
-        if index == 0 and (spec.idle_shutdown_minutes or spec.blob_identity) else None
+        if index == 0 and (spec.idle_shutdown_minutes or spec.blob_identity or spec.elastic) else None
     return dict(
         tags=azure.tags(spec), identity=identity, user_data=powershell.user_data(script),
         os_profile=compute.OSProfileArgs(
@@ -133,7 +133,8 @@ def _command(spec: ClusterSpec, index: int, script: str) -> str:
 
 
 class Nodes(pulumi.ComponentResource):
-    """All nodes, their placement group, and the head node's permission to deallocate them when idle."""
+    """All nodes, their placement group, and the head node's permissions: deallocate them when idle, start and
+    deallocate the compute VMs of an elastic cluster."""
 
     def __init__(self, name: str, args: NodesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mpicloud:azure:Nodes", name, None, opts)
@@ -153,7 +154,15 @@ class Nodes(pulumi.ComponentResource):
             lambda identity: identity.principal_id if identity else "")
         self.deallocate_roles: list[authorization.RoleAssignment] = []
         if spec.idle_shutdown_minutes:
-            self._grant_deallocate(args, child)
+            self.deallocate_roles = self._grant_head(
+                args, "deallocate", "idle shutdown: the head node may read and deallocate the cluster's VMs",
+                azure.DEALLOCATE_ACTIONS, self.nodes, "the head node deallocates the cluster when idle", child)
+        self.elastic_roles: list[authorization.RoleAssignment] = []
+        if spec.elastic:  # every compute VM is created here; the head's pool deallocates the idle ones (nodes.json)
+            self.elastic_roles = self._grant_head(
+                args, "elastic", "elastic pool: the head node may read, start and deallocate the compute VMs",
+                azure.ELASTIC_ACTIONS, self.nodes[1:],
+                "the head node starts and deallocates compute VMs with the queue", child)
         if spec.blob_identity and spec.blob_container and spec.blob_container.resource_group:
             self._grant_blob(spec.blob_container, child)
         self.register_outputs({"names": [n.vm.name for n in self.nodes]})
@@ -174,22 +183,19 @@ class Nodes(pulumi.ComponentResource):
                 description=f"mpicloud: the {blobaccess.ROLE_PREFIX[role]} prefix of the cluster's container only",
                 opts=opts)
 
-    def _grant_deallocate(self, args: NodesArgs, opts: pulumi.ResourceOptions) -> None:
-        """A custom role (read + deallocate VMs only) for N0's identity, assigned on each VM of the cluster."""
+    def _grant_head(self, args: NodesArgs, key: str, what: str, actions: tuple[str, ...], nodes: list[Node],
+                    why: str, opts: pulumi.ResourceOptions) -> list[authorization.RoleAssignment]:
+        """A custom role (`actions` only) for the head's identity, assigned on each of `nodes`' VMs (its scope)."""
         group = authorization.get_client_config_output().subscription_id.apply(
             lambda sub: f"/subscriptions/{sub}/resourceGroups/")
         scope = pulumi.Output.concat(group, args.resource_group_name)
-        self.role = authorization.RoleDefinition(
-            f"{args.spec.name}-deallocate-role", scope=scope,
-            role_name=pulumi.Output.concat("mpicloud deallocate ", args.spec.name, " (", args.resource_group_name, ")"),
-            role_type="CustomRole", assignable_scopes=[scope],
-            description="mpicloud idle shutdown: the head node may read and deallocate the cluster's VMs",
-            permissions=[authorization.PermissionArgs(actions=list(azure.DEALLOCATE_ACTIONS), not_actions=[])],
-            opts=opts)
-        self.deallocate_roles = [
-            authorization.RoleAssignment(
-                f"{node.node_name}-deallocate", scope=node.vm.id, role_definition_id=self.role.id,
-                principal_type="ServicePrincipal",
-                principal_id=self.head_principal,
-                description="mpicloud: the head node deallocates the cluster when idle", opts=opts)
-            for node in self.nodes]
+        role = authorization.RoleDefinition(
+            f"{args.spec.name}-{key}-role", scope=scope,
+            role_name=pulumi.Output.concat(f"mpicloud {key} ", args.spec.name, " (", args.resource_group_name, ")"),
+            role_type="CustomRole", assignable_scopes=[scope], description=f"mpicloud {what}",
+            permissions=[authorization.PermissionArgs(actions=list(actions), not_actions=[])], opts=opts)
+        return [authorization.RoleAssignment(
+                    f"{node.node_name}-{key}", scope=node.vm.id, role_definition_id=role.id,
+                    principal_type="ServicePrincipal", principal_id=self.head_principal,
+                    description=f"mpicloud: {why}", opts=opts)
+                for node in nodes]

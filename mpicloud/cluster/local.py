@@ -279,6 +279,7 @@ def stop(record: ClusterRecord, reason: str) -> list[int]:
     survivors = stop_cluster_processes(record.local["cluster_id"], str(record.dir))
     if not survivors:
         local_ns.teardown(record.local["cluster_id"], strict=True)
+        _reload_nodes(record)
         record.stopped_at = time.time()
         record.stop_reason = reason
         record.save()
@@ -318,6 +319,7 @@ def start(record: ClusterRecord) -> ClusterRecord:
         if record.stopped_at is None:
             raise ClusterError(f"cluster {record.name!r} is already running")
         stop_cluster_processes(cluster_id, str(record.dir))  # leftovers of an interrupted stop
+    _reload_nodes(record)
     nodes = _pool_up(record)
     for node in nodes:
         if not _port_free(node.host, node.port):
@@ -336,6 +338,12 @@ def start(record: ClusterRecord) -> ClusterRecord:
     record.stop_reason = ""
     record.save()
     return record
+
+
+def _reload_nodes(record: ClusterRecord) -> None:
+    """The nodes as the registry has them now: a node action (`mpicloud node start`) may have added one since
+    the caller read the record, and saving the caller's copy would forget it."""
+    record.nodes = registry.load(record.name).nodes
 
 
 def _pool_up(record: ClusterRecord) -> list[Node]:

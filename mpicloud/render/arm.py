@@ -18,7 +18,14 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "azure-windows.yaml
 PASSWORD_ENV = "MPICLOUD_ADMIN_PASSWORD"
 PORTAL = "https://portal.azure.com/#create/Microsoft.Template/uri/"
 NODE = "format('{0}-N{1}', parameters('clusterName'), copyIndex())"
-ROLE = "guid(resourceGroup().id, parameters('clusterName'), 'deallocate-role')"
+
+
+def role_guid(key: str) -> str:
+    """The deterministic name of one of the head node's custom roles (the same on every deployment)."""
+    return f"guid(resourceGroup().id, parameters('clusterName'), '{key}-role')"
+
+
+ROLE, ELASTIC_ROLE = role_guid("deallocate"), role_guid("elastic")
 VNET, NSG, PPG = "variables('names').vnet", "variables('names').nsg", "variables('names').ppg"
 Json = dict[str, Any]
 
@@ -181,15 +188,36 @@ def _command(script: str) -> str:
     return "[concat(" + ", ".join(_lit(t) if literal else t for literal, t in pieces) + ")]"
 
 
-def _deallocate_role() -> Json:
-    """The custom role of the head node's identity: read and deallocate VMs, nothing else (idle shutdown)."""
+def _role(key: str, what: str, actions: tuple[str, ...], condition: str | None) -> Json:
+    """A custom role of the head node's identity (`key` makes its deterministic name): `actions`, nothing else;
+    assignable in the resource group (custom roles take no narrower assignable scope), assigned per VM."""
+    name = role_guid(key)
     return {"type": "Microsoft.Authorization/roleDefinitions", "apiVersion": azure.AUTHORIZATION_API,
-            "name": f"[{ROLE}]", "condition": f"[greater({_p('idleShutdownMinutes')}, 0)]",
+            "name": f"[{name}]", **({"condition": condition} if condition else {}),
             "properties": {
-                "roleName": f"[format('mpicloud deallocate {{0}} ({{1}})', {_p('clusterName')}, {ROLE})]",
-                "description": "mpicloud idle shutdown: the head node may read and deallocate the cluster's VMs",
-                "type": "CustomRole", "assignableScopes": ["[resourceGroup().id]"],
-                "permissions": [{"actions": list(azure.DEALLOCATE_ACTIONS)}]}}
+                "roleName": f"[format('mpicloud {key} {{0}} ({{1}})', {_p('clusterName')}, {name})]",
+                "description": f"mpicloud {what}", "type": "CustomRole", "assignableScopes": ["[resourceGroup().id]"],
+                "permissions": [{"actions": list(actions)}]}}
+
+
+def _head_assignments(spec: ClusterSpec, key: str, what: str, condition: str | None, first: int) -> Json:
+    """The head node's role `key` assigned on each VM from node `first` on, one assignment per VM (its scope)."""
+    prefix = spec.target.platform.node_prefix
+    index = f"add(copyIndex(), {first})" if first else "copyIndex()"
+    node = f"format('{{0}}-{prefix}{{1}}', {_p('clusterName')}, {index})"
+    head = _rid("Microsoft.Compute/virtualMachines", f"format('{{0}}-{prefix}0', {_p('clusterName')})")
+    role = role_guid(key)
+    count = f"[sub({_p('nodeCount')}, {first})]" if first else f"[{_p('nodeCount')}]"
+    return {"type": "Microsoft.Authorization/roleAssignments", "apiVersion": azure.AUTHORIZATION_API,
+            "name": f"[guid(resourceGroup().id, {_p('clusterName')}, {node}, '{key}')]",
+            **({"condition": condition} if condition else {}), "copy": {"name": f"{key}Roles", "count": count},
+            "scope": f"[format('Microsoft.Compute/virtualMachines/{{0}}-{prefix}{{1}}', {_p('clusterName')}, {index})]",
+            "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', node)}]", f"[{head}]",
+                          f"[{_rid('Microsoft.Authorization/roleDefinitions', role)}]"],
+            "properties": {
+                "roleDefinitionId": f"[subscriptionResourceId('Microsoft.Authorization/roleDefinitions', {role})]",
+                "principalId": f"[reference({head}, '{azure.COMPUTE_API}', 'full').identity.principalId]",
+                "principalType": "ServicePrincipal", "description": f"mpicloud: {what}"}}
 
 
 def placement(spec: ClusterSpec) -> list[Json]:
@@ -203,23 +231,21 @@ def placement(spec: ClusterSpec) -> list[Json]:
 def deallocate(spec: ClusterSpec) -> list[Json]:
     """The head node's permission to deallocate every VM (idle shutdown): the custom role and one assignment per
     VM, only when idleShutdownMinutes > 0."""
-    prefix = spec.target.platform.node_prefix
-    node = _node("", prefix)
-    head = _rid("Microsoft.Compute/virtualMachines", f"format('{{0}}-{prefix}0', {_p('clusterName')})")
-    role_id = f"subscriptionResourceId('Microsoft.Authorization/roleDefinitions', {ROLE})"
-    role = {"type": "Microsoft.Authorization/roleAssignments", "apiVersion": azure.AUTHORIZATION_API,
-            "name": f"[guid(resourceGroup().id, {_p('clusterName')}, {node}, 'deallocate')]",
-            "condition": f"[greater({_p('idleShutdownMinutes')}, 0)]", "copy": _loop("deallocateRoles"),
-            "scope": f"[format('Microsoft.Compute/virtualMachines/{{0}}-{prefix}{{1}}', {_p('clusterName')}, "
-                     "copyIndex())]",
-            "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', node)}]", f"[{head}]",
-                          f"[{_rid('Microsoft.Authorization/roleDefinitions', ROLE)}]"],
-            "properties": {
-                "roleDefinitionId": f"[{role_id}]",
-                "principalId": f"[reference({head}, '{azure.COMPUTE_API}', 'full').identity.principalId]",
-                "principalType": "ServicePrincipal",
-                "description": "mpicloud: the head node deallocates the cluster when idle"}}
-    return [_deallocate_role(), role]
+    condition = f"[greater({_p('idleShutdownMinutes')}, 0)]"
+    return [_role("deallocate", "idle shutdown: the head node may read and deallocate the cluster's VMs",
+                  azure.DEALLOCATE_ACTIONS, condition),
+            _head_assignments(spec, "deallocate", "the head node deallocates the cluster when idle", condition, 0)]
+
+
+def elastic(spec: ClusterSpec) -> list[Json]:
+    """An elastic cluster's head starts and deallocates its compute VMs (provision/runner/azure_nodes.py): a custom
+    role with exactly azure.ELASTIC_ACTIONS, assigned on each compute VM (node 1 on) and on nothing else."""
+    if spec.elastic is None:
+        return []
+    return [_role("elastic", "elastic pool: the head node may read, start and deallocate the compute VMs",
+                  azure.ELASTIC_ACTIONS, None),
+            _head_assignments(spec, "elastic", "the head node starts and deallocates compute VMs with the queue",
+                              None, 1)]
 
 
 def compute(spec: ClusterSpec) -> list[Json]:
@@ -239,7 +265,7 @@ def compute(spec: ClusterSpec) -> list[Json]:
                   "condition": f"[{_p('infiniBand')}]", "copy": _loop("infiniband"),
                   "dependsOn": [f"[{_rid('Microsoft.Compute/virtualMachines', NODE)}]"],
                   "properties": {**azure.INFINIBAND_WINDOWS, "autoUpgradeMinorVersion": True, "settings": {}}}
-    return [*placement(spec), _vm(spec), extension, infiniband, *deallocate(spec)]
+    return [*placement(spec), _vm(spec), extension, infiniband, *deallocate(spec), *elastic(spec)]
 
 
 def outputs(spec: ClusterSpec) -> Json:
@@ -268,13 +294,23 @@ def outputs(spec: ClusterSpec) -> Json:
     }
 
 
-def azuredeploy(spec: ClusterSpec) -> Json:
-    """The whole deployment template (classic array-form resources, copy loops, no secrets)."""
+def elastic_note(spec: ClusterSpec) -> str:
+    """What the template description says of an elastic cluster ("" for a fixed one)."""
+    if spec.elastic is None:
+        return ""
+    return (f"Elastic: nodeCount VMs are created (the head and {spec.elastic.max} compute nodes); the head's runner "
+            f"deallocates idle compute VMs and starts them for queued jobs (min {spec.elastic.min}) with a custom "
+            f"role on the compute VMs, which needs {azure.ROLE_ADMINS}.")
+
+
+def azuredeploy(spec: ClusterSpec, source: str = EXAMPLE.name) -> Json:
+    """The whole deployment template (classic array-form resources, copy loops, no secrets); `source`: the spec
+    file named in its description."""
     return {"$schema": SCHEMA, "contentVersion": "1.0.0.0",
             "metadata": {"description": (
-                f"mpicloud Windows MS-MPI cluster (generated from {EXAMPLE.name}). A Contributor can deploy it with "
-                f"idleShutdownMinutes 0 (the default); idle shutdown creates a custom role and role assignments, "
-                f"which needs {azure.ROLE_ADMINS}.")},
+                f"mpicloud Windows MS-MPI cluster (generated from {source}). " + (elastic_note(spec) or (
+                    "A Contributor can deploy it with idleShutdownMinutes 0 (the default); idle shutdown creates a "
+                    f"custom role and role assignments, which needs {azure.ROLE_ADMINS}.")))},
             "parameters": parameters(spec), "variables": variables(spec),
             "resources": [*network(spec), *compute(spec)], "outputs": outputs(spec)}
 
@@ -283,9 +319,9 @@ def _text(doc: Json) -> str:
     return json.dumps(doc, sort_keys=True, indent=2) + "\n"
 
 
-def azuredeploy_json() -> str:
-    """templates/arm/azuredeploy.json from the example spec."""
-    return _text(azuredeploy(load_spec(EXAMPLE)))
+def azuredeploy_json(example: Path = EXAMPLE) -> str:
+    """templates/arm/azuredeploy.json from the example spec (or another example's template)."""
+    return _text(azuredeploy(load_spec(example), example.name))
 
 
 def create_ui_definition_json() -> str:

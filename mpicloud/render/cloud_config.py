@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from mpicloud.assets import provision_dir
 from mpicloud.errors import RenderError
@@ -50,6 +51,10 @@ class CloudParts:
     runner_install: tuple[tuple[str, ...], ...] = ()
     #: create the admin user (AWS); on Azure the platform creates it with its key from the VM's osProfile
     create_user: bool = True
+    #: packages only the head node needs (AWS elastic: the SDK of its node actions)
+    head_packages: tuple[str, ...] = ()
+    #: runner.json's `pool` of an elastic cluster (render.runner_config.pool_config plus the cloud's settings)
+    pool: dict[str, Any] | None = None
 
 
 def node_addresses(subnet_cidr: str, count: int, section: str) -> list[str]:
@@ -88,7 +93,9 @@ def _files(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[File]:
         path = spec.shared_storage.path
         # nodes and idle minutes come from the cloud's metadata at boot (cluster-files.sh): the user data stays the
         # same whatever the node count, so resizing a cluster never changes (or replaces) its nodes' user data
-        config = {**runner_config(spec), "nodes": [], "idle_shutdown_minutes": None,
+        # (an elastic head's nodes are itself alone, whatever the pool does)
+        config = {**runner_config(spec, pool=parts.pool), "idle_shutdown_minutes": None,
+                  **({} if parts.pool else {"nodes": []}),
                   "share_marker": root_file(path, SHARE_MARKER), "share_probe": SHARE_PROBE}
         files += [_script(name) for name in (*_HEAD_SCRIPTS, *parts.head_scripts)]
         files += [
@@ -112,7 +119,8 @@ def _packages(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[str]:
         if spec.scheduler == "slurm" else []
     # the storage SDK bucketio.py uses, where the runner moves objects (the head)
     sdk = [OBJECT_SDK_PACKAGES[spec.bucket.kind]] if spec.bucket is not None and head else []
-    return [*_BASE_PACKAGES, *parts.packages, *storage, *pip, *slurm, *sdk, *spec.software.packages]
+    own = parts.head_packages if head else ()
+    return [*_BASE_PACKAGES, *parts.packages, *own, *storage, *pip, *slurm, *sdk, *spec.software.packages]
 
 
 def _commands(spec: ClusterSpec, index: int | None, ips: list[str], parts: CloudParts) -> list[Command]:

@@ -1,4 +1,6 @@
-"""CloudFormation template of a Linux Open MPI cluster (templates/cloudformation/cluster.json), Launch Stack ready."""
+"""CloudFormation template of a Linux Open MPI cluster (templates/cloudformation/cluster.json), Launch Stack ready;
+an elastic spec gives the head node alone and a launch template its runner starts compute nodes from
+(templates/cloudformation/cluster-elastic.json)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from mpicloud.render.aws import (
     ROOT_DEVICE,
     SHARED_VOLUME_DEVICE,
     SSH_PORT,
+    TAG_LAUNCH_TEMPLATE,
     TAG_SHARED_VOLUME,
     node_tags,
     secrets_key_policy,
@@ -21,6 +24,7 @@ from mpicloud.render.aws import (
 )
 from mpicloud.render.aws.cloud_init import node_addresses, runner_parameters, user_data_base64
 from mpicloud.render.cfn_bucket import BUCKET_CONDITIONS, BUCKET_PARAMETERS, prefix_policy_statements
+from mpicloud.render.elastic_iam import node_actions_policy
 from mpicloud.render.iam import assume_role_statement, ec2_trust_policy, kms_statement
 from mpicloud.spec.load import spec_from_dict
 from mpicloud.spec.model import ClusterSpec
@@ -44,17 +48,33 @@ def template_spec() -> ClusterSpec:
                            "aws": {"subnet_cidr": "10.0.0.0/23"}})
 
 
+def elastic_template_spec() -> ClusterSpec:
+    """The spec of the checked-in elastic template: the head node and 0 to 16 compute nodes."""
+    return spec_from_dict({**template_spec().model_dump(mode="json", exclude_none=True),
+                           "nodes": {"min": 0, "max": 16}})
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"Ref": name}
 
 
+def _sub(document: Any) -> Any:
+    """`document` with every string holding a `${...}` placeholder wrapped in Fn::Sub."""
+    if isinstance(document, dict):
+        return {k: _sub(v) for k, v in document.items()}
+    if isinstance(document, list):
+        return [_sub(v) for v in document]
+    return {"Fn::Sub": document} if isinstance(document, str) and "${" in document else document
+
+
 def _parameters(spec: ClusterSpec, nodes: int | None = None) -> dict[str, Any]:
     options, nodes = spec.aws_options, nodes or MAX_TEMPLATE_NODES
+    # a String: Conditions compare text, and moto (unlike CloudFormation) keeps a Number's Ref numeric
+    count = {"NodeCount": {"Type": "String", "Default": str(spec.node_count),
+                           "AllowedValues": [str(n) for n in range(1, nodes + 1)],
+                           "Description": f"number of nodes (1 to {nodes}; node0 is the head node)"}}
     return {
-        # a String: Conditions compare text, and moto (unlike CloudFormation) keeps a Number's Ref numeric
-        "NodeCount": {"Type": "String", "Default": str(spec.node_count),
-                      "AllowedValues": [str(n) for n in range(1, nodes + 1)],
-                      "Description": f"number of nodes (1 to {nodes}; node0 is the head node)"},
+        **({} if spec.elastic else count),
         "SlotsPerNode": {"Type": "Number", "Default": spec.slots_per_node, "MinValue": 1, "MaxValue": 1024,
                          "Description": "MPI slots per node (usually the core count)"},
         "InstanceType": {"Type": "String", "Default": spec.size, "Description": "EC2 instance type"},
@@ -85,7 +105,8 @@ def _parameters(spec: ClusterSpec, nodes: int | None = None) -> dict[str, Any]:
 
 
 def _conditions(nodes: int | None = None) -> dict[str, Any]:
-    """Node i exists when NodeCount > i: chained Or of Equals (CloudFormation compares only for equality)."""
+    """Node i exists when NodeCount > i: chained Or of Equals (CloudFormation compares only for equality); an
+    elastic template (nodes 1) has the head alone."""
     nodes = nodes or MAX_TEMPLATE_NODES
     conditions: dict[str, Any] = {"HasBucket": {"Fn::Not": [{"Fn::Equals": [_ref("BucketName"), ""]}]},
                                   "HasBucketRole": {"Fn::Not": [{"Fn::Equals": [_ref("BucketRoleArn"), ""]}]},
@@ -147,22 +168,36 @@ def _security() -> dict[str, Any]:
     }
 
 
-def _role_policy(condition: str, name: str, statement: dict[str, Any]) -> dict[str, Any]:
-    """A conditional policy on the node role (a resource of its own, not an Fn::If entry in the role's Policies:
+def _role_policy(condition: str, name: str, statement: dict[str, Any], roles: list[str]) -> dict[str, Any]:
+    """A conditional policy on the node roles (a resource of its own, not an Fn::If entry in the role's Policies:
     moto turns an unselected list entry into None)."""
     return {"Type": "AWS::IAM::Policy", "Condition": condition, "Properties": {
-        "PolicyName": name, "Roles": [_ref("NodeRole")],
+        "PolicyName": name, "Roles": [_ref(r) for r in roles],
         "PolicyDocument": {"Version": "2012-10-17", "Statement": [statement]}}}
 
 
-def _iam() -> dict[str, Any]:
+def _role() -> dict[str, Any]:
+    """A role EC2 instances assume, with the bucket policy when the stack names a bucket."""
+    return {"Type": "AWS::IAM::Role", "Properties": {
+        "AssumeRolePolicyDocument": ec2_trust_policy(), "Tags": _tags(),
+        "Policies": [{"Fn::If": ["HasBucket", {"PolicyName": "bucket-access",
+                                               "PolicyDocument": {
+                                                   "Version": "2012-10-17",
+                                                   "Statement": prefix_policy_statements()}},
+                                 {"Ref": "AWS::NoValue"}]}]}}
+
+
+def _iam(elastic: bool = False) -> dict[str, Any]:
     """The node role, its policies, and the deployment's own KMS key for the SSM secrets (the head node creates
     them at first boot: CloudFormation cannot create SecureString parameters). The key goes with the stack
-    (7-day deletion window), so the values the head stored become unreadable with it."""
+    (7-day deletion window), so the values the head stored become unreadable with it. An elastic cluster's head
+    has a role of its own: the nodes' policies plus its node actions (`_head_iam`)."""
+    roles = ["NodeRole", "HeadRole"] if elastic else ["NodeRole"]
     secrets = secrets_policy({"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
                                          f"{PREFIX}/*"}, {"Fn::GetAtt": ["SecretsKey", "Arn"]})
+    users = [{"Fn::GetAtt": [r, "Arn"]} for r in roles]
     key_policy = secrets_key_policy({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"},
-                                    {"Fn::GetAtt": ["NodeRole", "Arn"]})
+                                    users[0] if len(users) == 1 else users)
     return {
         "SecretsKey": {"Type": "AWS::KMS::Key", "DeletionPolicy": "Delete", "UpdateReplacePolicy": "Delete",
                        "Properties": {
@@ -170,26 +205,34 @@ def _iam() -> dict[str, Any]:
                            "EnableKeyRotation": True, "PendingWindowInDays": 7, "KeyPolicy": key_policy,
                            "Tags": _tags()}},
         "NodeSecretsPolicy": {"Type": "AWS::IAM::Policy", "Properties": {
-            "PolicyName": "cluster-secrets", "Roles": [_ref("NodeRole")], "PolicyDocument": secrets}},
-        "NodeRole": {"Type": "AWS::IAM::Role", "Properties": {
-            "AssumeRolePolicyDocument": ec2_trust_policy(), "Tags": _tags(),
-            "Policies": [{"Fn::If": ["HasBucket", {"PolicyName": "bucket-access",
-                                                   "PolicyDocument": {
-                                                       "Version": "2012-10-17",
-                                                       "Statement": prefix_policy_statements()}},
-                                     {"Ref": "AWS::NoValue"}]}]}},
-        "NodeKmsPolicy": _role_policy("HasKmsKey", "bucket-kms", kms_statement(_ref("KmsKeyArn"))),
+            "PolicyName": "cluster-secrets", "Roles": [_ref(r) for r in roles], "PolicyDocument": secrets}},
+        "NodeKmsPolicy": _role_policy("HasKmsKey", "bucket-kms", kms_statement(_ref("KmsKeyArn")), roles),
         "NodeBucketRolePolicy": _role_policy("HasBucketRole", "assume-bucket-role",
-                                             assume_role_statement(_ref("BucketRoleArn"))),
-        "NodeProfile": {"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [_ref("NodeRole")]}},
+                                             assume_role_statement(_ref("BucketRoleArn")), roles),
+        **{role: _role() for role in roles},
+        **{role.replace("Role", "Profile"): {"Type": "AWS::IAM::InstanceProfile",
+                                             "Properties": {"Roles": [_ref(role)]}} for role in roles},
+        **(_head_iam() if elastic else {}),
     }
 
 
-def _launch_template(worker_user_data: str) -> dict[str, Any]:
+def _head_iam() -> dict[str, Any]:
+    """The elastic head's node actions (render.elastic_iam): launch only from ComputeLaunchTemplate with the
+    cluster tag, start/stop/terminate only the cluster's instances, pass only the node role to EC2."""
+    policy = node_actions_policy("${AWS::StackName}", "${AWS::Region}", "${AWS::AccountId}",
+                                 "${ComputeLaunchTemplate}", "${NodeRole.Arn}", "${AWS::Partition}")
+    return {"HeadNodeActionsPolicy": {"Type": "AWS::IAM::Policy", "Properties": {
+        "PolicyName": "node-actions", "Roles": [_ref("HeadRole")], "PolicyDocument": _sub(policy)}}}
+
+
+def _launch_template(worker_user_data: str | None, name: str = "NodeLaunchTemplate",
+                     more: dict[str, Any] | None = None) -> dict[str, Any]:
     """What AWS::EC2::Instance cannot say itself (IMDSv2 above all), and the user data every worker shares (node0
-    has its own); image, type, key and role are on the nodes."""
+    has its own); image, type, key and role are on the nodes (`more`: in the template, for compute nodes). An
+    elastic head's template has no user data: a new worker user data must not make a new version of it (its
+    instance would be replaced)."""
     data = {
-        "UserData": worker_user_data,
+        **({"UserData": worker_user_data} if worker_user_data else {}),
         "MetadataOptions": {"".join(w.capitalize() for w in k.split("_")): v for k, v in METADATA_OPTIONS.items()},
         "BlockDeviceMappings": [{"DeviceName": ROOT_DEVICE, "Ebs": {
             "Encrypted": True, "VolumeSize": _ref("RootVolumeGb"), "VolumeType": "gp3",
@@ -197,10 +240,33 @@ def _launch_template(worker_user_data: str) -> dict[str, Any]:
         "Placement": {"GroupName": _ref("PlacementGroup")}, "EbsOptimized": True, "Monitoring": {"Enabled": True},
         "InstanceInitiatedShutdownBehavior": "stop",
         "TagSpecifications": [{"ResourceType": "volume", "Tags": _tags()}],
+        **(more or {}),
     }
-    return {"NodeLaunchTemplate": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
+    return {name: {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
         "LaunchTemplateData": data,
         "TagSpecifications": [{"ResourceType": "launch-template", "Tags": _tags()}]}}}
+
+
+def _compute_launch_template(spec: ClusterSpec, worker_user_data: str, efa: bool) -> dict[str, Any]:
+    """The elastic cluster's compute nodes, launched by the head (provision/runner/ec2_nodes.py): everything an
+    instance needs, the node role's profile, and the tags a node reads at boot (render.aws.node_tags) plus the
+    cluster's. The head adds the node's name tag and its fixed private address at launch."""
+    interface: dict[str, Any] = {"DeviceIndex": 0, "SubnetId": _ref("Subnet"), "Groups": [_ref("SecurityGroup")],
+                                 "AssociatePublicIpAddress": True, "DeleteOnTermination": True,
+                                 **({"InterfaceType": "efa"} if efa else {})}
+    tags = _tags({"Name": {"Fn::Sub": "${AWS::StackName}-compute"}, **_node_tags(spec)})
+    more = {"ImageId": IMAGE, "InstanceType": _ref("InstanceType"), "KeyName": _ref("KeyName"),
+            "IamInstanceProfile": {"Arn": {"Fn::GetAtt": ["NodeProfile", "Arn"]}}, "NetworkInterfaces": [interface],
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
+                                  {"ResourceType": "volume", "Tags": _tags()}]}
+    return _launch_template(worker_user_data, "ComputeLaunchTemplate", more)
+
+
+def _node_tags(spec: ClusterSpec) -> dict[str, Any]:
+    """The tags a node reads at boot: the node count is a parameter, or an elastic cluster's head plus max."""
+    count = str(spec.node_count) if spec.elastic else _ref("NodeCount")
+    return node_tags(count, _ref("SlotsPerNode"), {"Fn::Sub": PREFIX}, _ref("IdleShutdownMinutes"),
+                     _ref("SecretsKey"))
 
 
 def _runner_parts() -> dict[str, Any]:
@@ -230,19 +296,21 @@ def _efa(index: int, ip: str) -> dict[str, Any]:
 
 
 def _node(spec: ClusterSpec, index: int, ips: list[str], after: list[str], efa: bool = False) -> dict[str, Any]:
-    tags: dict[str, Any] = node_tags(_ref("NodeCount"), _ref("SlotsPerNode"), {"Fn::Sub": PREFIX},
-                                     _ref("IdleShutdownMinutes"), _ref("SecretsKey"))
+    tags = _node_tags(spec)
+    elastic = spec.elastic is not None
     props: dict[str, Any] = {
         "LaunchTemplate": {"LaunchTemplateId": _ref("NodeLaunchTemplate"),
                            "Version": {"Fn::GetAtt": ["NodeLaunchTemplate", "LatestVersionNumber"]}},
         "ImageId": IMAGE, "InstanceType": _ref("InstanceType"), "KeyName": _ref("KeyName"),
-        "IamInstanceProfile": _ref("NodeProfile"),
+        "IamInstanceProfile": _ref("HeadProfile" if elastic else "NodeProfile"),
         "NetworkInterfaces": [{"DeviceIndex": "0", "NetworkInterfaceId": _ref(f"Node{index}Efa")} if efa else {
             "DeviceIndex": "0", "SubnetId": _ref("Subnet"), "PrivateIpAddress": ips[index],
             "GroupSet": [_ref("SecurityGroup")], "AssociatePublicIpAddress": True, "DeleteOnTermination": True}]}
     if index == 0:
         props["UserData"] = user_data_base64(spec, 0, ips)
         tags[TAG_SHARED_VOLUME] = _ref("SharedVolume")
+        if elastic:
+            tags[TAG_LAUNCH_TEMPLATE] = _ref("ComputeLaunchTemplate")
     props["Tags"] = _tags({"Name": {"Fn::Sub": f"${{AWS::StackName}}-node{index}"}, **tags})
     node: dict[str, Any] = {"Type": "AWS::EC2::Instance", "DependsOn": ["DefaultRoute", "NodeSecretsPolicy", *after],
                             "Properties": props}
@@ -266,7 +334,10 @@ def _shared_volume() -> dict[str, Any]:
 def _outputs(spec: ClusterSpec, efa: bool = False) -> dict[str, Any]:
     user = spec.admin.username
     ip = "${Node0Ip}" if efa else "${Node0.PublicIp}"  # EFA: the Elastic IP (Ref is its address)
+    elastic = {"ComputeLaunchTemplateId": {"Description": "the launch template the head starts compute nodes from",
+                                           "Value": _ref("ComputeLaunchTemplate")}} if spec.elastic else {}
     return {
+        **elastic,
         "HeadPublicIp": {"Description": "public address of node0 (the head node)",
                          "Value": _ref("Node0Ip") if efa else {"Fn::GetAtt": ["Node0", "PublicIp"]}},
         "SshCommand": {"Description": "log in to the head node", "Value": {"Fn::Sub": f"ssh {user}@{ip}"}},
@@ -286,17 +357,20 @@ def cluster_template(spec: ClusterSpec | None = None, efa: bool = False) -> dict
     """The cluster template as a dict (the same cloud-init, ports and policies as the Pulumi program); `efa`: the
     variant whose nodes (at most MAX_EFA_NODES) are attached through EFA interfaces (cluster-efa.json)."""
     spec = spec or template_spec()
-    nodes = MAX_EFA_NODES if efa else MAX_TEMPLATE_NODES
-    if spec.node_count > nodes:
+    elastic = spec.elastic is not None
+    nodes = 1 if elastic else MAX_EFA_NODES if efa else MAX_TEMPLATE_NODES
+    if spec.node_count > (MAX_TEMPLATE_NODES if elastic else nodes):
         raise RenderError(f"the CloudFormation template has at most {nodes} nodes; use Pulumi for {spec.node_count}")
-    ips = node_addresses(spec.aws_options.subnet_cidr, MAX_TEMPLATE_NODES)
+    ips = node_addresses(spec.aws_options.subnet_cidr, spec.node_count if elastic else MAX_TEMPLATE_NODES)
     parts = _runner_parts()
-    resources = {**_network(spec), **_security(), **_iam(), **_launch_template(user_data_base64(spec, None, ips)),
-                 **parts, **_shared_volume()}
+    worker = user_data_base64(spec, None, ips)
+    resources = {**_network(spec), **_security(), **_iam(elastic), **_launch_template(None if elastic else worker),
+                 **(_compute_launch_template(spec, worker, efa) if elastic else {}), **parts, **_shared_volume()}
     for i in range(nodes):
         resources.update({f"Node{i}": _node(spec, i, ips, sorted(parts) if i == 0 else [], efa),
                           **(_efa(i, ips[i]) if efa else {})})
     kind = "Linux Open MPI cluster on EFA" if efa else "Linux Open MPI cluster"
+    kind = f"elastic {kind} (head node; compute nodes started by its runner)" if elastic else kind
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": f"mpicloud {kind} (generated by mpicloud.render.cloudformation; do not edit)",
@@ -316,6 +390,12 @@ def cluster_template_json(spec: ClusterSpec | None = None, efa: bool = False) ->
         raise RenderError(f"the CloudFormation template is {len(text)} bytes; CloudFormation reads at most "
                           f"{TEMPLATE_LIMIT} from S3")
     return text
+
+
+def elastic_template_json() -> str:
+    """templates/cloudformation/cluster-elastic.json: the head node and a launch template for 0 to 16 compute
+    nodes (elastic_template_spec)."""
+    return cluster_template_json(elastic_template_spec())
 
 
 def efa_template_json() -> str:

@@ -11,7 +11,8 @@ from mpicloud.protocol.pool import CLUSTER_TAG
 
 def node_actions_policy(cluster: str, region: str, account: str, launch_template_id: str, node_role_arn: str,
                         partition: str = "aws") -> dict[str, Any]:
-    """The head role's policy for resuming and suspending the cluster's compute nodes."""
+    """The head role's policy for resuming and suspending the cluster's compute nodes (CloudFormation passes
+    `${...}` placeholders and wraps the strings in Fn::Sub)."""
     ec2 = f"arn:{partition}:ec2:{region}:{account}"
     template = f"{ec2}:launch-template/{launch_template_id}"
     created = [f"{ec2}:instance/*", f"{ec2}:volume/*", f"{ec2}:network-interface/*"]
@@ -30,7 +31,9 @@ def node_actions_policy(cluster: str, region: str, account: str, launch_template
          "Action": ["ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"],
          "Resource": f"{ec2}:instance/*",
          "Condition": {"StringEquals": {f"ec2:ResourceTag/{CLUSTER_TAG}": cluster}}},
-        {"Sid": "SeeInstances", "Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
+        # read-only and without resource-level permissions: the node's state, the template's network interface
+        {"Sid": "SeeInstances", "Effect": "Allow",
+         "Action": ["ec2:DescribeInstances", "ec2:DescribeLaunchTemplateVersions"], "Resource": "*"},
         {"Sid": "PassTheNodeRole", "Effect": "Allow", "Action": "iam:PassRole", "Resource": node_role_arn,
          "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
     ]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -9,17 +10,22 @@ from pathlib import Path
 from mpicloud.render import arm, blobaccess, cfn_bucket
 from mpicloud.render.aws.cfn_windows import windows_template_json
 from mpicloud.render.azure import arm_linux
-from mpicloud.render.cloudformation import cluster_template_json, efa_template_json
+from mpicloud.render.cloudformation import cluster_template_json, efa_template_json, elastic_template_json
 
 #: relative path under the repository root -> zero-argument renderer returning the file's text
 GENERATED: dict[str, Callable[[], str]] = {
     "templates/arm/azuredeploy.json": arm.azuredeploy_json,
     "templates/arm/blob-access.json": blobaccess.blob_access_json,
     "templates/arm/createUiDefinition.json": arm.create_ui_definition_json,
+    "templates/arm/elastic/azuredeploy.json": functools.partial(
+        arm.azuredeploy_json, arm.EXAMPLE.with_name("azure-windows-elastic.yaml")),
     "templates/arm/linux/azuredeploy.json": arm_linux.azuredeploy_json,
     "templates/arm/linux/createUiDefinition.json": arm_linux.create_ui_definition_json,
+    "templates/arm/linux/elastic/azuredeploy.json": functools.partial(
+        arm_linux.azuredeploy_json, arm.EXAMPLE.with_name("azure-linux-elastic.yaml")),
     "templates/cloudformation/bucket-access.json": cfn_bucket.bucket_access_json,
     "templates/cloudformation/cluster-efa.json": efa_template_json,
+    "templates/cloudformation/cluster-elastic.json": elastic_template_json,
     "templates/cloudformation/cluster.json": cluster_template_json,
     "templates/cloudformation/windows-cluster.json": windows_template_json,
 }

@@ -9,6 +9,7 @@ from typing import Any
 
 from mpicloud.assets import provision_dir, runner_bundle
 from mpicloud.errors import RenderError
+from mpicloud.render import azure
 from mpicloud.render.cloud_config import node_addresses
 from mpicloud.render.quoting import powershell_quote
 from mpicloud.render.runner_config import (
@@ -64,10 +65,24 @@ def _installers(spec: ClusterSpec) -> list[dict[str, str]]:
     return out
 
 
+def _pool(spec: ClusterSpec) -> dict[str, Any] | None:
+    """An elastic Azure cluster's pool (the spec refuses elastic Windows clusters on AWS); a started node is up once
+    sshd and MS-MPI's launch service answer."""
+    return azure.node_pool(spec, (22, LAUNCH_PORT)) if spec.cloud == "azure" else None
+
+
+def _configure_pool(spec: ClusterSpec) -> str | None:
+    """The PowerShell command the head runs after writing runner.json: azure_nodes.py configure (its --arm is the
+    script's $ArmEndpoint)."""
+    if _pool(spec) is None:
+        return None
+    return "& " + " ".join(powershell_quote(a) for a in azure.configure_command(spec)) + " --arm $ArmEndpoint"
+
+
 def _base_runner_config(spec: ClusterSpec) -> str:
     """runner.json without the node list and idle minutes, which the script fills in from its parameters;
     MPI jobs wait for the marker of working saved credentials (start-runner.ps1)."""
-    config: dict[str, Any] = runner_config(spec)
+    config: dict[str, Any] = runner_config(spec, pool=_pool(spec))
     marker = {"path": root_file(spec.shared_storage.path, SAVECREDS_MARKER),
               "reason": "MS-MPI credentials are not saved and verified yet (mpiexec -savecreds, then a run without "
                         "-pwd; see C:\\ProgramData\\mpicloud\\runner-task.log on N0)"}
@@ -95,7 +110,7 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
         python_sha256=q(PYTHON.sha256), launch_port=LAUNCH_PORT, installers=_installers(spec),
         object_sdks={"libs": q(OBJECT_LIBS), "pip_url": q(PIP.url), "pip_sha256": q(PIP.sha256),
                      "packages": " ".join(q(p) for p in OBJECT_SDKS)} if spec.bucket is not None else None,
-        openssh_msi=_openssh_msi(spec),
+        openssh_msi=_openssh_msi(spec), configure_pool=_configure_pool(spec),
         runner_bundle=q(gzip_base64(runner_bundle("windows", compact=True))),
         runner_config=q(_base_runner_config(spec)),
         stop_script=q(gzip_base64((windows / "stop-cluster.ps1").read_bytes())),

@@ -282,6 +282,10 @@ class AwsOptions(_Model):
     placement_group: bool = True
     root_volume_gb: int = Field(default=30, ge=8, le=16384)
     key_name: str | None = None
+    suspend: Literal["stop", "terminate"] = Field(
+        default="stop", description="elastic clusters: what happens to an idle compute node's instance (stop: "
+                                    "its EBS root volume stays and bills; terminate: nothing bills, the next start "
+                                    "launches a fresh one from the launch template)")
 
 
 class LocalOptions(_Model):
@@ -406,9 +410,12 @@ class ClusterSpec(_Model):
             if self.scale_down_idle_minutes is not None:
                 raise ValueError("scale_down_idle_minutes needs an elastic cluster (nodes: {min: M, max: X})")
             return
-        if self.cloud != "local":
-            raise ValueError(f"nodes: {{min, max}} (elastic) is built for the local cluster only; {self.cloud} "
-                             "clusters take a fixed number of nodes for now")
+        if self.cloud == "aws" and self.os == "windows":
+            raise ValueError("nodes: {min, max} (elastic) is built for the local cluster, Azure and AWS Linux; "
+                             "aws windows clusters take a fixed number of nodes for now")
+        if self.scheduler != "builtin" and self.cloud != "local":
+            raise ValueError("nodes: {min, max} (elastic) needs the built-in queue (scheduler: builtin) on "
+                             f"{self.cloud} for now; Slurm's power saving is built for the local cluster")
 
     def _os_options(self) -> None:
         """Options of one OS set on a cluster of the other (an Azure Windows image on Linux nodes, ...)."""

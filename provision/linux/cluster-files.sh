@@ -2,6 +2,8 @@
 # mpicloud node identity and cluster files: /etc/hosts names node0..nodeN-1, MPICLOUD_NODE machine-wide,
 # the Open MPI hostfile, and on the head node runner.json (N nodes of SLOTS slots, idle shutdown minutes, MPI
 # settings for the node's RDMA device: EFA or InfiniBand).
+# An elastic cluster's runner.base.json has a `pool`: runner.json keeps its nodes (the head, no slots) and its
+# pool.aws gets the deployment's region, launch template and cluster name (instance tags, node-env.sh).
 # usage: cluster-files.sh INDEX USER SHARED IP0 IP1 ... (N, SLOTS from /etc/mpicloud/node.env)
 # INDEX auto (a worker of the CloudFormation template, whose nodes share one user data): the position of this
 # node's private address (MPICLOUD_PRIVATE_IP) among IP1..; the host name is set to nodeINDEX then.
@@ -31,12 +33,21 @@ grep -q '^MPICLOUD_NODE=' "$root/etc/environment" || echo "MPICLOUD_NODE=node$in
 install -d -m 775 -o "$user" -g "$(id -gn "$user")" "$shared" "$shared/.mpicloud"
 # every node must see this file before the runner starts an MPI job there (runner.py: share_problem)
 [ -f "$shared/.mpicloud/share-marker" ] || echo "mpicloud shared storage of node0" > "$shared/.mpicloud/share-marker"
-python3 - "$count" "$slots" "$MPICLOUD_IDLE_MINUTES" "$shared/.mpicloud/runner.json" "$root" <<'PY'
-import glob, json, sys
+python3 - "$count" "$slots" "$MPICLOUD_IDLE_MINUTES" "$shared/.mpicloud/runner.json" "$root" \
+  "${MPICLOUD_REGION:-}" "${MPICLOUD_LAUNCH_TEMPLATE:-}" "${MPICLOUD_CLUSTER:-}" <<'PY'
+import glob, json, os, sys
 count, slots, idle, target = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 with open(sys.argv[5] + "/opt/mpicloud/runner.base.json", encoding="utf-8") as handle:
     config = json.load(handle)
-config["nodes"] = [{"name": f"node{i}", "slots": slots} for i in range(count)]
+aws = (config.get("pool") or {}).get("aws")
+if aws is not None:
+    region, template, cluster = sys.argv[6:9]
+    if not (region and template and cluster):
+        sys.exit("cluster-files.sh: an elastic head needs its region and the mpicloud:launch-template and "
+                 "mpicloud:cluster instance tags")
+    aws.update(region=region, launch_template_id=template, cluster=cluster)
+else:
+    config["nodes"] = [{"name": f"node{i}", "slots": slots} for i in range(count)]
 config["idle_shutdown_minutes"] = idle or None
 # MPI over the RDMA device of this node's size (every node has the same): EFA through libfabric, InfiniBand
 # (Azure HB/HC/HX/ND) through UCX; plain TCP otherwise
@@ -45,7 +56,8 @@ if any(d.startswith("efa") for d in devices):
     config["env"].update(FI_PROVIDER="efa", OMPI_MCA_pml="cm", OMPI_MCA_mtl="ofi")
 elif any(d.startswith("mlx") for d in devices):
     config["env"].update(OMPI_MCA_pml="ucx", OMPI_MCA_osc="ucx")
-with open(target, "w", encoding="utf-8") as handle:
+with open(target + ".part", "w", encoding="utf-8") as handle:
     json.dump(config, handle, sort_keys=True, indent=2)
+os.replace(target + ".part", target)
 PY
 chown "$user" "$shared/.mpicloud/runner.json"

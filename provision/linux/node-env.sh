@@ -15,6 +15,9 @@ install -d -m 755 /etc/mpicloud
   echo "MPICLOUD_KMS_KEY=$(md tags/instance/mpicloud:kms-key)"
   # the head node only: its shared directory's own EBS volume
   echo "MPICLOUD_SHARED_VOLUME=$(md tags/instance/mpicloud:shared-volume 2>/dev/null || true)"
+  # an elastic cluster's head only: the compute nodes' launch template; the cluster tag names the cluster
+  echo "MPICLOUD_LAUNCH_TEMPLATE=$(md tags/instance/mpicloud:launch-template 2>/dev/null || true)"
+  echo "MPICLOUD_CLUSTER=$(md tags/instance/mpicloud:cluster)"
   echo "MPICLOUD_REGION=$(md placement/region)"
   echo "MPICLOUD_PRIVATE_IP=$(md local-ipv4)"
 } > /etc/mpicloud/node.env

@@ -4,14 +4,21 @@ deallocates it (a deallocated VM bills its disks, not compute). Idempotent: Reso
 a VM already in that state.
 
 Settings: runner.json `pool.azure`: arm (Resource Manager endpoint), subscription, resource_group, cluster
-(VM names are `<cluster>-<node>`, as render.azure.vm_name), imds (default the instance metadata endpoint).
-Not shipped to the nodes yet (see docs/elastic.md): Azure clusters run Windows, whose bootstrap leaves the pool
-out for now.
+(VM names are `<cluster>-<node>`, as render.azure.vm_name), api_version (default the templates' compute API),
+ready_ports (resume waits until the node answers on each), imds (default the instance metadata endpoint).
+The template knows none of the deployment's values: `configure --root ROOT [--arm URL]`, run once by the head's
+bootstrap, fills them in from the head VM's own instance metadata (its subscription, resource group and name;
+Resource Manager from --arm, else the VM's `mpicloud:arm` tag) and sets the pool's `max` to the compute nodes
+runner.json lists. No secret anywhere: the token comes from the
+managed identity at each action. Shipped to Linux and Windows nodes alike (stdlib only).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import socket
 import sys
 import time
 import urllib.parse
@@ -40,7 +47,7 @@ def vm_url(settings: dict[str, Any], node: str, action: str = "") -> str:
              f"{settings['resource_group']}")
     suffix = f"/{action}" if action else ""
     return f"{group}/providers/Microsoft.Compute/virtualMachines/{settings['cluster']}-{node}{suffix}" \
-           f"?api-version={COMPUTE_API}"
+           f"?api-version={settings.get('api_version', COMPUTE_API)}"
 
 
 def call(settings: dict[str, Any], bearer: str, method: str, url: str) -> Any:
@@ -58,6 +65,20 @@ def power_state(settings: dict[str, Any], bearer: str, node: str) -> str:
     return codes[0].split("/", 1)[1] if codes else "unknown"
 
 
+def wait_ready(host: str, ports: list[int], deadline: float, poll: float) -> None:
+    """Until each of the node's `ports` accepts a TCP connection (sshd, MS-MPI's launch service): a VM that runs
+    may still be booting, and the pool gives jobs to a node as soon as its resume command succeeds."""
+    for port in ports:
+        while True:
+            try:
+                with socket.create_connection((host, int(port)), timeout=5):
+                    break
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{host} runs but its port {port} does not answer: {error}") from error
+                time.sleep(poll)
+
+
 def resume(settings: dict[str, Any], node: str, timeout: float = 900.0, poll: float = 5.0) -> str:
     bearer = token(settings)
     call(settings, bearer, "POST", vm_url(settings, node, "start"))
@@ -66,6 +87,7 @@ def resume(settings: dict[str, Any], node: str, timeout: float = 900.0, poll: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"VM {settings['cluster']}-{node} is {state}, not running")
         time.sleep(poll)
+    wait_ready(node, list(settings.get("ready_ports") or []), deadline, poll)
     return state
 
 
@@ -75,12 +97,71 @@ def suspend(settings: dict[str, Any], node: str) -> str:
     return "deallocating"
 
 
+#: what resume and suspend need in pool.azure (configure adds the deployment's values)
+REQUIRED = ("arm", "subscription", "resource_group", "cluster")
+
+
+def instance(settings: dict[str, Any], tries: int = 10, wait: float = 6.0) -> dict[str, Any]:
+    """This VM's compute metadata (subscriptionId, resourceGroupName, name, tagsList) from the instance metadata
+    endpoint, tried again for about a minute (at boot it may not answer yet)."""
+    request = urllib.request.Request(f"{settings.get('imds', IMDS)}/instance/compute?api-version=2021-02-01",
+                                     headers={"Metadata": "true"})
+    def fetch() -> dict[str, Any]:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return dict(json.load(answer))
+    for _ in range(tries - 1):
+        try:
+            return fetch()
+        except OSError:
+            time.sleep(wait)
+    return fetch()  # the last try's error is the one reported
+
+
+def configure(root: Path, arm: str | None) -> dict[str, Any]:
+    """Fill runner.json's pool.azure with the deployment's values from the head VM's metadata and bound the pool
+    by the compute nodes runner.json lists (every VM the deployment created); atomic replace."""
+    path = root / "runner.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    pool, head = config["pool"], str(config["nodes"][0]["name"])
+    meta = instance(pool["azure"])
+    tags = {t["name"]: t["value"] for t in meta.get("tagsList") or []}
+    name = str(meta["name"])
+    if not name.endswith(f"-{head}"):
+        raise ValueError(f"this VM is {name!r}, not the head node {head!r} of a cluster")
+    pool["azure"].update(arm=arm or tags["mpicloud:arm"], subscription=meta["subscriptionId"],
+                         resource_group=meta["resourceGroupName"], cluster=name[:-len(head) - 1])
+    pool["max"] = len(config["nodes"]) - 1
+    pool["min"] = min(int(pool["min"]), pool["max"])
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(config, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    if hasattr(os, "chown"):  # the runner's user keeps owning its configuration (cloud-init runs this as root)
+        owner = path.stat()
+        os.chown(tmp, owner.st_uid, owner.st_gid)
+    os.replace(tmp, path)
+    return dict(pool["azure"])
+
+
 def main(argv: list[str]) -> int:
-    """`azure_nodes.py resume|suspend --root ROOT NODE` (the pool's resume_command/suspend_command)."""
-    action, node, root = argv[0], argv[-1], Path(argv[argv.index("--root") + 1])
-    settings = json.loads((root / "runner.json").read_text(encoding="utf-8"))["pool"]["azure"]
-    done = resume(settings, node) if action == "resume" else suspend(settings, node)
-    print(f"{action} {node}: {done}", flush=True)
+    """`azure_nodes.py resume|suspend --root ROOT NODE` (the pool's resume_command/suspend_command);
+    `azure_nodes.py configure --root ROOT [--arm URL]` (the head's bootstrap, once)."""
+    parser = argparse.ArgumentParser(prog="azure_nodes.py")
+    parser.add_argument("action", choices=("resume", "suspend", "configure"))
+    parser.add_argument("--root", type=Path, required=True, help="the runner root (runner.json)")
+    parser.add_argument("--arm", help="configure: the Resource Manager endpoint")
+    parser.add_argument("node", nargs="?", help="resume/suspend: the node's name (N1, node2, ...)")
+    args = parser.parse_intermixed_args(argv)  # the pool appends the node after --root ROOT
+    if args.action == "configure":
+        print(f"configured: {configure(args.root, args.arm)}", flush=True)
+        return 0
+    if not args.node:
+        parser.error(f"{args.action} needs a node name")
+    settings = json.loads((args.root / "runner.json").read_text(encoding="utf-8"))["pool"]["azure"]
+    missing = [key for key in REQUIRED if not settings.get(key)]
+    if missing:
+        parser.exit(2, f"azure_nodes.py: runner.json's pool.azure has no {', '.join(missing)}: the head's boot did not "
+                       "run `azure_nodes.py configure` (see cloud-init's or the bootstrap's log)\n")
+    done = resume(settings, args.node) if args.action == "resume" else suspend(settings, args.node)
+    print(f"{args.action} {args.node}: {done}", flush=True)
     return 0
 
 

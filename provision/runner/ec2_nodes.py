@@ -4,12 +4,17 @@ with the cluster and the node); `suspend NODE` stops or terminates it. Idempoten
 the head) is imported only here, only when an action runs.
 
 Settings: runner.json `pool.aws`: region, launch_template_id, cluster, placement_group (optional),
-suspend ("stop": keep the disk, bill it; "terminate": bill nothing), endpoint_url (tests: moto server).
+suspend ("stop": keep the disk, bill it; "terminate": bill nothing), addresses (optional: node -> its fixed
+private address, launched on the template's network interface), endpoint_url (tests: moto server).
+
+From the command line `resume` returns only once the node is usable: its instance runs and it answers the
+runner's share probe (runner.json `share_probe` + NODE: its boot finished and it sees `share_marker`).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the protocol package
 from mpicloud.protocol.pool import CLUSTER_TAG, NODE_TAG
 
 LIVE = ("pending", "running", "stopping", "stopped")
+#: the launch template's newest version: a stack or program update makes one (whether it also becomes the default
+#: differs between CloudFormation and Pulumi); running nodes keep theirs
+VERSION = "$Latest"
+#: runner.json pool.aws settings every action needs
+REQUIRED = ("region", "launch_template_id", "cluster")
+#: what a launch creates and tags with the cluster and node (the head's policy requires the cluster tag on each)
+TAGGED = ("instance", "volume", "network-interface")
+#: cloud-init writes it when the node's boot (mounts, keys, software) is done
+BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
 
 
 def client(settings: dict[str, Any]) -> Any:
@@ -41,12 +55,14 @@ def resume(ec2: Any, settings: dict[str, Any], node: str, timeout: float = 600.0
     """Start the node (launch it when it has no instance); return its instance id once it runs."""
     instance = find(ec2, settings, node)
     if instance is None:
-        tags = [{"Key": CLUSTER_TAG, "Value": settings["cluster"]}, {"Key": NODE_TAG, "Value": node}]
+        tags = [{"Key": CLUSTER_TAG, "Value": settings["cluster"]}, {"Key": NODE_TAG, "Value": node},
+                {"Key": "Name", "Value": f"{settings['cluster']}-{node}"}]  # as a fixed cluster's nodes are named
         placement = {"GroupName": settings["placement_group"]} if settings.get("placement_group") else {}
         made = ec2.run_instances(
-            LaunchTemplate={"LaunchTemplateId": settings["launch_template_id"]}, MinCount=1, MaxCount=1,
-            TagSpecifications=[{"ResourceType": t, "Tags": tags} for t in ("instance", "volume")],
-            **({"Placement": placement} if placement else {}))
+            LaunchTemplate={"LaunchTemplateId": settings["launch_template_id"], "Version": VERSION},
+            MinCount=1, MaxCount=1,
+            TagSpecifications=[{"ResourceType": t, "Tags": tags} for t in TAGGED],
+            **({"Placement": placement} if placement else {}), **_address(ec2, settings, node))
         instance = made["Instances"][0]
     elif instance["State"]["Name"] in ("stopped", "stopping"):
         _wait(ec2, instance["InstanceId"], {"stopped"}, timeout)
@@ -68,6 +84,50 @@ def suspend(ec2: Any, settings: dict[str, Any], node: str) -> str | None:
     return str(ids[0])
 
 
+def _address(ec2: Any, settings: dict[str, Any], node: str) -> dict[str, Any]:
+    """RunInstances' NetworkInterfaces: the launch template's own interface with the node's fixed private
+    address (the name every node's /etc/hosts gives it); nothing when the settings name no address."""
+    address = (settings.get("addresses") or {}).get(node)
+    if address is None:
+        return {}
+    data = ec2.describe_launch_template_versions(LaunchTemplateId=settings["launch_template_id"],
+                                                 Versions=[VERSION])["LaunchTemplateVersions"][0]
+    [interface] = data["LaunchTemplateData"]["NetworkInterfaces"]
+    return {"NetworkInterfaces": [{**interface, "PrivateIpAddress": address}]}
+
+
+def forget_host_key(config: dict[str, Any], node: str) -> None:
+    """Drop the node's old host key (by name and address) from the head's known_hosts before it is launched
+    afresh: the new instance has a new key, which `StrictHostKeyChecking accept-new` then takes."""
+    known = Path.home() / ".ssh" / "known_hosts"
+    if known.is_file():
+        address = (config["pool"]["aws"].get("addresses") or {}).get(node)
+        for name in filter(None, (node, address)):
+            subprocess.run(["ssh-keygen", "-R", name, "-f", str(known)], capture_output=True, check=False)
+
+
+def wait_ready(config: dict[str, Any], node: str, timeout: float = 1800.0) -> None:
+    """Until the node answers the runner's share probe (runner.json `share_probe`): its boot (cloud-init)
+    finished and it sees the share marker."""
+    probe, marker = config.get("share_probe"), config.get("share_marker")
+    if not (probe and marker):
+        return
+    test = f"test -f {BOOT_FINISHED} -a -f {marker}"
+    deadline = time.monotonic() + timeout
+    while not _answers([*probe, node, test]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{node} runs but did not finish its boot or see {marker} in {timeout:.0f} s")
+        time.sleep(5.0)
+
+
+def _answers(argv: list[str]) -> bool:
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+                              check=False).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def _wait(ec2: Any, instance_id: str, states: set[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -79,12 +139,40 @@ def _wait(ec2: Any, instance_id: str, states: set[str], timeout: float) -> None:
         time.sleep(2.0)
 
 
-def main(argv: list[str]) -> int:
-    """`ec2_nodes.py resume|suspend NODE --root ROOT` (the pool's resume_command/suspend_command)."""
-    action, node, root = argv[0], argv[-1], Path(argv[argv.index("--root") + 1])
-    settings = json.loads((root / "runner.json").read_text(encoding="utf-8"))["pool"]["aws"]
+def act(action: str, node: str, root: Path) -> str | None:
+    """Run one node action with the settings of ROOT/runner.json; the instance id (None: nothing to suspend)."""
+    config = json.loads((root / "runner.json").read_text(encoding="utf-8"))
+    settings = (config.get("pool") or {}).get("aws") or {}
+    for key in REQUIRED:
+        if not isinstance(settings.get(key), str) or not settings[key]:
+            raise ValueError(f"{root / 'runner.json'}: pool.aws.{key} is missing")
     ec2 = client(settings)
-    done = resume(ec2, settings, node) if action == "resume" else suspend(ec2, settings, node)
+    if action == "suspend":
+        return suspend(ec2, settings, node)
+    if find(ec2, settings, node) is None:
+        forget_host_key(config, node)  # before the launch: a runner killed after it still finds the key gone
+    done = resume(ec2, settings, node)
+    wait_ready(config, node)
+    return done
+
+
+def main(argv: list[str]) -> int:
+    """`ec2_nodes.py resume|suspend --root ROOT NODE` (the pool's resume_command/suspend_command, the node name
+    appended); one line on stderr and exit 1 when it fails (the pool retries)."""
+    if len(argv) != 4 or argv[0] not in ("resume", "suspend") or argv[1] != "--root":
+        print("usage: ec2_nodes.py resume|suspend --root ROOT NODE", file=sys.stderr)
+        return 2
+    action, root, node = argv[0], Path(argv[2]), argv[3]
+    try:
+        done = act(action, node, root)
+    except (OSError, KeyError, ValueError, TimeoutError) as exc:
+        print(f"{action} {node}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # botocore's errors (ClientError, NoCredentialsError, ...): the SDK is loaded lazily
+        if not type(exc).__module__.startswith("botocore"):
+            raise
+        print(f"{action} {node}: {exc}", file=sys.stderr)
+        return 1
     print(f"{action} {node}: {done or 'no instance'}", flush=True)
     return 0
 

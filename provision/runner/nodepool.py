@@ -21,6 +21,8 @@ from mpicloud.protocol.pool import DRAINING, MAX_NODES, POOL_FILE, RESIZE_FILE, 
 POOL_CRASH_POINTS = ("pool.after_plan", "pool.after_resume", "pool.after_suspend")
 #: seconds before a failed start or stop is tried again
 RETRY_SECONDS = 30.0
+#: seconds an up node may stay unreachable before it is replaced (stopped, and a node started for it)
+REPLACE_AFTER_SECONDS = 120.0
 
 
 class Pool:
@@ -39,7 +41,11 @@ class Pool:
         self.idle_seconds = float(config.get("idle_minutes") or 0) * 60 or float("inf")
         self.resume = [str(a) for a in config.get("resume_command") or []]
         self.suspend = [str(a) for a in config.get("suspend_command") or []]
+        self.replace_after = float(config.get("replace_unreachable_seconds", REPLACE_AFTER_SECONDS))
         self.actions: dict[str, tuple[subprocess.Popen[bytes], str]] = {}  # node -> (process, kind)
+        # the cluster's stop takes every node down (Azure deallocates every VM) and its start brings back the head
+        # only: after a pause, nodes that were up run their (idempotent) start again before they take jobs
+        self.resume_after_pause = bool(config.get("resume_after_pause"))
         self.data = self._load(nodes)
 
     # -- nodes.json
@@ -52,9 +58,12 @@ class Pool:
                     "head_since": at, "nodes": {str(n["name"]): self._entry(UP, at) for n in nodes}}
             self.rt.write_json(self.path, data)
         at = self.rt.now()
-        for entry in data["nodes"].values():  # idle times are not recorded on every pass: count them anew
+        paused = bool(data.get("paused"))
+        for name, entry in data["nodes"].items():  # idle times are not recorded on every pass: count them anew
             entry["idle_since"] = at
-            if data.get("paused") and entry["state"] in (UP, DRAINING):
+            if paused and entry["state"] in (UP, DRAINING) and self.resume_after_pause and name != self.head:
+                entry.update(state=STARTING, since=at, retry_at=0.0)
+            elif paused and entry["state"] in (UP, DRAINING):
                 entry["up_since"] = at
         if data.pop("paused", False):
             data["head_since"] = at
@@ -137,7 +146,8 @@ class Pool:
             elif entry and entry["idle_since"] is None:
                 entry["idle_since"] = at
         views = [autoscale.NodeView(n, self.slots, self.state(n), used.get(n, 0),
-                                    (self.data["nodes"].get(n) or {}).get("idle_since"), pinned=n == self.head)
+                                    (self.data["nodes"].get(n) or {}).get("idle_since"), pinned=n == self.head,
+                                    broken=self._broken(n, at))
                  for n in self.names()]
         plan = autoscale.decide(queued, views, self.limits(), at)
         busy = set(self.actions)  # a node whose action still runs is left alone until it ends
@@ -146,6 +156,11 @@ class Pool:
             self._apply(plan, at)
         if self.data.get("force"):
             self._force_out(used)
+
+    def _broken(self, name: str, at: float) -> bool:
+        """Unreachable for longer than the grace: the runner's probes failed all that time."""
+        since = self.runner.unreachable.get(name)
+        return since is not None and at - since >= self.replace_after
 
     def _apply(self, plan: autoscale.Plan, at: float) -> None:
         for name in plan.start:
@@ -160,6 +175,9 @@ class Pool:
             if self.state(name) == STARTING:
                 self._act(name, "resume")
         for name in plan.stop:
+            if self._broken(name, at):
+                self.runner.log(f"node {name} has been unreachable for {at - self.runner.unreachable[name]:.0f} s: "
+                                "replacing it (stop, then start a node in its place)")
             self.runner.keep_connection(name, False)
             self._act(name, "suspend")
         self.runner.refresh_nodes()

@@ -104,10 +104,23 @@ def write_text(path: Path, text: str) -> None:
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace(src: Path, dst: Path, tries: int = 50) -> None:
+    """os.replace; on Windows, where a file another process has open cannot be replaced (PermissionError while a
+    client reads status.json or nodes.json), tried again for up to about 5 s."""
+    for attempt in range(tries):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if not WINDOWS or attempt == tries - 1:
+                raise
+            time.sleep(0.1)
 
 
 def now() -> float:
@@ -1379,33 +1392,9 @@ def capacity(config: dict[str, Any]) -> int:
     return int(pool["max"]) * int(pool["slots_per_node"]) if pool else sum(int(n["slots"]) for n in config["nodes"])
 
 
-class FixedPool:
-    """The nodes runner.json lists, always up (Windows: nodepool.py is not shipped, see assets.LINUX_ONLY)."""
-
-    resume: list[str] = []
-
-    def __init__(self, runner: Runner) -> None:
-        self.node_list = lambda: list(runner.config["nodes"])
-        self.capacity = lambda: capacity(runner.config)
-
-    def ready(self, name: str) -> bool:
-        return True
-
-    def step(self, queued: list[int], used: dict[str, int]) -> None:
-        """Nothing to decide."""
-
-    def pause(self) -> None:
-        """Nothing counted."""
-
-    def status(self) -> dict[str, Any]:
-        return {}
-
-
 def make_pool(runner: Runner) -> Any:
-    """The compute node pool (nodepool.py beside this file, Linux; slurm_pool.py on an elastic Slurm cluster), or
-    a fixed one (Windows)."""
-    if WINDOWS:
-        return FixedPool(runner)
+    """The compute node pool (nodepool.py beside this file, on Linux and Windows alike; slurm_pool.py on an elastic
+    Slurm cluster)."""
     if runner.config.get("scheduler") == "slurm" and runner.config.get("pool"):
         import slurm_pool  # Slurm's power saving acts on the nodes; this pool reports and resizes
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +105,16 @@ def _unknown(schemas: list[Schema], instance: Any, path: str) -> list[str]:
         else:
             errs += _unknown(children, value, f"{path}/{key}")
     return errs
+
+
+def checkov(template: dict[str, Any], skips: dict[str, str], folder: Path) -> dict[str, Any]:
+    """checkov --framework arm over the template (written to folder/azuredeploy.json), skipping `skips`: the
+    JSON report."""
+    (folder / "azuredeploy.json").write_text(json.dumps(template, indent=2))
+    exe = Path(sys.executable).with_name("checkov")
+    proc = subprocess.run([str(exe), "-f", str(folder / "azuredeploy.json"), "--framework", "arm", "--skip-download",
+                           "--compact", "--quiet", "-o", "json", "--skip-check", ",".join(sorted(skips))],
+                          capture_output=True, text=True, timeout=240, cwd=folder, check=False)
+    assert proc.stdout, proc.stderr[-2000:]
+    report: dict[str, Any] = json.loads(proc.stdout)
+    return report

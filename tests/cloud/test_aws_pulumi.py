@@ -16,11 +16,14 @@ from typing import Any
 
 import pulumi
 import pytest
+import yaml
 from parliament import analyze_policy_string
 
 from mpicloud.render.aws import TAG_NODES
 from mpicloud.render.aws.cloud_init import cloud_config, runner_parameters
+from mpicloud.render.elastic_iam import node_actions_policy
 from mpicloud.render.iam import bucket_access_policy
+from mpicloud.render.iam_check import evaluate
 from mpicloud.spec import ClusterSpec
 from tests.specdata import aws_spec
 
@@ -334,3 +337,71 @@ def test_efa_nodes_are_reached_through_their_elastic_ips(mocks: Mocks) -> pulumi
         assert len(ips) == 3 and all(ip.startswith("203.0.113.") for ip in ips)
         assert ssh == f"ssh mpiuser@{ips[0]}" or ssh.endswith(f"@{ips[0]}")
     return pulumi.Output.all(cluster.outputs["public_ips"], cluster.outputs["ssh_command"]).apply(check)
+
+
+def _names(seen: list[tuple[str, str, dict[str, Any]]], typ: str) -> dict[str, dict[str, Any]]:
+    return {name: inputs for t, name, inputs in seen if t == f"aws:{typ}"}
+
+
+@pulumi.runtime.test
+def test_elastic_cluster_is_the_head_and_a_launch_template(mocks: Mocks) -> pulumi.Output[Any]:
+    """The same resources and head policy as templates/cloudformation/cluster-elastic.json."""
+    spec = aws_spec(nodes={"min": 0, "max": 4}, aws={"suspend": "terminate"})
+
+    def check(_: Any) -> None:
+        instances = _names(mocks.seen, "ec2/instance:Instance")
+        assert list(instances) == ["demo-nodes-node0"]
+        head = instances["demo-nodes-node0"]
+        assert head["iamInstanceProfile"] == "demo-id-head-profile"
+        assert head["tags"]["mpicloud:launch-template"] == "demo-nodes-compute_id"
+        assert head["tags"][TAG_NODES] == "5"
+        assert gzip.decompress(base64.b64decode(head["userDataBase64"])).decode() == cloud_config(spec, 0)
+        (template,) = _of(mocks.seen, "ec2/launchTemplate:LaunchTemplate")
+        assert template["imageId"] == "ami-0123456789abcdef0" and template["instanceType"] == spec.size
+        assert template["iamInstanceProfile"] == {"name": "demo-id-profile"}  # the nodes' role, not the head's
+        assert template["placement"] == {"groupName": "demo-nodes-pg"}
+        assert template["networkInterfaces"] == [{"deviceIndex": 0, "subnetId": "demo-net-subnet_id",
+                                                  "securityGroups": ["demo-net-sg_id"],
+                                                  "associatePublicIpAddress": "true",
+                                                  "deleteOnTermination": "true"}]
+        assert template["metadataOptions"]["httpTokens"] == "required" and template["updateDefaultVersion"]
+        worker = gzip.decompress(base64.b64decode(template["userData"])).decode()
+        assert worker == cloud_config(spec, None)
+        for text in (worker, cloud_config(spec, 0)):
+            assert "PRIVATE KEY-----" not in text and "aws_secret_access_key" not in text
+        tags = {t["resourceType"]: t["tags"] for t in template["tagSpecifications"]}
+        assert tags["instance"]["mpicloud:cluster"] == "demo" and tags["instance"][TAG_NODES] == "5"
+        assert tags["instance"]["mpicloud:ssm-prefix"] == PREFIX and tags["volume"]["mpicloud:cluster"] == "demo"
+        # runner.json: the pool's node actions and settings (what cluster-files.sh completes at boot)
+        files = {f["path"]: f["content"] for f in yaml.safe_load(cloud_config(spec, 0))["write_files"]}
+        pool = json.loads(files["/opt/mpicloud/runner.base.json"])["pool"]
+        assert pool["suspend_command"] == ["/usr/bin/python3", "/opt/mpicloud/ec2_nodes.py", "suspend", "--root",
+                                           "/shared/.mpicloud"]
+        assert pool["aws"]["suspend"] == "terminate" and pool["aws"]["addresses"]["node4"] == "10.0.0.14"
+        attached = _names(mocks.seen, "iam/rolePolicy:RolePolicy")
+        policies = {name: json.loads(p["policy"]) for name, p in attached.items()}
+        roles = {name: p["role"] for name, p in attached.items()}
+        assert roles["demo-id-head-node-actions"] == "demo-id-head-role_id"
+        assert policies["demo-id-head-node-actions"] == node_actions_policy(
+            "demo", "eu-west-1", ACCOUNT, "demo-nodes-compute_id", "arn:aws:mock:::demo-id-role")
+        # the head has every policy the nodes have (secrets, bucket), under its own names; the nodes no actions
+        assert {n.replace("-head", "") for n in policies if "-head-" in n} == {
+            "demo-id-secrets", "demo-id-bucket", "demo-id-node-actions"}
+        assert not any("ec2:" in json.dumps(p) for n, p in policies.items() if "-head-" not in n)
+        (key,) = _of(mocks.seen, "kms/key:Key")
+        users = json.loads(key["policy"])["Statement"][1]["Principal"]["AWS"]
+        assert users == ["arn:aws:mock:::demo-id-role", "arn:aws:mock:::demo-id-head-role"]
+        policy, ec2 = policies["demo-id-head-node-actions"], f"arn:aws:ec2:eu-west-1:{ACCOUNT}"
+        mine = f"{ec2}:launch-template/demo-nodes-compute_id"
+        instance = f"{ec2}:instance/i-1"
+        assert evaluate(policy, "ec2:RunInstances", instance,
+                        {"ec2:LaunchTemplate": mine, "aws:RequestTag/mpicloud:cluster": "demo"}) == "allow"
+        assert evaluate(policy, "ec2:RunInstances", instance, {
+            "ec2:LaunchTemplate": f"{ec2}:launch-template/lt-other",
+            "aws:RequestTag/mpicloud:cluster": "demo"}) == "implicit-deny"
+        assert evaluate(policy, "ec2:StopInstances", instance, {"ec2:ResourceTag/mpicloud:cluster": "x"}) == \
+            "implicit-deny"
+    cluster = program.MpiCluster(spec.name, program.MpiClusterArgs(spec))
+    assert cluster.nodes.launch_template is not None
+    waited = [*cluster.nodes.instances, cluster.nodes.launch_template, *cluster.identity.policies]
+    return pulumi.Output.all(*[r.id for r in waited], cluster.outputs["launch_template_id"]).apply(check)

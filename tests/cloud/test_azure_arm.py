@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import pytest
 
 from mpicloud.render import arm, arm_ui
 from mpicloud.spec import ClusterSpec, spec_from_dict
-from tests.cloud.armcheck import BASE, ArmSchemas, resource_ref
+from tests.cloud.armcheck import BASE, ArmSchemas, checkov, resource_ref
 
 #: template-level resource keys (deploymentTemplate.json), not part of the provider schemas
 TEMPLATE_KEYS = {"copy", "dependsOn", "condition", "scope"}
@@ -153,15 +151,7 @@ def test_without_ppg(azure_spec: ClusterSpec) -> None:
 @pytest.fixture(scope="module")
 def checkov_report(template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """checkov --framework arm, once per module."""
-    folder = tmp_path_factory.mktemp("checkov")
-    (folder / "azuredeploy.json").write_text(json.dumps(template, indent=2))
-    exe = Path(sys.executable).with_name("checkov")
-    proc = subprocess.run([str(exe), "-f", str(folder / "azuredeploy.json"), "--framework", "arm", "--skip-download",
-                           "--compact", "--quiet", "-o", "json", "--skip-check", ",".join(sorted(CHECKOV_SKIPS))],
-                          capture_output=True, text=True, timeout=240, cwd=folder, check=False)
-    assert proc.stdout, proc.stderr[-2000:]
-    report: dict[str, Any] = json.loads(proc.stdout)
-    return report
+    return checkov(template, CHECKOV_SKIPS, tmp_path_factory.mktemp("checkov"))
 
 
 def test_checkov_is_clean_apart_from_documented_skips(checkov_report: dict[str, Any]) -> None:

@@ -4,8 +4,6 @@ rules of test_azure_arm_rules.py (imported, so they run against this template to
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 from mpicloud.render import arm, azure
 from mpicloud.render.azure import arm_linux, cloud_init
 from mpicloud.spec import ClusterSpec, load_spec, spec_from_dict
-from tests.cloud.armcheck import BASE, ArmSchemas, resource_ref
+from tests.cloud.armcheck import BASE, ArmSchemas, checkov, resource_ref
 from tests.cloud.test_azure_arm import TEMPLATE_KEYS
 from tests.cloud.test_azure_arm_rules import (  # noqa: F401  (run again, on this module's template)
     test_admin_credentials_and_size_are_expressions,
@@ -154,14 +152,7 @@ def test_deploy_button_points_at_the_linux_folder() -> None:
 
 
 def test_checkov_is_clean_apart_from_documented_skips(template: dict[str, Any], tmp_path: Path) -> None:
-    (tmp_path / "azuredeploy.json").write_text(json.dumps(template, indent=2))
-    exe = Path(sys.executable).with_name("checkov")
-    proc = subprocess.run([str(exe), "-f", str(tmp_path / "azuredeploy.json"), "--framework", "arm",
-                           "--skip-download", "--compact", "--quiet", "-o", "json", "--skip-check",
-                           ",".join(sorted(CHECKOV_SKIPS))],
-                          capture_output=True, text=True, timeout=240, cwd=tmp_path, check=False)
-    assert proc.stdout, proc.stderr[-2000:]
-    report = json.loads(proc.stdout)
+    report = checkov(template, CHECKOV_SKIPS, tmp_path)
     failed = [(c["check_id"], c["check_name"]) for c in report["results"]["failed_checks"]]
     assert failed == []
     assert report["summary"]["passed"] >= 5 and report["summary"]["parsing_errors"] == 0

@@ -42,7 +42,8 @@ def _deploy(spec: ClusterSpec, check: Callable[[Created, dict[str, Any], Mocks],
     pulumi.runtime.set_mocks(mocks, preview=False)
     cluster = MpiCluster(spec.name, MpiClusterArgs(spec=spec), pulumi.ResourceOptions(transformations=[mocks.record]))
     # the role assignments wait for the identities: the check waits for them too
-    roles = [n.vault_role.id for n in cluster.nodes.nodes] + [r.id for r in cluster.nodes.deallocate_roles]
+    roles = [n.vault_role.id for n in cluster.nodes.nodes] + \
+        [r.id for r in cluster.nodes.deallocate_roles + cluster.nodes.elastic_roles]
     return pulumi.Output.all(cluster.outputs(), *roles).apply(lambda out: check(mocks.created, out[0], mocks))
 
 

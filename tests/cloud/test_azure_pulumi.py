@@ -87,9 +87,12 @@ def _deploy(spec: ClusterSpec, check: Callable[[list[tuple[str, str, dict[str, A
             mocks: Mocks | None = None) -> pulumi.Output[None]:
     mocks = mocks or Mocks()
     pulumi.runtime.set_mocks(mocks, preview=False)
-    outputs = MpiCluster(spec.name, MpiClusterArgs(spec=spec, admin_password=PASSWORD),
-                         pulumi.ResourceOptions(transformations=[mocks.record])).outputs()
-    return pulumi.Output.all(**outputs).apply(lambda out: check(mocks.created, out))
+    cluster = MpiCluster(spec.name, MpiClusterArgs(spec=spec, admin_password=PASSWORD),
+                         pulumi.ResourceOptions(transformations=[mocks.record]))
+    # the head's role assignments wait for its identity: the check waits for them too
+    roles = [r.id for r in cluster.nodes.deallocate_roles + cluster.nodes.elastic_roles]
+    return pulumi.Output.all(pulumi.Output.all(**cluster.outputs()), *roles).apply(
+        lambda out: check(mocks.created, out[0]))
 
 
 def _count(created: list[tuple[str, str, dict[str, Any], bool]]) -> dict[str, int]:
@@ -337,3 +340,33 @@ def test_infiniband_driver_only_on_rdma_sizes(azure_spec: ClusterSpec) -> pulumi
                    and i["type"] == "InfiniBandDriverWindows"]
         assert len(drivers) == 2 and all(d["publisher"] == "Microsoft.HpcCompute" for d in drivers)
     return _deploy(_spec(azure_spec, nodes=2, size="Standard_HB120rs_v3", azure={"rdma": True}), check)
+
+
+@pytest.mark.parametrize("example", ["azure-windows-elastic.yaml", "azure-linux-elastic.yaml"])
+@pulumi.runtime.test
+def test_elastic_head_role_is_exactly_the_node_actions_on_the_compute_vms(example: str) -> pulumi.Output[None]:
+    """Every compute VM is created; the head's custom role holds ELASTIC_ACTIONS only and is assigned on each compute
+    VM, never on the head or the group; names are the nodes' (a second `pulumi up` updates, not replaces)."""
+    from mpicloud.render.azure import ELASTIC_ACTIONS
+    from mpicloud.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / example)
+    prefix, count = spec.target.platform.node_prefix, spec.node_count
+
+    def check(created: list[tuple[str, str, dict[str, Any], bool]], _: dict[str, Any]) -> None:
+        vms = {n: i for t, n, i, _ in created if t == "azure-native:compute:VirtualMachine"}
+        assert sorted(vms) == sorted(f"{prefix}{i}" for i in range(count))
+        assert {i["vmName"] for i in vms.values()} == {f"{spec.name}-{prefix}{i}" for i in range(count)}
+        roles = {n: i for t, n, i, _ in created if t == "azure-native:authorization:RoleDefinition"}
+        assert set(roles) == {f"{spec.name}-elastic-role"}  # no idle shutdown in these examples
+        role = roles[f"{spec.name}-elastic-role"]
+        assert role["permissions"] == [{"actions": list(ELASTIC_ACTIONS), "notActions": []}]
+        assert role["assignableScopes"] == [role["scope"]] == [f"/subscriptions/sub/resourceGroups/{spec.name}-rg"]
+        elastic = [i for t, n, i, _ in created if t == "azure-native:authorization:RoleAssignment"
+                   and n.endswith("-elastic")]
+        assert sorted(a["scope"] for a in elastic) == sorted(
+            f"/subscriptions/sub/resourceGroups/rg/x/{prefix}{i}" for i in range(1, count))  # the compute VMs' ids
+        assert all(a["roleDefinitionId"].endswith(f"{spec.name}-elastic-role") and
+                   a["principalId"] == f"principal-{prefix}0" for a in elastic)
+        assert vms[f"{prefix}0"].get("identity") == {"type": "SystemAssigned"}
+    return _deploy(spec, check)

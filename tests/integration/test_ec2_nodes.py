@@ -51,7 +51,7 @@ def test_resume_launches_from_the_template_then_stop_and_start_keep_the_instance
     [made] = _instances(ec2)
     assert made["InstanceId"] == first and made["State"]["Name"] == "running"
     assert made["InstanceType"] == "c6i.large"  # from the launch template
-    assert _tags(made) == {"mpicloud:cluster": "demo", "mpicloud:node": "node1",
+    assert _tags(made) == {"mpicloud:cluster": "demo", "mpicloud:node": "node1", "Name": "demo-node1",
                            "aws:ec2launchtemplate:id": settings["launch_template_id"],
                            "aws:ec2launchtemplate:version": "1"}
     assert ec2_nodes.suspend(ec2, settings, "node1") == first

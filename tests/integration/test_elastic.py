@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
 
 from mpicloud.api import Cluster
+from mpicloud.cluster import local, registry
 from mpicloud.cluster.local_nodes import node_pids
 from tests.conftest import cli
 
@@ -23,14 +26,19 @@ def _pool(root: Path) -> dict[str, str]:
         return {}
 
 
-def test_a_burst_takes_min0_max4_from_0_to_4_nodes_and_back_every_job_once_in_order(home: Path,
-                                                                                   tmp_path: Path) -> None:
-    spec = tmp_path / "elastic.yaml"
-    spec.write_text("name: burst\ncloud: local\nnodes: {min: 0, max: 4}\nslots_per_node: 2\n"
-                    "scale_down_idle_minutes: 0.05\nlocal: {address_base: 127.0.162.1}\n")
+def _up(tmp_path: Path, name: str, nodes: str, address: str, extra: str = "") -> Cluster:
+    """A running local cluster from a spec with these nodes (loopback addresses from `address`)."""
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(f"name: {name}\ncloud: local\nnodes: {nodes}\n{extra}local: {{address_base: {address}}}\n")
     up = cli("up", str(spec))
     assert up.returncode == 0, up.stderr
-    cluster = Cluster.get("burst")
+    return Cluster.get(name)
+
+
+def test_a_burst_takes_min0_max4_from_0_to_4_nodes_and_back_every_job_once_in_order(home: Path,
+                                                                                   tmp_path: Path) -> None:
+    cluster = _up(tmp_path, "burst", "{min: 0, max: 4}", "127.0.162.1",
+                  "slots_per_node: 2\nscale_down_idle_minutes: 0.05\n")
     root = Path(cluster.record.runner_root)
     too_big = cli("submit", "burst", "--cores", "9", "--", "true")  # 4 nodes x 2 slots at most, none up now
     assert too_big.returncode == 2 and "9 cores" in too_big.stderr and "8" in too_big.stderr, too_big.stderr
@@ -76,10 +84,7 @@ def test_a_burst_takes_min0_max4_from_0_to_4_nodes_and_back_every_job_once_in_or
 
 
 def test_resize_grows_live_and_shrinking_drains_or_cancels_with_force(home: Path, tmp_path: Path) -> None:
-    spec = tmp_path / "fixed.yaml"
-    spec.write_text("name: sizer\ncloud: local\nnodes: 2\nlocal: {address_base: 127.0.163.1}\n")
-    assert cli("up", str(spec)).returncode == 0
-    cluster = Cluster.get("sizer")
+    cluster = _up(tmp_path, "sizer", "2", "127.0.163.1")
     root = Path(cluster.record.runner_root)
     try:
         refused = cli("resize", "sizer", "--nodes", "0")
@@ -121,3 +126,43 @@ def test_resize_grows_live_and_shrinking_drains_or_cancels_with_force(home: Path
         assert after.state == "succeeded" and again.job(after.id).stdout() == "node0\n"
     finally:
         assert cli("stop", "sizer").returncode == 0
+
+
+def test_an_up_node_that_stops_answering_is_replaced(home: Path, tmp_path: Path) -> None:
+    cluster = _up(tmp_path, "heal", "{min: 1, max: 1}", "127.0.164.1")
+    root = Path(cluster.record.runner_root)
+    try:
+        assert cli("stop", "heal").returncode == 0  # probe every 0.5 s, replace after 1 s unreachable
+        config = json.loads((root / "runner.json").read_text())
+        config["probe_seconds"] = 0.5
+        config["pool"]["replace_unreachable_seconds"] = 1
+        (root / "runner.json").write_text(json.dumps(config))
+        assert cli("start", "heal").returncode == 0
+        first = cluster.submit(["hostname"]).wait(60)
+        assert first.state == "succeeded", (first.reason, cluster.job(first.id).stderr())
+        assert cluster.job(first.id).stdout() == "node1\n"
+        sshd = int((cluster.record.dir / "node1" / "sshd.pid").read_text())
+        os.kill(sshd, signal.SIGTERM)  # only this cluster's node1 listener: the node stops answering
+        deadline = time.monotonic() + 60
+        log = root / "runner.log"
+        while "node node1 has been unreachable" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        after = cluster.submit(["hostname"]).wait(90)  # waits for the node started in its place
+        assert after.state == "succeeded", (after.reason, cluster.job(after.id).stderr(), log.read_text()[-3000:])
+        assert cluster.job(after.id).stdout() == "node1\n"
+        assert int((cluster.record.dir / "node1" / "sshd.pid").read_text()) != sshd
+        while _pool(root) != {"node1": "up"}:  # status.json is rewritten every second
+            assert time.monotonic() < deadline, _pool(root)
+            time.sleep(0.2)
+        assert "node1" not in cluster.status()["unreachable"]
+    finally:
+        assert cli("stop", "heal").returncode == 0
+
+
+def test_stop_keeps_a_node_a_node_action_added_after_the_caller_read_the_record(home: Path, tmp_path: Path) -> None:
+    _up(tmp_path, "race", "{min: 0, max: 2}", "127.0.165.1")
+    stale = registry.load("race")  # read before the node exists, as `mpicloud stop` does before it waits
+    assert cli("node", "start", "race", "node1").returncode == 0
+    assert local.stop(stale, "test") == []
+    assert [n.name for n in registry.load("race").nodes] == ["node0", "node1"]

@@ -78,6 +78,19 @@ def test_pinned_nodes_stay() -> None:
     assert decide([], nodes, Limits(0, 0, 1), now=0.0).stop == ["node2"]
 
 
+def test_a_broken_node_is_stopped_once_empty_and_another_starts_for_it() -> None:
+    nodes = pool("up", "stopped")
+    broken = [replace(nodes[0], broken=True), nodes[1]]
+    assert decide([2], broken, LIMITS, now=0.0).start == ["node2"]  # no capacity: the queue needs a node
+    assert decide([], broken, LIMITS, now=0.0).stop == ["node1"]  # at once, not after the idle limit
+    busy = [replace(broken[0], used=1, idle_since=None), nodes[1]]
+    assert "node1" not in decide([], busy, LIMITS, now=0.0).stop  # its job ends first (the runner stops it)
+    kept = Limits(min_nodes=1, max_nodes=1, idle_seconds=600)
+    assert decide([], [broken[0]], kept, now=0.0).stop == ["node1"]  # min counts working nodes only
+    assert decide([], [replace(broken[0], state="stopped")], kept, now=0.0).start == ["node1"]  # started again
+    assert not decide([], [replace(broken[0], pinned=True)], kept, now=0.0)  # the head is never stopped
+
+
 def test_limits_refuse_min_above_max() -> None:
     with pytest.raises(ValueError, match="min 3 must be between 0 and max 2"):
         Limits(3, 2, 0)

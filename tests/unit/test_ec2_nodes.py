@@ -33,8 +33,11 @@ def test_a_launch_uses_the_template_the_placement_group_and_the_cluster_tags() -
     client = Recorder()
     settings = {"launch_template_id": "lt-1", "cluster": "demo", "placement_group": "demo-pg"}
     assert ec2_nodes.resume(client, settings, "node3") == "i-new"
-    tags = [{"Key": "mpicloud:cluster", "Value": "demo"}, {"Key": "mpicloud:node", "Value": "node3"}]
-    assert client.runs == [{"LaunchTemplate": {"LaunchTemplateId": "lt-1"}, "MinCount": 1, "MaxCount": 1,
+    tags = [{"Key": "mpicloud:cluster", "Value": "demo"}, {"Key": "mpicloud:node", "Value": "node3"},
+            {"Key": "Name", "Value": "demo-node3"}]
+    assert client.runs == [{"LaunchTemplate": {"LaunchTemplateId": "lt-1", "Version": "$Latest"}, "MinCount": 1,
+                            "MaxCount": 1,
                             "Placement": {"GroupName": "demo-pg"},
                             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
-                                                  {"ResourceType": "volume", "Tags": tags}]}]
+                                                  {"ResourceType": "volume", "Tags": tags},
+                                                  {"ResourceType": "network-interface", "Tags": tags}]}]

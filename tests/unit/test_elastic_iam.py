@@ -15,7 +15,8 @@ POLICY = node_actions_policy("demo", "eu-west-1", "111122223333", "lt-0abc", "ar
 def test_exactly_these_actions_are_granted() -> None:
     actions = sorted({a for s in POLICY["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str)
                                                               else s["Action"])})
-    assert actions == ["ec2:CreateTags", "ec2:DescribeInstances", "ec2:RunInstances", "ec2:StartInstances",
+    assert actions == ["ec2:CreateTags", "ec2:DescribeInstances", "ec2:DescribeLaunchTemplateVersions",
+                       "ec2:RunInstances", "ec2:StartInstances",
                        "ec2:StopInstances", "ec2:TerminateInstances", "iam:PassRole"]
     assert all(s["Effect"] == "Allow" for s in POLICY["Statement"])
 

@@ -4,30 +4,53 @@ without loss or cancels with --force, and a runner killed at each pool step lose
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mpicloud.assets import runner_bundle
 from mpicloud.protocol.pool import RESIZE_FILE, resize_request
 from tests.runnerlib import LocalQueue, node_module
 
 nodepool = node_module("nodepool")
 
 
-def elastic(tmp_path: Path, low: int = 0, high: int = 2, idle_minutes: float = 0.02) -> LocalQueue:
+def compact_runner(folder: Path) -> Path:
+    """The Linux compact bundle (function docstrings dropped, as Azure's userData carries it) unpacked in folder,
+    after checking that its pool files are byte for byte the Windows bootstrap's: runner.py there."""
+    bundles = {}
+    for os_name in ("linux", "windows"):
+        with tarfile.open(fileobj=io.BytesIO(runner_bundle(os_name, compact=True))) as tar:
+            bundles[os_name] = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    for name in ("autoscale.py", "nodepool.py", "azure_nodes.py", "runner.py", "mpicloud/protocol/pool.py"):
+        assert bundles["windows"][name] == bundles["linux"][name], name
+    with tarfile.open(fileobj=io.BytesIO(runner_bundle("linux", compact=True))) as tar:
+        tar.extractall(folder, filter="data")
+    return folder / "runner.py"
+
+
+def elastic(tmp_path: Path, low: int = 0, high: int = 2, idle_minutes: float = 0.02,
+            listed: int = 0, compact: bool = False, **extra: Any) -> LocalQueue:
     """A queue whose head runs no jobs and whose compute nodes n1..n<high> (2 slots) start and stop on demand;
-    each start/stop is a line in actions.log, as is each job's begin and end."""
+    each start/stop is a line in actions.log, as is each job's begin and end. `listed`: compute nodes runner.json
+    lists beside the head (created with the cluster, as Azure's VMs are); `compact`: the runner of the compact
+    bundle the clouds' nodes get."""
     log = tmp_path / "actions.log"
     action = 'sleep 0.3; echo "{} $0" >> ' + str(log)
     pool = {"min": low, "max": high, "idle_minutes": idle_minutes, "slots_per_node": 2, "head_runs_jobs": False,
             "resume_command": ["sh", "-c", action.format("start")],
-            "suspend_command": ["sh", "-c", action.format("stop")]}
-    return LocalQueue(tmp_path / "root", [0], pool=pool, probe_seconds=0)
+            "suspend_command": ["sh", "-c", action.format("stop")], **extra}
+    q = LocalQueue(tmp_path / "root", [0] + [2] * listed, pool=pool, probe_seconds=0)
+    if compact:
+        q.runner = compact_runner(tmp_path / "compact")
+    return q
 
 
 def job(q: LocalQueue, cores: int, seconds: float = 0.3) -> str:
@@ -94,6 +117,22 @@ def test_nodes_start_for_queued_cores_and_stop_when_idle(tmp_path: Path) -> None
         assert sorted(line for line in lines if line.split()[0] in ("start", "stop")) == \
             ["start n1", "start n2", "stop n1", "stop n2"]
         assert 0 < pool_status(q)["node_hours"] < 0.1
+    finally:
+        stop(q)
+
+
+def test_nodes_created_with_the_cluster_are_up_and_idle_then_stop_down_to_min(tmp_path: Path) -> None:
+    """Azure creates every compute VM up front and lists them in runner.json: the pool's first start takes them as
+    up, and the idle limit deallocates them down to min (nothing else deallocates them after the deployment)."""
+    q = elastic(tmp_path, low=1, high=3, listed=3)
+    q.serve()
+    try:
+        wait_for(lambda: (q.root / "status.json").exists())
+        wait_for(lambda: sorted(pool_status(q)["nodes"].values()) == ["stopped", "stopped", "up"])
+        lines = (q.root.parent / "actions.log").read_text().split("\n")[:-1]
+        stopped = sorted(n for n, state in pool_status(q)["nodes"].items() if state == "stopped")
+        assert sorted(lines) == [f"stop {n}" for n in stopped]  # never started: they were up already
+        assert pool_status(q)["min"] == 1 and pool_status(q)["max"] == 3
     finally:
         stop(q)
 
@@ -165,9 +204,10 @@ def test_a_hostile_resize_request_is_ignored_and_named(tmp_path: Path) -> None:
         stop(q)
 
 
+@pytest.mark.parametrize("compact", [False, True], ids=["source", "compact-bundle"])
 @pytest.mark.parametrize("point", nodepool.POOL_CRASH_POINTS)
-def test_runner_killed_at_each_pool_step_loses_nothing(tmp_path: Path, point: str) -> None:
-    q = elastic(tmp_path)
+def test_runner_killed_at_each_pool_step_loses_nothing(tmp_path: Path, point: str, compact: bool) -> None:
+    q = elastic(tmp_path, compact=compact)
     jobs = [job(q, c) for c in (2, 3, 1)]
     q.serve(crash_at=point)
     try:
@@ -206,5 +246,29 @@ def test_node_hours_stop_counting_while_the_runner_is_stopped_on_purpose(tmp_pat
                  and float(json.loads((q.root / "status.json").read_text())["heartbeat"]) > time.time() - 1)
         after = pool_status(q)["node_hours"]
         assert after - before < 2.5 / 3600  # head and n1 counted only since the restart, not the 3 s stopped
+    finally:
+        stop(q)
+
+
+def test_after_a_cluster_stop_nodes_that_were_up_start_again_before_they_take_jobs(tmp_path: Path) -> None:
+    """Azure (resume_after_pause): the cluster's stop deallocated every VM and its start brings back the head only;
+    the pool runs the start action of the nodes that were up, and places jobs on them only once they are up."""
+    q = elastic(tmp_path, idle_minutes=60, listed=2, resume_after_pause=True)
+    q.serve()
+    try:
+        wait_for(lambda: (q.root / "status.json").exists() and pool_status(q)["nodes"] == {"n1": "up", "n2": "up"})
+    finally:
+        stop(q)
+    log = q.root.parent / "actions.log"
+    assert not log.exists()  # created up: no action so far
+    q.serve()
+    try:
+        jobs = [job(q, 4)]
+        assert q.wait(jobs[0])["state"] == "succeeded"
+        wait_for(lambda: pool_status(q)["nodes"] == {"n1": "up", "n2": "up"})  # status.json follows each pass
+        lines = check_log(q, jobs)  # the job began only after both nodes had started again
+        assert sorted(line for line in lines if line.startswith("start")) == ["start n1", "start n2"]
+        record = json.loads((q.root / nodepool.POOL_FILE).read_text())
+        assert record["nodes"]["n0"]["state"] == "up"  # the head is not the pool's to start
     finally:
         stop(q)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")))
 def test_examples_validate(example: Path) -> None:
     spec = load_spec(example)
-    assert spec.name and spec.nodes >= 1
+    assert spec.name and spec.node_count >= 1 and spec.total_slots >= 1
 
 
 def problems(text: str) -> list[str]:
@@ -252,11 +252,33 @@ def test_elastic_runs_with_slurm_and_on_namespaced_nodes() -> None:
         assert spec.elastic is not None and spec.local_network == "namespaces"
 
 
-def test_elastic_is_refused_on_the_clouds_for_now() -> None:
+def test_elastic_is_refused_on_aws_windows_and_with_slurm_on_the_clouds_for_now() -> None:
     from tests.specdata import aws_doc
 
-    with pytest.raises(SpecError, match="built for the local cluster only"):
-        spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}))
+    with pytest.raises(SpecError, match="aws windows clusters take a fixed number of nodes"):
+        spec_from_dict(aws_doc(name="demo", os="windows", nodes={"min": 0, "max": 2}))
+    text = (ROOT / "examples" / "azure-linux-elastic.yaml").read_text(encoding="utf-8")
+    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\) on azure"):
+        parse_spec(text + "scheduler: slurm\n")
+
+
+@pytest.mark.parametrize("example", ["azure-linux-elastic.yaml", "azure-windows-elastic.yaml"])
+def test_elastic_is_accepted_on_azure_linux_and_windows(example: str) -> None:
+    spec = load_spec(ROOT / "examples" / example)
+    assert spec.cloud == "azure" and spec.elastic is not None and spec.scheduler == "builtin"
+    assert spec.node_count == spec.elastic.max + 1  # every compute VM is created up front
+
+
+def test_elastic_on_aws_linux_with_the_builtin_queue_only() -> None:
+    from tests.specdata import aws_doc
+
+    spec = spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "terminate"}))
+    assert spec.elastic is not None and spec.node_count == 3 and spec.aws_options.suspend == "terminate"
+    assert spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2})).aws_options.suspend == "stop"
+    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\) on azure"):
+        spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, scheduler="slurm"))
+    with pytest.raises(SpecError, match=r"aws\.suspend: Input should be 'stop' or 'terminate'"):
+        spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "hibernate"}))
 
 
 def test_managed_identity_blob_grant_needs_azure() -> None:

@@ -19,6 +19,8 @@ TAG_NODES, TAG_SLOTS, TAG_SSM_PREFIX, TAG_IDLE, TAG_KMS_KEY = (
     "mpicloud:nodes", "mpicloud:slots", "mpicloud:ssm-prefix", "mpicloud:idle-minutes", "mpicloud:kms-key")
 #: on the head node only: the EBS volume holding the shared directory (outlives the instance)
 TAG_SHARED_VOLUME = "mpicloud:shared-volume"
+#: on an elastic cluster's head only: the compute nodes' launch template (node-env.sh -> runner.json pool.aws)
+TAG_LAUNCH_TEMPLATE = "mpicloud:launch-template"
 #: where the shared volume is attached on the head node (Nitro instances show it as an NVMe device)
 SHARED_VOLUME_DEVICE = "/dev/sdf"
 T = TypeVar("T")

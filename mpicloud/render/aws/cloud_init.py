@@ -7,11 +7,13 @@ import base64
 import gzip
 import hashlib
 import math
+from typing import Any
 
 from mpicloud.assets import runner_files
 from mpicloud.errors import RenderError
 from mpicloud.render import cloud_config as linux
 from mpicloud.render.cloud_config import OPT, CloudParts
+from mpicloud.render.runner_config import pool_config, runner_root
 from mpicloud.render.templating import gzip_base64
 from mpicloud.spec.model import ClusterSpec
 
@@ -19,6 +21,8 @@ from mpicloud.spec.model import ClusterSpec
 USER_DATA_LIMIT = 16384
 #: characters per SSM parameter holding a piece of the runner (standard tier: at most 4096)
 RUNNER_CHUNK = 4000
+#: the head's node actions run on Debian 12's own Python (python3-boto3)
+NODE_PYTHON = "/usr/bin/python3"
 
 
 def node_addresses(subnet_cidr: str, count: int) -> list[str]:
@@ -48,14 +52,33 @@ def _fetch_runner_command() -> list[str]:
     return ["bash", f"{OPT}/fetch-runner.sh", *items]
 
 
+def pool(spec: ClusterSpec) -> dict[str, Any] | None:
+    """runner.json's `pool` of an elastic cluster: the head's ec2_nodes.py as node actions, and `aws` with what
+    the spec knows (suspend, every compute node's fixed address). cluster-files.sh fills in at boot what only the
+    deployment knows, from the head's instance tags: region, launch_template_id, cluster."""
+    if spec.elastic is None:
+        return None
+    root, ips = runner_root(spec.shared_storage.path), node_addresses(spec.aws_options.subnet_cidr, spec.node_count)
+    script = [NODE_PYTHON, f"{OPT}/ec2_nodes.py"]
+    settings = {"region": None, "launch_template_id": None, "cluster": None,
+                # the launch template puts the nodes in the placement group
+                "placement_group": None, "suspend": spec.aws_options.suspend,
+                "addresses": dict(zip(spec.node_names[1:], ips[1:], strict=True))}
+    return {**pool_config(spec, [*script, "resume", "--root", root], [*script, "suspend", "--root", root]),
+            "aws": settings}
+
+
 def parts(spec: ClusterSpec) -> CloudParts:
-    """What AWS adds: node values from instance tags, secrets in SSM, the runner from SSM, the head's EBS volume."""
+    """What AWS adds: node values from instance tags, secrets in SSM, the runner from SSM, the head's EBS volume;
+    an elastic head also its node actions (boto3)."""
+    elastic = spec.elastic is not None
     return CloudParts(
         subnet_cidr=spec.aws_options.subnet_cidr, node_env="node-env.sh", packages=("awscli",),
         head_scripts=("fetch-runner.sh", "shared-volume.sh"),
         # before anything writes to the shared directory; the volume id is an instance tag (node-env.sh)
         head_setup=(("bash", f"{OPT}/shared-volume.sh", spec.shared_storage.path),),
-        runner_install=(tuple(_fetch_runner_command()),))
+        runner_install=(tuple(_fetch_runner_command()),),
+        head_packages=("python3-boto3",) if elastic else (), pool=pool(spec))
 
 
 def cloud_config(spec: ClusterSpec, index: int | None, ips: list[str] | None = None) -> str:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from mpicloud.errors import RenderError
 from mpicloud.protocol.pool import AZURE_COMPUTE_API
+from mpicloud.render.runner_config import pool_config, runner_root
 from mpicloud.spec.model import ClusterSpec
+from mpicloud.spec.targets import WINDOWS
 
 COMPUTE_API = AZURE_COMPUTE_API  # the head's node actions call the same version
 NETWORK_API = "2024-05-01"
@@ -28,6 +31,12 @@ INFINIBAND_NAME = "infiniband"
 DEALLOCATE_ACTIONS = ("Microsoft.Compute/virtualMachines/read", "Microsoft.Compute/virtualMachines/deallocate/action")
 #: an elastic cluster's head also starts its compute VMs again (provision/runner/azure_nodes.py); nothing else
 ELASTIC_ACTIONS = (*DEALLOCATE_ACTIONS, "Microsoft.Compute/virtualMachines/start/action")
+#: the Python the head runs azure_nodes.py with: Debian/Ubuntu's own (stdlib only), or the one the Windows bootstrap
+#: installs
+NODE_PYTHON = {"linux": "/usr/bin/python3", "windows": WINDOWS.python[0]}
+#: an elastic cluster's compute VM unreachable this long is replaced (deallocated, started again): longer than the
+#: pool's default (2 minutes), which a VM still provisioning after the deployment would exceed
+REPLACE_UNREACHABLE_SECONDS = 1800.0
 SUBNET_NAME = "cluster"
 #: built-in roles on a Linux cluster's Key Vault: node0 writes the intra-cluster secrets, the other nodes read them
 SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
@@ -109,3 +118,27 @@ def image_reference(windows_version: str) -> dict[str, str]:
     return {"publisher": IMAGE_PUBLISHER, "offer": IMAGE_OFFER, "sku": IMAGE_SKUS[windows_version],
             "version": "latest"}
 
+
+def node_pool(spec: ClusterSpec, ready_ports: tuple[int, ...] = (22,)) -> dict[str, Any] | None:
+    """runner.json's `pool` of an elastic cluster (None for a fixed one): start/deallocate the compute VMs with
+    provision/runner/azure_nodes.py under the head's Python. `pool.azure` holds what the template knows; the head's
+    bootstrap adds the deployment's values at boot (`azure_nodes.py configure`: subscription, resource group, VM
+    name prefix, Resource Manager), no secrets. A started node counts as up once each of `ready_ports` answers."""
+    if spec.elastic is None:
+        return None
+    platform = spec.target.platform
+
+    def command(action: str) -> list[str]:
+        return [NODE_PYTHON[spec.os], platform.path("azure_nodes.py"), action, "--root",
+                runner_root(spec.shared_storage.path)]
+    settings = {"api_version": COMPUTE_API, "ready_ports": list(ready_ports)}
+    # an idle shutdown deallocates every VM; the head starts alone: compute nodes that were up start again. A
+    # compute VM's first boot (cloud-init or the bootstrap, many minutes) must not count as a broken node
+    return {**pool_config(spec, command("resume"), command("suspend")), "resume_after_pause": True,
+            "replace_unreachable_seconds": REPLACE_UNREACHABLE_SECONDS, "azure": settings}
+
+
+def configure_command(spec: ClusterSpec, arm: str | None = None) -> list[str]:
+    """The head's boot command that fills in pool.azure (`arm`: the Resource Manager endpoint, else the VM's tag)."""
+    return [NODE_PYTHON[spec.os], spec.target.platform.path("azure_nodes.py"), "configure", "--root",
+            runner_root(spec.shared_storage.path), *(["--arm", arm] if arm else [])]

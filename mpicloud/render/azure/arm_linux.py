@@ -145,18 +145,19 @@ def vault_roles() -> Json:
                 "description": "mpicloud: intra-cluster secrets (node0 writes, the others read)"}}
 
 
-def azuredeploy(spec: ClusterSpec) -> Json:
-    """The whole deployment template (classic array-form resources, copy loops, no secrets)."""
+def azuredeploy(spec: ClusterSpec, source: str = EXAMPLE.name) -> Json:
+    """The whole deployment template (classic array-form resources, copy loops, no secrets); `source`: the spec
+    file named in its description."""
     if (spec.cloud, spec.os) != ("azure", "linux"):
         raise RenderError("the Linux ARM template needs cloud azure and os linux")
     return {"$schema": arm.SCHEMA, "contentVersion": "1.0.0.0",
             "metadata": {"description": (
-                f"mpicloud Linux Open MPI cluster (generated from {EXAMPLE.name}): cloud-init custom data, SSH keys "
+                f"mpicloud Linux Open MPI cluster (generated from {source}): cloud-init custom data, SSH keys "
                 f"only, secrets in the cluster's own Key Vault. Idle shutdown needs {azure.ROLE_ADMINS}; the vault "
-                "roles need it too.")},
+                f"roles need it too. {arm.elastic_note(spec)}".rstrip())},
             "parameters": parameters(spec), "variables": variables(spec),
             "resources": [*network(spec), vault(), *arm.placement(spec), _vm(spec), vault_roles(),
-                          *arm.deallocate(spec)],
+                          *arm.deallocate(spec), *arm.elastic(spec)],
             "outputs": arm.outputs(spec)}
 
 
@@ -215,9 +216,9 @@ def create_ui_definition(spec: ClusterSpec) -> Json:
                  "bladeTitle": "Cluster", "elements": elements}]}}
 
 
-def azuredeploy_json() -> str:
-    """templates/arm/linux/azuredeploy.json from the example spec."""
-    return arm._text(azuredeploy(load_spec(EXAMPLE)))
+def azuredeploy_json(example: Path = EXAMPLE) -> str:
+    """templates/arm/linux/azuredeploy.json from the example spec (or another example's template)."""
+    return arm._text(azuredeploy(load_spec(example), example.name))
 
 
 def create_ui_definition_json() -> str:

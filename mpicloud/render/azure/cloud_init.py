@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from mpicloud.assets import runner_bundle
 from mpicloud.errors import RenderError
+from mpicloud.render import azure
 from mpicloud.render import cloud_config as linux
 from mpicloud.render.aws import TAG_IDLE, TAG_NODES, TAG_SLOTS
 from mpicloud.render.cloud_config import OPT, CloudParts
@@ -47,11 +48,14 @@ def _runner_sha256() -> str:
 
 def parts(spec: ClusterSpec) -> CloudParts:
     """What Azure adds: node values from VM tags, secrets in the cluster's Key Vault, the runner from userData,
-    idle shutdown by deallocation; the platform creates the admin user (InfiniBand: cluster-files.sh finds it)."""
+    idle shutdown by deallocation, an elastic cluster's pool (its deployment values from the head's metadata); the
+    platform creates the admin user (InfiniBand: cluster-files.sh finds it)."""
+    pool = azure.node_pool(spec)
+    configure = (tuple(azure.configure_command(spec)),) if pool else ()
     return CloudParts(
         subnet_cidr=spec.azure_options.subnet_cidr, node_env="azure-node-env.sh", head_scripts=("azure-runner.sh",),
-        runner_install=(("bash", f"{OPT}/azure-runner.sh", _runner_sha256()),),
-        create_user=False)
+        runner_install=(("bash", f"{OPT}/azure-runner.sh", _runner_sha256()), *configure),
+        create_user=False, pool=pool)
 
 
 def cloud_config(spec: ClusterSpec, index: int | None, ips: list[str] | None = None) -> str:
