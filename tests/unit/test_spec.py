@@ -275,7 +275,7 @@ def test_elastic_on_aws_linux_with_the_builtin_queue_only() -> None:
     spec = spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "terminate"}))
     assert spec.elastic is not None and spec.node_count == 3 and spec.aws_options.suspend == "terminate"
     assert spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2})).aws_options.suspend == "stop"
-    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\) on azure"):
+    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\) on aws"):
         spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, scheduler="slurm"))
     with pytest.raises(SpecError, match=r"aws\.suspend: Input should be 'stop' or 'terminate'"):
         spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "hibernate"}))
