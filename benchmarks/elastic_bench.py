@@ -4,14 +4,18 @@
 whose node is stopped, against a fixed cluster whose node is up (median of REPEAT); (2) a synthetic one-hour
 bursty workload replayed 60x fast (jobs of 1-4 cores lasting 2-6 minutes in three bursts) on a fixed 4-node
 cluster and on min0/max4 (10 and 2 minutes scale-down idle time, replayed as 10 and 2 s), node-hours scaled
-back to real hours.
+back to real hours; (3) with Slurm (root, namespaced nodes): submit-to-start of a 1-core job when Slurm must
+power its node up first, through mpicloud and as a native `sbatch` on node0, next to a native `sbatch` on the
+node while it is up, in the same run (`python -m benchmarks.elastic_bench REPEAT slurm` runs only this).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,6 +52,39 @@ def submit_to_start(repeat: int) -> None:
     print(f"submit-to-start, node stopped (min0/max1): median {statistics.median(cold):.2f} s "
           f"(min {min(cold):.2f}, max {max(cold):.2f}); node up (fixed): median {statistics.median(warm):.3f} s; "
           f"a node start costs {statistics.median(cold) - statistics.median(warm):.2f} s here", flush=True)
+
+
+#: native `sbatch` on node0: seconds from submit to the job's first command
+NATIVE = 's=$(date +%s.%N); f=$(mktemp -u); sbatch --parsable -o /dev/null --wrap "date +%s.%N > $f" >/dev/null; ' \
+         'while [ ! -s $f ]; do sleep 0.01; done; echo "$(cat $f) - $s" | bc; rm -f $f'
+
+
+def _powered_down(cluster: Cluster, timeout: float = 120) -> None:
+    """Wait until Slurm shows node1 powered down and done powering down (it may be powered up again)."""
+    env = {**os.environ, "SLURM_CONF": cluster.record.local["slurm_conf"]}
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["sinfo", "-h", "-n", "node1", "-o", "%t"], env=env, capture_output=True, text=True,
+                         timeout=30).stdout.strip() != "idle~":
+        assert time.monotonic() < deadline, "node1 was not powered down"
+        time.sleep(0.2)
+
+
+def slurm_submit_to_start(repeat: int) -> None:
+    """Slurm min0/max1: mpicloud submit and native sbatch when node1 is powered down, native sbatch when it is up."""
+    cold, native_cold, native_up = [], [], []
+    with bench_cluster(nodes={"min": 0, "max": 1}, slots=1, scheduler="slurm",
+                       scale_down_idle_minutes=0.05) as (cluster, _):
+        transport = cluster.queue.transport
+        for _ in range(repeat):
+            _powered_down(cluster)
+            cold.append(_start_delay(cluster))
+            native_up.append(float(transport.run(NATIVE, timeout=120).stdout.decode()))  # node1 is up for 3 s
+            _powered_down(cluster)
+            native_cold.append(float(transport.run(NATIVE, timeout=300).stdout.decode()))
+    print(f"Slurm submit-to-start, node powered down (min0/max1): mpicloud median {statistics.median(cold):.2f} s "
+          f"(min {min(cold):.2f}, max {max(cold):.2f}); native sbatch median {statistics.median(native_cold):.2f} s; "
+          f"native sbatch on the node while up: median {statistics.median(native_up):.2f} s "
+          f"(min {min(native_up):.2f}, max {max(native_up):.2f})", flush=True)
 
 
 def workload(seed: int = 16) -> list[tuple[float, int, float]]:
@@ -93,10 +130,12 @@ def node_hours() -> None:
               f"{elastic['node_hours'] / fixed['node_hours']:.2f}x of fixed", flush=True)
 
 
-def main(repeat: int = 5) -> None:
-    submit_to_start(repeat)
-    node_hours()
+def main(repeat: int = 5, only: str = "") -> None:
+    if only != "slurm":
+        submit_to_start(repeat)
+        node_hours()
+    slurm_submit_to_start(repeat)
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:2]))
+    main(*(int(a) for a in sys.argv[1:2]), *sys.argv[2:3])

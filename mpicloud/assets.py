@@ -20,10 +20,12 @@ def provision_dir() -> Path:
 
 #: the cluster-side scripts in provision/runner, installed side by side on every node that runs jobs
 RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "s3store.py", "blobstore.py", "slurm_backend.py",
-                  "autoscale.py", "nodepool.py", "ec2_nodes.py", "azure_nodes.py", "forkwrap.py")
+                  "autoscale.py", "nodepool.py", "ec2_nodes.py", "azure_nodes.py", "forkwrap.py", "slurm_pool.py")
 #: the ones Windows nodes never run (Slurm, the AWS node actions and forked job wrappers are Linux only), left out
 #: of the Windows bootstrap; the pool and the Azure node actions run there too
-LINUX_ONLY = ("slurm_backend.py", "ec2_nodes.py", "forkwrap.py")
+LINUX_ONLY = ("slurm_backend.py", "ec2_nodes.py", "forkwrap.py", "slurm_pool.py")
+#: Slurm's ResumeProgram/SuspendProgram (provision/slurm), installed beside the runner scripts on Linux nodes
+SLURM_SCRIPTS = ("slurm_power.py",)
 
 
 def protocol_files() -> dict[str, bytes]:
@@ -39,7 +41,9 @@ def runner_files(os_name: str = "linux") -> dict[str, bytes]:
     """Every cluster-side file an OS's nodes run, by relative POSIX path, for bootstraps to install."""
     folder = provision_dir() / "runner"
     names = [n for n in RUNNER_SCRIPTS if os_name == "linux" or n not in LINUX_ONLY]
-    return {**{name: (folder / name).read_bytes() for name in names}, **protocol_files()}
+    slurm = [n for n in SLURM_SCRIPTS if os_name == "linux"]
+    return {**{name: (folder / name).read_bytes() for name in names},
+            **{name: (provision_dir() / "slurm" / name).read_bytes() for name in slurm}, **protocol_files()}
 
 
 def without_docstrings(source: bytes) -> bytes:

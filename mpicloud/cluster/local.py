@@ -192,9 +192,10 @@ def _cli(record: ClusterRecord, *args: str) -> list[str]:
 
 
 def _pool(spec: ClusterSpec, record: ClusterRecord) -> dict[str, object] | None:
-    """The runner's node pool with this cluster's node actions (`mpicloud node start|stop NAME NODE`): loopback
-    nodes only (a namespaced node would need its network built)."""
-    if spec.local_network != "loopback":
+    """The node pool with this cluster's node actions (`mpicloud node start|stop NAME NODE`, run in the host's
+    namespaces): the runner runs them with the built-in queue, Slurm's power saving programs with Slurm (elastic
+    only: a fixed Slurm cluster's nodes are no CLOUD nodes Slurm could power up)."""
+    if spec.scheduler == "slurm" and not spec.elastic:
         return None
     return pool_config(spec, _cli(record, "node", "start", spec.name), _cli(record, "node", "stop", spec.name))
 

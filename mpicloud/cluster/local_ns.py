@@ -7,14 +7,16 @@ the bridge and netns of `netns`, one holder per node that sshd and slurmd enter.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 from mpicloud.cluster import faults, netns, slurm_local
 from mpicloud.cluster.processes import MARKER
-from mpicloud.cluster.registry import ClusterRecord
+from mpicloud.cluster.registry import ClusterRecord, Node
 from mpicloud.errors import ClusterError
+from mpicloud.render.runner_config import SCALE_DOWN_IDLE_MINUTES
 from mpicloud.spec.model import ClusterSpec
 
 
@@ -27,10 +29,11 @@ def require(spec: ClusterSpec) -> None:
 
 
 def create_network(spec: ClusterSpec, cluster_id: str, names: list[str]) -> netns.Network | None:
-    """The cluster's bridge and namespaces (namespaced mode), else None."""
+    """The cluster's bridge and the namespaces of the nodes it starts with (namespaced mode), else None; every
+    node the spec may have is in the nodes' /etc/hosts."""
     if spec.local_network != "namespaces":
         return None
-    network = netns.create(netns.tag_of(cluster_id), names)
+    network = netns.create(netns.tag_of(cluster_id), spec.node_names, built=len(names))
     faults.point("network")
     return network
 
@@ -43,7 +46,7 @@ def record_fields(spec: ClusterSpec, record_dir: str, cluster_id: str,
         anchor = subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, start_new_session=True,
                                   env={**os.environ, MARKER: cluster_id})
-        fields.update(tag=network.tag, subnet=network.subnet, anchor=anchor.pid)
+        fields.update(tag=network.tag, subnet=network.subnet, anchor=anchor.pid, hosts=list(network.nodes))
     if spec.scheduler == "slurm":
         fields["slurm_conf"] = str(slurm_layout(record_dir, cluster_id).conf)
     return fields
@@ -75,23 +78,109 @@ def start_nodes(record: ClusterRecord, network: netns.Network | None) -> list[li
     """Start each node's namespace holder; per node, the argv prefix that runs a command inside it."""
     if network is None:
         return [None] * len(record.nodes)
-    holders = [netns.start_holder(network, i, record.dir / node.name, {MARKER: record.local["cluster_id"]})
-               for i, node in enumerate(record.nodes)]
+    holders = {node.name: netns.start_holder(network, i, record.dir / node.name, {MARKER: record.local["cluster_id"]})
+               for i, node in enumerate(record.nodes)}
     record.local["holders"] = holders
     record.save()
     faults.point("holders")
-    return [netns.enter(pid) for pid in holders]
+    return [netns.enter(pid) for pid in holders.values()]
+
+
+def network_of(record: ClusterRecord, index: int) -> netns.Network:
+    """A namespaced cluster's network as `up` made it (host names: the spec's nodes, and node `index`)."""
+    hosts = list(record.local["hosts"])
+    hosts += [f"node{i}" for i in range(len(hosts), index + 1)]
+    return netns.Network(tag=record.local["tag"], subnet=record.local["subnet"], nodes=tuple(hosts))
+
+
+def node_index(node: str) -> int:
+    """A local node's index in its cluster's network (node<i>)."""
+    return int(node.removeprefix("node"))
+
+
+def start_node(record: ClusterRecord, node: str) -> list[str]:
+    """Make a compute node's netns, veth and holder (recorded before anything else runs in it); the argv prefix
+    that runs a command inside it."""
+    index = node_index(node)
+    network = network_of(record, index)
+    netns.add_node(network, index)
+    pid = netns.start_holder(network, index, record.dir / node, {MARKER: record.local["cluster_id"],
+                                                                  "MPICLOUD_NODE": node})
+    record.local.setdefault("holders", {})[node] = pid
+    record.save()
+    return netns.enter(pid)
+
+
+def node_processes(record: ClusterRecord, node: str) -> list[int]:
+    """Every process inside a namespaced node (its holder, sshd, slurmd, sessions, jobs)."""
+    index = node_index(node)
+    return netns.members(network_of(record, index), index)
+
+
+def remove_node(record: ClusterRecord, node: str) -> None:
+    """Delete a stopped compute node's netns and veth and forget its holder."""
+    index = node_index(node)
+    netns.remove_node(network_of(record, index), index)
+    if record.local.get("holders", {}).pop(node, None) is not None:
+        record.save()
 
 
 def start_scheduler(spec: ClusterSpec, record: ClusterRecord) -> None:
-    """Start Slurm (munged, slurmctld on node0, a slurmd per node) when the spec asks for it."""
+    """Start Slurm (munged, slurmctld on node0, a slurmd per running node) when the spec asks for it. An elastic
+    cluster's compute nodes are Slurm CLOUD nodes, powered up and down by Slurm through `power_programs`; its head
+    runs slurmctld and no jobs."""
     if spec.scheduler != "slurm":
         return
     layout = slurm_layout(str(record.dir), record.local["cluster_id"])
-    slurm_local.write_config(layout, spec.name, record.nodes, spec.slots_per_node)
-    enter = [netns.enter(pid) for pid in record.local["holders"]]
-    slurm_local.start(layout, record.nodes, enter, {MARKER: record.local["cluster_id"]})
+    holders = record.local["holders"]
+    head, nodes, power = record.nodes[0], list(record.nodes), None
+    if spec.elastic:
+        network = network_of(record, spec.elastic.max)
+        nodes = [Node(f"node{i}", network.address(i), head.port) for i in range(1, spec.elastic.max + 1)]
+        power = power_config(spec, record, layout)
+    slurm_local.write_config(layout, spec.name, head, nodes, spec.slots_per_node, power)
+    running = [n for n in nodes if n.name in holders]
+    slurm_local.start(layout, netns.enter(holders[head.name]), running,
+                      [netns.enter(holders[n.name]) for n in running], {MARKER: record.local["cluster_id"]})
     faults.point("slurm")
+
+
+#: Slurm power saving on the local cluster: seconds a node may take to register after its resume (a local node
+#: starts in about a second), and to stop after its suspend (before Slurm may resume it again)
+RESUME_TIMEOUT, SUSPEND_TIMEOUT = 60, 10
+
+
+def power_config(spec: ClusterSpec, record: ClusterRecord, layout: slurm_local.SlurmLayout) -> dict[str, object]:
+    """slurm.conf's power saving for an elastic spec: wrappers that run slurm_power.py (beside the runner) on the
+    runner root, the idle limit in whole seconds (Slurm's unit), `min` nodes kept from being powered down."""
+    assert spec.elastic is not None
+    script = Path(record.runner).parent / "slurm_power.py"
+    programs = {}
+    for action in ("resume", "suspend", "prolog"):
+        wrapper = layout.root / action
+        wrapper.parent.mkdir(parents=True, exist_ok=True)
+        wrapper.write_text(f"#!/bin/sh\n# slurm_power.py {action} for this cluster's Slurm (generated)\nexec "
+                           f"{shlex.join([record.python[0], str(script), '--root', record.runner_root, action])} "
+                           '"$@"\n')
+        wrapper.chmod(0o755)
+        programs[action] = str(wrapper)
+    idle = spec.scale_down_idle_minutes or SCALE_DOWN_IDLE_MINUTES
+    low, high = spec.elastic.min, spec.elastic.max
+    return {**programs, "suspend_time": max(1, round(idle * 60)), "resume_timeout": RESUME_TIMEOUT,
+            "suspend_timeout": SUSPEND_TIMEOUT, "keep": f"node[1-{high}]:{low}" if low else ""}
+
+
+def start_node_scheduler(record: ClusterRecord, node: Node, enter: list[str]) -> None:
+    """Start a node's slurmd (Slurm clusters)."""
+    if record.local.get("slurm_conf"):
+        layout = slurm_layout(str(record.dir), record.local["cluster_id"])
+        slurm_local.start_slurmd(layout, node.name, enter, {MARKER: record.local["cluster_id"]}, booted=True)
+
+
+def wait_node_scheduler(record: ClusterRecord, node: Node) -> None:
+    """Return once the node's slurmd registered with slurmctld (Slurm clusters)."""
+    if record.local.get("slurm_conf"):
+        slurm_local.wait_registered(slurm_layout(str(record.dir), record.local["cluster_id"]), node.name)
 
 
 def refuse_restart(record: ClusterRecord) -> None:

@@ -114,8 +114,9 @@ def _free_subnet(tag: str) -> str:
     raise ClusterError(f"no free /{PREFIX} left in {LAB_RANGE} for the cluster's bridge")
 
 
-def create(tag: str, nodes: list[str]) -> Network:
-    """Make the bridge (host address .1) and one netns + veth per node; holders are started separately."""
+def create(tag: str, nodes: list[str], built: int | None = None) -> Network:
+    """Make the bridge (host address .1) and a netns + veth for the first `built` nodes (default: all; an elastic
+    cluster's others are made when they start, `add_node`); holders are started separately."""
     if len(nodes) > 2 ** (32 - PREFIX) - 3:
         raise ClusterError(f"local.network: namespaces holds at most {2 ** (32 - PREFIX) - 3} nodes")
     with open(LOCK, "a") as lock:  # parallel `up`s must not pick the same subnet
@@ -126,17 +127,51 @@ def create(tag: str, nodes: list[str]) -> Network:
         _ip("link", "add", network.bridge, "type", "bridge")
         _ip("addr", "add", f"{network.gateway}/{PREFIX}", "dev", network.bridge)
         _ip("link", "set", network.bridge, "up")
-    for index in range(len(nodes)):
-        name, veth, peer = network.netns(index), network.veth(index), f"mpc{tag}p{index}"
-        _ip("netns", "add", name)
-        _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
-        _ip("link", "set", veth, "master", network.bridge, "up")
-        _ip("link", "set", peer, "netns", name)
-        _ip("-n", name, "link", "set", peer, "name", "eth0")
-        _ip("-n", name, "addr", "add", f"{network.address(index)}/{PREFIX}", "dev", "eth0")
-        _ip("-n", name, "link", "set", "eth0", "up")
-        _ip("-n", name, "link", "set", "lo", "up")
+    for index in range(len(nodes) if built is None else built):
+        add_node(network, index)
     return network
+
+
+def add_node(network: Network, index: int) -> None:
+    """Make node `index`'s netns and its veth into the bridge; what a cut-short earlier try left is made anew
+    (the caller made sure no process lives in it)."""
+    remove_node(network, index)
+    name, veth, peer = network.netns(index), network.veth(index), f"mpc{network.tag}p{index}"
+    _ip("netns", "add", name)
+    _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+    _ip("link", "set", veth, "master", network.bridge, "up")
+    _ip("link", "set", peer, "netns", name)
+    _ip("-n", name, "link", "set", peer, "name", "eth0")
+    _ip("-n", name, "addr", "add", f"{network.address(index)}/{PREFIX}", "dev", "eth0")
+    _ip("-n", name, "link", "set", "eth0", "up")
+    _ip("-n", name, "link", "set", "lo", "up")
+
+
+def remove_node(network: Network, index: int) -> None:
+    """Delete node `index`'s netns and veth (its processes ended); nothing when they do not exist."""
+    if (NETNS_DIR / network.netns(index)).exists():
+        _ip("netns", "del", network.netns(index))
+    for link in (network.veth(index), f"mpc{network.tag}p{index}"):  # the peer, if the move into the netns failed
+        if (SYS_NET / link).exists():
+            subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+
+
+def members(network: Network, index: int) -> list[int]:
+    """PIDs of every process in node `index`'s network namespace (its holder, daemons, sessions, jobs)."""
+    try:
+        inode = (NETNS_DIR / network.netns(index)).stat().st_ino
+    except OSError:
+        return []
+    wanted = f"net:[{inode}]"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if os.readlink(entry / "ns" / "net") == wanted:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def start_holder(network: Network, index: int, directory: Path, env: dict[str, str],

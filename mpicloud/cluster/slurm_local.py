@@ -66,8 +66,10 @@ def require_slurm() -> None:
         raise ClusterError("scheduler: slurm needs libpmix.so (srun --mpi=pmix): apt-get install libpmix-dev")
 
 
-def write_config(layout: SlurmLayout, cluster: str, nodes: Sequence[Node], cpus: int) -> None:
-    """Write slurm.conf and a fresh munge key."""
+def write_config(layout: SlurmLayout, cluster: str, controller: Node, nodes: Sequence[Node], cpus: int,
+                 power: dict[str, object] | None = None) -> None:
+    """Write slurm.conf (slurmctld on `controller`, `nodes` run jobs; `power`: Slurm's power saving, `power_conf`)
+    and a fresh munge key."""
     for node in nodes:
         (layout.root / node.name).mkdir(parents=True, exist_ok=True)
         for sub in ("spool", "tmp"):
@@ -79,28 +81,49 @@ def write_config(layout: SlurmLayout, cluster: str, nodes: Sequence[Node], cpus:
     shutil.copyfile(provision_dir() / "slurm" / "task-prolog.sh", prolog)
     prolog.chmod(0o755)
     layout.conf.write_text(render_template(
-        "local/slurm.conf.j2", cluster=cluster, nodes=list(nodes), cpus=cpus, root=layout.root, run=layout.run,
-        munge_socket=layout.munge_socket, task_prolog=prolog))
+        "local/slurm.conf.j2", cluster=cluster, controller=controller, nodes=list(nodes), cpus=cpus,
+        root=layout.root, run=layout.run, munge_socket=layout.munge_socket, task_prolog=prolog, power=power))
     _run(["mungekey", "--create", "--force", f"--keyfile={layout.munge_dir / 'munge.key'}"], {})
 
 
-def start(layout: SlurmLayout, nodes: Sequence[Node], enter: Sequence[list[str]], env: dict[str, str],
-          timeout: float = 30.0) -> None:
-    """Start munged, slurmctld in node 0, one slurmd per node (`enter[i]` runs a command in node i);
-    return when every node is idle."""
+def start(layout: SlurmLayout, controller: list[str], nodes: Sequence[Node], enter: Sequence[list[str]],
+          env: dict[str, str], timeout: float = 30.0) -> None:
+    """Start munged, slurmctld in the head (`controller` runs a command there), one slurmd per node (`enter[i]`
+    runs a command in node i); return when every node is idle."""
     munge = layout.munge_dir
     _spawn(["munged", "-F", f"--socket={layout.munge_socket}", f"--key-file={munge / 'munge.key'}",
             f"--log-file={munge / 'munged.log'}", f"--pid-file={munge / 'munged.pid'}",
             f"--seed-file={munge / 'munged.seed'}"], munge / "munged.out", env)
     _until(lambda: layout.munge_socket.exists(), timeout, "munged did not create its socket", munge / "munged.out")
-    start_controller(layout, enter[0], env, timeout)
-    daemon_env = {**env, **layout.client_env()}
+    start_controller(layout, controller, env, timeout)
     for node, prefix in zip(nodes, enter, strict=True):
-        _spawn([*prefix, "slurmd", "-D", "-N", node.name, "-f", str(layout.conf)],
-               layout.root / node.name / "slurmd.out", daemon_env)
+        start_slurmd(layout, node.name, prefix, env)
     names = {n.name for n in nodes}
-    _until(lambda: _idle(layout) == names, timeout, "the slurmds did not register as idle",
-           layout.root / nodes[-1].name / "slurmd.log")
+    if names:
+        _until(lambda: _idle(layout) >= names, timeout, "the slurmds did not register as idle",
+               layout.root / nodes[-1].name / "slurmd.log")
+
+
+def start_slurmd(layout: SlurmLayout, node: str, enter: list[str], env: dict[str, str], booted: bool = False) -> None:
+    """Start a node's slurmd (`enter` runs a command in the node); it carries MPICLOUD_NODE like the node's sshd.
+    `booted`: it reports a fresh boot (`-b`), which slurmctld needs to end a power-up (the node's namespaces share
+    the host's kernel, whose boot time is older than the resume)."""
+    (layout.root / node).mkdir(parents=True, exist_ok=True)
+    for sub in ("spool", "tmp"):
+        (layout.run / node / sub).mkdir(parents=True, exist_ok=True)
+    _spawn([*enter, "slurmd", "-D", *(["-b"] if booted else []), "-N", node, "-f", str(layout.conf)],
+           layout.root / node / "slurmd.out",
+           {**env, **layout.client_env(), "MPICLOUD_NODE": node})
+
+
+def wait_registered(layout: SlurmLayout, node: str, timeout: float = 30.0) -> None:
+    """Return once slurmctld counts the node's slurmd as registered (no power-up `#`, powered-down `~` or
+    not-responding `*` flag, not down)."""
+    def registered() -> bool:
+        state = _query(["sinfo", "-h", "-n", node, "-o", "%t"], layout).strip()
+        return bool(state) and not set(state) & set("#~*%") and not state.startswith(("down", "unk"))
+    _until(registered, timeout, f"the slurmd of {node} did not register with slurmctld",
+           layout.root / node / "slurmd.log")
 
 
 def start_controller(layout: SlurmLayout, enter: list[str], env: dict[str, str], timeout: float = 30.0) -> None:
@@ -112,6 +135,7 @@ def start_controller(layout: SlurmLayout, enter: list[str], env: dict[str, str],
 
 
 def _idle(layout: SlurmLayout) -> set[str]:
+    """Nodes Slurm shows idle (and powered up)."""
     rows = _query(["sinfo", "-h", "-N", "-o", "%N %t"], layout).split("\n")
     return {r.split()[0] for r in rows if r.strip() and r.split()[-1] == "idle"}
 

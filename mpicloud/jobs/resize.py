@@ -28,11 +28,13 @@ def resize(queue: QueueHandle, nodes: int | None, force: bool = False, timeout: 
     pool = pool_status(queue)
     if not pool.get("resizable"):
         raise JobError(f"cluster {queue.cluster!r} cannot be resized: its runner has no node actions (elastic "
-                       "clusters on AWS Linux and Azure, and local clusters, have them)")
+                       "clusters on AWS Linux and Azure, local clusters and elastic local Slurm clusters have them)")
     least = 1 if pool.get("head_runs_jobs") else 0
-    if nodes is not None and not least <= nodes <= MAX_NODES:
-        raise JobError(f"--nodes must be between {least} and {MAX_NODES}"
-                       + (" (node0, the head, runs jobs and stays)" if least else ""))
+    most = int(pool.get("most", MAX_NODES))  # Slurm: the nodes slurm.conf lists
+    if nodes is not None and not least <= nodes <= most:
+        raise JobError(f"--nodes must be between {least} and {most}"
+                       + (" (node0, the head, runs jobs and stays)" if least else "")
+                       + (" (the compute nodes Slurm knows: the spec's max)" if most < MAX_NODES else ""))
     temporary = queue.path(f".{RESIZE_FILE}.{secrets.token_hex(4)}")
     queue.transport.write_bytes(temporary, resize_request(nodes, force))
     queue.transport.rename(temporary, queue.path(RESIZE_FILE))

@@ -413,9 +413,9 @@ class ClusterSpec(_Model):
         if self.cloud == "aws" and self.os == "windows":
             raise ValueError("nodes: {min, max} (elastic) is built for the local cluster, Azure and AWS Linux; "
                              "aws windows clusters take a fixed number of nodes for now")
-        if self.scheduler != "builtin" or (self.cloud == "local" and self.local_network != "loopback"):
-            raise ValueError("nodes: {min, max} (elastic) needs the built-in queue (scheduler: builtin), on loopback "
-                             "nodes for a local cluster (local.network: loopback), for now")
+        if self.scheduler != "builtin" and self.cloud != "local":
+            raise ValueError("nodes: {min, max} (elastic) needs the built-in queue (scheduler: builtin) on "
+                             f"{self.cloud} for now; Slurm's power saving is built for the local cluster")
 
     def _os_options(self) -> None:
         """Options of one OS set on a cluster of the other (an Azure Windows image on Linux nodes, ...)."""

@@ -251,8 +251,12 @@ class Pool:
                 self.data["force"] = False
                 self.save()
             return
+        self.cancel_jobs_on(leaving)
+
+    def cancel_jobs_on(self, leaving: set[str]) -> None:
+        """Cancel the running jobs that use any of the leaving nodes, each with the reason (written first)."""
         for job_id, state in list(self.runner.running.items()):
-            hit = sorted(leaving & {str(h) for h, _ in state["hosts"]})
+            hit = sorted(leaving & {str(h) for h, _ in state.get("hosts") or []})
             if hit and job_id not in self.runner.stopping:
                 reason = f"cancelled by resize --force: node {', '.join(hit)} leaves the cluster"
                 self.rt.write_text(self.runner.jobdir(job_id) / self.rt.CANCEL_FILE, reason + "\n")

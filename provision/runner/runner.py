@@ -1393,7 +1393,12 @@ def capacity(config: dict[str, Any]) -> int:
 
 
 def make_pool(runner: Runner) -> Any:
-    """The compute node pool (nodepool.py beside this file), on Linux and Windows alike."""
+    """The compute node pool (nodepool.py beside this file, on Linux and Windows alike; slurm_pool.py on an elastic
+    Slurm cluster)."""
+    if runner.config.get("scheduler") == "slurm" and runner.config.get("pool"):
+        import slurm_pool  # Slurm's power saving acts on the nodes; this pool reports and resizes
+
+        return slurm_pool.SlurmPool(runner, sys.modules[__name__])
     import nodepool
 
     return nodepool.Pool(runner, sys.modules[__name__])

@@ -188,7 +188,7 @@ def test_jobs_submitted_while_slurmctld_restarts_are_not_lost(slurm_cluster: Clu
     record = slurm_cluster.record
     cluster_id = record.local["cluster_id"]
     slurm_local.start_controller(local_ns.slurm_layout(str(record.dir), cluster_id),
-                                 netns.enter(record.local["holders"][0]), {MARKER: cluster_id})
+                                 netns.enter(record.local["holders"]["node0"]), {MARKER: cluster_id})
     for job in [running, *during]:
         assert job.wait(120).state == "succeeded", job.info()
     assert sorted(runs.read_text().split()) == sorted(j.id for j in [running, *during])  # each ran once

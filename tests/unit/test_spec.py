@@ -240,12 +240,17 @@ def test_nodes_is_a_count_or_an_elastic_range() -> None:
     ("nodes: {min: 0, max: 2, maximum: 3}", "nodes.maximum: unknown field"),
     ("nodes: 3\nscale_down_idle_minutes: 5", "scale_down_idle_minutes needs an elastic cluster"),
     ("nodes: {min: 0, max: 2}\nscale_down_idle_minutes: 0", "scale_down_idle_minutes: Input should be greater"),
-    ("nodes: {min: 0, max: 2}\nscheduler: slurm\nlocal: {network: namespaces}",
-     "needs the built-in queue (scheduler: builtin), on loopback"),
+    ("nodes: {min: 0, max: 2}\nscheduler: slurm\nlocal: {network: loopback}", "needs local.network: namespaces"),
 ])
 def test_bad_elastic_specs_name_the_field(text: str, expected: str) -> None:
     assert any(expected in p for p in problems(f"name: ok1\ncloud: local\n{text}\n")), problems(
         f"name: ok1\ncloud: local\n{text}\n")
+
+
+def test_elastic_runs_with_slurm_and_on_namespaced_nodes() -> None:
+    for extra in ("scheduler: slurm\n", "local: {network: namespaces}\n"):
+        spec = parse_spec(f"name: ok1\ncloud: local\nnodes: {{min: 0, max: 2}}\n{extra}")
+        assert spec.elastic is not None and spec.local_network == "namespaces"
 
 
 def test_elastic_is_refused_on_aws_windows_and_with_slurm_on_the_clouds_for_now() -> None:
@@ -253,7 +258,7 @@ def test_elastic_is_refused_on_aws_windows_and_with_slurm_on_the_clouds_for_now(
     with pytest.raises(SpecError, match="aws windows clusters take a fixed number of nodes"):
         parse_spec(re.sub(r"(?m)^nodes: .*$", "nodes: {min: 0, max: 2}", text))
     text = (ROOT / "examples" / "azure-linux-elastic.yaml").read_text(encoding="utf-8")
-    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\)"):
+    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\) on azure"):
         parse_spec(text + "scheduler: slurm\n")
 
 
@@ -270,7 +275,7 @@ def test_elastic_on_aws_linux_with_the_builtin_queue_only() -> None:
     spec = spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "terminate"}))
     assert spec.elastic is not None and spec.node_count == 3 and spec.aws_options.suspend == "terminate"
     assert spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2})).aws_options.suspend == "stop"
-    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\)"):
+    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\) on aws"):
         spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, scheduler="slurm"))
     with pytest.raises(SpecError, match=r"aws\.suspend: Input should be 'stop' or 'terminate'"):
         spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "hibernate"}))

@@ -1,0 +1,124 @@
+"""The elastic Slurm cluster's pool, decisions only: what `scontrol` it asks for from a given `sinfo` (a stub) and
+the recorded limits, never a node action of its own; a resize survives a runner restart (the real Slurm run is
+tests/integration/test_elastic_slurm.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mpicloud.protocol.pool import RESIZE_FILE, resize_request
+from tests.runnerlib import node_module
+
+rt = node_module("runner")
+slurm_pool = node_module("slurm_pool")
+
+
+class FakeRunner:
+    """What SlurmPool uses of the runner: its root, config, log, running jobs and the backend's `command`."""
+
+    def __init__(self, root: Path, low: int = 0, high: int = 2) -> None:
+        self.root = root
+        root.mkdir(exist_ok=True)
+        self.config = {"scheduler": "slurm", "nodes": [{"name": "node0", "slots": 0}],
+                       "pool": {"min": low, "max": high, "idle_minutes": 1, "slots_per_node": 1,
+                                "head_runs_jobs": False, "resume_command": ["never"], "suspend_command": ["never"]}}
+        self.commands: list[str] = []
+        self.backend = self
+        self.env: dict[str, str] = {}
+        self.running: dict[str, dict[str, Any]] = {}
+        self.stopping: dict[str, Any] = {}
+        self.stopped: list[tuple[str, str | None]] = []
+
+    def command(self, argv: list[str]) -> str:
+        self.commands.append(" ".join(argv[2:]))
+        return ""
+
+    def log(self, message: str) -> None:
+        """Nothing kept."""
+
+    def refresh_nodes(self) -> None:
+        """Nothing to refresh."""
+
+    def jobdir(self, job_id: str) -> Path:
+        (self.root / "jobs" / job_id).mkdir(parents=True, exist_ok=True)
+        return self.root / "jobs" / job_id
+
+    def stop(self, job_id: str, state: dict[str, Any], reason: str | None) -> None:
+        self.stopped.append((job_id, reason))
+        self.stopping[job_id] = reason
+
+
+class Sinfo:
+    """`sinfo -N -o %N|%t|%E` as the test sets it."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[str, str]] = {}
+
+    def step(self) -> tuple[bool, str]:
+        return True, "".join(f"{n}|{s}|{r}\n" for n, (s, r) in self.rows.items())
+
+
+def pool_of(runner: FakeRunner, sinfo: Sinfo) -> Any:
+    pool = slurm_pool.SlurmPool(runner, rt)
+    pool.sinfo = sinfo
+    return pool
+
+
+def test_min_nodes_are_powered_up_and_states_recorded(tmp_path: Path) -> None:
+    runner, sinfo = FakeRunner(tmp_path / "root", low=1), Sinfo()
+    pool = pool_of(runner, sinfo)
+    sinfo.rows = {"node1": ("idle~", ""), "node2": ("idle~", "")}
+    pool.step([], {})
+    assert runner.commands == ["NodeName=node1 State=POWER_UP"]
+    pool.step([], {})
+    assert runner.commands == ["NodeName=node1 State=POWER_UP"]  # not asked again within ASK_AGAIN s
+    sinfo.rows["node1"] = ("idle#", "")
+    pool.step([], {})
+    sinfo.rows["node2"] = ("alloc", "")  # Slurm powered node2 up for a job: the pool only records it
+    pool.step([], {})
+    report = pool.status()["pool"]
+    assert report["nodes"] == {"node1": "starting", "node2": "up"} and report["most"] == 2
+    assert json.loads((runner.root / "nodes.json").read_text())["nodes"]["node2"]["state"] == "up"
+
+
+def test_resize_drains_leaving_nodes_keeps_them_out_and_auto_undrains(tmp_path: Path) -> None:
+    runner, sinfo = FakeRunner(tmp_path / "root"), Sinfo()
+    pool = pool_of(runner, sinfo)
+    sinfo.rows = {"node1": ("idle", ""), "node2": ("alloc", "")}
+    pool.step([], {"node2": 1})
+    (runner.root / RESIZE_FILE).write_bytes(resize_request(1, False))
+    pool.step([], {"node2": 1})
+    assert runner.commands == ["NodeName=node2 State=POWER_DOWN_ASAP"] and not runner.stopped
+    restarted = pool_of(runner, sinfo)  # a runner killed after taking the request: the limits were saved
+    restarted.step([], {"node2": 1})
+    assert runner.commands[-1] == "NodeName=node2 State=POWER_DOWN_ASAP"
+    sinfo.rows["node2"] = ("idle~", "")
+    restarted.step([], {})
+    assert runner.commands[-1] == f"NodeName=node2 State=DRAIN Reason={slurm_pool.RESIZE_REASON}"
+    sinfo.rows["node2"] = ("drain~", slurm_pool.RESIZE_REASON)
+    restarted.step([], {})
+    assert restarted.status()["pool"]["nodes"] == {"node1": "up", "node2": "stopped"}
+    (runner.root / RESIZE_FILE).write_bytes(resize_request(None, False))
+    restarted.step([], {})
+    assert runner.commands[-1] == "NodeName=node2 State=UNDRAIN"
+
+
+def test_resize_force_cancels_the_jobs_with_the_reason_before_powering_down(tmp_path: Path) -> None:
+    runner, sinfo = FakeRunner(tmp_path / "root"), Sinfo()
+    pool = pool_of(runner, sinfo)
+    runner.running = {"j1": {"hosts": [["node1", 1], ["node2", 1]]}, "j2": {"hosts": [["node1", 1]]}}
+    sinfo.rows = {"node1": ("alloc", ""), "node2": ("alloc", "")}
+    (runner.root / RESIZE_FILE).write_bytes(resize_request(1, True))
+    pool.step([], {"node1": 2, "node2": 1})
+    reason = "cancelled by resize --force: node node2 leaves the cluster"
+    assert runner.stopped == [("j1", reason)]
+    assert (runner.root / "jobs" / "j1" / rt.CANCEL_FILE).read_text() == reason + "\n"  # written first
+    assert runner.commands == [f"NodeName=node2 State=DRAIN Reason={slurm_pool.RESIZE_REASON}"]  # still powered
+    sinfo.rows["node2"] = ("drng", slurm_pool.RESIZE_REASON)
+    pool.step([], {"node1": 2, "node2": 1})
+    assert runner.stopped == [("j1", reason)] and len(runner.commands) == 1  # not cancelled twice, not powered down
+    del runner.running["j1"], runner.stopping["j1"]  # the runner saw j1's processes end
+    pool.step([], {"node1": 1})
+    assert runner.commands[-1] == "NodeName=node2 State=POWER_DOWN_FORCE"
