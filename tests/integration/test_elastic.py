@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -14,16 +13,10 @@ from mpicloud.api import Cluster
 from mpicloud.cluster import local, registry
 from mpicloud.cluster.local_nodes import node_pids
 from tests.conftest import cli
+from tests.elasticlib import burst, pool_nodes
 
 #: per job: the node it ran on (hostname: each loopback node has its own), its id into its work dir, a pause
 SCRIPT = 'hostname; echo "$MPICLOUD_JOB_ID" > out.txt; sleep 1'
-
-
-def _pool(root: Path) -> dict[str, str]:
-    try:
-        return dict(json.loads((root / "status.json").read_text())["pool"]["nodes"])
-    except (OSError, ValueError, KeyError):
-        return {}
 
 
 def _up(tmp_path: Path, name: str, nodes: str, address: str, extra: str = "") -> Cluster:
@@ -40,36 +33,11 @@ def test_a_burst_takes_min0_max4_from_0_to_4_nodes_and_back_every_job_once_in_or
     cluster = _up(tmp_path, "burst", "{min: 0, max: 4}", "127.0.162.1",
                   "slots_per_node: 2\nscale_down_idle_minutes: 0.05\n")
     root = Path(cluster.record.runner_root)
-    too_big = cli("submit", "burst", "--cores", "9", "--", "true")  # 4 nodes x 2 slots at most, none up now
-    assert too_big.returncode == 2 and "9 cores" in too_big.stderr and "8" in too_big.stderr, too_big.stderr
-    seen: list[int] = []
-    done = threading.Event()
-
-    def sample() -> None:  # the last sample is taken after `done`: it sees the settled pool
-        while True:
-            finished = done.is_set()
-            seen.append(sum(s == "up" for s in _pool(root).values()))
-            if finished:
-                return
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
     try:
-        cores = [1, 3, 8, 2, 1, 4, 6, 1, 2, 8, 1, 1, 5, 2, 3, 7, 1, 2, 4, 1]
-        jobs = [cluster.submit(["sh", "-c", SCRIPT], cores=c) for c in cores]
-        finals = [job.wait(300) for job in jobs]
-        assert [f.state for f in finals] == ["succeeded"] * 20, [(f.id, f.state, f.reason) for f in finals]
-        deadline = time.monotonic() + 60
-        while set(_pool(root).values()) != {"stopped"}:
-            assert time.monotonic() < deadline, _pool(root)
-            time.sleep(0.2)
+        jobs = burst(cluster, SCRIPT, settle=60)
     finally:
-        done.set()
-        sampler.join()
         stopped = cli("stop", "burst")
         assert stopped.returncode == 0, stopped.stderr
-    assert seen[0] == 0 and max(seen) == 4 and seen[-1] == 0
     states = [json.loads((root / "jobs" / j.id / "state.json").read_text()) for j in jobs]
     starts = [s["started_at"] for s in states]
     assert starts == sorted(starts)  # strict FIFO
@@ -152,8 +120,8 @@ def test_an_up_node_that_stops_answering_is_replaced(home: Path, tmp_path: Path)
         assert after.state == "succeeded", (after.reason, cluster.job(after.id).stderr(), log.read_text()[-3000:])
         assert cluster.job(after.id).stdout() == "node1\n"
         assert int((cluster.record.dir / "node1" / "sshd.pid").read_text()) != sshd
-        while _pool(root) != {"node1": "up"}:  # status.json is rewritten every second
-            assert time.monotonic() < deadline, _pool(root)
+        while pool_nodes(root) != {"node1": "up"}:  # status.json is rewritten every second
+            assert time.monotonic() < deadline, pool_nodes(root)
             time.sleep(0.2)
         assert "node1" not in cluster.status()["unreachable"]
     finally:

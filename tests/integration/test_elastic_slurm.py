@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -21,17 +20,11 @@ from mpicloud.api import Cluster
 from mpicloud.cluster import registry
 from mpicloud.cluster.local_nodes import node_pids
 from tests.conftest import cli
+from tests.elasticlib import burst, pool_nodes
 from tests.slurmlib import ours, processes_with, require_slurm, slurm_record
 
 #: per job: the node it ran on, its id into its work dir, a pause (long enough to see a node busy)
 SCRIPT = 'hostname; echo "$MPICLOUD_JOB_ID" > out.txt; sleep 2'
-
-
-def _pool(root: Path) -> dict[str, str]:
-    try:
-        return dict(json.loads((root / "status.json").read_text())["pool"]["nodes"])
-    except (OSError, ValueError, KeyError):
-        return {}
 
 
 @pytest.fixture()
@@ -71,34 +64,7 @@ def test_slurm_burst_takes_min0_max4_from_0_to_4_nodes_and_back(elastic: object)
     root = Path(cluster.record.runner_root)
     conf = Path(cluster.record.local["slurm_conf"]).read_text()
     assert "State=CLOUD" in conf and "SuspendTime=6\n" in conf and "NodeName=node0" not in conf
-    too_big = cli("submit", "sburst", "--cores", "9", "--", "true")  # 4 nodes x 2 slots at most, none up now
-    assert too_big.returncode == 2 and "9 cores" in too_big.stderr and "8" in too_big.stderr, too_big.stderr
-    seen: list[int] = []
-    done = threading.Event()
-
-    def sample() -> None:  # the last sample is taken after `done`: it sees the settled pool
-        while True:
-            finished = done.is_set()
-            seen.append(sum(s == "up" for s in _pool(root).values()))
-            if finished:
-                return
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        cores = [1, 3, 8, 2, 1, 4, 6, 1, 2, 8, 1, 1, 5, 2, 3, 7, 1, 2, 4, 1]
-        jobs = [cluster.submit(["sh", "-c", SCRIPT], cores=c) for c in cores]
-        finals = [job.wait(300) for job in jobs]
-        assert [f.state for f in finals] == ["succeeded"] * 20, [(f.id, f.state, f.reason) for f in finals]
-        deadline = time.monotonic() + 90
-        while set(_pool(root).values()) != {"stopped"}:
-            assert time.monotonic() < deadline, _pool(root)
-            time.sleep(0.2)
-    finally:
-        done.set()
-        sampler.join()
-    assert seen[0] == 0 and max(seen) == 4 and seen[-1] == 0, seen
+    jobs = burst(cluster, SCRIPT, settle=90)
     records = [slurm_record(cluster, json.loads((root / "jobs" / j.id / "state.json").read_text())["slurm_id"])
                for j in jobs]
     starts = [_when(r["StartTime"]) for r in records]
@@ -173,8 +139,8 @@ def test_builtin_pool_makes_namespaced_nodes_live(elastic: object) -> None:
     node1 = next(n for n in record.nodes if n.name == "node1")
     assert f"inet {node1.host}/" in addr  # its own netns and address on the cluster's bridge
     deadline = time.monotonic() + 60
-    while _pool(root).get("node1") != "stopped":
-        assert time.monotonic() < deadline, _pool(root)
+    while pool_nodes(root).get("node1") != "stopped":
+        assert time.monotonic() < deadline, pool_nodes(root)
         time.sleep(0.2)
     assert not node_pids(record, "node1")
     tag = record.local["tag"]
