@@ -350,18 +350,23 @@ def test_suspend_stops_then_resume_starts_the_same_instance_and_terminate_forget
 
 
 def test_the_deployed_head_policy_allows_only_this_template_and_cluster(deployed: Deployed) -> None:
-    iam = deployed.client("iam")
+    assert_head_policy(deployed.client("iam"), STACK, REGION, deployed.template_id)
+
+
+def assert_head_policy(iam: Any, stack: str, region: str, template_id: str) -> None:
+    """The deployed head role's node-actions policy (read back from IAM) is node_actions_policy with the deployed
+    ARNs, the node role has none, and the IAM evaluator allows only the cluster's template, tag and node role."""
     roles = {r["RoleName"]: r for r in iam.list_roles()["Roles"]}
     head_role = next(n for n in roles if "HeadRole" in n)
     node_role = next(n for n in roles if "NodeRole" in n)
     policy = iam.get_role_policy(RoleName=head_role, PolicyName="node-actions")["PolicyDocument"]
     account = roles[node_role]["Arn"].split(":")[4]
-    assert policy == node_actions_policy(STACK, REGION, account, deployed.template_id, roles[node_role]["Arn"])
+    assert policy == node_actions_policy(stack, region, account, template_id, roles[node_role]["Arn"])
     assert "node-actions" not in iam.list_role_policies(RoleName=node_role)["PolicyNames"]
-    ec2 = f"arn:aws:ec2:{REGION}:{account}"
-    mine, other = f"{ec2}:launch-template/{deployed.template_id}", f"{ec2}:launch-template/lt-0other"
+    ec2 = f"arn:aws:ec2:{region}:{account}"
+    mine, other = f"{ec2}:launch-template/{template_id}", f"{ec2}:launch-template/lt-0other"
     instance = f"{ec2}:instance/i-0abc"
-    tagged = {"ec2:LaunchTemplate": mine, f"aws:RequestTag/{CLUSTER_TAG}": STACK}
+    tagged = {"ec2:LaunchTemplate": mine, f"aws:RequestTag/{CLUSTER_TAG}": stack}
     assert evaluate(policy, "ec2:RunInstances", mine, {"ec2:LaunchTemplate": mine}) == "allow"
     assert evaluate(policy, "ec2:RunInstances", instance, tagged) == "allow"
     assert evaluate(policy, "ec2:RunInstances", other, {"ec2:LaunchTemplate": other}) == "implicit-deny"
@@ -370,7 +375,7 @@ def test_the_deployed_head_policy_allows_only_this_template_and_cluster(deployed
     assert evaluate(policy, "ec2:RunInstances", instance,
                     {**tagged, f"aws:RequestTag/{CLUSTER_TAG}": "other"}) == "implicit-deny"
     for action in ("ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"):
-        assert evaluate(policy, action, instance, {f"ec2:ResourceTag/{CLUSTER_TAG}": STACK}) == "allow"
+        assert evaluate(policy, action, instance, {f"ec2:ResourceTag/{CLUSTER_TAG}": stack}) == "allow"
         assert evaluate(policy, action, instance, {f"ec2:ResourceTag/{CLUSTER_TAG}": "other"}) == "implicit-deny"
         assert evaluate(policy, action, instance, {}) == "implicit-deny"
     assert evaluate(policy, "iam:PassRole", roles[node_role]["Arn"],

@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "Aws'Only\"Secret-77!"
 
 
-@pytest.fixture()
-def spec(monkeypatch: pytest.MonkeyPatch) -> ClusterSpec:
+@pytest.fixture(params=["aws-windows.yaml", "aws-windows-elastic.yaml"])
+def spec(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> ClusterSpec:
     monkeypatch.setenv("MPICLOUD_ADMIN_PASSWORD", PASSWORD)
-    return load_spec(ROOT / "examples" / "aws-windows.yaml")
+    return load_spec(ROOT / "examples" / request.param)
 
 
 def _task(text: str) -> str:
