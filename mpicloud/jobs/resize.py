@@ -28,7 +28,7 @@ def resize(queue: QueueHandle, nodes: int | None, force: bool = False, timeout: 
     pool = pool_status(queue)
     if not pool.get("resizable"):
         raise JobError(f"cluster {queue.cluster!r} cannot be resized: its runner has no node actions (elastic "
-                       "clusters on AWS Linux and Azure, and local clusters, have them)")
+                       "clusters on AWS and Azure, Linux and Windows, and local clusters, have them)")
     least = 1 if pool.get("head_runs_jobs") else 0
     if nodes is not None and not least <= nodes <= MAX_NODES:
         raise JobError(f"--nodes must be between {least} and {MAX_NODES}"
