@@ -10,7 +10,6 @@ import io
 import json
 import re
 import subprocess
-import sys
 import tarfile
 import warnings
 from collections.abc import Iterator
@@ -29,7 +28,14 @@ from mpicloud.render.aws.cloud_init import node_addresses
 from mpicloud.render.runner_config import NODE_PYTHON
 from mpicloud.render.windows_bootstrap import LAUNCH_PORT, OBJECT_LIBS, bootstrap_ps1
 from tests.cloud.cfn_moto import for_moto
-from tests.cloud.test_aws_elastic import SECRET_MARKERS, assert_head_policy
+from tests.cloud.test_aws_elastic import (
+    SECRET_MARKERS,
+    assert_checkov_clean,
+    assert_head_policy,
+    assert_lints_clean,
+    head_only,
+    instances,
+)
 from tests.cloud.test_aws_windows_cloudformation import CHECKOV_SKIPS, MOTO_SKIPS, SECRET_ARN
 from tests.integration.s3server import moto_server
 from tests.runnerlib import NODE_PYTHON as LOCAL_PYTHON
@@ -51,25 +57,9 @@ def test_checked_in_template_is_the_rendered_one() -> None:
     assert SPEC.elastic is not None and (SPEC.elastic.min, SPEC.elastic.max) == (0, MAX) and SPEC.os == "windows"
 
 
-def test_cfn_lint_reports_nothing(template: dict[str, Any]) -> None:
-    from cfnlint.api import ManualArgs, lint
-
-    matches = lint(json.dumps(template), config=ManualArgs(regions=["us-east-1", "eu-west-1"]))
-    assert [(m.rule.id, m.message) for m in matches] == []
-    broken = json.loads(json.dumps(template))
-    broken["Resources"]["ComputeLaunchTemplate"]["Properties"]["LaunchTemplateData"]["InstanceType"] = {
-        "Ref": "Nope"}
-    assert lint(json.dumps(broken), config=ManualArgs(regions=["us-east-1"]))
-
-
-def test_checkov_is_clean_apart_from_justified_skips() -> None:
-    checkov = Path(sys.executable).with_name("checkov")
-    done = subprocess.run([str(checkov), "-f", str(TEMPLATE), "--framework", "cloudformation", "--skip-download",
-                           "--quiet", "--compact", "-o", "json"], capture_output=True, text=True, timeout=300)
-    report = json.loads(done.stdout)
-    failed = {f["check_id"] for f in report["results"]["failed_checks"]}
-    assert failed <= CHECKOV_SKIPS, failed
-    assert report["summary"]["passed"] > 50
+def test_cfn_lint_and_checkov_are_clean(template: dict[str, Any]) -> None:
+    assert_lints_clean(template)
+    assert_checkov_clean(TEMPLATE, CHECKOV_SKIPS)
 
 
 def _tags(tags: list[dict[str, Any]]) -> dict[str, Any]:
@@ -77,11 +67,7 @@ def _tags(tags: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_only_the_head_at_deploy_and_a_launch_template_for_the_workers(template: dict[str, Any]) -> None:
-    resources = template["Resources"]
-    assert [n for n, r in resources.items() if r["Type"] == "AWS::EC2::Instance"] == ["Node0"]
-    assert "NodeCount" not in template["Parameters"] and not any(c.startswith("HasNode")
-                                                                 for c in template["Conditions"])
-    data = resources["ComputeLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    resources, data = head_only(template)
     head = resources["Node0"]["Properties"]
     assert data["ImageId"] == head["ImageId"] and data["InstanceType"] == {"Ref": "InstanceType"}
     assert "KeyName" not in data  # Windows nodes take the administrator password (Secrets Manager)
@@ -226,11 +212,6 @@ def _action(head: Head, action: str, node: str) -> subprocess.CompletedProcess[s
     return subprocess.run(argv, env=head.env, capture_output=True, text=True, timeout=180, check=False)
 
 
-def _instances(ec2: Any, node: str) -> list[dict[str, Any]]:
-    found = ec2.describe_instances(Filters=[{"Name": f"tag:{NODE_TAG}", "Values": [node]}])
-    return [i for r in found["Reservations"] for i in r["Instances"]]
-
-
 def test_runner_json_pool_runs_ec2_nodes_under_the_windows_python(deployed: Deployed, head: Head) -> None:
     pool = json.loads((head.root / "runner.json").read_text())["pool"]
     names = [f"N{i}" for i in range(1, MAX + 1)]
@@ -251,7 +232,7 @@ def test_resume_launches_a_worker_that_joins_like_a_fixed_one_then_stop_and_term
     ec2 = deployed.client("ec2")
     done = _action(head, "resume", "N3")
     assert done.returncode == 0, done.stderr
-    [made] = _instances(ec2, "N3")
+    [made] = instances(ec2, "N3")
     assert done.stdout == f"resume N3: {made['InstanceId']}\n" and made["State"]["Name"] == "running"
     tags = _tags(made["Tags"])
     assert tags["aws:ec2launchtemplate:id"] == deployed.template_id
@@ -264,12 +245,12 @@ def test_resume_launches_a_worker_that_joins_like_a_fixed_one_then_stop_and_term
     data = ec2.describe_instance_attribute(InstanceId=made["InstanceId"], Attribute="userData")["UserData"]["Value"]
     assert "Get-Md 'tags/instance/mpicloud:index'" in base64.b64decode(data).decode()
     assert _action(head, "suspend", "N3").stdout == f"suspend N3: {made['InstanceId']}\n"
-    assert [i["State"]["Name"] for i in _instances(ec2, "N3")] == ["stopped"]
+    assert [i["State"]["Name"] for i in instances(ec2, "N3")] == ["stopped"]
     assert _action(head, "resume", "N3").stdout == f"resume N3: {made['InstanceId']}\n"  # its disk back
     config["pool"]["aws"]["suspend"] = "terminate"
     (head.root / "runner.json").write_text(json.dumps(config))
     assert _action(head, "suspend", "N3").stdout == f"suspend N3: {made['InstanceId']}\n"
-    assert [i["State"]["Name"] for i in _instances(ec2, "N3")] == ["terminated"]
+    assert [i["State"]["Name"] for i in instances(ec2, "N3")] == ["terminated"]
 
 
 def test_boto3_comes_from_object_libs(deployed: Deployed, head: Head) -> None:
