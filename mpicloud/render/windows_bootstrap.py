@@ -84,14 +84,18 @@ def _configure_pool(spec: ClusterSpec) -> str | None:
 
 
 def _base_runner_config(spec: ClusterSpec) -> str:
-    """runner.json without the node list and idle minutes, which the script fills in from its parameters;
+    """runner.json without the node list (an elastic AWS head: the head only) and idle minutes, which the script
+    fills in from its parameters;
     MPI jobs wait for the marker of working saved credentials (start-runner.ps1)."""
     config: dict[str, Any] = runner_config(spec, pool=_pool(spec))
     marker = {"path": root_file(spec.shared_storage.path, SAVECREDS_MARKER),
               "reason": "MS-MPI credentials are not saved and verified yet (mpiexec -savecreds, then a run without "
                         "-pwd; see C:\\ProgramData\\mpicloud\\runner-task.log on N0)"}
     libs = {"object_libs": OBJECT_LIBS} if _object_sdks(spec) else {}
-    return runner_config_json({**config, "nodes": [], "idle_shutdown_minutes": None, "require_files": [marker],
+    # an elastic AWS head lists itself only (no slots): its pool launches the compute nodes; else the script lists
+    # the nodes
+    nodes = config["nodes"][:1] if spec.cloud == "aws" and spec.elastic else []
+    return runner_config_json({**config, "nodes": nodes, "idle_shutdown_minutes": None, "require_files": [marker],
                                **libs})
 
 

@@ -124,6 +124,7 @@ class Deployed:
     subnet: str
     group: str
     template_id: str
+    body: str  # the template as deployed (for_moto's adaptations, the secret's ARN)
 
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=REGION, endpoint_url=self.endpoint)
@@ -153,7 +154,7 @@ def deployed() -> Iterator[Deployed]:
         ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint)
         [head] = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
         yield Deployed(endpoint, _tags(head["Tags"]), resources["Subnet"], resources["SecurityGroup"],
-                       resources["ComputeLaunchTemplate"])
+                       resources["ComputeLaunchTemplate"], text)
     skipped = {str(w.message).split("parse ")[1].split(" but")[0] for w in caught
                if "but it's not supported" in str(w.message)}
     assert skipped <= MOTO_SKIPS
@@ -178,6 +179,7 @@ def _head_runner_json(head_tags: dict[str, str]) -> dict[str, Any]:
                            r"'/meta-data/' \+ 'tags/instance/([^']+)'\)", script))
     assert read == {"launch_template_id": TAG_LAUNCH_TEMPLATE, "cluster": CLUSTER_TAG}
     assert "$config.pool.aws.region = $Region" in script
+    assert "$config.nodes =" not in script  # the head only: the pool launches the compute nodes
     config["pool"]["aws"].update({key: head_tags[tag] for key, tag in read.items()}, region=REGION)
     return config
 
@@ -216,6 +218,7 @@ def test_runner_json_pool_runs_ec2_nodes_under_the_windows_python(deployed: Depl
     pool = json.loads((head.root / "runner.json").read_text())["pool"]
     names = [f"N{i}" for i in range(1, MAX + 1)]
     assert (pool["min"], pool["max"], pool["head_runs_jobs"]) == (0, MAX, False)
+    assert json.loads((head.root / "runner.json").read_text())["nodes"] == [{"name": "N0", "slots": 0}]
     assert pool["aws"] == {
         "region": REGION, "launch_template_id": deployed.template_id, "cluster": STACK, "placement_group": None,
         "suspend": "stop", "endpoint_url": deployed.endpoint, "ready_ports": [22, LAUNCH_PORT],
@@ -263,3 +266,32 @@ def test_boto3_comes_from_object_libs(deployed: Deployed, head: Head) -> None:
 
 def test_the_deployed_head_policy_allows_only_this_template_and_cluster(deployed: Deployed) -> None:
     assert_head_policy(deployed.client("iam"), STACK, REGION, deployed.template_id)
+
+
+def test_an_update_keeps_the_head_and_the_next_launch_uses_the_new_version(deployed: Deployed, head: Head) -> None:
+    """Last in this module (it updates the shared stack): new parameter values make a new version of the compute
+    launch template; the head instance and the template stay (moto applies no property update to an instance:
+    that CloudFormation keeps the head rests on its own launch template, test_only_the_head_at_deploy...)."""
+    cfn, ec2 = deployed.client("cloudformation"), deployed.client("ec2")
+
+    def node0() -> list[str]:
+        found = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": [f"{STACK}-N0"]}])
+        return [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
+
+    before = node0()
+    cfn.update_stack(StackName=STACK, TemplateBody=deployed.body, Capabilities=["CAPABILITY_IAM"], Parameters=[
+        {"ParameterKey": k, "ParameterValue": v} for k, v in {
+            "AllowedSshCidr": "203.0.113.0/24", "BucketName": "my-simulation-data", "SlotsPerNode": "4"}.items()])
+    resources = {r["LogicalResourceId"]: r["PhysicalResourceId"]
+                 for r in cfn.list_stack_resources(StackName=STACK)["StackResourceSummaries"]}
+    assert resources["ComputeLaunchTemplate"] == deployed.template_id and node0() == before and len(before) == 1
+    versions = ec2.describe_launch_template_versions(LaunchTemplateId=deployed.template_id)
+    assert len(versions["LaunchTemplateVersions"]) == 2
+    config = json.loads((head.root / "runner.json").read_text())
+    config["pool"]["aws"].pop("ready_ports")
+    (head.root / "runner.json").write_text(json.dumps(config))
+    done = _action(head, "resume", "N5")
+    assert done.returncode == 0, done.stderr
+    [made] = instances(ec2, "N5")
+    tags = _tags(made["Tags"])
+    assert (tags["aws:ec2launchtemplate:version"], tags["mpicloud:slots"], tags[TAG_INDEX]) == ("2", "4", "5")
