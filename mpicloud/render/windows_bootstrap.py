@@ -85,8 +85,7 @@ def _configure_pool(spec: ClusterSpec) -> str | None:
 
 def _base_runner_config(spec: ClusterSpec) -> str:
     """runner.json without the node list (an elastic AWS head: the head only) and idle minutes, which the script
-    fills in from its parameters;
-    MPI jobs wait for the marker of working saved credentials (start-runner.ps1)."""
+    fills in from its parameters; MPI jobs wait for the marker of working saved credentials (start-runner.ps1)."""
     config: dict[str, Any] = runner_config(spec, pool=_pool(spec))
     marker = {"path": root_file(spec.shared_storage.path, SAVECREDS_MARKER),
               "reason": "MS-MPI credentials are not saved and verified yet (mpiexec -savecreds, then a run without "
