@@ -180,6 +180,9 @@ def _head_runner_json(head_tags: dict[str, str]) -> dict[str, Any]:
     assert read == {"launch_template_id": TAG_LAUNCH_TEMPLATE, "cluster": CLUSTER_TAG}
     assert "$config.pool.aws.region = $Region" in script
     assert "$config.nodes =" not in script  # the head only: the pool launches the compute nodes
+    # the SDKs (boto3) with the pinned pip, on the head only when there is no bucket
+    assert "if ($NodeIndex -eq 0 -and -not (Test-Path (Join-Path $libs 'installed.ok'))) {" in script
+    assert "--target $libs 'boto3==" in script
     config["pool"]["aws"].update({key: head_tags[tag] for key, tag in read.items()}, region=REGION)
     return config
 
