@@ -21,9 +21,11 @@ def provision_dir() -> Path:
 #: the cluster-side scripts in provision/runner, installed side by side on every node that runs jobs
 RUNNER_SCRIPTS = ("runner.py", "transfer.py", "bucketio.py", "s3store.py", "blobstore.py", "slurm_backend.py",
                   "autoscale.py", "nodepool.py", "ec2_nodes.py", "azure_nodes.py", "forkwrap.py", "slurm_pool.py")
-#: the ones Windows nodes never run (Slurm, the AWS node actions and forked job wrappers are Linux only), left out
-#: of the Windows bootstrap; the pool and the Azure node actions run there too
-LINUX_ONLY = ("slurm_backend.py", "ec2_nodes.py", "forkwrap.py", "slurm_pool.py")
+#: the ones Windows nodes never run (Slurm and forked job wrappers are Linux only), left out of the Windows
+#: bootstrap; the pool and the node actions run there too
+LINUX_ONLY = ("slurm_backend.py", "forkwrap.py", "slurm_pool.py")
+#: the node actions of one cloud: a Windows bundle for a cloud carries only its own (Azure's userData is tight)
+CLOUD_ONLY = {"ec2_nodes.py": "aws", "azure_nodes.py": "azure"}
 #: Slurm's ResumeProgram/SuspendProgram (provision/slurm), installed beside the runner scripts on Linux nodes
 SLURM_SCRIPTS = ("slurm_power.py",)
 
@@ -37,10 +39,12 @@ def protocol_files() -> dict[str, bytes]:
     return files
 
 
-def runner_files(os_name: str = "linux") -> dict[str, bytes]:
-    """Every cluster-side file an OS's nodes run, by relative POSIX path, for bootstraps to install."""
+def runner_files(os_name: str = "linux", cloud: str | None = None) -> dict[str, bytes]:
+    """Every cluster-side file an OS's nodes run, by relative POSIX path, for bootstraps to install; `cloud`: only
+    that cloud's node actions."""
     folder = provision_dir() / "runner"
-    names = [n for n in RUNNER_SCRIPTS if os_name == "linux" or n not in LINUX_ONLY]
+    names = [n for n in RUNNER_SCRIPTS if (os_name == "linux" or n not in LINUX_ONLY)
+             and (cloud is None or CLOUD_ONLY.get(n, cloud) == cloud)]
     slurm = [n for n in SLURM_SCRIPTS if os_name == "linux"]
     return {**{name: (folder / name).read_bytes() for name in names},
             **{name: (provision_dir() / "slurm" / name).read_bytes() for name in slurm}, **protocol_files()}
@@ -60,13 +64,13 @@ def without_docstrings(source: bytes) -> bytes:
 
 
 @functools.cache
-def runner_bundle(os_name: str = "linux", compact: bool = False) -> bytes:
+def runner_bundle(os_name: str = "linux", compact: bool = False, cloud: str | None = None) -> bytes:
     """runner_files as one tar (deterministic: sorted, mtime 0, root-owned, mode 755): compressed whole, the files
     share one dictionary. `compact`: Python files without_docstrings, which keeps the Windows bootstrap inside
     Azure's 64 KiB userData. Made once per process: every node's render asks for it (the files do not change)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in sorted(runner_files(os_name).items()):
+        for name, data in sorted(runner_files(os_name, cloud).items()):
             body = without_docstrings(data) if compact and name.endswith(".py") else data
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(body), 0o755, 0

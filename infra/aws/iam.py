@@ -107,6 +107,6 @@ class NodeIdentity(pulumi.ComponentResource):
             recovery_window_in_days=7, tags=args.tags, opts=opts)
         aws.secretsmanager.SecretVersion(f"{name}-admin-password-value", secret_id=self.admin_secret.id,
                                          secret_string=pulumi.Output.secret(args.admin_password), opts=opts)
-        self.policies.append(aws.iam.RolePolicy(f"{name}-admin-password", role=role.id, opts=opts,
-                                                policy=self.admin_secret.arn.apply(
-            lambda arn: json.dumps(admin_secret_policy(arn), sort_keys=True))))
+        # every role: an elastic head reads it too (its bootstrap makes the same administrator account)
+        self._attach("admin-password", self.admin_secret.arn.apply(
+            lambda arn: json.dumps(admin_secret_policy(arn), sort_keys=True)))

@@ -4,6 +4,7 @@ the head alone and a launch template its runner starts compute nodes from (provi
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,12 +15,15 @@ from mpicloud.render.aws import (
     METADATA_OPTIONS,
     ROOT_DEVICE,
     SHARED_VOLUME_DEVICE,
+    TAG_INDEX,
     TAG_LAUNCH_TEMPLATE,
+    TAG_SECRET,
     TAG_SHARED_VOLUME,
     idle_tag,
     node_tags,
     powershell,
 )
+from mpicloud.render.aws.cfn_windows import ROOT_DEVICE as WINDOWS_ROOT_DEVICE
 from mpicloud.render.aws.cloud_init import node_addresses, runner_parameters, user_data_base64
 from mpicloud.render.windows_bootstrap import bootstrap_ps1
 from mpicloud.spec import ClusterSpec
@@ -74,6 +78,8 @@ class Nodes(pulumi.ComponentResource):
         self.ami = pulumi.Output.from_input(options.ami) if options.ami else aws.ssm.get_parameter_output(
             name=spec.ami_parameter, opts=pulumi.InvokeOptions(parent=self)).value
         ips = node_addresses(options.subnet_cidr, spec.node_count)
+        # Windows: the whole bootstrap (runner inside) in pieces, joined by the EC2Launch v2 task
+        self.script = bootstrap_ps1(spec) if windows else ""
         self.launch_template = None if spec.elastic is None else self._compute_template(
             f"{name}-compute", args, ips, key_name, group)
         common = {
@@ -84,8 +90,6 @@ class Nodes(pulumi.ComponentResource):
             "instance_initiated_shutdown_behavior": "stop", "monitoring": True, "ebs_optimized": True,
         }
         self.addresses = []
-        # Windows: the whole bootstrap (runner inside) in pieces, joined by the EC2Launch v2 task
-        self.script = bootstrap_ps1(spec) if windows else ""
         pieces = powershell.script_parameters("", self.script) if windows else runner_parameters("")
         self.runner_parts = [
             aws.ssm.Parameter(f"{name}-runner-{i}", name=args.ssm_prefix.apply(lambda p, k=key: p + k), type="String",
@@ -111,16 +115,22 @@ class Nodes(pulumi.ComponentResource):
 
     @staticmethod
     def _node_tags(args: NodesArgs) -> dict[str, pulumi.Input[str]]:
+        """What every node reads at boot (Windows: also the password's secret; its index comes per node)."""
         spec = args.spec
+        secret = {} if args.admin_secret_arn is None else {TAG_SECRET: args.admin_secret_arn}
         return {**args.tags, **node_tags(str(spec.node_count), str(spec.slots_per_node), args.ssm_prefix,
-                                         idle_tag(spec), args.key_id)}
+                                         idle_tag(spec), args.key_id), **secret}
 
     def _compute_template(self, name: str, args: NodesArgs, ips: list[str], key_name: pulumi.Input[str] | None,
                           group: aws.ec2.PlacementGroup | None) -> aws.ec2.LaunchTemplate:
         """The elastic cluster's compute nodes: everything an instance needs, the nodes' profile, the worker user
         data (no secret) and the tags a node reads at boot; the head adds a node's name tag and fixed address at
-        launch. A change makes a new default version: running nodes stay, later launches use it."""
+        launch. A change makes a new default version: running nodes stay, later launches use it. Windows: the
+        EC2Launch v2 user data every node shares (the head tags a node's index at launch)."""
         spec, options = args.spec, args.spec.aws_options
+        windows = spec.os == "windows"
+        user_data = base64.b64encode(powershell.user_data(spec, self.script).encode()).decode() if windows else \
+            user_data_base64(spec, None, ips)
         interface = {"device_index": 0, "subnet_id": args.subnet_id, "security_groups": [args.security_group_id],
                      "associate_public_ip_address": "true", "delete_on_termination": "true",
                      **({"interface_type": "efa"} if options.efa else {})}
@@ -128,8 +138,8 @@ class Nodes(pulumi.ComponentResource):
             name, image_id=self.ami, instance_type=spec.size, key_name=key_name,
             iam_instance_profile={"name": args.profile_name}, network_interfaces=[interface],
             placement={"group_name": group.name} if group else None, metadata_options=METADATA_OPTIONS,
-            user_data=user_data_base64(spec, None, ips), update_default_version=True,
-            block_device_mappings=[{"device_name": ROOT_DEVICE, "ebs": {
+            user_data=user_data, update_default_version=True,
+            block_device_mappings=[{"device_name": WINDOWS_ROOT_DEVICE if windows else ROOT_DEVICE, "ebs": {
                 "encrypted": "true", "volume_size": options.root_volume_gb, "volume_type": "gp3",
                 "delete_on_termination": "true"}}],
             ebs_optimized="true", monitoring={"enabled": True}, instance_initiated_shutdown_behavior="stop",
@@ -149,7 +159,7 @@ class Nodes(pulumi.ComponentResource):
         if index == 0 and self.launch_template is not None:
             tags[TAG_LAUNCH_TEMPLATE] = self.launch_template.id
         if args.admin_secret_arn is not None:
-            tags.update({powershell.TAG_INDEX: str(index), powershell.TAG_SECRET: args.admin_secret_arn})
+            tags[TAG_INDEX] = str(index)
         network: dict[str, Any] = {"subnet_id": args.subnet_id, "private_ip": ips[index],
                                    "vpc_security_group_ids": [args.security_group_id],
                                    "associate_public_ip_address": True}

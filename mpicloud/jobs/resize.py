@@ -28,7 +28,8 @@ def resize(queue: QueueHandle, nodes: int | None, force: bool = False, timeout: 
     pool = pool_status(queue)
     if not pool.get("resizable"):
         raise JobError(f"cluster {queue.cluster!r} cannot be resized: its runner has no node actions (elastic "
-                       "clusters on AWS Linux and Azure, local clusters and elastic local Slurm clusters have them)")
+                       "clusters on AWS and Azure, Linux and Windows, local clusters and elastic local Slurm "
+                       "clusters have them)")
     least = 1 if pool.get("head_runs_jobs") else 0
     most = int(pool.get("most", MAX_NODES))  # Slurm: the nodes slurm.conf lists
     if nodes is not None and not least <= nodes <= most:

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import urllib.parse
 from dataclasses import dataclass
 
@@ -67,3 +69,11 @@ def parse(url: str) -> ObjectURL:
 def is_object_url(text: str) -> bool:
     """True when the text starts like an object URL (then `parse` decides whether it is a good one)."""
     return text.startswith(("s3://", "az://")) or bool(_AZ_HTTPS.match(text))
+
+
+def use_object_libs(libs: str | None = None) -> None:
+    """Put the storage SDKs' directory (`libs`, else MPICLOUD_OBJECT_LIBS) on sys.path, where the node's Python
+    lacks them (Windows' embeddable Python: the bootstrap installs them with pip --target)."""
+    libs = libs or os.environ.get("MPICLOUD_OBJECT_LIBS")
+    if libs and libs not in sys.path:
+        sys.path.insert(1, libs)

@@ -7,6 +7,8 @@ runner.json's `pool` section (written by the client), the node states the runner
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 #: the runner's record of its compute nodes (states, up-time), and a client's resize request
 POOL_FILE, RESIZE_FILE = "nodes.json", "resize.json"
@@ -25,3 +27,17 @@ def resize_request(nodes: int | None, force: bool) -> bytes:
     """The resize document: `nodes` compute nodes (None: back to the spec's min/max); `force` cancels the jobs
     of nodes that leave instead of letting them finish."""
     return json.dumps({"nodes": nodes, "force": force}).encode()
+
+
+def wait_ports(host: str, ports: list[int], deadline: float, poll: float) -> None:
+    """Until each of the node's `ports` accepts a TCP connection (sshd, MS-MPI's launch service): a VM that runs
+    may still be booting, and the pool gives jobs to a node as soon as its resume command succeeds."""
+    for port in ports:
+        while True:
+            try:
+                with socket.create_connection((host, int(port)), timeout=5):
+                    break
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{host} runs but its port {port} does not answer: {error}") from error
+                time.sleep(poll)

@@ -225,16 +225,16 @@ def _head_iam() -> dict[str, Any]:
         "PolicyName": "node-actions", "Roles": [_ref("HeadRole")], "PolicyDocument": _sub(policy)}}}
 
 
-def _launch_template(worker_user_data: str | None, name: str = "NodeLaunchTemplate",
-                     more: dict[str, Any] | None = None) -> dict[str, Any]:
+def _launch_template(user_data: Any, name: str = "NodeLaunchTemplate", more: dict[str, Any] | None = None,
+                     root_device: str = ROOT_DEVICE) -> dict[str, Any]:
     """What AWS::EC2::Instance cannot say itself (IMDSv2 above all), and the user data every worker shares (node0
     has its own); image, type, key and role are on the nodes (`more`: in the template, for compute nodes). An
-    elastic head's template has no user data: a new worker user data must not make a new version of it (its
-    instance would be replaced)."""
+    elastic Linux head's template has no user data: a new worker user data must not make a new version of it (its
+    instance would be replaced). `root_device`: the AMI's (Windows: /dev/sda1)."""
     data = {
-        **({"UserData": worker_user_data} if worker_user_data else {}),
+        **({"UserData": user_data} if user_data else {}),
         "MetadataOptions": {"".join(w.capitalize() for w in k.split("_")): v for k, v in METADATA_OPTIONS.items()},
-        "BlockDeviceMappings": [{"DeviceName": ROOT_DEVICE, "Ebs": {
+        "BlockDeviceMappings": [{"DeviceName": root_device, "Ebs": {
             "Encrypted": True, "VolumeSize": _ref("RootVolumeGb"), "VolumeType": "gp3",
             "DeleteOnTermination": True}}],
         "Placement": {"GroupName": _ref("PlacementGroup")}, "EbsOptimized": True, "Monitoring": {"Enabled": True},
@@ -247,22 +247,24 @@ def _launch_template(worker_user_data: str | None, name: str = "NodeLaunchTempla
         "TagSpecifications": [{"ResourceType": "launch-template", "Tags": _tags()}]}}}
 
 
-def _compute_launch_template(spec: ClusterSpec, worker_user_data: str, efa: bool) -> dict[str, Any]:
+def compute_launch_template(user_data: Any, node_tags: dict[str, Any], efa: bool = False,
+                            root_device: str = ROOT_DEVICE, key: bool = True) -> dict[str, Any]:
     """The elastic cluster's compute nodes, launched by the head (provision/runner/ec2_nodes.py): everything an
-    instance needs, the node role's profile, and the tags a node reads at boot (render.aws.node_tags) plus the
-    cluster's. The head adds the node's name tag and its fixed private address at launch."""
+    instance needs, the node role's profile, and the tags a node reads at boot (`node_tags`) plus the cluster's.
+    The head adds the node's name tag and its fixed private address at launch. `key`: the EC2 key pair (Linux;
+    Windows nodes take the administrator password instead)."""
     interface: dict[str, Any] = {"DeviceIndex": 0, "SubnetId": _ref("Subnet"), "Groups": [_ref("SecurityGroup")],
                                  "AssociatePublicIpAddress": True, "DeleteOnTermination": True,
                                  **({"InterfaceType": "efa"} if efa else {})}
-    tags = _tags({"Name": {"Fn::Sub": "${AWS::StackName}-compute"}, **_node_tags(spec)})
-    more = {"ImageId": IMAGE, "InstanceType": _ref("InstanceType"), "KeyName": _ref("KeyName"),
+    tags = _tags({"Name": {"Fn::Sub": "${AWS::StackName}-compute"}, **node_tags})
+    more = {"ImageId": IMAGE, "InstanceType": _ref("InstanceType"), **({"KeyName": _ref("KeyName")} if key else {}),
             "IamInstanceProfile": {"Arn": {"Fn::GetAtt": ["NodeProfile", "Arn"]}}, "NetworkInterfaces": [interface],
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                   {"ResourceType": "volume", "Tags": _tags()}]}
-    return _launch_template(worker_user_data, "ComputeLaunchTemplate", more)
+    return _launch_template(user_data, "ComputeLaunchTemplate", more, root_device)
 
 
-def _node_tags(spec: ClusterSpec) -> dict[str, Any]:
+def node_tags_of(spec: ClusterSpec) -> dict[str, Any]:
     """The tags a node reads at boot: the node count is a parameter, or an elastic cluster's head plus max."""
     count = str(spec.node_count) if spec.elastic else _ref("NodeCount")
     return node_tags(count, _ref("SlotsPerNode"), {"Fn::Sub": PREFIX}, _ref("IdleShutdownMinutes"),
@@ -296,7 +298,7 @@ def _efa(index: int, ip: str) -> dict[str, Any]:
 
 
 def _node(spec: ClusterSpec, index: int, ips: list[str], after: list[str], efa: bool = False) -> dict[str, Any]:
-    tags = _node_tags(spec)
+    tags = node_tags_of(spec)
     elastic = spec.elastic is not None
     props: dict[str, Any] = {
         "LaunchTemplate": {"LaunchTemplateId": _ref("NodeLaunchTemplate"),
@@ -331,13 +333,17 @@ def _shared_volume() -> dict[str, Any]:
     }
 
 
+def elastic_outputs(spec: ClusterSpec) -> dict[str, Any]:
+    """An elastic template's own output: the compute launch template's id."""
+    return {"ComputeLaunchTemplateId": {"Description": "the launch template the head starts compute nodes from",
+                                        "Value": _ref("ComputeLaunchTemplate")}} if spec.elastic else {}
+
+
 def _outputs(spec: ClusterSpec, efa: bool = False) -> dict[str, Any]:
     user = spec.admin.username
     ip = "${Node0Ip}" if efa else "${Node0.PublicIp}"  # EFA: the Elastic IP (Ref is its address)
-    elastic = {"ComputeLaunchTemplateId": {"Description": "the launch template the head starts compute nodes from",
-                                           "Value": _ref("ComputeLaunchTemplate")}} if spec.elastic else {}
     return {
-        **elastic,
+        **elastic_outputs(spec),
         "HeadPublicIp": {"Description": "public address of node0 (the head node)",
                          "Value": _ref("Node0Ip") if efa else {"Fn::GetAtt": ["Node0", "PublicIp"]}},
         "SshCommand": {"Description": "log in to the head node", "Value": {"Fn::Sub": f"ssh {user}@{ip}"}},
@@ -365,7 +371,8 @@ def cluster_template(spec: ClusterSpec | None = None, efa: bool = False) -> dict
     parts = _runner_parts()
     worker = user_data_base64(spec, None, ips)
     resources = {**_network(spec), **_security(), **_iam(elastic), **_launch_template(None if elastic else worker),
-                 **(_compute_launch_template(spec, worker, efa) if elastic else {}), **parts, **_shared_volume()}
+                 **(compute_launch_template(worker, node_tags_of(spec), efa) if elastic else {}), **parts,
+                 **_shared_volume()}
     for i in range(nodes):
         resources.update({f"Node{i}": _node(spec, i, ips, sorted(parts) if i == 0 else [], efa),
                           **(_efa(i, ips[i]) if efa else {})})

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mpicloud.render import arm, blobaccess, cfn_bucket
-from mpicloud.render.aws.cfn_windows import windows_template_json
+from mpicloud.render.aws.cfn_windows import windows_elastic_template_json, windows_template_json
 from mpicloud.render.azure import arm_linux
 from mpicloud.render.cloudformation import cluster_template_json, efa_template_json, elastic_template_json
 
@@ -28,6 +28,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "templates/cloudformation/cluster-elastic.json": elastic_template_json,
     "templates/cloudformation/cluster.json": cluster_template_json,
     "templates/cloudformation/windows-cluster.json": windows_template_json,
+    "templates/cloudformation/windows-cluster-elastic.json": windows_elastic_template_json,
 }
 
 

@@ -6,8 +6,12 @@ import json
 from typing import Any
 
 from mpicloud.spec.model import ClusterSpec
+from mpicloud.spec.targets import WINDOWS
 
 RUNNER_CONFIG_VERSION = 1
+#: the Python an elastic head runs its node actions with: Debian/Ubuntu's own (Azure: stdlib only; AWS: with
+#: python3-boto3), or the one the Windows bootstrap installs (boto3 from the bootstrap's objlibs on AWS)
+NODE_PYTHON = {"linux": "/usr/bin/python3", "windows": WINDOWS.python[0]}
 #: in the runner root: written by start-runner.ps1 once saved MS-MPI credentials work without -pwd
 SAVECREDS_MARKER = "savecreds.ok"
 #: in the runner root: written by the head node; every node must see it before an MPI job starts

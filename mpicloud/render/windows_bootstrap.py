@@ -9,7 +9,10 @@ from typing import Any
 
 from mpicloud.assets import provision_dir, runner_bundle
 from mpicloud.errors import RenderError
+from mpicloud.protocol.pool import CLUSTER_TAG
 from mpicloud.render import azure
+from mpicloud.render.aws import TAG_INDEX, TAG_LAUNCH_TEMPLATE
+from mpicloud.render.aws import cloud_init as aws_cloud_init
 from mpicloud.render.cloud_config import node_addresses
 from mpicloud.render.quoting import powershell_quote
 from mpicloud.render.runner_config import (
@@ -66,28 +69,32 @@ def _installers(spec: ClusterSpec) -> list[dict[str, str]]:
 
 
 def _pool(spec: ClusterSpec) -> dict[str, Any] | None:
-    """An elastic Azure cluster's pool (the spec refuses elastic Windows clusters on AWS); a started node is up once
-    sshd and MS-MPI's launch service answer."""
-    return azure.node_pool(spec, (22, LAUNCH_PORT)) if spec.cloud == "azure" else None
+    """An elastic cluster's pool; a started node is up once sshd and MS-MPI's launch service answer (on AWS a
+    launched node also gets its index tag, which its bootstrap reads)."""
+    ready = (22, LAUNCH_PORT)
+    return azure.node_pool(spec, ready) if spec.cloud == "azure" else aws_cloud_init.pool(spec, ready, TAG_INDEX)
 
 
 def _configure_pool(spec: ClusterSpec) -> str | None:
-    """The PowerShell command the head runs after writing runner.json: azure_nodes.py configure (its --arm is the
-    script's $ArmEndpoint)."""
-    if _pool(spec) is None:
+    """Azure: the PowerShell command the head runs after writing runner.json: azure_nodes.py configure (its --arm
+    is the script's $ArmEndpoint); AWS fills pool.aws in the script itself (`aws_pool`)."""
+    if spec.cloud != "azure" or _pool(spec) is None:
         return None
     return "& " + " ".join(powershell_quote(a) for a in azure.configure_command(spec)) + " --arm $ArmEndpoint"
 
 
 def _base_runner_config(spec: ClusterSpec) -> str:
-    """runner.json without the node list and idle minutes, which the script fills in from its parameters;
-    MPI jobs wait for the marker of working saved credentials (start-runner.ps1)."""
+    """runner.json without the node list (an elastic AWS head: the head only) and idle minutes, which the script
+    fills in from its parameters; MPI jobs wait for the marker of working saved credentials (start-runner.ps1)."""
     config: dict[str, Any] = runner_config(spec, pool=_pool(spec))
     marker = {"path": root_file(spec.shared_storage.path, SAVECREDS_MARKER),
               "reason": "MS-MPI credentials are not saved and verified yet (mpiexec -savecreds, then a run without "
                         "-pwd; see C:\\ProgramData\\mpicloud\\runner-task.log on N0)"}
-    libs = {"object_libs": OBJECT_LIBS} if spec.bucket is not None else {}
-    return runner_config_json({**config, "nodes": [], "idle_shutdown_minutes": None, "require_files": [marker],
+    libs = {"object_libs": OBJECT_LIBS} if _object_sdks(spec) else {}
+    # an elastic AWS head lists itself only (no slots): its pool launches the compute nodes; else the script lists
+    # the nodes
+    nodes = config["nodes"][:1] if spec.cloud == "aws" and spec.elastic else []
+    return runner_config_json({**config, "nodes": nodes, "idle_shutdown_minutes": None, "require_files": [marker],
                                **libs})
 
 
@@ -109,15 +116,24 @@ def bootstrap_ps1(spec: ClusterSpec) -> str:
         msmpi_sha256=q(MSMPI.sha256), python_version=PYTHON.version, python_url=q(PYTHON.url),
         python_sha256=q(PYTHON.sha256), launch_port=LAUNCH_PORT, installers=_installers(spec),
         object_sdks={"libs": q(OBJECT_LIBS), "pip_url": q(PIP.url), "pip_sha256": q(PIP.sha256),
-                     "packages": " ".join(q(p) for p in OBJECT_SDKS)} if spec.bucket is not None else None,
+                     "packages": " ".join(q(p) for p in OBJECT_SDKS),
+                     "head_only": spec.bucket is None} if _object_sdks(spec) else None,
         openssh_msi=_openssh_msi(spec), configure_pool=_configure_pool(spec),
-        runner_bundle=q(gzip_base64(runner_bundle("windows", compact=True))),
+        aws_pool={"launch_template": q(f"tags/instance/{TAG_LAUNCH_TEMPLATE}"),
+                  "cluster": q(f"tags/instance/{CLUSTER_TAG}")} if spec.cloud == "aws" and spec.elastic else None,
+        runner_bundle=q(gzip_base64(runner_bundle("windows", compact=True, cloud=spec.cloud))),
         runner_config=q(_base_runner_config(spec)),
         stop_script=q(gzip_base64((windows / "stop-cluster.ps1").read_bytes())),
         start_script=q(gzip_base64((windows / "start-runner.ps1").read_bytes())))
     if not text.isascii():
         raise RenderError("the Windows bootstrap must be ASCII (PowerShell 5.1 reads BOM-less scripts as ANSI)")
     return text
+
+
+def _object_sdks(spec: ClusterSpec) -> bool:
+    """Whether the node installs the SDK wheels: for the bucket, and on an elastic AWS head for boto3 (its node
+    actions, ec2_nodes.py)."""
+    return spec.bucket is not None or (spec.cloud == "aws" and spec.elastic is not None)
 
 
 def _openssh_msi(spec: ClusterSpec) -> dict[str, str]:

@@ -410,9 +410,6 @@ class ClusterSpec(_Model):
             if self.scale_down_idle_minutes is not None:
                 raise ValueError("scale_down_idle_minutes needs an elastic cluster (nodes: {min: M, max: X})")
             return
-        if self.cloud == "aws" and self.os == "windows":
-            raise ValueError("nodes: {min, max} (elastic) is built for the local cluster, Azure and AWS Linux; "
-                             "aws windows clusters take a fixed number of nodes for now")
         if self.scheduler != "builtin" and self.cloud != "local":
             raise ValueError("nodes: {min, max} (elastic) needs the built-in queue (scheduler: builtin) on "
                              f"{self.cloud} for now; Slurm's power saving is built for the local cluster")

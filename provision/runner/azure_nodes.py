@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 import urllib.parse
@@ -28,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the protocol package installed beside this file
 from mpicloud.protocol.pool import AZURE_COMPUTE_API as COMPUTE_API
+from mpicloud.protocol.pool import wait_ports
 
 IMDS = "http://169.254.169.254/metadata"
 
@@ -65,20 +65,6 @@ def power_state(settings: dict[str, Any], bearer: str, node: str) -> str:
     return codes[0].split("/", 1)[1] if codes else "unknown"
 
 
-def wait_ready(host: str, ports: list[int], deadline: float, poll: float) -> None:
-    """Until each of the node's `ports` accepts a TCP connection (sshd, MS-MPI's launch service): a VM that runs
-    may still be booting, and the pool gives jobs to a node as soon as its resume command succeeds."""
-    for port in ports:
-        while True:
-            try:
-                with socket.create_connection((host, int(port)), timeout=5):
-                    break
-            except OSError as error:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{host} runs but its port {port} does not answer: {error}") from error
-                time.sleep(poll)
-
-
 def resume(settings: dict[str, Any], node: str, timeout: float = 900.0, poll: float = 5.0) -> str:
     bearer = token(settings)
     call(settings, bearer, "POST", vm_url(settings, node, "start"))
@@ -87,7 +73,7 @@ def resume(settings: dict[str, Any], node: str, timeout: float = 900.0, poll: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"VM {settings['cluster']}-{node} is {state}, not running")
         time.sleep(poll)
-    wait_ready(node, list(settings.get("ready_ports") or []), deadline, poll)
+    wait_ports(node, list(settings.get("ready_ports") or []), deadline, poll)
     return state
 
 

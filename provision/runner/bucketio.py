@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 
 # an isolated interpreter leaves the script's directory off sys.path: find the modules beside it
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mpicloud.protocol.objects import BadObjectURL, ObjectURL, StoreError, parse
+from mpicloud.protocol.objects import BadObjectURL, ObjectURL, StoreError, parse, use_object_libs
 from mpicloud.protocol.paths import UnsafePath, safe_join
 
 #: files moved at once (each large one is itself split into parallel parts by its SDK)
@@ -49,9 +49,7 @@ class Store(Protocol):
 
 def open_store(url: ObjectURL) -> Store:
     """The store a URL lives in, with this node's credentials."""
-    libs = os.environ.get("MPICLOUD_OBJECT_LIBS")
-    if libs and libs not in sys.path:
-        sys.path.insert(1, libs)
+    use_object_libs()
     if url.scheme == "s3":
         import s3store
         return s3store.S3Store(url.store)

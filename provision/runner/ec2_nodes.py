@@ -5,15 +5,19 @@ the head) is imported only here, only when an action runs.
 
 Settings: runner.json `pool.aws`: region, launch_template_id, cluster, placement_group (optional),
 suspend ("stop": keep the disk, bill it; "terminate": bill nothing), addresses (optional: node -> its fixed
-private address, launched on the template's network interface), endpoint_url (tests: moto server).
+private address, launched on the template's network interface), node_tags (optional: node -> more launch
+tags, e.g. a Windows node's index), ready_ports (optional), endpoint_url (tests: moto server). runner.json's
+`object_libs` (or MPICLOUD_OBJECT_LIBS) names where boto3 is when the Python lacks it (Windows).
 
-From the command line `resume` returns only once the node is usable: its instance runs and it answers the
-runner's share probe (runner.json `share_probe` + NODE: its boot finished and it sees `share_marker`).
+From the command line `resume` returns only once the node is usable: its instance runs and it answers on each
+of `ready_ports` (Windows: sshd and MS-MPI's launch service) or, without them, the runner's share probe
+(runner.json `share_probe` + NODE: its boot finished and it sees `share_marker`).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the protocol package installed beside this file
-from mpicloud.protocol.pool import CLUSTER_TAG, NODE_TAG
+from mpicloud.protocol.objects import use_object_libs
+from mpicloud.protocol.pool import CLUSTER_TAG, NODE_TAG, wait_ports
 
 LIVE = ("pending", "running", "stopping", "stopped")
 #: the launch template's newest version: a stack or program update makes one (whether it also becomes the default
@@ -56,7 +61,8 @@ def resume(ec2: Any, settings: dict[str, Any], node: str, timeout: float = 600.0
     instance = find(ec2, settings, node)
     if instance is None:
         tags = [{"Key": CLUSTER_TAG, "Value": settings["cluster"]}, {"Key": NODE_TAG, "Value": node},
-                {"Key": "Name", "Value": f"{settings['cluster']}-{node}"}]  # as a fixed cluster's nodes are named
+                {"Key": "Name", "Value": f"{settings['cluster']}-{node}"},  # as a fixed cluster's nodes are named
+                *({"Key": k, "Value": v} for k, v in ((settings.get("node_tags") or {}).get(node) or {}).items())]
         placement = {"GroupName": settings["placement_group"]} if settings.get("placement_group") else {}
         made = ec2.run_instances(
             LaunchTemplate={"LaunchTemplateId": settings["launch_template_id"], "Version": VERSION},
@@ -100,15 +106,19 @@ def forget_host_key(config: dict[str, Any], node: str) -> None:
     """Drop the node's old host key (by name and address) from the head's known_hosts before it is launched
     afresh: the new instance has a new key, which `StrictHostKeyChecking accept-new` then takes."""
     known = Path.home() / ".ssh" / "known_hosts"
-    if known.is_file():
+    if known.is_file() and shutil.which("ssh-keygen"):
         address = (config["pool"]["aws"].get("addresses") or {}).get(node)
         for name in filter(None, (node, address)):
             subprocess.run(["ssh-keygen", "-R", name, "-f", str(known)], capture_output=True, check=False)
 
 
 def wait_ready(config: dict[str, Any], node: str, timeout: float = 1800.0) -> None:
-    """Until the node answers the runner's share probe (runner.json `share_probe`): its boot (cloud-init)
-    finished and it sees the share marker."""
+    """Until each of pool.aws `ready_ports` answers or, without them, the node answers the runner's share probe
+    (runner.json `share_probe`): its boot (cloud-init) finished and it sees the share marker."""
+    ports = config["pool"]["aws"].get("ready_ports")
+    if ports:
+        wait_ports(node, list(ports), time.monotonic() + timeout, 5.0)
+        return
     probe, marker = config.get("share_probe"), config.get("share_marker")
     if not (probe and marker):
         return
@@ -146,6 +156,7 @@ def act(action: str, node: str, root: Path) -> str | None:
     for key in REQUIRED:
         if not isinstance(settings.get(key), str) or not settings[key]:
             raise ValueError(f"{root / 'runner.json'}: pool.aws.{key} is missing")
+    use_object_libs(config.get("object_libs"))
     ec2 = client(settings)
     if action == "suspend":
         return suspend(ec2, settings, node)

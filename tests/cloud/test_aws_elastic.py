@@ -57,6 +57,11 @@ def test_checked_in_template_is_the_rendered_one() -> None:
 
 
 def test_cfn_lint_reports_nothing(template: dict[str, Any]) -> None:
+    assert_lints_clean(template)
+
+
+def assert_lints_clean(template: dict[str, Any]) -> None:
+    """cfn-lint finds nothing in an elastic template, and does find a broken compute launch template."""
     from cfnlint.api import ManualArgs, lint
 
     matches = lint(json.dumps(template), config=ManualArgs(regions=["us-east-1", "eu-west-1"]))
@@ -81,21 +86,32 @@ def test_the_efa_variant_launches_compute_nodes_on_efa_interfaces() -> None:
 
 
 def test_checkov_is_clean_apart_from_justified_skips() -> None:
+    assert_checkov_clean(TEMPLATE, CHECKOV_SKIPS)
+
+
+def assert_checkov_clean(path: Path, skips: set[str]) -> None:
+    """checkov fails no check on the template at `path` but the justified `skips`, and passes many."""
     checkov = Path(sys.executable).with_name("checkov")
-    done = subprocess.run([str(checkov), "-f", str(TEMPLATE), "--framework", "cloudformation", "--skip-download",
+    done = subprocess.run([str(checkov), "-f", str(path), "--framework", "cloudformation", "--skip-download",
                            "--quiet", "--compact", "-o", "json"], capture_output=True, text=True, timeout=300)
     report = json.loads(done.stdout)
     failed = {f["check_id"] for f in report["results"]["failed_checks"]}
-    assert failed <= CHECKOV_SKIPS, failed
+    assert failed <= skips, failed
     assert report["summary"]["passed"] > 50
 
 
-def test_only_the_head_at_deploy_and_a_launch_template_for_the_rest(template: dict[str, Any]) -> None:
+def head_only(template: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An elastic template's resources (Node0 its only instance, no node count) and its compute launch template's
+    data."""
     resources = template["Resources"]
     assert [n for n, r in resources.items() if r["Type"] == "AWS::EC2::Instance"] == ["Node0"]
     assert "NodeCount" not in template["Parameters"] and not any(c.startswith("HasNode")
                                                                  for c in template["Conditions"])
-    data = resources["ComputeLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    return resources, resources["ComputeLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+
+
+def test_only_the_head_at_deploy_and_a_launch_template_for_the_rest(template: dict[str, Any]) -> None:
+    resources, data = head_only(template)
     assert data["ImageId"] == resources["Node0"]["Properties"]["ImageId"]
     assert data["InstanceType"] == {"Ref": "InstanceType"} and data["KeyName"] == {"Ref": "KeyName"}
     assert data["IamInstanceProfile"] == {"Arn": {"Fn::GetAtt": ["NodeProfile", "Arn"]}}  # the workers' role
@@ -187,7 +203,7 @@ def deployed() -> Iterator[Deployed]:
                        resources["SecurityGroup"], resources["ComputeLaunchTemplate"], body)
 
 
-def _instances(ec2: Any, node: str) -> list[dict[str, Any]]:
+def instances(ec2: Any, node: str) -> list[dict[str, Any]]:
     found = ec2.describe_instances(Filters=[{"Name": f"tag:{NODE_TAG}", "Values": [node]}])
     return [i for r in found["Reservations"] for i in r["Instances"]]
 
@@ -294,7 +310,7 @@ def test_resume_launches_from_the_deployed_template_and_returns_once_the_node_is
         time.sleep(0.2)
     time.sleep(1.0)
     assert proc.poll() is None  # running, but not usable yet: resume has not returned
-    [made] = _instances(ec2, "node1")
+    [made] = instances(ec2, "node1")
     assert made["State"]["Name"] == "running"
     (head.ready / "node1").touch()  # its boot finished and it sees the share
     assert _done(proc).startswith(f"resume node1: {made['InstanceId']}")
@@ -330,7 +346,7 @@ def test_suspend_stops_then_resume_starts_the_same_instance_and_terminate_forget
     (head.ready / "node2").touch()
     first = _done(_action(head, "resume", "node2")).split()[-1]
     assert _done(_action(head, "suspend", "node2")) == f"suspend node2: {first}\n"
-    assert [i["State"]["Name"] for i in _instances(ec2, "node2")] == ["stopped"]
+    assert [i["State"]["Name"] for i in instances(ec2, "node2")] == ["stopped"]
     assert _done(_action(head, "resume", "node2")).split()[-1] == first  # its disk back
     # terminate: the next resume is a fresh instance with a new host key, so the old one is forgotten
     config = json.loads((head.root / "runner.json").read_text())
@@ -342,7 +358,7 @@ def test_suspend_stops_then_resume_starts_the_same_instance_and_terminate_forget
     known = Path(head.env["HOME"]) / ".ssh" / "known_hosts"
     known.write_text(f"node2 {public}\n10.0.0.12 {public}\nnode3 {public}\n")
     assert _done(_action(head, "suspend", "node2")) == f"suspend node2: {first}\n"
-    assert [i["State"]["Name"] for i in _instances(ec2, "node2")] == ["terminated"]
+    assert [i["State"]["Name"] for i in instances(ec2, "node2")] == ["terminated"]
     fresh = _done(_action(head, "resume", "node2")).split()[-1]
     assert fresh != first
     assert known.read_text() == f"node3 {public}\n"
@@ -350,18 +366,23 @@ def test_suspend_stops_then_resume_starts_the_same_instance_and_terminate_forget
 
 
 def test_the_deployed_head_policy_allows_only_this_template_and_cluster(deployed: Deployed) -> None:
-    iam = deployed.client("iam")
+    assert_head_policy(deployed.client("iam"), STACK, REGION, deployed.template_id)
+
+
+def assert_head_policy(iam: Any, stack: str, region: str, template_id: str) -> None:
+    """The deployed head role's node-actions policy (read back from IAM) is node_actions_policy with the deployed
+    ARNs, the node role has none, and the IAM evaluator allows only the cluster's template, tag and node role."""
     roles = {r["RoleName"]: r for r in iam.list_roles()["Roles"]}
     head_role = next(n for n in roles if "HeadRole" in n)
     node_role = next(n for n in roles if "NodeRole" in n)
     policy = iam.get_role_policy(RoleName=head_role, PolicyName="node-actions")["PolicyDocument"]
     account = roles[node_role]["Arn"].split(":")[4]
-    assert policy == node_actions_policy(STACK, REGION, account, deployed.template_id, roles[node_role]["Arn"])
+    assert policy == node_actions_policy(stack, region, account, template_id, roles[node_role]["Arn"])
     assert "node-actions" not in iam.list_role_policies(RoleName=node_role)["PolicyNames"]
-    ec2 = f"arn:aws:ec2:{REGION}:{account}"
-    mine, other = f"{ec2}:launch-template/{deployed.template_id}", f"{ec2}:launch-template/lt-0other"
+    ec2 = f"arn:aws:ec2:{region}:{account}"
+    mine, other = f"{ec2}:launch-template/{template_id}", f"{ec2}:launch-template/lt-0other"
     instance = f"{ec2}:instance/i-0abc"
-    tagged = {"ec2:LaunchTemplate": mine, f"aws:RequestTag/{CLUSTER_TAG}": STACK}
+    tagged = {"ec2:LaunchTemplate": mine, f"aws:RequestTag/{CLUSTER_TAG}": stack}
     assert evaluate(policy, "ec2:RunInstances", mine, {"ec2:LaunchTemplate": mine}) == "allow"
     assert evaluate(policy, "ec2:RunInstances", instance, tagged) == "allow"
     assert evaluate(policy, "ec2:RunInstances", other, {"ec2:LaunchTemplate": other}) == "implicit-deny"
@@ -370,7 +391,7 @@ def test_the_deployed_head_policy_allows_only_this_template_and_cluster(deployed
     assert evaluate(policy, "ec2:RunInstances", instance,
                     {**tagged, f"aws:RequestTag/{CLUSTER_TAG}": "other"}) == "implicit-deny"
     for action in ("ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"):
-        assert evaluate(policy, action, instance, {f"ec2:ResourceTag/{CLUSTER_TAG}": STACK}) == "allow"
+        assert evaluate(policy, action, instance, {f"ec2:ResourceTag/{CLUSTER_TAG}": stack}) == "allow"
         assert evaluate(policy, action, instance, {f"ec2:ResourceTag/{CLUSTER_TAG}": "other"}) == "implicit-deny"
         assert evaluate(policy, action, instance, {}) == "implicit-deny"
     assert evaluate(policy, "iam:PassRole", roles[node_role]["Arn"],
@@ -387,7 +408,7 @@ def test_a_broken_runner_json_or_command_line_is_one_line_naming_the_field(deplo
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and out == ""
     assert err == f"resume node3: ValueError: {head.root / 'runner.json'}: pool.aws.launch_template_id is missing\n"
-    assert _instances(deployed.client("ec2"), "node3") == []
+    assert instances(deployed.client("ec2"), "node3") == []
     done = subprocess.run(["/usr/bin/python3", str(head.opt / "ec2_nodes.py"), "reboot", "node3"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and done.stderr == "usage: ec2_nodes.py resume|suspend --root ROOT NODE\n"
@@ -421,7 +442,7 @@ def test_a_second_deploy_and_an_update_keep_the_head_and_reach_the_next_launch(d
         assert len(listed["LaunchTemplateVersions"]) == versions
     (head.ready / "node5").touch()
     launched = _done(_action(head, "resume", "node5")).split()[-1]
-    [made] = [i for i in _instances(ec2, "node5") if i["InstanceId"] == launched]
+    [made] = [i for i in instances(ec2, "node5") if i["InstanceId"] == launched]
     tags = {t["Key"]: t["Value"] for t in made["Tags"]}
     assert (tags["aws:ec2launchtemplate:version"], tags["mpicloud:slots"], tags["mpicloud:idle-minutes"]) == (
         "2", "4", "30")

@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "Aws'Only\"Secret-77!"
 
 
-@pytest.fixture()
-def spec(monkeypatch: pytest.MonkeyPatch) -> ClusterSpec:
+@pytest.fixture(params=["aws-windows.yaml", "aws-windows-elastic.yaml"])
+def spec(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> ClusterSpec:
     monkeypatch.setenv("MPICLOUD_ADMIN_PASSWORD", PASSWORD)
-    return load_spec(ROOT / "examples" / "aws-windows.yaml")
+    return load_spec(ROOT / "examples" / request.param)
 
 
 def _task(text: str) -> str:
@@ -73,7 +73,8 @@ def test_nodes_rename_then_reboot_and_get_fixed_names(spec: ClusterSpec) -> None
     task = _task(powershell.user_data(spec))
     assert "Rename-Computer -NewName $name -Force; exit 3010" in task
     script = windows_bootstrap.bootstrap_ps1(spec)
-    assert "$NodeIps = @('10.0.0.10', '10.0.0.11', '10.0.0.12', '10.0.0.13')" in script
+    ips = ", ".join(f"'10.0.0.{10 + i}'" for i in range(spec.node_count))  # elastic: the head and every compute node
+    assert f"$NodeIps = @({ips})" in script and spec.node_count in (4, 9)
     assert "Add-LocalGroupMember -SID 'S-1-5-32-544' -Member $AdminUser" in script
 
 

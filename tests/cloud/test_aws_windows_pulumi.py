@@ -122,3 +122,46 @@ def test_nodes_boot_ec2launch_with_their_index_and_secret_tags(spec: ClusterSpec
                     and typ != "aws:index/provider:Provider":
                 assert inputs.get("tags", {}).get("mpicloud:cluster") == "winaws", (typ, name)
     return done.apply(check)
+
+
+@pulumi.runtime.test
+def test_elastic_cluster_is_the_head_and_a_windows_launch_template(monkeypatch: pytest.MonkeyPatch) -> pulumi.Output[
+        Any]:
+    """The same resources and head policy as templates/cloudformation/windows-cluster-elastic.json."""
+    import base64
+
+    from mpicloud.render.aws.cfn_windows import ROOT_DEVICE
+    from mpicloud.render.elastic_iam import node_actions_policy
+    from tests.cloud.test_aws_pulumi import ACCOUNT
+
+    monkeypatch.setenv("MPICLOUD_ADMIN_PASSWORD", "not-this-one")
+    spec = load_spec(ROOT / "examples" / "aws-windows-elastic.yaml")
+    mocks = Mocks()
+    pulumi.runtime.set_mocks(mocks, preview=False)
+    cluster = program.MpiCluster(spec.name, program.MpiClusterArgs(spec, PASSWORD))
+    assert cluster.nodes.launch_template is not None
+    waited = [*cluster.nodes.instances, cluster.nodes.launch_template, *cluster.identity.policies]
+
+    def check(_: Any) -> None:
+        (head,) = _of(mocks.seen, "ec2/instance:Instance")
+        assert head["iamInstanceProfile"] == "winburst-id-head-profile"
+        assert head["tags"]["mpicloud:launch-template"] == "winburst-nodes-compute_id"
+        assert head["tags"][powershell.TAG_INDEX] == "0" and head["tags"]["mpicloud:nodes"] == "9"
+        (template,) = _of(mocks.seen, "ec2/launchTemplate:LaunchTemplate")
+        assert template["iamInstanceProfile"] == {"name": "winburst-id-profile"} and "keyName" not in template
+        assert template["blockDeviceMappings"][0]["deviceName"] == ROOT_DEVICE
+        assert base64.b64decode(template["userData"]).decode() == powershell.user_data(spec) == head["userData"]
+        tags = {t["resourceType"]: t["tags"] for t in template["tagSpecifications"]}["instance"]
+        assert tags[powershell.TAG_SECRET] == "arn:aws:mock:::winburst-id-admin-password"
+        assert powershell.TAG_INDEX not in tags and tags["mpicloud:nodes"] == "9"
+        assert not any(_holds(inputs, PASSWORD) for t, _, inputs in mocks.seen
+                       if t != "aws:secretsmanager/secretVersion:SecretVersion")
+        attached = {n: p for t, n, p in mocks.seen if t == "aws:iam/rolePolicy:RolePolicy"}
+        assert attached["winburst-id-head-node-actions"]["role"] == "winburst-id-head-role_id"
+        assert json.loads(attached["winburst-id-head-node-actions"]["policy"]) == node_actions_policy(
+            "winburst", "eu-west-1", ACCOUNT, "winburst-nodes-compute_id", "arn:aws:mock:::winburst-id-role")
+        # the head reads the administrator password as the nodes do; only it acts on nodes
+        assert attached["winburst-id-head-admin-password"]["policy"] == attached["winburst-id-admin-password"][
+            "policy"]
+        assert not any("ec2:" in p["policy"] for n, p in attached.items() if "-head-" not in n)
+    return pulumi.Output.all(*[r.id for r in waited]).apply(check)

@@ -77,7 +77,8 @@ def test_script_embeds_the_runner_and_helpers_exactly(azure_spec: ClusterSpec) -
         members = tar.getmembers()
         bundled = {m.name: tar.extractfile(m).read() for m in members}  # type: ignore[union-attr]
     assert all(m.isfile() and m.mode == 0o755 and m.mtime == 0 for m in members)
-    assert bundled == {n: without_docstrings(d) if n.endswith(".py") else d for n, d in runner_files("windows").items()}
+    expected = runner_files("windows", "azure")
+    assert bundled == {n: without_docstrings(d) if n.endswith(".py") else d for n, d in expected.items()}
     assert "slurm_backend.py" not in bundled  # Linux only
     for name in ("start-runner.ps1", "stop-cluster.ps1"):
         assert files[name] == (provision_dir() / "windows" / name).read_bytes()

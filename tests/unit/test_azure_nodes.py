@@ -200,7 +200,7 @@ def test_the_rendered_runner_json_drives_the_compact_bundles_script_on_the_wire(
 
     shared, root, install = tmp_path / "shared", tmp_path / "root", tmp_path / "install"
     spec, runner_json = _head_runner_json(os_name, shared, root)
-    with tarfile.open(fileobj=io.BytesIO(runner_bundle(os_name, compact=True))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(runner_bundle(os_name, compact=True, cloud="azure"))) as tar:
         tar.extractall(install, filter="data")
     platform = spec.target.platform
     head, node = platform.node_name(0), platform.node_name(2)
@@ -214,7 +214,7 @@ def test_the_rendered_runner_json_drives_the_compact_bundles_script_on_the_wire(
 
     config = json.loads(runner_json.read_text())
     config["pool"]["azure"]["imds"] = settings["imds"]  # the test's metadata endpoint instead of 169.254.169.254
-    ready = config["pool"]["azure"].pop("ready_ports")  # node names do not resolve here: wait_ready is tested below
+    ready = config["pool"]["azure"].pop("ready_ports")  # node names do not resolve here: wait_ports is tested below
     assert ready == ([22] if os_name == "linux" else [22, 8677])
     runner_json.write_text(json.dumps(config))
     configure = azure.configure_command(spec, None if os_name == "linux" else settings["arm"])  # Windows: --arm
@@ -262,14 +262,14 @@ def test_resume_waits_until_the_node_answers_on_its_ready_ports() -> None:
     thread.start()
     try:
         started = time.monotonic()
-        azure_nodes.wait_ready("127.0.0.1", [port], time.monotonic() + 20, 0.05)
+        azure_nodes.wait_ports("127.0.0.1", [port], time.monotonic() + 20, 0.05)
         assert time.monotonic() - started >= 0.4 and opened  # it waited for the listener
     finally:
         thread.join()
         for server in opened:
             server.close()
     with pytest.raises(TimeoutError, match=f"127.0.0.1 runs but its port {port} does not answer"):
-        azure_nodes.wait_ready("127.0.0.1", [port], time.monotonic() + 0.3, 0.05)
+        azure_nodes.wait_ports("127.0.0.1", [port], time.monotonic() + 0.3, 0.05)
 
 
 def test_an_unconfigured_pool_is_one_clear_error(tmp_path: Path) -> None:

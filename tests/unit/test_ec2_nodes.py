@@ -41,3 +41,21 @@ def test_a_launch_uses_the_template_the_placement_group_and_the_cluster_tags() -
                             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                                   {"ResourceType": "volume", "Tags": tags},
                                                   {"ResourceType": "network-interface", "Tags": tags}]}]
+
+
+def test_wait_ready_with_ready_ports_waits_for_each_port_not_the_share_probe() -> None:
+    import socket
+    import time
+
+    import pytest
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        config = {"pool": {"aws": {"ready_ports": [port]}}, "share_probe": ["false"], "share_marker": "/x"}
+        started = time.monotonic()
+        ec2_nodes.wait_ready(config, "127.0.0.1", timeout=20)  # the probe (`false`) would never answer
+        assert time.monotonic() - started < 5
+    with pytest.raises(TimeoutError, match=f"127.0.0.1 runs but its port {port} does not answer"):
+        ec2_nodes.wait_ready(config, "127.0.0.1", timeout=0.1)

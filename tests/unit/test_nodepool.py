@@ -27,7 +27,7 @@ def compact_runner(folder: Path) -> Path:
     after checking that its pool files are byte for byte the Windows bootstrap's: runner.py there."""
     bundles = {}
     for os_name in ("linux", "windows"):
-        with tarfile.open(fileobj=io.BytesIO(runner_bundle(os_name, compact=True))) as tar:
+        with tarfile.open(fileobj=io.BytesIO(runner_bundle(os_name, compact=True, cloud="azure"))) as tar:
             bundles[os_name] = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
     for name in ("autoscale.py", "nodepool.py", "azure_nodes.py", "runner.py", "mpicloud/protocol/pool.py"):
         assert bundles["windows"][name] == bundles["linux"][name], name

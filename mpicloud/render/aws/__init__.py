@@ -21,6 +21,8 @@ TAG_NODES, TAG_SLOTS, TAG_SSM_PREFIX, TAG_IDLE, TAG_KMS_KEY = (
 TAG_SHARED_VOLUME = "mpicloud:shared-volume"
 #: on an elastic cluster's head only: the compute nodes' launch template (node-env.sh -> runner.json pool.aws)
 TAG_LAUNCH_TEMPLATE = "mpicloud:launch-template"
+#: instance tags only Windows nodes read: the node's index and the ARN of the admin password's secret
+TAG_INDEX, TAG_SECRET = "mpicloud:index", "mpicloud:secret"
 #: where the shared volume is attached on the head node (Nitro instances show it as an NVMe device)
 SHARED_VOLUME_DEVICE = "/dev/sdf"
 T = TypeVar("T")

@@ -1,6 +1,8 @@
 """CloudFormation template of a Windows MS-MPI cluster (templates/cloudformation/windows-cluster.json), Launch Stack
 ready: the Linux template's network, security group, node role and node-count conditions, plus RDP from the allowed
-network, a generated administrator password in Secrets Manager, the bootstrap in SSM and EC2Launch v2 user data."""
+network, a generated administrator password in Secrets Manager, the bootstrap in SSM and EC2Launch v2 user data. An
+elastic spec gives the head node alone and a launch template its runner starts compute nodes from, as the Linux
+template does (templates/cloudformation/windows-cluster-elastic.json)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 
 from mpicloud.errors import RenderError
 from mpicloud.render import cloudformation as cfn
-from mpicloud.render.aws import METADATA_OPTIONS, RDP_PORT, admin_secret_policy, node_tags
+from mpicloud.render.aws import RDP_PORT, TAG_INDEX, TAG_LAUNCH_TEMPLATE, TAG_SECRET, admin_secret_policy
 from mpicloud.render.aws import powershell as aws_powershell
 from mpicloud.render.aws.cloud_init import node_addresses
 from mpicloud.render.windows_bootstrap import bootstrap_ps1
@@ -31,6 +33,12 @@ def template_spec() -> ClusterSpec:
                            "aws": {"subnet_cidr": "10.0.0.0/23"}})
 
 
+def elastic_template_spec() -> ClusterSpec:
+    """The spec of the checked-in elastic template: the head node and 0 to 16 compute nodes."""
+    return spec_from_dict({**template_spec().model_dump(mode="json", exclude_none=True),
+                           "nodes": {"min": 0, "max": 16}})
+
+
 def _parameters(spec: ClusterSpec) -> dict[str, Any]:
     params = {k: v for k, v in cfn._parameters(spec).items() if k not in ("KeyName", "SharedVolumeGb")}
     params["LatestImageId"] = {**params["LatestImageId"], "Description": (
@@ -41,8 +49,8 @@ def _parameters(spec: ClusterSpec) -> dict[str, Any]:
     return params
 
 
-def _windows() -> dict[str, Any]:
-    """RDP from the allowed network, the generated password and the node role's read access to it only."""
+def _windows(roles: list[str]) -> dict[str, Any]:
+    """RDP from the allowed network, the generated password and the node roles' read access to it only."""
     return {
         "RdpIngress": {"Type": "AWS::EC2::SecurityGroupIngress", "Properties": {
             "GroupId": _ref("SecurityGroup"), "IpProtocol": "tcp", "FromPort": RDP_PORT, "ToPort": RDP_PORT,
@@ -54,23 +62,9 @@ def _windows() -> dict[str, Any]:
                                                        "RequireEachIncludedType": True},
                               "Tags": cfn._tags()}},
         "NodeAdminPasswordPolicy": {"Type": "AWS::IAM::Policy", "Properties": {
-            "PolicyName": "admin-password", "Roles": [_ref("NodeRole")],
+            "PolicyName": "admin-password", "Roles": [_ref(r) for r in roles],
             "PolicyDocument": admin_secret_policy(_ref("AdminPassword"))}},
     }
-
-
-def _launch_template(user_data: str) -> dict[str, Any]:
-    data = {
-        "UserData": {"Fn::Base64": user_data},
-        "MetadataOptions": {"".join(w.capitalize() for w in k.split("_")): v for k, v in METADATA_OPTIONS.items()},
-        "BlockDeviceMappings": [{"DeviceName": ROOT_DEVICE, "Ebs": {
-            "Encrypted": True, "VolumeSize": _ref("RootVolumeGb"), "VolumeType": "gp3", "DeleteOnTermination": True}}],
-        "Placement": {"GroupName": _ref("PlacementGroup")}, "EbsOptimized": True, "Monitoring": {"Enabled": True},
-        "InstanceInitiatedShutdownBehavior": "stop",
-        "TagSpecifications": [{"ResourceType": "volume", "Tags": cfn._tags()}],
-    }
-    return {"NodeLaunchTemplate": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
-        "LaunchTemplateData": data, "TagSpecifications": [{"ResourceType": "launch-template", "Tags": cfn._tags()}]}}}
 
 
 def _parts(script: str) -> dict[str, Any]:
@@ -82,17 +76,22 @@ def _parts(script: str) -> dict[str, Any]:
         for i, (name, value) in enumerate(sorted(aws_powershell.script_parameters(cfn.PREFIX, script).items()))}
 
 
-def _node(index: int, ips: list[str], parts: list[str]) -> dict[str, Any]:
-    tags = {**node_tags(_ref("NodeCount"), _ref("SlotsPerNode"), {"Fn::Sub": cfn.PREFIX},
-                        _ref("IdleShutdownMinutes"), _ref("SecretsKey")),
-            aws_powershell.TAG_INDEX: str(index), aws_powershell.TAG_SECRET: _ref("AdminPassword"),
-            "Name": {"Fn::Sub": f"${{AWS::StackName}}-N{index}"}}
+def _node_tags(spec: ClusterSpec) -> dict[str, Any]:
+    """The tags every Windows node reads at boot (its index aside)."""
+    return {**cfn.node_tags_of(spec), TAG_SECRET: _ref("AdminPassword")}
+
+
+def _node(spec: ClusterSpec, index: int, ips: list[str], parts: list[str]) -> dict[str, Any]:
+    head = index == 0 and spec.elastic is not None  # the elastic head: its own role, and the compute template's id
+    tags = {**_node_tags(spec), TAG_INDEX: str(index), "Name": {"Fn::Sub": f"${{AWS::StackName}}-N{index}"},
+            **({TAG_LAUNCH_TEMPLATE: _ref("ComputeLaunchTemplate")} if head else {})}
     node: dict[str, Any] = {"Type": "AWS::EC2::Instance",
                             "DependsOn": ["DefaultRoute", "NodeSecretsPolicy", "NodeAdminPasswordPolicy", *parts],
                             "Properties": {
         "LaunchTemplate": {"LaunchTemplateId": _ref("NodeLaunchTemplate"),
                            "Version": {"Fn::GetAtt": ["NodeLaunchTemplate", "LatestVersionNumber"]}},
-        "ImageId": cfn.IMAGE, "InstanceType": _ref("InstanceType"), "IamInstanceProfile": _ref("NodeProfile"),
+        "ImageId": cfn.IMAGE, "InstanceType": _ref("InstanceType"),
+        "IamInstanceProfile": _ref("HeadProfile" if head else "NodeProfile"),
         "NetworkInterfaces": [{"DeviceIndex": "0", "SubnetId": _ref("Subnet"), "PrivateIpAddress": ips[index],
                                "GroupSet": [_ref("SecurityGroup")], "AssociatePublicIpAddress": True,
                                "DeleteOnTermination": True}],
@@ -105,6 +104,7 @@ def _node(index: int, ips: list[str], parts: list[str]) -> dict[str, Any]:
 def _outputs(spec: ClusterSpec) -> dict[str, Any]:
     user = spec.admin.username
     return {
+        **cfn.elastic_outputs(spec),
         "HeadPublicIp": {"Description": "public address of N0 (the head node)",
                          "Value": {"Fn::GetAtt": ["Node0", "PublicIp"]}},
         "AttachCommand": {"Description": "register the cluster with mpicloud (the password from the secret, in the "
@@ -120,26 +120,44 @@ def _outputs(spec: ClusterSpec) -> dict[str, Any]:
 
 
 def windows_template(spec: ClusterSpec | None = None) -> dict[str, Any]:
-    """The Windows cluster template as a dict."""
+    """The Windows cluster template as a dict (elastic spec: the head node and the compute launch template)."""
     spec = spec or template_spec()
-    ips = node_addresses(spec.aws_options.subnet_cidr, cfn.MAX_TEMPLATE_NODES)
+    elastic = spec.elastic is not None
+    nodes = 1 if elastic else cfn.MAX_TEMPLATE_NODES
+    if spec.node_count > cfn.MAX_TEMPLATE_NODES:
+        raise RenderError(f"the CloudFormation template has at most {cfn.MAX_TEMPLATE_NODES} nodes; use Pulumi for "
+                          f"{spec.node_count}")
+    ips = node_addresses(spec.aws_options.subnet_cidr, spec.node_count if elastic else cfn.MAX_TEMPLATE_NODES)
     script = bootstrap_ps1(spec)
     parts = _parts(script)
-    resources = {**cfn._network(spec), **cfn._security(), **cfn._iam(), **_windows(),
-                 **_launch_template(aws_powershell.user_data(spec, script)), **parts}
-    resources.update({f"Node{i}": _node(i, ips, sorted(parts)) for i in range(cfn.MAX_TEMPLATE_NODES)})
+    # every node's user data is the same (a node reads its index from its tags): the head keeps it
+    user_data = {"Fn::Base64": aws_powershell.user_data(spec, script)}
+    resources = {**cfn._network(spec), **cfn._security(), **cfn._iam(elastic),
+                 **_windows(["NodeRole", "HeadRole"] if elastic else ["NodeRole"]),
+                 **cfn._launch_template(user_data, root_device=ROOT_DEVICE), **parts,
+                 **(cfn.compute_launch_template(user_data, _node_tags(spec), root_device=ROOT_DEVICE, key=False)
+                    if elastic else {})}
+    resources.update({f"Node{i}": _node(spec, i, ips, sorted(parts)) for i in range(nodes)})
+    kind = "elastic Windows MS-MPI cluster (head node; compute nodes started by its runner)" if elastic \
+        else "Windows MS-MPI cluster"
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
-        "Description": "mpicloud Windows MS-MPI cluster (generated by mpicloud.render.aws.cfn_windows; do not edit)",
-        "Parameters": _parameters(spec), "Conditions": cfn._conditions(), "Resources": resources,
+        "Description": f"mpicloud {kind} (generated by mpicloud.render.aws.cfn_windows; do not edit)",
+        "Parameters": _parameters(spec), "Conditions": cfn._conditions(nodes), "Resources": resources,
         "Outputs": _outputs(spec),
     }
 
 
-def windows_template_json() -> str:
+def windows_template_json(spec: ClusterSpec | None = None) -> str:
     """templates/cloudformation/windows-cluster.json (indent 1, as the Linux template, under the size limit)."""
-    text = json.dumps(windows_template(), sort_keys=True, indent=1) + "\n"
+    text = json.dumps(windows_template(spec), sort_keys=True, indent=1) + "\n"
     if len(text.encode()) > cfn.TEMPLATE_LIMIT:
         raise RenderError(f"the Windows template is {len(text)} bytes; CloudFormation reads at most "
-                         f"{cfn.TEMPLATE_LIMIT}")
+                          f"{cfn.TEMPLATE_LIMIT}")
     return text
+
+
+def windows_elastic_template_json() -> str:
+    """templates/cloudformation/windows-cluster-elastic.json: the head node and a launch template for 0 to 16
+    compute nodes (elastic_template_spec)."""
+    return windows_template_json(elastic_template_spec())

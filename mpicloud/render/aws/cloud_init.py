@@ -13,7 +13,7 @@ from mpicloud.assets import runner_files
 from mpicloud.errors import RenderError
 from mpicloud.render import cloud_config as linux
 from mpicloud.render.cloud_config import OPT, CloudParts
-from mpicloud.render.runner_config import pool_config, runner_root
+from mpicloud.render.runner_config import NODE_PYTHON, pool_config, runner_root
 from mpicloud.render.templating import gzip_base64
 from mpicloud.spec.model import ClusterSpec
 
@@ -21,8 +21,6 @@ from mpicloud.spec.model import ClusterSpec
 USER_DATA_LIMIT = 16384
 #: characters per SSM parameter holding a piece of the runner (standard tier: at most 4096)
 RUNNER_CHUNK = 4000
-#: the head's node actions run on Debian 12's own Python (python3-boto3)
-NODE_PYTHON = "/usr/bin/python3"
 
 
 def node_addresses(subnet_cidr: str, count: int) -> list[str]:
@@ -52,18 +50,23 @@ def _fetch_runner_command() -> list[str]:
     return ["bash", f"{OPT}/fetch-runner.sh", *items]
 
 
-def pool(spec: ClusterSpec) -> dict[str, Any] | None:
+def pool(spec: ClusterSpec, ready_ports: tuple[int, ...] = (), index_tag: str | None = None) -> dict[str, Any] | None:
     """runner.json's `pool` of an elastic cluster: the head's ec2_nodes.py as node actions, and `aws` with what
-    the spec knows (suspend, every compute node's fixed address). cluster-files.sh fills in at boot what only the
-    deployment knows, from the head's instance tags: region, launch_template_id, cluster."""
+    the spec knows (suspend, every compute node's fixed address). The head fills in at boot what only the
+    deployment knows, from its instance tags (Linux: cluster-files.sh; Windows: the bootstrap): region,
+    launch_template_id, cluster. Windows: `ready_ports` (a node is usable once each answers) and `index_tag`
+    (launched with the node's index, which its bootstrap reads)."""
     if spec.elastic is None:
         return None
     root, ips = runner_root(spec.shared_storage.path), node_addresses(spec.aws_options.subnet_cidr, spec.node_count)
-    script = [NODE_PYTHON, f"{OPT}/ec2_nodes.py"]
-    settings = {"region": None, "launch_template_id": None, "cluster": None,
-                # the launch template puts the nodes in the placement group
-                "placement_group": None, "suspend": spec.aws_options.suspend,
-                "addresses": dict(zip(spec.node_names[1:], ips[1:], strict=True))}
+    script = [NODE_PYTHON[spec.os], spec.target.platform.path("ec2_nodes.py")]
+    settings: dict[str, Any] = {
+        "region": None, "launch_template_id": None, "cluster": None,
+        # the launch template puts the nodes in the placement group
+        "placement_group": None, "suspend": spec.aws_options.suspend,
+        "addresses": dict(zip(spec.node_names[1:], ips[1:], strict=True)),
+        **({"ready_ports": list(ready_ports)} if ready_ports else {}),
+        **({"node_tags": {n: {index_tag: str(i)} for i, n in enumerate(spec.node_names) if i}} if index_tag else {})}
     return {**pool_config(spec, [*script, "resume", "--root", root], [*script, "suspend", "--root", root]),
             "aws": settings}
 

@@ -8,15 +8,13 @@ import base64
 import math
 
 from mpicloud.errors import RenderError
-from mpicloud.render.aws import TAG_IDLE, TAG_NODES, TAG_SLOTS, TAG_SSM_PREFIX
+from mpicloud.render.aws import TAG_IDLE, TAG_INDEX, TAG_NODES, TAG_SECRET, TAG_SLOTS, TAG_SSM_PREFIX
 from mpicloud.render.aws.cloud_init import RUNNER_CHUNK, USER_DATA_LIMIT
 from mpicloud.render.quoting import powershell_quote
 from mpicloud.render.templating import gzip_base64
 from mpicloud.render.windows_bootstrap import DATA_DIR, bootstrap_ps1, script_sha256
 from mpicloud.spec.model import ClusterSpec
 
-#: instance tags only Windows nodes read: the node's index and the ARN of the admin password's secret
-TAG_INDEX, TAG_SECRET = "mpicloud:index", "mpicloud:secret"
 SCRIPT = f"{DATA_DIR}\\bootstrap.ps1"
 #: EC2Launch v2 reboots and runs the task again when a script exits with this code (the rename needs a reboot)
 REBOOT = 3010

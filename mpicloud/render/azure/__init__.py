@@ -8,9 +8,8 @@ from typing import Any
 
 from mpicloud.errors import RenderError
 from mpicloud.protocol.pool import AZURE_COMPUTE_API
-from mpicloud.render.runner_config import pool_config, runner_root
+from mpicloud.render.runner_config import NODE_PYTHON, pool_config, runner_root
 from mpicloud.spec.model import ClusterSpec
-from mpicloud.spec.targets import WINDOWS
 
 COMPUTE_API = AZURE_COMPUTE_API  # the head's node actions call the same version
 NETWORK_API = "2024-05-01"
@@ -31,9 +30,6 @@ INFINIBAND_NAME = "infiniband"
 DEALLOCATE_ACTIONS = ("Microsoft.Compute/virtualMachines/read", "Microsoft.Compute/virtualMachines/deallocate/action")
 #: an elastic cluster's head also starts its compute VMs again (provision/runner/azure_nodes.py); nothing else
 ELASTIC_ACTIONS = (*DEALLOCATE_ACTIONS, "Microsoft.Compute/virtualMachines/start/action")
-#: the Python the head runs azure_nodes.py with: Debian/Ubuntu's own (stdlib only), or the one the Windows bootstrap
-#: installs
-NODE_PYTHON = {"linux": "/usr/bin/python3", "windows": WINDOWS.python[0]}
 #: an elastic cluster's compute VM unreachable this long is replaced (deallocated, started again): longer than the
 #: pool's default (2 minutes), which a VM still provisioning after the deployment would exceed
 REPLACE_UNREACHABLE_SECONDS = 1800.0
