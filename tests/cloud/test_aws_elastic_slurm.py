@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -19,11 +20,13 @@ from mpicloud.render.aws.cloud_init import cloud_config, node_addresses, user_da
 from mpicloud.render.cloud_config import CLOUD_RESUME_TIMEOUT, CLOUD_SUSPEND_TIMEOUT, SLURM_ADMIN
 from mpicloud.render.cloudformation import cluster_template
 from mpicloud.spec import ClusterSpec
-from tests.cloud.test_aws_elastic import assert_lints_clean
+from tests.cloud import test_aws_elastic as elastic
 from tests.specdata import aws_spec
 
 LINUX = provision_dir() / "linux"
 MAX, MIN = 3, 1
+#: the moto deployment of the elastic template and its head's runner.json (fixtures of test_aws_elastic.py)
+deployed, head = elastic.deployed, elastic.head
 LOGGER = '#!/bin/bash\necho "$(basename "$0") $*" >> "$FAKE_LOG"\n'
 
 
@@ -70,8 +73,8 @@ def _boot(tmp_path: Path, index: int | None) -> Path:
 
 
 def test_head_and_workers_list_the_compute_nodes_as_cloud_nodes_at_their_fixed_addresses(tmp_path: Path) -> None:
-    head, worker = _boot(tmp_path, 0), _boot(tmp_path, None)
-    conf = (head / "etc" / "slurm" / "slurm.conf").read_text()
+    node0, worker = _boot(tmp_path, 0), _boot(tmp_path, None)
+    conf = (node0 / "etc" / "slurm" / "slurm.conf").read_text()
     assert (worker / "etc" / "slurm" / "slurm.conf").read_text() == conf  # one slurm.conf on every node
     assert (worker / "etc" / "hostname").read_text() == "node2\n"  # the worker found its name from its address
     ips = node_addresses(_spec().aws_options.subnet_cidr, MAX + 1)
@@ -153,7 +156,7 @@ def test_user_data_fits_and_the_cloudformation_template_lints_clean() -> None:
     for index in (0, None):
         assert user_data_base64(spec, index)
     template = cluster_template(spec)
-    assert_lints_clean(template)
+    elastic.assert_lints_clean(template)
     assert "Node1" not in template["Resources"] and "ComputeLaunchTemplate" in template["Resources"]
 
 
@@ -165,3 +168,92 @@ def test_azure_still_refuses_slurm_with_an_elastic_cluster(scheduler: str) -> No
     text = (Path(__file__).resolve().parents[2] / "examples" / "azure-linux-elastic.yaml").read_text()
     with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\) on azure"):
         parse_spec(text + f"scheduler: {scheduler}\n")
+
+
+# -- slurm_power.py through the rendered wrapper, running the pool's ec2_nodes.py against moto ---------------------
+
+FAKE_SUDO = """#!/bin/bash
+# stand-in for sudo -n -u USER COMMAND...: logs the call, runs COMMAND as this user with sudo's fresh environment
+echo "sudo $*" >> "$READY_DIR/sudo.log"
+[ "$1 $2" = "-n -u" ] || exit 1
+shift 3
+exec env -i PATH="$PATH" HOME="$HOME" READY_DIR="$READY_DIR" AWS_ACCESS_KEY_ID=testing \\
+  AWS_SECRET_ACCESS_KEY=testing "$@"
+"""
+FAKE_SCONTROL = """#!/bin/bash
+# Slurm's hostlist expansion for node[1-2]; anything else is recorded
+if [ "$1 $2" = "show hostnames" ]; then [ "$3" = "node[1-2]" ] && printf 'node1\\nnode2\\n'; exit; fi
+echo "scontrol $*" >> "$READY_DIR/scontrol.log"
+"""
+
+
+def test_slurm_resumes_and_suspends_nodes_through_the_wrapper_and_ec2_nodes_on_moto(deployed: Any, head: Any) -> None:
+    """slurmctld's view: the rendered /opt/mpicloud/slurm-resume with Slurm's hostlist runs (through sudo) the real
+    slurm_power.py under /usr/bin/python3, which runs the pool's ec2_nodes.py command per node against the moto
+    deployment of the elastic template (its pool commands are the Slurm spec's: the same ec2_nodes.py lines)."""
+    builtin = yaml.safe_load(cloud_config(aws_spec(nodes={"min": MIN, "max": MAX}, scale_down_idle_minutes=2.5), 0))
+    pools = [json.loads({f["path"]: f["content"] for f in data["write_files"]}["/opt/mpicloud/runner.base.json"])
+             ["pool"] for data in (builtin, yaml.safe_load(cloud_config(_spec(), 0)))]
+    assert pools[0] == pools[1]
+    config = json.loads((head.root / "runner.json").read_text())
+    for action in ("resume", "suspend"):  # this scratch head's places, as tests/cloud/test_aws_elastic.py does
+        command = config["pool"][f"{action}_command"]
+        assert command[:2] == ["/usr/bin/python3", "/opt/mpicloud/ec2_nodes.py"]
+        command[1], command[4] = str(head.opt / "ec2_nodes.py"), str(head.root)
+    (head.root / "runner.json").write_text(json.dumps(config))
+    bin_dir = Path(head.env["PATH"].split(":")[0])
+    for name, text in (("sudo", FAKE_SUDO), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    wrappers = {}
+    for action in ("resume", "suspend"):
+        text = _files(0)[f"/opt/mpicloud/slurm-{action}"]["content"]
+        wrappers[action] = head.root.parent / f"slurm-{action}"
+        wrappers[action].write_text(text.replace("/opt/mpicloud", str(head.opt))
+                                    .replace("/shared/.mpicloud", str(head.root)))
+        wrappers[action].chmod(0o755)
+    for node in ("node1", "node2"):
+        (head.ready / node).touch()  # both answer the share probe once running
+    ec2 = deployed.client("ec2")
+    # slurmctld runs its programs with a bare environment (as SlurmUser)
+    env = {"PATH": head.env["PATH"], "HOME": head.env["HOME"], "READY_DIR": str(head.ready)}
+    done = subprocess.run([str(wrappers["resume"]), "node[1-2]"], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr + (head.root / "slurm" / "power.log").read_text()
+    made = {n: elastic.instances(ec2, n) for n in ("node1", "node2")}
+    assert [i["State"]["Name"] for n in made for i in made[n]] == ["running", "running"]
+    ips = node_addresses(_spec().aws_options.subnet_cidr, 3)
+    assert [made[n][0]["PrivateIpAddress"] for n in ("node1", "node2")] == ips[1:]  # slurm.conf's NodeAddr
+    sudo = (head.ready / "sudo.log").read_text().splitlines()
+    assert sudo == [f"sudo -n -u mpiadmin /usr/bin/python3 {head.opt}/slurm_power.py --root {head.root} resume -- "
+                    "node[1-2]"]
+    log = (head.root / "slurm" / "power.log").read_text()
+    assert "resume node[1-2]: node1 node2" in log and "resume node1: done" in log and "resume node2: done" in log
+    done = subprocess.run([str(wrappers["suspend"]), "node[1-2]"], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    states = {i["State"]["Name"] for n in ("node1", "node2") for i in elastic.instances(ec2, n)}
+    assert states <= {"stopping", "stopped"}
+    assert not (head.ready / "scontrol.log").exists()  # no node was set DOWN
+
+
+def test_a_failed_resume_sets_the_node_down_as_slurm_user(tmp_path: Path) -> None:
+    """runner.json's slurm_admin: slurm_power.py (the cluster's user) sets a node whose resume failed DOWN through
+    `sudo -n -u slurm scontrol` (only root and SlurmUser may change node states without accounting)."""
+    bin_dir, ready = tmp_path / "bin", tmp_path / "ready"
+    for folder in (bin_dir, ready):
+        folder.mkdir()
+    for name, text in (("sudo", FAKE_SUDO), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    root = tmp_path / "runner"
+    root.mkdir()
+    (root / "runner.json").write_text(json.dumps({"slurm_admin": SLURM_ADMIN, "pool": {
+        "resume_command": ["sh", "-c", '[ "$0" = node1 ]'], "suspend_command": ["true"]}}))
+    done = subprocess.run(["/usr/bin/python3", str(provision_dir() / "slurm" / "slurm_power.py"), "--root",
+                           str(root), "resume", "--", "node[1-2]"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "READY_DIR": str(ready)})
+    assert done.returncode == 1
+    assert (ready / "sudo.log").read_text().startswith("sudo -n -u slurm scontrol update NodeName=node2 State=DOWN ")
+    assert (ready / "scontrol.log").read_text().startswith("scontrol update NodeName=node2 State=DOWN Reason=mpicloud "
+                                                           "resume failed (exit 1, see ")
