@@ -21,13 +21,13 @@ from mpicloud.render.cloud_config import CLOUD_RESUME_TIMEOUT, CLOUD_SUSPEND_TIM
 from mpicloud.render.cloudformation import cluster_template
 from mpicloud.spec import ClusterSpec
 from tests.cloud import test_aws_elastic as elastic
+from tests.cloud import test_aws_node_files as node_files
 from tests.specdata import aws_spec
 
 LINUX = provision_dir() / "linux"
 MAX, MIN = 3, 1
 #: the moto deployment of the elastic template and its head's runner.json (fixtures of test_aws_elastic.py)
 deployed, head = elastic.deployed, elastic.head
-LOGGER = '#!/bin/bash\necho "$(basename "$0") $*" >> "$FAKE_LOG"\n'
 
 
 def _spec(**overrides: object) -> ClusterSpec:
@@ -44,25 +44,15 @@ def _boot(tmp_path: Path, index: int | None) -> Path:
     slurm-node.sh (stand-in systemctl and chown). Returns the root."""
     spec, role = _spec(), "head" if index == 0 else "worker"
     ips = node_addresses(spec.aws_options.subnet_cidr, spec.node_count)
-    root = tmp_path / role
-    (root / "etc" / "mpicloud").mkdir(parents=True)
-    (root / "opt" / "mpicloud").mkdir(parents=True)
-    (root / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
-    (root / "etc" / "environment").write_text("")
-    (root / "etc" / "mpicloud" / "node.env").write_text(
-        f"MPICLOUD_COUNT={MAX + 1}\nMPICLOUD_SLOTS=4\nMPICLOUD_IDLE_MINUTES=0\nMPICLOUD_REGION=eu-west-1\n"
-        f"MPICLOUD_LAUNCH_TEMPLATE=lt-0123\nMPICLOUD_CLUSTER=demo\nMPICLOUD_PRIVATE_IP={ips[2]}\n")
+    root = node_files._sysroot(tmp_path / role, MAX + 1, "0")
+    with open(root / "etc" / "mpicloud" / "node.env", "a", encoding="utf-8") as env_file:
+        env_file.write(f"MPICLOUD_LAUNCH_TEMPLATE=lt-0123\nMPICLOUD_CLUSTER=demo\nMPICLOUD_PRIVATE_IP={ips[2]}\n")
     (root / "etc" / "mpicloud" / "munge.key").write_bytes(b"k" * 1024)
     for path, file in _files(index).items():
         if path.startswith("/opt/mpicloud/") and not path.endswith(".sh"):
             (root / path.lstrip("/")).write_text(file["content"])
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    for name in ("systemctl", "chown"):
-        (bin_dir / name).write_text(LOGGER)
-        (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "MPICLOUD_SYSROOT": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}",
-           "FAKE_LOG": str(tmp_path / f"{role}.log")}
+    env = {**node_files._tools(tmp_path, systemctl=node_files.LOGGER, chown=node_files.LOGGER),
+           "MPICLOUD_SYSROOT": str(root), "FAKE_LOG": str(tmp_path / f"{role}.log")}
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
     for argv in (["cluster-files.sh", "auto" if index is None else str(index), user, str(tmp_path / "shared"), *ips],
                  ["slurm-node.sh", role]):
