@@ -97,7 +97,7 @@ def _power_files(spec: ClusterSpec) -> list[File]:
     the options, so Slurm's hostlist can be nothing else (argparse refuses a second --root or more arguments)."""
     user = spec.admin.username
     command = [NODE_PYTHON["linux"], f"{OPT}/slurm_power.py", "--root", runner_root(spec.shared_storage.path)]
-    sudo = ["sudo", "-n", "-u", user, *command]
+    sudo = ["/usr/bin/sudo", "-n", "-u", user, *command]  # slurmctld gives its programs no PATH
     files = [_file(path, power_wrapper(sudo, action, '-- "$SLURM_JOB_NODELIST"' if action == "prolog" else
                                        '-- "$@"')) for action, path in POWER_PROGRAMS.items()]
     allowed = ", ".join(f"{' '.join(command)} {action} -- *" for action in POWER_PROGRAMS)

@@ -111,7 +111,8 @@ def test_the_head_runs_slurm_power_as_the_cluster_user_through_exactly_three_sud
         wrapper = files[f"/opt/mpicloud/slurm-{action}"]
         nodes = '"$SLURM_JOB_NODELIST"' if action == "prolog" else '"$@"'  # sudo passes no environment
         assert wrapper["permissions"] == "0755"  # slurmctld refuses a group- or world-writable program
-        assert wrapper["content"].splitlines()[-1] == f"exec sudo -n -u mpiadmin {command} {action} -- {nodes}"
+        assert wrapper["content"].splitlines()[-1] == \
+            f"exec /usr/bin/sudo -n -u mpiadmin {command} {action} -- {nodes}"
     rule = files["/etc/sudoers.d/mpicloud-slurm-power"]
     assert rule["permissions"] == "0440"
     assert rule["content"].splitlines()[-1] == "slurm ALL=(mpiadmin) NOPASSWD: " + ", ".join(
@@ -199,7 +200,8 @@ def test_slurm_resumes_and_suspends_nodes_through_the_wrapper_and_ec2_nodes_on_m
     for action in ("resume", "suspend"):
         text = _files(0)[f"/opt/mpicloud/slurm-{action}"]["content"]
         wrappers[action] = head.root.parent / f"slurm-{action}"
-        wrappers[action].write_text(text.replace("/opt/mpicloud", str(head.opt))
+        wrappers[action].write_text(text.replace("/usr/bin/sudo", str(bin_dir / "sudo"))
+                                    .replace("/opt/mpicloud", str(head.opt))
                                     .replace("/shared/.mpicloud", str(head.root)))
         wrappers[action].chmod(0o755)
     for node in ("node1", "node2"):
