@@ -13,7 +13,7 @@ count=$MPICLOUD_COUNT slots=$MPICLOUD_SLOTS
 install -d -m 755 "$root/etc/slurm" "$root/etc/munge"
 # an elastic cluster's CLOUD nodes: node1..node<count-1> at the addresses /etc/hosts gives them (cluster-files.sh)
 addrs=
-if grep -q '@ADDRS@' "$root/opt/mpicloud/slurm.conf.in"; then
+if grep -q '^NodeName=.*@ADDRS@' "$root/opt/mpicloud/slurm.conf.in"; then
   [ "$count" -ge 2 ] || { echo "slurm-node.sh: an elastic cluster needs compute nodes" >&2; exit 2; }
   for ((i = 1; i < count; i++)); do
     addr=$(awk -v n="node$i" '$2 == n && $1 ~ /^[0-9.]+$/ {print $1; exit}' "$root/etc/hosts")

@@ -98,10 +98,19 @@ def test_a_node_without_its_address_in_hosts_stops_the_boot_with_one_line(tmp_pa
     assert done.returncode == 2 and done.stderr == "slurm-node.sh: no address of node2 in /etc/hosts\n"
 
 
-def test_a_fixed_slurm_cluster_keeps_its_plain_node_line() -> None:
+def test_a_fixed_slurm_cluster_keeps_its_plain_node_line(tmp_path: Path) -> None:
     conf = _files(0, aws_spec(scheduler="slurm"))["/opt/mpicloud/slurm.conf.in"]["content"]
     assert "NodeName=node[0-@LAST@] CPUs=@CPUS@ State=UNKNOWN\n" in conf
     assert "State=CLOUD" not in conf and "ResumeProgram" not in conf and "NodeAddr" not in conf
+    root = node_files._sysroot(tmp_path, 1, "0")  # one node, whose /etc/hosts lists no compute node
+    (root / "opt" / "mpicloud" / "slurm.conf.in").write_text(conf)
+    (root / "etc" / "mpicloud" / "munge.key").write_bytes(b"k" * 1024)
+    env = {**node_files._tools(tmp_path, systemctl=node_files.LOGGER, chown=node_files.LOGGER),
+           "MPICLOUD_SYSROOT": str(root), "FAKE_LOG": str(tmp_path / "calls.log")}
+    done = subprocess.run(["bash", str(LINUX / "slurm-node.sh"), "head"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "NodeName=node[0-0] CPUs=4 State=UNKNOWN\n" in (root / "etc" / "slurm" / "slurm.conf").read_text()
 
 
 def test_the_head_runs_slurm_power_as_the_cluster_user_through_exactly_three_sudo_rules() -> None:
