@@ -7,7 +7,6 @@ the bridge and netns of `netns`, one holder per node that sshd and slurmd enter.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +15,7 @@ from mpicloud.cluster import faults, netns, slurm_local
 from mpicloud.cluster.processes import MARKER
 from mpicloud.cluster.registry import ClusterRecord, Node
 from mpicloud.errors import ClusterError
-from mpicloud.render.runner_config import SCALE_DOWN_IDLE_MINUTES
+from mpicloud.render.runner_config import power_conf, power_wrapper
 from mpicloud.spec.model import ClusterSpec
 
 
@@ -159,15 +158,10 @@ def power_config(spec: ClusterSpec, record: ClusterRecord, layout: slurm_local.S
     for action in ("resume", "suspend", "prolog"):
         wrapper = layout.root / action
         wrapper.parent.mkdir(parents=True, exist_ok=True)
-        wrapper.write_text(f"#!/bin/sh\n# slurm_power.py {action} for this cluster's Slurm (generated)\nexec "
-                           f"{shlex.join([record.python[0], str(script), '--root', record.runner_root, action])} "
-                           '"$@"\n')
+        wrapper.write_text(power_wrapper([record.python[0], str(script), "--root", record.runner_root], action))
         wrapper.chmod(0o755)
         programs[action] = str(wrapper)
-    idle = spec.scale_down_idle_minutes or SCALE_DOWN_IDLE_MINUTES
-    low, high = spec.elastic.min, spec.elastic.max
-    return {**programs, "suspend_time": max(1, round(idle * 60)), "resume_timeout": RESUME_TIMEOUT,
-            "suspend_timeout": SUSPEND_TIMEOUT, "keep": f"node[1-{high}]:{low}" if low else ""}
+    return power_conf(spec, programs, RESUME_TIMEOUT, SUSPEND_TIMEOUT, str(spec.elastic.max))
 
 
 def start_node_scheduler(record: ClusterRecord, node: Node, enter: list[str]) -> None:

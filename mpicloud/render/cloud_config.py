@@ -12,8 +12,11 @@ from mpicloud.assets import provision_dir
 from mpicloud.errors import RenderError
 from mpicloud.render.quoting import posix_join
 from mpicloud.render.runner_config import (
+    NODE_PYTHON,
     SHARE_MARKER,
     SHARE_PROBE,
+    power_conf,
+    power_wrapper,
     root_file,
     runner_config,
     runner_config_json,
@@ -66,6 +69,43 @@ def node_addresses(subnet_cidr: str, count: int, section: str) -> list[str]:
     return [str(network.network_address + FIRST_HOST + i) for i in range(count)]
 
 
+#: Slurm power saving on a cloud: seconds a compute node may take from ResumeProgram until its slurmd registers
+#: (a launch from the launch template or a VM start, then its first boot: cloud-init installs the packages, fetches
+#: the secrets, mounts /shared and starts slurmd: many minutes on a fresh launch; the head's ec2_nodes.py waits as
+#: long for its share probe), and from SuspendProgram until the node may be powered up again (a stopping instance
+#: or deallocating VM takes a minute or two; a terminated AWS instance holds its fixed address while shutting down)
+CLOUD_RESUME_TIMEOUT, CLOUD_SUSPEND_TIMEOUT = 1800, 300
+#: what slurmctld (SlurmUser slurm) runs: wrappers that run slurm_power.py as the cluster's user (sudoers rule
+#: below), whose SSH key and runner root the pool's node actions use
+POWER_PROGRAMS = {action: f"{OPT}/slurm-{action}" for action in ("resume", "suspend", "prolog")}
+#: how the runner and slurm_power.py (the cluster's user) run `scontrol update` on a node: Slurm lets only root and
+#: SlurmUser change node states when there is no accounting database (the cluster's user has sudo)
+SLURM_ADMIN = ["sudo", "-n", "-u", "slurm"]
+
+
+def _power(spec: ClusterSpec) -> dict[str, object] | None:
+    """slurm.conf's power saving on a cloud (elastic Slurm clusters): node1..node<count-1> (@LAST@, filled in at
+    boot) are CLOUD nodes; `min` of them kept from being powered down."""
+    if spec.scheduler != "slurm" or spec.elastic is None:
+        return None
+    return power_conf(spec, POWER_PROGRAMS, CLOUD_RESUME_TIMEOUT, CLOUD_SUSPEND_TIMEOUT, "@LAST@")
+
+
+def _power_files(spec: ClusterSpec) -> list[File]:
+    """The head's ResumeProgram/SuspendProgram/PrologSlurmctld wrappers (root-owned, as slurmctld requires) and the
+    sudoers rule letting SlurmUser run exactly slurm_power.py's three actions as the cluster's user: `--` ends
+    the options, so Slurm's hostlist can be nothing else (argparse refuses a second --root or more arguments)."""
+    user = spec.admin.username
+    command = [NODE_PYTHON["linux"], f"{OPT}/slurm_power.py", "--root", runner_root(spec.shared_storage.path)]
+    sudo = ["/usr/bin/sudo", "-n", "-u", user, *command]  # slurmctld gives its programs no PATH
+    files = [_file(path, power_wrapper(sudo, action, '-- "$SLURM_JOB_NODELIST"' if action == "prolog" else
+                                       '-- "$@"')) for action, path in POWER_PROGRAMS.items()]
+    allowed = ", ".join(f"{' '.join(command)} {action} -- *" for action in POWER_PROGRAMS)
+    rule = f"# mpicloud: slurmctld's power saving programs run the pool's node actions as {user}\n" \
+           f"slurm ALL=({user}) NOPASSWD: {allowed}\n"
+    return [*files, _file("/etc/sudoers.d/mpicloud-slurm-power", rule, "0440")]
+
+
 def _file(path: str, content: str, mode: str = "0755") -> File:
     return {"path": path, "content": content, "mode": mode}
 
@@ -88,16 +128,18 @@ def _files(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[File]:
         files += [_script("slurm-node.sh"),
                   _file(prolog, (provision_dir() / "slurm" / "task-prolog.sh").read_text(encoding="utf-8")),
                   _file(f"{OPT}/slurm.conf.in", render_template("linux/slurm.conf.j2", cluster=spec.name,
-                                                                 task_prolog=prolog), "0644")]
+                                                                 task_prolog=prolog, power=_power(spec)), "0644")]
     if head:
         path = spec.shared_storage.path
         # nodes and idle minutes come from the cloud's metadata at boot (cluster-files.sh): the user data stays the
         # same whatever the node count, so resizing a cluster never changes (or replaces) its nodes' user data
         # (an elastic head's nodes are itself alone, whatever the pool does)
         config = {**runner_config(spec, pool=parts.pool), "idle_shutdown_minutes": None,
+                  **({"slurm_admin": SLURM_ADMIN} if _power(spec) else {}),
                   **({} if parts.pool else {"nodes": []}),
                   "share_marker": root_file(path, SHARE_MARKER), "share_probe": SHARE_PROBE}
         files += [_script(name) for name in (*_HEAD_SCRIPTS, *parts.head_scripts)]
+        files += _power_files(spec) if _power(spec) else []
         files += [
             _file(f"{OPT}/runner.base.json", runner_config_json(config), "0644"),
             _file("/etc/systemd/system/mpicloud-runner.service", render_template(

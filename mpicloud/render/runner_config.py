@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 from mpicloud.spec.model import ClusterSpec
@@ -38,6 +39,25 @@ def pool_config(spec: ClusterSpec, resume: list[str], suspend: list[str]) -> dic
     idle = (spec.scale_down_idle_minutes or SCALE_DOWN_IDLE_MINUTES) if elastic else None
     return {"min": low, "max": high, "idle_minutes": idle, "slots_per_node": spec.slots_per_node,
             "head_runs_jobs": elastic is None, "resume_command": resume, "suspend_command": suspend}
+
+
+def power_wrapper(command: list[str], action: str, nodes: str = '"$@"') -> str:
+    """A two-line ResumeProgram/SuspendProgram/PrologSlurmctld of an elastic Slurm cluster: slurm_power.py's
+    `command` (up to --root RUNNER_ROOT) with the action and `nodes` (shell words: Slurm's arguments)."""
+    return (f"#!/bin/sh\n# slurm_power.py {action} for this cluster's Slurm (generated)\n"
+            f"exec {shlex.join([*command, action])} {nodes}\n")
+
+
+def power_conf(spec: ClusterSpec, programs: dict[str, str], resume_timeout: int, suspend_timeout: int,
+               last: str) -> dict[str, object]:
+    """slurm.conf's power saving (slurm/power.conf.j2) for an elastic spec: the programs (resume, suspend,
+    prolog), the idle limit in whole seconds (Slurm's unit), `min` of node1..node`last` kept from being powered
+    down (`last`: the highest compute node index, or a placeholder the node fills in at boot)."""
+    assert spec.elastic is not None
+    idle = spec.scale_down_idle_minutes or SCALE_DOWN_IDLE_MINUTES
+    low = spec.elastic.min
+    return {**programs, "suspend_time": max(1, round(idle * 60)), "resume_timeout": resume_timeout,
+            "suspend_timeout": suspend_timeout, "keep": f"node[1-{last}]:{low}" if low else ""}
 
 
 def runner_root(shared_path: str) -> str:

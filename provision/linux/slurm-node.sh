@@ -11,7 +11,18 @@ root=${MPICLOUD_SYSROOT:-}
 count=$MPICLOUD_COUNT slots=$MPICLOUD_SLOTS
 [[ $count =~ ^[1-9][0-9]*$ && $slots =~ ^[1-9][0-9]*$ ]] || { echo "slurm-node.sh: bad count/slots" >&2; exit 2; }
 install -d -m 755 "$root/etc/slurm" "$root/etc/munge"
-sed -e "s/@LAST@/$((count - 1))/" -e "s/@CPUS@/$slots/" "$root/opt/mpicloud/slurm.conf.in" > "$root/etc/slurm/slurm.conf"
+# an elastic cluster's CLOUD nodes: node1..node<count-1> at the addresses /etc/hosts gives them (cluster-files.sh)
+addrs=
+if grep -q '^NodeName=.*@ADDRS@' "$root/opt/mpicloud/slurm.conf.in"; then
+  [ "$count" -ge 2 ] || { echo "slurm-node.sh: an elastic cluster needs compute nodes" >&2; exit 2; }
+  for ((i = 1; i < count; i++)); do
+    addr=$(awk -v n="node$i" '$2 == n && $1 ~ /^[0-9.]+$/ {print $1; exit}' "$root/etc/hosts")
+    [ -n "$addr" ] || { echo "slurm-node.sh: no address of node$i in /etc/hosts" >&2; exit 2; }
+    addrs=${addrs:+$addrs,}$addr
+  done
+fi
+sed -e "s/@LAST@/$((count - 1))/g" -e "s/@CPUS@/$slots/" -e "s/@ADDRS@/$addrs/" "$root/opt/mpicloud/slurm.conf.in" \
+  > "$root/etc/slurm/slurm.conf"
 chmod 644 "$root/etc/slurm/slurm.conf"
 install -m 400 "$root/etc/mpicloud/munge.key" "$root/etc/munge/munge.key"
 chown munge:munge "$root/etc/munge/munge.key"

@@ -126,4 +126,7 @@ class SlurmPool(nodepool.Pool):
             self.asked[(name, state)] = at
         reason = [f"Reason={RESIZE_REASON}"] if state == "DRAIN" else []
         self.runner.log(f"nodes {','.join(due)}: scontrol {state}")
-        self.runner.backend.command(["scontrol", "update", f"NodeName={','.join(due)}", f"State={state}", *reason])
+        # runner.json `slurm_admin` (a cloud head: sudo to SlurmUser): who may change node states
+        admin = [str(a) for a in self.runner.config.get("slurm_admin") or []]
+        self.runner.backend.command([*admin, "scontrol", "update", f"NodeName={','.join(due)}", f"State={state}",
+                                     *reason])

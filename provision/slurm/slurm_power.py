@@ -79,7 +79,8 @@ def act(root: Path, action: str, hostlist: str) -> int:
         log(root, f"{action} {node}: " + ("done" if codes[node] == 0 else f"failed with exit code {codes[node]}"))
     if failed and action == "resume":
         reason = f"mpicloud resume failed (exit {codes[failed[0]]}, see {root / 'slurm' / 'power.log'})"
-        down = subprocess.run(["scontrol", "update", f"NodeName={','.join(failed)}", "State=DOWN",
+        admin = [str(a) for a in config.get("slurm_admin") or []]  # a cloud head: sudo to SlurmUser
+        down = subprocess.run([*admin, "scontrol", "update", f"NodeName={','.join(failed)}", "State=DOWN",
                                f"Reason={reason}"], env=env, capture_output=True, text=True, timeout=60, check=False)
         log(root, f"set {','.join(failed)} DOWN: " + ("done" if down.returncode == 0 else down.stderr.strip()))
     return 1 if failed else 0

@@ -32,6 +32,8 @@ TOP_LEVEL = {"hostname", "preserve_hostname", "manage_etc_hosts", "users", "pack
 SPECS = {
     "smb": aws_spec(),
     "nfs": aws_spec(shared={"kind": "nfs", "path": "/shared"}),
+    # an elastic Slurm cluster: power saving programs, the sudoers rule (head), CLOUD nodes
+    "elastic-slurm": aws_spec(scheduler="slurm", nodes={"min": 1, "max": 3}),
     "software": aws_spec(software={"packages": ["gfortran"], "pip": ["numpy==2.1.0"], "installers": [
         {"url": "https://example.com/tool's installer.sh", "sha256": "ab" * 32, "args": ["--prefix", "/opt/x y"]}]}),
 }

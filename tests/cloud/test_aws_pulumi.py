@@ -405,3 +405,25 @@ def test_elastic_cluster_is_the_head_and_a_launch_template(mocks: Mocks) -> pulu
     assert cluster.nodes.launch_template is not None
     waited = [*cluster.nodes.instances, cluster.nodes.launch_template, *cluster.identity.policies]
     return pulumi.Output.all(*[r.id for r in waited], cluster.outputs["launch_template_id"]).apply(check)
+
+
+@pulumi.runtime.test
+def test_elastic_slurm_cluster_boots_its_cloud_nodes_from_the_same_user_data(mocks: Mocks) -> pulumi.Output[Any]:
+    """With Slurm the Pulumi program deploys the same head and launch template; their user data carry the power
+    saving (tests/cloud/test_aws_elastic_slurm.py checks what it writes at boot)."""
+    spec = aws_spec(scheduler="slurm", nodes={"min": 1, "max": 4})
+
+    def check(_: Any) -> None:
+        instances = _names(mocks.seen, "ec2/instance:Instance")
+        assert list(instances) == ["demo-nodes-node0"]
+        head = gzip.decompress(base64.b64decode(instances["demo-nodes-node0"]["userDataBase64"])).decode()
+        (template,) = _of(mocks.seen, "ec2/launchTemplate:LaunchTemplate")
+        worker = gzip.decompress(base64.b64decode(template["userData"])).decode()
+        assert (head, worker) == (cloud_config(spec, 0), cloud_config(spec, None))
+        assert "/etc/sudoers.d/mpicloud-slurm-power" in head and "sudoers" not in worker
+        for text in (head, worker):
+            assert "NodeName=node[1-@LAST@] NodeAddr=@ADDRS@ CPUs=@CPUS@ State=CLOUD" in text
+    cluster = program.MpiCluster(spec.name, program.MpiClusterArgs(spec))
+    assert cluster.nodes.launch_template is not None
+    waited = [*cluster.nodes.instances, cluster.nodes.launch_template, *cluster.identity.policies]
+    return pulumi.Output.all(*[r.id for r in waited], cluster.outputs["launch_template_id"]).apply(check)

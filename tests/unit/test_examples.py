@@ -13,7 +13,7 @@ from tests.conftest import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = {"local.yaml": ("local", "linux"), "aws-linux.yaml": ("aws", "linux"),
-            "aws-linux-elastic.yaml": ("aws", "linux"),
+            "aws-linux-elastic.yaml": ("aws", "linux"), "aws-linux-elastic-slurm.yaml": ("aws", "linux"),
             "aws-windows.yaml": ("aws", "windows"), "aws-windows-elastic.yaml": ("aws", "windows"),
             "azure-linux.yaml": ("azure", "linux"),
             "azure-windows.yaml": ("azure", "windows"), "azure-linux-elastic.yaml": ("azure", "linux"),

@@ -25,6 +25,7 @@ class FakeRunner:
                        "pool": {"min": low, "max": high, "idle_minutes": 1, "slots_per_node": 1,
                                 "head_runs_jobs": False, "resume_command": ["never"], "suspend_command": ["never"]}}
         self.commands: list[str] = []
+        self.argvs: list[list[str]] = []
         self.backend = self
         self.env: dict[str, str] = {}
         self.running: dict[str, dict[str, Any]] = {}
@@ -32,7 +33,8 @@ class FakeRunner:
         self.stopped: list[tuple[str, str | None]] = []
 
     def command(self, argv: list[str]) -> str:
-        self.commands.append(" ".join(argv[2:]))
+        self.argvs.append(argv)
+        self.commands.append(" ".join(argv[argv.index("update") + 1:]))
         return ""
 
     def log(self, message: str) -> None:
@@ -81,6 +83,16 @@ def test_min_nodes_are_powered_up_and_states_recorded(tmp_path: Path) -> None:
     report = pool.status()["pool"]
     assert report["nodes"] == {"node1": "starting", "node2": "up"} and report["most"] == 2
     assert json.loads((runner.root / "nodes.json").read_text())["nodes"]["node2"]["state"] == "up"
+
+
+def test_a_cloud_head_changes_node_states_as_slurm_user(tmp_path: Path) -> None:
+    """runner.json `slurm_admin` (a cloud head, whose runner is the cluster's user): before every `scontrol`."""
+    runner, sinfo = FakeRunner(tmp_path / "root", low=1), Sinfo()
+    runner.config["slurm_admin"] = ["sudo", "-n", "-u", "slurm"]
+    pool = pool_of(runner, sinfo)
+    sinfo.rows = {"node1": ("idle~", ""), "node2": ("idle~", "")}
+    pool.step([], {})
+    assert runner.argvs == [["sudo", "-n", "-u", "slurm", "scontrol", "update", "NodeName=node1", "State=POWER_UP"]]
 
 
 def test_resize_drains_leaving_nodes_keeps_them_out_and_auto_undrains(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_fixed_and_cloud_slurm_conf_have_no_power_saving(tmp_path: Path) -> None
     fixed = _render(tmp_path, None)
     assert "State=UNKNOWN" in fixed and "State=CLOUD" not in fixed and "Suspend" not in fixed and "Resume" not in fixed
     cloud = render_template("linux/slurm.conf.j2", cluster="c", task_prolog="/p")
-    assert "Suspend" not in cloud and "State=CLOUD" not in cloud  # the include renders nothing until the clouds use it
+    assert "Suspend" not in cloud and "State=CLOUD" not in cloud  # a fixed cloud cluster: no power saving
 
 
 def test_slurm_power_ships_with_the_linux_runner_files_only() -> None:

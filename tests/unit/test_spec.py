@@ -269,14 +269,14 @@ def test_elastic_is_accepted_on_azure_linux_and_windows(example: str) -> None:
     assert spec.node_count == spec.elastic.max + 1  # every compute VM is created up front
 
 
-def test_elastic_on_aws_linux_with_the_builtin_queue_only() -> None:
+def test_elastic_on_aws_linux_with_the_builtin_queue_or_slurm() -> None:
     from tests.specdata import aws_doc
 
     spec = spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "terminate"}))
     assert spec.elastic is not None and spec.node_count == 3 and spec.aws_options.suspend == "terminate"
     assert spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2})).aws_options.suspend == "stop"
-    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\) on aws"):
-        spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, scheduler="slurm"))
+    slurm = spec_from_dict(aws_doc(name="demo", nodes={"min": 1, "max": 2}, scheduler="slurm"))
+    assert slurm.elastic is not None and slurm.scheduler == "slurm" and slurm.node_count == 3
     with pytest.raises(SpecError, match=r"aws\.suspend: Input should be 'stop' or 'terminate'"):
         spec_from_dict(aws_doc(name="demo", nodes={"min": 0, "max": 2}, aws={"suspend": "hibernate"}))
 
