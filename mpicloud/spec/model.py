@@ -406,13 +406,8 @@ class ClusterSpec(_Model):
         return self
 
     def _elastic_supported(self) -> None:
-        if not isinstance(self.nodes, NodeRange):
-            if self.scale_down_idle_minutes is not None:
-                raise ValueError("scale_down_idle_minutes needs an elastic cluster (nodes: {min: M, max: X})")
-            return
-        if self.scheduler != "builtin" and self.cloud not in ("local", "aws"):
-            raise ValueError("nodes: {min, max} (elastic) needs the built-in queue (scheduler: builtin) on "
-                             f"{self.cloud} for now; Slurm's power saving is built for the local cluster and AWS")
+        if not isinstance(self.nodes, NodeRange) and self.scale_down_idle_minutes is not None:
+            raise ValueError("scale_down_idle_minutes needs an elastic cluster (nodes: {min: M, max: X})")
 
     def _os_options(self) -> None:
         """Options of one OS set on a cluster of the other (an Azure Windows image on Linux nodes, ...)."""

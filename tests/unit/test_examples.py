@@ -17,7 +17,8 @@ EXAMPLES = {"local.yaml": ("local", "linux"), "aws-linux.yaml": ("aws", "linux")
             "aws-windows.yaml": ("aws", "windows"), "aws-windows-elastic.yaml": ("aws", "windows"),
             "azure-linux.yaml": ("azure", "linux"),
             "azure-windows.yaml": ("azure", "windows"), "azure-linux-elastic.yaml": ("azure", "linux"),
-            "azure-windows-elastic.yaml": ("azure", "windows")}
+            "azure-windows-elastic.yaml": ("azure", "windows"),
+            "azure-linux-elastic-slurm.yaml": ("azure", "linux")}
 
 
 def test_every_target_has_an_example_and_a_boot_renderer() -> None:

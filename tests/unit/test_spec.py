@@ -253,13 +253,17 @@ def test_elastic_runs_with_slurm_and_on_namespaced_nodes() -> None:
         assert spec.elastic is not None and spec.local_network == "namespaces"
 
 
-def test_elastic_is_accepted_on_aws_windows_and_refused_with_slurm_on_the_clouds_for_now() -> None:
+def test_elastic_is_accepted_on_aws_windows_and_with_slurm_on_the_linux_clouds() -> None:
     text = (ROOT / "examples" / "aws-windows.yaml").read_text(encoding="utf-8")
     spec = parse_spec(re.sub(r"(?m)^nodes: .*$", "nodes: {min: 0, max: 2}", text))
     assert spec.cloud == "aws" and spec.os == "windows" and spec.elastic is not None and spec.node_count == 3
-    text = (ROOT / "examples" / "azure-linux-elastic.yaml").read_text(encoding="utf-8")
-    with pytest.raises(SpecError, match=r"needs the built-in queue \(scheduler: builtin\) on azure"):
-        parse_spec(text + "scheduler: slurm\n")
+    for cloud in ("aws", "azure"):
+        text = (ROOT / "examples" / f"{cloud}-linux-elastic.yaml").read_text(encoding="utf-8")
+        spec = parse_spec(text + "scheduler: slurm\n")
+        assert spec.scheduler == "slurm" and spec.elastic is not None
+    with pytest.raises(SpecError, match=r"scheduler: slurm runs on Linux clusters only"):
+        parse_spec((ROOT / "examples" / "azure-windows-elastic.yaml").read_text(encoding="utf-8") +
+                   "scheduler: slurm\n")
 
 
 @pytest.mark.parametrize("example", ["azure-linux-elastic.yaml", "azure-windows-elastic.yaml"])
