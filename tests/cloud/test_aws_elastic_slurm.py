@@ -18,6 +18,7 @@ from mpicloud.render.cloud_config import SLURM_ADMIN
 from mpicloud.render.cloudformation import cluster_template
 from mpicloud.spec import ClusterSpec
 from tests.cloud import test_aws_elastic as elastic
+from tests.cloud import test_cloud_elastic_slurm as power
 from tests.specdata import aws_spec
 
 LINUX = provision_dir() / "linux"
@@ -58,21 +59,6 @@ def test_user_data_fits_and_the_cloudformation_template_lints_clean() -> None:
 
 # -- slurm_power.py through the rendered wrapper, running the pool's ec2_nodes.py against moto ---------------------
 
-FAKE_SUDO = """#!/bin/bash
-# stand-in for sudo -n -u USER COMMAND...: logs the call, runs COMMAND as this user with sudo's fresh environment
-echo "sudo $*" >> "$READY_DIR/sudo.log"
-[ "$1 $2" = "-n -u" ] || exit 1
-shift 3
-exec env -i PATH="$PATH" HOME="$HOME" READY_DIR="$READY_DIR" AWS_ACCESS_KEY_ID=testing \\
-  AWS_SECRET_ACCESS_KEY=testing "$@"
-"""
-FAKE_SCONTROL = """#!/bin/bash
-# Slurm's hostlist expansion for node[1-2]; anything else is recorded
-if [ "$1 $2" = "show hostnames" ]; then [ "$3" = "node[1-2]" ] && printf 'node1\\nnode2\\n'; exit; fi
-echo "scontrol $*" >> "$READY_DIR/scontrol.log"
-"""
-
-
 def test_slurm_resumes_and_suspends_nodes_through_the_wrapper_and_ec2_nodes_on_moto(deployed: Any, head: Any) -> None:
     """slurmctld's view: the rendered /opt/mpicloud/slurm-resume with Slurm's hostlist runs (through sudo) the real
     slurm_power.py under /usr/bin/python3, which runs the pool's ec2_nodes.py command per node against the moto
@@ -88,17 +74,7 @@ def test_slurm_resumes_and_suspends_nodes_through_the_wrapper_and_ec2_nodes_on_m
         command[1], command[4] = str(head.opt / "ec2_nodes.py"), str(head.root)
     (head.root / "runner.json").write_text(json.dumps(config))
     bin_dir = Path(head.env["PATH"].split(":")[0])
-    for name, text in (("sudo", FAKE_SUDO), ("scontrol", FAKE_SCONTROL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    wrappers = {}
-    for action in ("resume", "suspend"):
-        text = _files(0)[f"/opt/mpicloud/slurm-{action}"]["content"]
-        wrappers[action] = head.root.parent / f"slurm-{action}"
-        wrappers[action].write_text(text.replace("/usr/bin/sudo", str(bin_dir / "sudo"))
-                                    .replace("/opt/mpicloud", str(head.opt))
-                                    .replace("/shared/.mpicloud", str(head.root)))
-        wrappers[action].chmod(0o755)
+    wrappers = power.install_wrappers(_files(0), bin_dir, head.opt, head.root)
     for node in ("node1", "node2"):
         (head.ready / node).touch()  # both answer the share probe once running
     ec2 = deployed.client("ec2")
@@ -130,9 +106,7 @@ def test_a_failed_resume_sets_the_node_down_as_slurm_user(tmp_path: Path) -> Non
     bin_dir, ready = tmp_path / "bin", tmp_path / "ready"
     for folder in (bin_dir, ready):
         folder.mkdir()
-    for name, text in (("sudo", FAKE_SUDO), ("scontrol", FAKE_SCONTROL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    power.install_fakes(bin_dir)
     root = tmp_path / "runner"
     root.mkdir()
     (root / "runner.json").write_text(json.dumps({"slurm_admin": SLURM_ADMIN, "pool": {

@@ -27,6 +27,9 @@ CASES = {
                 test_azure_arm.DOCUMENTED_EXTRAS),
     "linux": ("azure-linux-elastic.yaml", arm_linux.azuredeploy, test_azure_arm_linux.UNSCHEMED,
               test_azure_arm_linux.CHECKOV_SKIPS, {}),
+    # Slurm's power saving: the same template, the head's custom data carries slurm.conf's CLOUD nodes and wrappers
+    "linux-slurm": ("azure-linux-elastic-slurm.yaml", arm_linux.azuredeploy, test_azure_arm_linux.UNSCHEMED,
+                    test_azure_arm_linux.CHECKOV_SKIPS, {}),
 }
 ASSIGN, DEFINE = "Microsoft.Authorization/roleAssignments", "Microsoft.Authorization/roleDefinitions"
 
@@ -51,8 +54,8 @@ def _eval(expression: str, params: dict[str, Any], index: int = 0) -> Any:
 
 def test_elastic_templates_match_the_azure_schemas_without_unknown_keys(
         case: tuple[str, ClusterSpec, dict[str, Any]], arm_schema_dir: Path) -> None:
-    os_name, _, template = case
-    _, _, unschemed, _, extras = CASES[os_name]
+    key, _, template = case
+    _, _, unschemed, _, extras = CASES[key]
     schemas = ArmSchemas(arm_schema_dir)
     checked = dict(template, resources=[r for r in template["resources"] if r["type"] not in unschemed])
     assert schemas.template_errors(checked) == []
@@ -63,8 +66,8 @@ def test_elastic_templates_match_the_azure_schemas_without_unknown_keys(
 
 
 def test_elastic_templates_are_checkov_clean(case: tuple[str, ClusterSpec, dict[str, Any]], tmp_path: Path) -> None:
-    os_name, _, template = case
-    report = checkov(template, CASES[os_name][3], tmp_path)
+    key, _, template = case
+    report = checkov(template, CASES[key][3], tmp_path)
     assert [(c["check_id"], c["check_name"]) for c in report["results"]["failed_checks"]] == []
     assert report["summary"]["passed"] >= 5 and report["summary"]["parsing_errors"] == 0
 
@@ -109,8 +112,8 @@ def test_a_fixed_template_has_no_elastic_role(azure_spec: ClusterSpec) -> None:
 
 def test_names_are_deterministic_so_a_second_deployment_updates_in_place(
         case: tuple[str, ClusterSpec, dict[str, Any]]) -> None:
-    os_name, spec, template = case
-    again = CASES[os_name][1](spec)
+    key, spec, template = case
+    again = CASES[key][1](spec)
     assert json.dumps(template, sort_keys=True) == json.dumps(again, sort_keys=True)
     text = json.dumps(template)
     assert "newGuid" not in text and "utcNow" not in text

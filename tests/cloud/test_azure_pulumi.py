@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 from pulumi.runtime import rpc
 
 from mpicloud.render import blobaccess, windows_bootstrap
-from mpicloud.render.azure import powershell
+from mpicloud.render.azure import cloud_init, powershell
 from mpicloud.spec import ClusterSpec, spec_from_dict
 from tests.specdata import PUBKEY
 
@@ -342,7 +343,8 @@ def test_infiniband_driver_only_on_rdma_sizes(azure_spec: ClusterSpec) -> pulumi
     return _deploy(_spec(azure_spec, nodes=2, size="Standard_HB120rs_v3", azure={"rdma": True}), check)
 
 
-@pytest.mark.parametrize("example", ["azure-windows-elastic.yaml", "azure-linux-elastic.yaml"])
+@pytest.mark.parametrize("example", ["azure-windows-elastic.yaml", "azure-linux-elastic.yaml",
+                                     "azure-linux-elastic-slurm.yaml"])
 @pulumi.runtime.test
 def test_elastic_head_role_is_exactly_the_node_actions_on_the_compute_vms(example: str) -> pulumi.Output[None]:
     """Every compute VM is created; the head's custom role holds ELASTIC_ACTIONS only and is assigned on each compute
@@ -369,4 +371,9 @@ def test_elastic_head_role_is_exactly_the_node_actions_on_the_compute_vms(exampl
         assert all(a["roleDefinitionId"].endswith(f"{spec.name}-elastic-role") and
                    a["principalId"] == f"principal-{prefix}0" for a in elastic)
         assert vms[f"{prefix}0"].get("identity") == {"type": "SystemAssigned"}
+        if spec.scheduler == "slurm":  # the head alone runs slurmctld's power saving programs (sudoers rule)
+            data = {n: gzip.decompress(base64.b64decode(v["osProfile"]["customData"])).decode() for n, v in vms.items()}
+            assert data == {f"node{i}": cloud_init.cloud_config(spec, i) for i in range(count)}
+            assert [n for n, text in data.items() if "/etc/sudoers.d/mpicloud-slurm-power" in text] == ["node0"]
+            assert all("NodeName=node[1-@LAST@] NodeAddr=@ADDRS@ CPUs=@CPUS@ State=CLOUD" in t for t in data.values())
     return _deploy(spec, check)

@@ -189,3 +189,47 @@ def test_the_head_runs_slurm_power_as_the_cluster_user_through_exactly_three_sud
     worker = boot_files(spec, None)
     assert not [p for p in worker if "sudoers" in p or p[len("/opt/mpicloud/"):] in ("slurm-resume", "slurm-prolog")]
     assert worker["/opt/mpicloud/slurm.conf.in"] == files["/opt/mpicloud/slurm.conf.in"]
+
+
+# -- what the cloud tests of slurm_power.py share: sudo and scontrol stand-ins, the head's wrappers in scratch places
+
+FAKE_SUDO = """#!/bin/bash
+# stand-in for sudo -n -u USER COMMAND...: logs the call, runs COMMAND as this user with sudo's fresh environment
+# (moto's fake keys: a head's boto3 finds its credentials in the instance metadata)
+echo "sudo $*" >> "$READY_DIR/sudo.log"
+[ "$1 $2" = "-n -u" ] || exit 1
+shift 3
+exec env -i PATH="$PATH" HOME="$HOME" READY_DIR="$READY_DIR" AWS_ACCESS_KEY_ID=testing \\
+  AWS_SECRET_ACCESS_KEY=testing "$@"
+"""
+FAKE_SCONTROL = """#!/bin/bash
+# Slurm's hostlist expansion (node[A-B] or one name); anything else is recorded
+if [ "$1 $2" = "show hostnames" ]; then
+  if [[ $3 =~ ^node\\[([0-9]+)-([0-9]+)\\]$ ]]; then
+    for ((i = BASH_REMATCH[1]; i <= BASH_REMATCH[2]; i++)); do echo "node$i"; done
+  else echo "$3"; fi
+  exit
+fi
+echo "scontrol $*" >> "$READY_DIR/scontrol.log"
+"""
+
+
+def install_fakes(bin_dir: Path) -> None:
+    """sudo and scontrol stand-ins in `bin_dir` (first on PATH); they log into $READY_DIR."""
+    for name, text in (("sudo", FAKE_SUDO), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+
+
+def install_wrappers(files: dict[str, dict[str, str]], bin_dir: Path, opt: Path, root: Path) -> dict[str, Path]:
+    """The head's rendered slurm-resume and slurm-suspend (`files`: its boot files) beside `root`, pointing at a
+    scratch /opt/mpicloud (`opt`), runner root (`root`) and the stand-in sudo in `bin_dir`."""
+    install_fakes(bin_dir)
+    wrappers = {}
+    for action in ("resume", "suspend"):
+        text = files[f"/opt/mpicloud/slurm-{action}"]["content"]
+        wrappers[action] = root.parent / f"slurm-{action}"
+        wrappers[action].write_text(text.replace("/usr/bin/sudo", str(bin_dir / "sudo"))
+                                    .replace("/opt/mpicloud", str(opt)).replace("/shared/.mpicloud", str(root)))
+        wrappers[action].chmod(0o755)
+    return wrappers

@@ -170,3 +170,32 @@ def test_a_failed_resume_sets_the_node_down_with_its_reason_and_requeues_the_job
     status = json.loads((Path(cluster.record.runner_root) / "status.json").read_text())
     assert status["pool"]["nodes"]["node2"] in ("stopping", "stopped")  # DOWN: it takes no jobs
     assert job.info().state == "queued"
+
+
+def test_a_node_up_before_slurm_asked_joins_idle_is_powered_down_when_idle_and_up_again_for_a_job(
+        elastic: object) -> None:
+    """Azure's way: its compute VMs are created with the cluster and boot before Slurm ever asks for them. A CLOUD
+    node whose slurmd registers unasked (with a fresh boot, as slurm-node.sh's first start on a cloud node) is
+    taken as powered up and idle, not DOWN; after SuspendTime Slurm powers it down through SuspendProgram, and a
+    queued job powers it up again."""
+    cluster = _up(elastic("sahead", "nodes: {min: 0, max: 2}\nscheduler: slurm\n"  # type: ignore[operator]
+                                    "scale_down_idle_minutes: 0.1\n"))
+    env = {**os.environ, "SLURM_CONF": cluster.record.local["slurm_conf"]}
+
+    def state(node: str) -> str:
+        return subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], env=env, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    assert state("node1") == "idle~"  # powered down: nothing asked for it
+    booted = cli("node", "start", "sahead", "node1", timeout=120)  # the "VM" boots by itself
+    assert booted.returncode == 0, booted.stderr
+    assert state("node1") == "idle"  # registered unasked: powered up, no power-up pending, not down
+    deadline = time.monotonic() + 60  # SuspendTime 6 s, then SuspendProgram stops the node
+    while state("node1") != "idle~" or node_pids(registry.load("sahead"), "node1"):
+        assert time.monotonic() < deadline, state("node1")
+        time.sleep(0.2)
+    log = (Path(cluster.record.runner_root) / "slurm" / "power.log").read_text()
+    assert "suspend node1: done" in log and "resume node1" not in log
+    job = cluster.submit(["hostname"], cores=2).wait(120)  # one slot per node: both nodes
+    assert job.state == "succeeded", job.reason
+    log = (Path(cluster.record.runner_root) / "slurm" / "power.log").read_text()
+    assert "resume node1: done" in log and "resume node2: done" in log

@@ -143,7 +143,7 @@ def test_it_runs_on_the_nodes_python_with_the_standard_library_only(tmp_path: Pa
     assert done.stdout.strip() == COMPUTE_API
 
 
-def _head_runner_json(os_name: str, shared: Path, root: Path) -> tuple[Any, Path]:
+def _head_runner_json(os_name: str, shared: Path, root: Path, example: str = "") -> tuple[Any, Path]:
     """The head's runner.json as its boot writes it: Linux by cluster-files.sh (run for real) from the rendered
     runner.base.json; Windows as bootstrap.ps1 does (its $config with every node listed; PowerShell does not run
     here, so that one step is done in Python)."""
@@ -157,7 +157,7 @@ def _head_runner_json(os_name: str, shared: Path, root: Path) -> tuple[Any, Path
     from mpicloud.render.azure import cloud_init
     from mpicloud.spec import load_spec
 
-    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / f"azure-{os_name}-elastic.yaml")
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / (example or f"azure-{os_name}-elastic.yaml"))
     target = shared / ".mpicloud" / "runner.json"
     if os_name == "linux":
         files = {f["path"]: f["content"] for f in yaml.safe_load(cloud_init.cloud_config(spec, 0))["write_files"]}
@@ -311,3 +311,61 @@ def test_configure_waits_for_the_metadata_endpoint_at_boot(settings: dict[str, s
     with pytest.raises(azure_nodes.urllib.error.URLError):
         azure_nodes.instance({"imds": settings["imds"]}, tries=2, wait=0.01)
     assert len(calls) == 2  # gives up after its tries, with the error
+
+
+def test_slurm_powers_a_vm_up_and_down_through_the_heads_wrappers_on_the_wire(
+        settings: dict[str, str], tmp_path: Path) -> None:
+    """An elastic Slurm cluster on Azure, slurmctld's view: the head's rendered /opt/mpicloud/slurm-resume with
+    Slurm's hostlist runs (through sudo: a stand-in that clears the environment) the compact bundle's slurm_power.py
+    under /usr/bin/python3, which runs the pool's azure_nodes.py resume for the node (start, then instanceView until
+    running, with the managed identity's token); slurm-suspend deallocates it."""
+    import io
+    import subprocess
+    import tarfile
+
+    import yaml
+
+    from mpicloud.assets import runner_bundle
+    from mpicloud.render import azure
+    from mpicloud.render.azure import cloud_init
+    from tests.cloud.test_cloud_elastic_slurm import install_wrappers
+
+    shared, root, opt = tmp_path / "shared", tmp_path / "root", tmp_path / "opt"
+    spec, runner_json = _head_runner_json("linux", shared, root, "azure-linux-elastic-slurm.yaml")
+    with tarfile.open(fileobj=io.BytesIO(runner_bundle("linux", compact=True))) as tar:  # what azure-runner.sh unpacks
+        tar.extractall(opt, filter="data")
+    config = json.loads(runner_json.read_text())
+    assert config["scheduler"] == "slurm" and config["slurm_admin"] == ["sudo", "-n", "-u", "slurm"]
+    config["pool"]["azure"]["imds"] = settings["imds"]
+    config["pool"]["azure"].pop("ready_ports")  # node names do not resolve here (wait_ports: tested above)
+    for action in ("resume", "suspend"):  # this scratch head's places
+        command = config["pool"][f"{action}_command"]
+        assert command == ["/usr/bin/python3", "/opt/mpicloud/azure_nodes.py", action, "--root", "/shared/.mpicloud"]
+        command[1], command[4] = str(opt / "azure_nodes.py"), str(runner_json.parent)
+    runner_json.write_text(json.dumps(config))
+    bin_dir, ready = tmp_path / "bin", tmp_path / "ready"
+    for folder in (bin_dir, ready):
+        folder.mkdir()
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "READY_DIR": str(ready)}
+    configure = [str(opt / "azure_nodes.py") if a.endswith("azure_nodes.py") else a for a in
+                 azure.configure_command(spec)]
+    done = subprocess.run([*configure[:-1], str(runner_json.parent)], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)  # the head's boot: pool.azure from its own metadata
+    assert done.returncode == 0, done.stderr
+    files = {f["path"]: f for f in yaml.safe_load(cloud_init.cloud_config(spec, 0))["write_files"]}
+    wrappers = install_wrappers(files, bin_dir, opt, runner_json.parent)
+    done = subprocess.run([str(wrappers["resume"]), "node2"], capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+    log = (runner_json.parent / "slurm" / "power.log").read_text()
+    assert done.returncode == 0, done.stderr + log
+    assert FakeAzure.state["power"] == "running" and "resume node2: done" in log
+    done = subprocess.run([str(wrappers["suspend"]), "node2"], capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert FakeAzure.state["power"] == "deallocated" and FakeAzure.problems == []
+    assert FakeAzure.seen[0] == ("POST", "start") and FakeAzure.seen[-1] == ("POST", "deallocate")
+    assert set(FakeAzure.seen[1:-1]) == {("GET", "instanceView")}
+    assert (ready / "sudo.log").read_text().splitlines() == [
+        f"sudo -n -u mpiadmin /usr/bin/python3 {opt}/slurm_power.py --root {runner_json.parent} {action} -- node2"
+        for action in ("resume", "suspend")]
+    assert not (ready / "scontrol.log").exists()  # no node was set DOWN
