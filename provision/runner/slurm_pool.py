@@ -28,13 +28,14 @@ RESIZE_REASON = "mpicloud resize: not in the cluster's node count"
 
 def pool_state(slurm: str) -> str:
     """A pool state from sinfo's compact state (`%t`): ~ powered down, # powering up, % powering down, ! to be
-    powered down once its jobs end; a DOWN node (e.g. a failed resume) takes no jobs and waits to be suspended."""
+    powered down once its jobs end; a DOWN node (e.g. a failed resume: `down#` until ResumeTimeout) takes no jobs
+    and waits to be suspended."""
     if "~" in slurm:
         return STOPPED
-    if "#" in slurm:
-        return STARTING
     if "%" in slurm or slurm.startswith("down"):
         return STOPPING
+    if "#" in slurm:
+        return STARTING
     if "!" in slurm or slurm.startswith(("drng", "drain")):
         return DRAINING
     return UP

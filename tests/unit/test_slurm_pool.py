@@ -134,3 +134,12 @@ def test_resize_force_cancels_the_jobs_with_the_reason_before_powering_down(tmp_
     del runner.running["j1"], runner.stopping["j1"]  # the runner saw j1's processes end
     pool.step([], {"node1": 1})
     assert runner.commands[-1] == "NodeName=node2 State=POWER_DOWN_FORCE"
+
+
+def test_sinfo_states_map_to_pool_states_a_down_node_powering_up_takes_no_jobs() -> None:
+    """A failed resume leaves the node DOWN while Slurm still counts it as powering up (`down#`, until
+    ResumeTimeout): it is stopping, not starting (it takes no jobs)."""
+    states = {"idle~": "stopped", "down~": "stopped", "idle#": "starting", "alloc#": "starting", "down#": "stopping",
+              "down*": "stopping", "idle%": "stopping", "mix!": "draining", "drng": "draining", "idle": "up",
+              "mix": "up"}
+    assert {s: slurm_pool.pool_state(s) for s in states} == states
