@@ -197,7 +197,8 @@ def _pool(spec: ClusterSpec, record: ClusterRecord) -> dict[str, object] | None:
     only: a fixed Slurm cluster's nodes are no CLOUD nodes Slurm could power up)."""
     if spec.scheduler == "slurm" and not spec.elastic:
         return None
-    return pool_config(spec, _cli(record, "node", "start", spec.name), _cli(record, "node", "stop", spec.name))
+    pool = pool_config(spec, _cli(record, "node", "start", spec.name), _cli(record, "node", "stop", spec.name))
+    return {**pool, "retry_failed_seconds": local_ns.RETRY_FAILED_SECONDS} if spec.scheduler == "slurm" else pool
 
 
 def _start_node(spec: ClusterSpec, record: ClusterRecord, node: Node, cluster_id: str,

@@ -147,6 +147,8 @@ def start_scheduler(spec: ClusterSpec, record: ClusterRecord) -> None:
 #: Slurm power saving on the local cluster: seconds a node may take to register after its resume (a local node
 #: starts in about a second), and to stop after its suspend (before Slurm may resume it again)
 RESUME_TIMEOUT, SUSPEND_TIMEOUT = 60, 10
+#: seconds a local node whose power-up failed waits before Slurm may try it again (a cloud's default: 300)
+RETRY_FAILED_SECONDS = 10
 
 
 def power_config(spec: ClusterSpec, record: ClusterRecord, layout: slurm_local.SlurmLayout) -> dict[str, object]:

@@ -21,6 +21,9 @@ MAX_NODES = 255
 CLUSTER_TAG, NODE_TAG = "mpicloud:cluster", "mpicloud:node"
 #: Azure Resource Manager's compute API version, for the templates and the head's node actions alike
 AZURE_COMPUTE_API = "2024-11-01"
+#: Slurm power saving: the reason slurm_power.py gives a node whose resume failed, and Slurm's own for a node that did
+#: not register within ResumeTimeout; the runner's Slurm pool makes such a powered-down node usable again
+RESUME_FAILED, RESUME_TIMED_OUT = "mpicloud resume failed", "ResumeTimeout reached"
 
 
 def resize_request(nodes: int | None, force: bool) -> bytes:

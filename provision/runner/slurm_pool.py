@@ -9,6 +9,11 @@ to N nodes keeps N up and the others out of use (`POWER_DOWN_ASAP`: running jobs
 are drained and cancelled with the reason, `POWER_DOWN_FORCE` once the runner saw them end; then `DRAIN` with
 RESIZE_REASON so that Slurm does not power them up again), `--auto` undrains them. Every command is idempotent
 and follows the recorded limits, so a runner killed anywhere repeats what was missing.
+
+A node whose power-up failed (slurm_power.py's RESUME_FAILED, or Slurm's RESUME_TIMED_OUT) is DOWN and powered
+down: Slurm never powers it up again by itself, so a job that needs it would wait forever. Once it has been so for
+`pool.retry_failed_seconds` (a cloud's capacity or a boot may be back), the pool resumes it (`State=RESUME`: idle
+and powered down), and Slurm tries it again for the jobs that wait.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from typing import Any
 import nodepool
 from slurm_backend import Background
 
-from mpicloud.protocol.pool import DRAINING, STARTING, STOPPED, STOPPING, UP
+from mpicloud.protocol.pool import DRAINING, RESUME_FAILED, RESUME_TIMED_OUT, STARTING, STOPPED, STOPPING, UP
 
 #: seconds between two `sinfo` calls of the pool; seconds before a node is asked again for the same change
 POOL_INFO, ASK_AGAIN = 1.0, 10.0
+#: seconds a node whose power-up failed stays out of use before Slurm may try it again (runner.json's pool may say)
+RETRY_FAILED_SECONDS = 300.0
 #: the reason Slurm shows for a node a resize keeps out of use
 RESIZE_REASON = "mpicloud resize: not in the cluster's node count"
 
@@ -49,6 +56,8 @@ class SlurmPool(nodepool.Pool):
         self.env = runner.backend.env
         self.sinfo = Background(["sinfo", "-h", "-N", "-o", "%N|%t|%E"], self.env, POOL_INFO, rt.now)
         self.asked: dict[tuple[str, str], float] = {}  # (node, command) -> when
+        self.failed: dict[str, float] = {}  # node whose power-up failed -> when the pool first saw it powered down
+        self.retry_after = float(runner.config["pool"].get("retry_failed_seconds", RETRY_FAILED_SECONDS))
 
     def names(self) -> list[str]:
         """Every compute node slurm.conf lists (node1..node<spec max>), also while a resize keeps fewer up."""
@@ -81,7 +90,18 @@ class SlurmPool(nodepool.Pool):
         if changed:
             self.save()
             self.runner.refresh_nodes()
+        self._retry_failed(rows, at)
         self._enforce(rows, used, at)
+
+    def _retry_failed(self, rows: dict[str, tuple[str, str]], at: float) -> None:
+        """Resume the nodes whose power-up failed once they have been down and powered down for retry_after s."""
+        failed = {n for n, (state, reason) in rows.items() if state.startswith("down") and "~" in state
+                  and reason.startswith((RESUME_FAILED, RESUME_TIMED_OUT))}
+        self.failed = {n: self.failed.get(n, at) for n in failed}
+        due = sorted(n for n, since in self.failed.items() if at - since >= self.retry_after)
+        if due:
+            self.runner.log(f"nodes {','.join(due)}: power-up failed {self.retry_after:.0f} s ago, retrying")
+            self._ask(due, "RESUME", at)
 
     def _enforce(self, rows: dict[str, tuple[str, str]], used: dict[str, int], at: float) -> None:
         limits = self.limits()

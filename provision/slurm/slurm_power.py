@@ -8,7 +8,10 @@ slurmctld runs it (through a two-line wrapper that adds the action and --root) w
 `node[1-3]`. It expands the list (`scontrol show hostnames`) and runs runner.json's `pool.resume_command` or
 `pool.suspend_command` with each node name appended, all nodes at once, and logs every step to
 RUNNER_ROOT/slurm/power.log. A node whose resume fails is set DOWN with the reason (`sinfo -R` shows it), so Slurm
-requeues its job at once instead of waiting for ResumeTimeout. Exit status: 0 when every node's action worked.
+requeues its job at once instead of waiting for ResumeTimeout, then powered down (POWER_DOWN_FORCE: the
+SuspendProgram stops whatever did start, and the node is not left counted as powering up until ResumeTimeout); the
+runner's Slurm pool makes it usable again later. Exit status: 0 when every node's action worked.
+Installed beside the runner's files (it imports their mpicloud.protocol package).
 
 As PrologSlurmctld it waits until the job's nodes finished powering up (no `#` or `~` flag; at most
 PROLOG_WAIT s) and exits 0: Slurm 22.05 ends a job's CONFIGURING state when its slurmctld prolog ends and its
@@ -24,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mpicloud.protocol.pool import RESUME_FAILED
 
 #: where processes started by slurmctld find the programs when its environment has no PATH
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -48,12 +53,17 @@ def hostnames(hostlist: str, env: dict[str, str]) -> list[str]:
 
 
 def wait_powered_up(root: Path, hostlist: str, env: dict[str, str]) -> int:
-    """PrologSlurmctld: return 0 once no node of `hostlist` is powering up or powered down (or after PROLOG_WAIT s)."""
+    """PrologSlurmctld: return 0 once no node of `hostlist` is powering up or powered down, or once one is DOWN (its
+    resume failed: Slurm requeues the job, which it holds until this prolog ends), or after PROLOG_WAIT s."""
     deadline = time.monotonic() + PROLOG_WAIT
     while time.monotonic() < deadline:
         done = subprocess.run(["sinfo", "-h", "-N", "-n", hostlist, "-o", "%t"], env=env, capture_output=True,
                               text=True, timeout=60, check=False)
-        if done.returncode == 0 and done.stdout.strip() and not set(done.stdout) & set("#~"):
+        states = done.stdout.split() if done.returncode == 0 else []
+        if states and not set(done.stdout) & set("#~"):
+            return 0
+        if any(state.startswith("down") for state in states):
+            log(root, f"prolog: a node of {hostlist} is down; its job is requeued")
             return 0
         time.sleep(0.1)
     log(root, f"prolog: {hostlist} not powered up after {PROLOG_WAIT:.0f} s")
@@ -78,11 +88,13 @@ def act(root: Path, action: str, hostlist: str) -> int:
     for node in nodes:
         log(root, f"{action} {node}: " + ("done" if codes[node] == 0 else f"failed with exit code {codes[node]}"))
     if failed and action == "resume":
-        reason = f"mpicloud resume failed (exit {codes[failed[0]]}, see {root / 'slurm' / 'power.log'})"
+        reason = f"{RESUME_FAILED} (exit {codes[failed[0]]}, see {root / 'slurm' / 'power.log'})"
         admin = [str(a) for a in config.get("slurm_admin") or []]  # a cloud head: sudo to SlurmUser
-        down = subprocess.run([*admin, "scontrol", "update", f"NodeName={','.join(failed)}", "State=DOWN",
-                               f"Reason={reason}"], env=env, capture_output=True, text=True, timeout=60, check=False)
-        log(root, f"set {','.join(failed)} DOWN: " + ("done" if down.returncode == 0 else down.stderr.strip()))
+        for state in ("DOWN", "POWER_DOWN_FORCE"):
+            done = subprocess.run([*admin, "scontrol", "update", f"NodeName={','.join(failed)}", f"State={state}",
+                                   *([f"Reason={reason}"] if state == "DOWN" else [])], env=env, capture_output=True,
+                                  text=True, timeout=60, check=False)
+            log(root, f"set {','.join(failed)} {state}: " + ("done" if done.returncode == 0 else done.stderr.strip()))
     return 1 if failed else 0
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from mpicloud.assets import provision_dir
+from mpicloud.assets import install_runner, provision_dir
 from mpicloud.render.aws.cloud_init import cloud_config, node_addresses, user_data_base64
 from mpicloud.render.cloud_config import SLURM_ADMIN
 from mpicloud.render.cloudformation import cluster_template
@@ -38,7 +38,7 @@ def _files(index: int | None, spec: ClusterSpec | None = None) -> dict[str, dict
 def test_the_power_wrapper_refuses_anything_but_one_hostlist(tmp_path: Path) -> None:
     """What the sudoers rule lets through (`-- *`) cannot become a second --root or another action: the real
     slurm_power.py takes Slurm's hostlist after `--` only (argparse)."""
-    script = provision_dir() / "slurm" / "slurm_power.py"
+    script = install_runner(tmp_path / "opt").with_name("slurm_power.py")
     root = tmp_path / "runner"
     root.mkdir()
     for extra in (["x", "--root", str(tmp_path)], ["x", "y"]):
@@ -111,10 +111,13 @@ def test_a_failed_resume_sets_the_node_down_as_slurm_user(tmp_path: Path) -> Non
     root.mkdir()
     (root / "runner.json").write_text(json.dumps({"slurm_admin": SLURM_ADMIN, "pool": {
         "resume_command": ["sh", "-c", '[ "$0" = node1 ]'], "suspend_command": ["true"]}}))
-    done = subprocess.run(["/usr/bin/python3", str(provision_dir() / "slurm" / "slurm_power.py"), "--root",
-                           str(root), "resume", "--", "node[1-2]"], capture_output=True, text=True, timeout=60,
+    script = install_runner(tmp_path / "opt").with_name("slurm_power.py")
+    done = subprocess.run(["/usr/bin/python3", str(script), "--root", str(root), "resume", "--", "node[1-2]"],
+                          capture_output=True, text=True, timeout=60,
                           env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "READY_DIR": str(ready)})
     assert done.returncode == 1
-    assert (ready / "sudo.log").read_text().startswith("sudo -n -u slurm scontrol update NodeName=node2 State=DOWN ")
+    sudo = (ready / "sudo.log").read_text().splitlines()
+    assert sudo[0].startswith("sudo -n -u slurm scontrol update NodeName=node2 State=DOWN ")
+    assert sudo[1] == "sudo -n -u slurm scontrol update NodeName=node2 State=POWER_DOWN_FORCE"
     assert (ready / "scontrol.log").read_text().startswith("scontrol update NodeName=node2 State=DOWN Reason=mpicloud "
                                                            "resume failed (exit 1, see ")

@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mpicloud.protocol.pool import RESIZE_FILE, resize_request
+import pytest
+
+from mpicloud.protocol.pool import RESIZE_FILE, RESUME_FAILED, RESUME_TIMED_OUT, resize_request
 from tests.runnerlib import node_module
 
 rt = node_module("runner")
@@ -136,10 +138,34 @@ def test_resize_force_cancels_the_jobs_with_the_reason_before_powering_down(tmp_
     assert runner.commands[-1] == "NodeName=node2 State=POWER_DOWN_FORCE"
 
 
-def test_sinfo_states_map_to_pool_states_a_down_node_powering_up_takes_no_jobs() -> None:
-    """A failed resume leaves the node DOWN while Slurm still counts it as powering up (`down#`, until
-    ResumeTimeout): it is stopping, not starting (it takes no jobs)."""
-    states = {"idle~": "stopped", "down~": "stopped", "idle#": "starting", "alloc#": "starting", "down#": "stopping",
-              "down*": "stopping", "idle%": "stopping", "mix!": "draining", "drng": "draining", "idle": "up",
-              "mix": "up"}
-    assert {s: slurm_pool.pool_state(s) for s in states} == states
+
+def test_a_node_whose_power_up_failed_is_resumed_after_the_retry_delay(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed power-up leaves the node DOWN and powered down, which Slurm never powers up again by itself: after
+    retry_failed_seconds (fake clock) the pool resumes it once; another reason (an admin's DOWN) is left alone."""
+    clock = [1000.0]
+    monkeypatch.setattr(rt, "now", lambda: clock[0])
+    runner, sinfo = FakeRunner(tmp_path / "root"), Sinfo()
+    runner.config["pool"]["retry_failed_seconds"] = 60
+    pool = pool_of(runner, sinfo)
+    failed = f"{RESUME_FAILED} (exit 1, see /shared/.mpicloud/slurm/power.log)"
+    sinfo.rows = {"node1": ("down#", failed), "node2": ("down~", "disk replaced, keep out")}
+    pool.step([], {})
+    assert pool.status()["pool"]["nodes"]["node1"] == "stopping"  # still counted powering up: takes no jobs
+    sinfo.rows["node1"] = ("down~", failed)  # POWER_DOWN_FORCE done
+    pool.step([], {})
+    clock[0] += 59
+    pool.step([], {})
+    assert runner.commands == []
+    clock[0] += 1
+    pool.step([], {})
+    assert runner.commands == ["NodeName=node1 State=RESUME"]
+    sinfo.rows["node1"] = ("idle~", "")  # resumed: Slurm may power it up for a job
+    pool.step([], {})
+    sinfo.rows["node1"] = ("down~", RESUME_TIMED_OUT)  # tried again, did not register in time: Slurm's reason
+    clock[0] += 30
+    pool.step([], {})
+    assert runner.commands == ["NodeName=node1 State=RESUME"]  # a new failure: its own delay
+    clock[0] += 60
+    pool.step([], {})
+    assert runner.commands == ["NodeName=node1 State=RESUME"] * 2

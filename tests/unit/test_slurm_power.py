@@ -13,14 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from mpicloud.assets import provision_dir, runner_files
+from mpicloud.assets import install_runner, runner_files
 from mpicloud.cluster import local_ns, slurm_local
 from mpicloud.cluster.registry import ClusterRecord, Node
 from mpicloud.render.templating import render_template
 from mpicloud.spec import parse_spec
 from tests.runnerlib import node_module
 
-POWER = provision_dir() / "slurm" / "slurm_power.py"
+
+@pytest.fixture()
+def power(tmp_path: Path) -> Path:
+    """slurm_power.py installed beside the runner's files, as on a node (it imports their protocol package)."""
+    return install_runner(tmp_path / "opt").with_name("slurm_power.py")
 
 
 def _record(tmp_path: Path) -> ClusterRecord:
@@ -78,8 +82,8 @@ def test_slurm_power_ships_with_the_linux_runner_files_only() -> None:
 
 @pytest.mark.parametrize(("slurm", "state"), [
     ("idle~", "stopped"), ("down~", "stopped"), ("drain~", "stopped"), ("idle#", "starting"), ("alloc#", "starting"),
-    ("idle%", "stopping"), ("down", "stopping"), ("mix!", "draining"), ("drng", "draining"), ("idle", "up"),
-    ("alloc", "up"), ("mix", "up"), ("idle*", "up")])
+    ("down#", "stopping"), ("idle%", "stopping"), ("down", "stopping"), ("mix!", "draining"), ("drng", "draining"),
+    ("idle", "up"), ("alloc", "up"), ("mix", "up"), ("idle*", "up")])
 def test_sinfo_power_flags_are_pool_states(slurm: str, state: str) -> None:
     assert node_module("slurm_pool").pool_state(slurm) == state
 
@@ -95,7 +99,8 @@ def _fake_scontrol(tmp_path: Path) -> Path:
     return bin_dir
 
 
-def test_resume_runs_the_pool_command_per_node_and_sets_a_failed_node_down(tmp_path: Path) -> None:
+def test_resume_runs_the_pool_command_per_node_sets_a_failed_node_down_and_powers_it_down(
+        tmp_path: Path, power: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     action = f'echo "$0" >> {tmp_path}/started; [ "$0" != node2 ]'
@@ -103,26 +108,27 @@ def test_resume_runs_the_pool_command_per_node_and_sets_a_failed_node_down(tmp_p
                                                            "suspend_command": ["true"]},
                                                   "slurm_env": {"SLURM_CONF": "/x/slurm.conf"}}))
     env = {**os.environ, "PATH": f"{_fake_scontrol(tmp_path)}:{os.environ['PATH']}"}
-    done = subprocess.run([sys.executable, str(POWER), "--root", str(root), "resume", "node[1-3]"], env=env,
+    done = subprocess.run([sys.executable, str(power), "--root", str(root), "resume", "node[1-3]"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
     assert sorted((tmp_path / "started").read_text().split()) == ["node1", "node2", "node3"]
-    update = (tmp_path / "scontrol.log").read_text()
-    assert update.startswith("update NodeName=node2 State=DOWN Reason=mpicloud resume failed (exit 1, see ")
+    down, power_down = (tmp_path / "scontrol.log").read_text().splitlines()
+    assert down.startswith("update NodeName=node2 State=DOWN Reason=mpicloud resume failed (exit 1, see ")
+    assert power_down == "update NodeName=node2 State=POWER_DOWN_FORCE"  # its SuspendProgram stops what started
     log = (root / "slurm" / "power.log").read_text()
     assert "resume node[1-3]: node1 node2 node3" in log and "resume node2: failed with exit code 1" in log
-    assert "resume node1: done" in log and "set node2 DOWN: done" in log
+    assert "resume node1: done" in log and "set node2 DOWN: done" in log and "set node2 POWER_DOWN_FORCE: done" in log
 
 
-def test_suspend_never_sets_nodes_down_and_a_bad_call_is_one_line(tmp_path: Path) -> None:
+def test_suspend_never_sets_nodes_down_and_a_bad_call_is_one_line(tmp_path: Path, power: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     (root / "runner.json").write_text(json.dumps({"pool": {"resume_command": ["true"], "suspend_command": ["false"]}}))
     env = {**os.environ, "PATH": f"{_fake_scontrol(tmp_path)}:{os.environ['PATH']}"}
-    done = subprocess.run([sys.executable, str(POWER), "--root", str(root), "suspend", "node[1-3]"], env=env,
+    done = subprocess.run([sys.executable, str(power), "--root", str(root), "suspend", "node[1-3]"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and not (tmp_path / "scontrol.log").exists()
-    bad = subprocess.run([sys.executable, str(POWER), "--root", str(tmp_path / "nowhere"), "resume", "node1"],
+    bad = subprocess.run([sys.executable, str(power), "--root", str(tmp_path / "nowhere"), "resume", "node1"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "FileNotFoundError" in (tmp_path / "nowhere" / "slurm" / "power.log").read_text()
