@@ -29,7 +29,7 @@ from mpicloud.render.cloudformation import cluster_template, elastic_template_js
 from mpicloud.render.elastic_iam import node_actions_policy
 from mpicloud.render.iam_check import evaluate
 from mpicloud.spec.load import spec_from_dict
-from tests.cloud.cfn_moto import for_moto
+from tests.cloud.cfn_moto import create_stack, for_moto
 from tests.integration.s3server import moto_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,14 +187,9 @@ def deployed() -> Iterator[Deployed]:
         for_moto(body, REGION, "/test/debian-12")
         ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint)
         ec2.create_key_pair(KeyName="me")
-        cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=endpoint)
-        cfn.create_stack(StackName=STACK, TemplateBody=json.dumps(body), Capabilities=["CAPABILITY_IAM"],
-                         Parameters=[{"ParameterKey": "KeyName", "ParameterValue": "me"},
-                                     {"ParameterKey": "AllowedSshCidr", "ParameterValue": "203.0.113.0/24"},
-                                     # moto turns the roles' unselected Fn::If policy entry into None
-                                     {"ParameterKey": "BucketName", "ParameterValue": "my-simulation-data"}])
-        stack = cfn.describe_stacks(StackName=STACK)["Stacks"][0]
-        assert stack["StackStatus"] == "CREATE_COMPLETE"
+        # a bucket: moto turns the roles' unselected Fn::If policy entry into None
+        cfn, stack = create_stack(json.dumps(body), STACK, {
+            "KeyName": "me", "AllowedSshCidr": "203.0.113.0/24", "BucketName": "my-simulation-data"}, REGION, endpoint)
         resources = {r["LogicalResourceId"]: r["PhysicalResourceId"]
                      for r in cfn.list_stack_resources(StackName=STACK)["StackResourceSummaries"]}
         [head] = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import warnings
@@ -20,6 +19,7 @@ from moto.core import enable_iam_authentication
 
 from mpicloud.render.cfn_bucket import bucket_access_json, bucket_access_template
 from mpicloud.render.iam_check import evaluate, list_scoping_problems
+from tests.cloud.cfn_moto import create_stack, skipped_types
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "templates" / "cloudformation" / "bucket-access.json"
@@ -97,16 +97,11 @@ def aws() -> Iterator[None]:
 
 def _deploy(params: dict[str, str]) -> tuple[dict[str, str], set[str]]:
     """Create the stack; its outputs and the resource types moto skipped."""
-    cfn = boto3.client("cloudformation", region_name=REGION)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        cfn.create_stack(StackName="bucket-access", TemplateBody=TEMPLATE.read_text(),
-                         Capabilities=["CAPABILITY_IAM"],
-                         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
-    skipped = {m.group(1) for w in caught if (m := re.search(r"parse (\S+) but it's not supported", str(w.message)))}
+        _, stack = create_stack(TEMPLATE.read_text(), "bucket-access", params, REGION)
+    skipped = skipped_types(caught)
     assert skipped <= MOTO_SKIPS, f"moto silently skipped {skipped - MOTO_SKIPS}"
-    stack = cfn.describe_stacks(StackName="bucket-access")["Stacks"][0]
-    assert stack["StackStatus"] == "CREATE_COMPLETE"
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}, skipped
 
 
