@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
+from moto import mock_aws
+
+
+@contextmanager
+def mocked_aws() -> Iterator[list[warnings.WarningMessage]]:
+    """moto's in-process AWS, every warning recorded (moto warns once for each resource it skips, see skipped_types)."""
+    with mock_aws(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
 
 
 def for_moto(body: dict[str, Any], region: str, image_parameter: str) -> str:

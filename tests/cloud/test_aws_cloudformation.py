@@ -7,17 +7,17 @@ import gzip
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from mpicloud.errors import RenderError
 from mpicloud.render.aws import MAX_TEMPLATE_NODES, TAG_NODES
 from mpicloud.render.aws.cloud_init import cloud_config, node_addresses, runner_parameters
 from mpicloud.render.cloudformation import cluster_template, cluster_template_json, launch_stack_url, template_spec
-from tests.cloud.cfn_moto import create_stack, for_moto, skipped_types
+from tests.cloud.cfn_moto import create_stack, for_moto, mocked_aws, skipped_types
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "templates" / "cloudformation" / "cluster.json"
@@ -216,11 +216,7 @@ BUCKET_ROLE = "arn:aws:iam::111122223333:role/sim-data-access"
 
 
 def test_moto_deploys_the_template() -> None:
-    boto3 = pytest.importorskip("boto3")
-    from moto import mock_aws
-
-    with mock_aws(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with mocked_aws() as caught:
         region = "us-east-1"
         ec2 = boto3.client("ec2", region_name=region)
         ec2.create_key_pair(KeyName="me")

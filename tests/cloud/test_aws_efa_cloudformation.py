@@ -7,16 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from mpicloud.render import cloudformation
 from mpicloud.render.aws.cloud_init import node_addresses
 from mpicloud.render.cloudformation import MAX_EFA_NODES, cluster_template, efa_template_json, template_spec
-from tests.cloud.cfn_moto import create_stack, for_moto, skipped_types
+from tests.cloud.cfn_moto import create_stack, for_moto, mocked_aws, skipped_types
 from tests.cloud.test_aws_cloudformation import BUCKET_ROLE, KMS_KEY, MOTO_SKIPS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,11 +84,7 @@ def test_cfn_lint_reports_nothing(small: dict[str, Any]) -> None:
 
 
 def test_moto_deploys_the_template(small: dict[str, Any]) -> None:
-    boto3 = pytest.importorskip("boto3")
-    from moto import mock_aws
-
-    with mock_aws(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with mocked_aws() as caught:
         region = "us-east-1"
         ec2 = boto3.client("ec2", region_name=region)
         ec2.create_key_pair(KeyName="me")

@@ -6,17 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from mpicloud.render import cloudformation
 from mpicloud.render.aws import MAX_TEMPLATE_NODES, powershell
 from mpicloud.render.aws.cfn_windows import ROOT_DEVICE, template_spec, windows_template, windows_template_json
 from mpicloud.render.windows_bootstrap import bootstrap_ps1
-from tests.cloud.cfn_moto import create_stack, for_moto, skipped_types
+from tests.cloud.cfn_moto import create_stack, for_moto, mocked_aws, skipped_types
 from tests.cloud.test_aws_cloudformation import BUCKET_ROLE, KMS_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,11 +107,7 @@ def test_nodes_boot_the_bootstrap_from_ssm_with_their_tags(template: dict[str, A
 
 
 def test_moto_deploys_the_template(small: dict[str, Any]) -> None:
-    boto3 = pytest.importorskip("boto3")
-    from moto import mock_aws
-
-    with mock_aws(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with mocked_aws() as caught:
         region = "us-east-1"
         ec2 = boto3.client("ec2", region_name=region)
         body = small
