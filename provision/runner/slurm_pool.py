@@ -11,9 +11,11 @@ RESIZE_REASON so that Slurm does not power them up again), `--auto` undrains the
 and follows the recorded limits, so a runner killed anywhere repeats what was missing.
 
 A node whose power-up failed (slurm_power.py's RESUME_FAILED, or Slurm's RESUME_TIMED_OUT) is DOWN and powered
-down: Slurm never powers it up again by itself, so a job that needs it would wait forever. Once it has been so for
-`pool.retry_failed_seconds` (a cloud's capacity or a boot may be back), the pool resumes it (`State=RESUME`: idle
-and powered down), and Slurm tries it again for the jobs that wait.
+down: Slurm never powers it up again by itself, so a job that needs it would wait forever. The same holds for a node
+Slurm set DOWN as not responding and then powered down as idle (a compute VM halted behind its back, e.g. by the
+whole cluster's idle shutdown). Once such a node has been so for `pool.retry_failed_seconds` (a cloud's capacity
+or a boot may be back), the pool resumes it (`State=RESUME`: idle and powered down), and Slurm tries it again for
+the jobs that wait. A node DOWN for any other reason (an admin's) is left alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from mpicloud.protocol.pool import DRAINING, RESUME_FAILED, RESUME_TIMED_OUT, ST
 POOL_INFO, ASK_AGAIN = 1.0, 10.0
 #: seconds a node whose power-up failed stays out of use before Slurm may try it again (runner.json's pool may say)
 RETRY_FAILED_SECONDS = 300.0
+#: the reasons of a DOWN, powered-down node that the pool tries again: a failed power-up, or Slurm's own for a node
+#: whose slurmd stopped answering
+RETRIED = (RESUME_FAILED, RESUME_TIMED_OUT, "Not responding")
 #: the reason Slurm shows for a node a resize keeps out of use
 RESIZE_REASON = "mpicloud resize: not in the cluster's node count"
 
@@ -96,7 +101,7 @@ class SlurmPool(nodepool.Pool):
     def _retry_failed(self, rows: dict[str, tuple[str, str]], at: float) -> None:
         """Resume the nodes whose power-up failed once they have been down and powered down for retry_after s."""
         failed = {n for n, (state, reason) in rows.items() if state.startswith("down") and "~" in state
-                  and reason.startswith((RESUME_FAILED, RESUME_TIMED_OUT))}
+                  and reason.startswith(RETRIED)}
         self.failed = {n: self.failed.get(n, at) for n in failed}
         due = sorted(n for n, since in self.failed.items() if at - since >= self.retry_after)
         if due:

@@ -139,7 +139,7 @@ def test_resize_force_cancels_the_jobs_with_the_reason_before_powering_down(tmp_
 
 
 
-def test_a_node_whose_power_up_failed_is_resumed_after_the_retry_delay(tmp_path: Path,
+def test_a_node_whose_power_up_failed_or_that_stopped_answering_is_resumed_after_the_retry_delay(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed power-up leaves the node DOWN and powered down, which Slurm never powers up again by itself: after
     retry_failed_seconds (fake clock) the pool resumes it once; another reason (an admin's DOWN) is left alone."""
@@ -149,7 +149,8 @@ def test_a_node_whose_power_up_failed_is_resumed_after_the_retry_delay(tmp_path:
     runner.config["pool"]["retry_failed_seconds"] = 60
     pool = pool_of(runner, sinfo)
     failed = f"{RESUME_FAILED} (exit 1, see /shared/.mpicloud/slurm/power.log)"
-    sinfo.rows = {"node1": ("down#", failed), "node2": ("down~", "disk replaced, keep out")}
+    sinfo.rows = {"node1": ("down#", failed), "node2": ("down~", "disk replaced, keep out"),
+                  "node3": ("down*", "Not responding")}  # still counted powered up: Slurm's own business
     pool.step([], {})
     assert pool.status()["pool"]["nodes"]["node1"] == "stopping"  # still counted powering up: takes no jobs
     sinfo.rows["node1"] = ("down~", failed)  # POWER_DOWN_FORCE done
@@ -169,3 +170,9 @@ def test_a_node_whose_power_up_failed_is_resumed_after_the_retry_delay(tmp_path:
     clock[0] += 60
     pool.step([], {})
     assert runner.commands == ["NodeName=node1 State=RESUME"] * 2
+    sinfo.rows["node1"] = ("idle~", "")
+    sinfo.rows["node3"] = ("down~", "Not responding")  # halted behind Slurm's back, then powered down as idle
+    pool.step([], {})
+    clock[0] += 60
+    pool.step([], {})
+    assert runner.commands[-1] == "NodeName=node3 State=RESUME" and len(runner.commands) == 3
