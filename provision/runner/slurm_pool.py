@@ -105,7 +105,9 @@ class SlurmPool(nodepool.Pool):
         self.failed = {n: self.failed.get(n, at) for n in failed}
         due = sorted(n for n, since in self.failed.items() if at - since >= self.retry_after)
         if due:
-            self.runner.log(f"nodes {','.join(due)}: power-up failed {self.retry_after:.0f} s ago, retrying")
+            why = "; ".join(f"{n}: {rows[n][1]}" for n in due)
+            self.runner.log(f"nodes {','.join(due)}: DOWN and powered down for {self.retry_after:.0f} s ({why}), "
+                            "trying again")
             self._ask(due, "RESUME", at)
 
     def _enforce(self, rows: dict[str, tuple[str, str]], used: dict[str, int], at: float) -> None:
