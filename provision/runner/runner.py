@@ -921,9 +921,7 @@ class Runner:
         missing = sorted(present - set(ids), key=lambda i: (float(self.state(i).get("submitted_at") or 0), i))
         if missing or ids != recorded:
             ids += missing
-            tmp = path.with_name(f".order.log.{os.getpid()}.tmp")
-            tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-            os.replace(tmp, path)
+            write_text(path, "".join(f"{i}\n" for i in ids))
         return ids
 
     def give_up(self, job_id: str, state: dict[str, Any], position: int | None = None) -> bool:
