@@ -122,24 +122,25 @@ def _software_script(spec: ClusterSpec) -> str:
 
 def _files(spec: ClusterSpec, head: bool, parts: CloudParts) -> list[File]:
     files = [_script(name) for name in (parts.node_env, *_SCRIPTS)]
+    power = _power(spec)
     files.append(_file(f"{OPT}/install-software.sh", _software_script(spec)))
     if spec.scheduler == "slurm":
         prolog = f"{OPT}/slurm-task-prolog.sh"
         files += [_script("slurm-node.sh"),
                   _file(prolog, (provision_dir() / "slurm" / "task-prolog.sh").read_text(encoding="utf-8")),
                   _file(f"{OPT}/slurm.conf.in", render_template("linux/slurm.conf.j2", cluster=spec.name,
-                                                                 task_prolog=prolog, power=_power(spec)), "0644")]
+                                                                 task_prolog=prolog, power=power), "0644")]
     if head:
         path = spec.shared_storage.path
         # nodes and idle minutes come from the cloud's metadata at boot (cluster-files.sh): the user data stays the
         # same whatever the node count, so resizing a cluster never changes (or replaces) its nodes' user data
         # (an elastic head's nodes are itself alone, whatever the pool does)
         config = {**runner_config(spec, pool=parts.pool), "idle_shutdown_minutes": None,
-                  **({"slurm_admin": SLURM_ADMIN} if _power(spec) else {}),
+                  **({"slurm_admin": SLURM_ADMIN} if power else {}),
                   **({} if parts.pool else {"nodes": []}),
                   "share_marker": root_file(path, SHARE_MARKER), "share_probe": SHARE_PROBE}
         files += [_script(name) for name in (*_HEAD_SCRIPTS, *parts.head_scripts)]
-        files += _power_files(spec) if _power(spec) else []
+        files += _power_files(spec) if power else []
         files += [
             _file(f"{OPT}/runner.base.json", runner_config_json(config), "0644"),
             _file("/etc/systemd/system/mpicloud-runner.service", render_template(
