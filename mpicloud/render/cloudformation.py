@@ -48,10 +48,14 @@ def template_spec() -> ClusterSpec:
                            "aws": {"subnet_cidr": "10.0.0.0/23"}})
 
 
+def elastic_of(spec: ClusterSpec) -> ClusterSpec:
+    """A checked-in template's spec made elastic: the head node and 0 to 16 compute nodes."""
+    return spec_from_dict({**spec.model_dump(mode="json", exclude_none=True), "nodes": {"min": 0, "max": 16}})
+
+
 def elastic_template_spec() -> ClusterSpec:
-    """The spec of the checked-in elastic template: the head node and 0 to 16 compute nodes."""
-    return spec_from_dict({**template_spec().model_dump(mode="json", exclude_none=True),
-                           "nodes": {"min": 0, "max": 16}})
+    """The spec of the checked-in elastic template (elastic_of the Linux template's)."""
+    return elastic_of(template_spec())
 
 
 def _ref(name: str) -> dict[str, str]:

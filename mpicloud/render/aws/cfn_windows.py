@@ -34,9 +34,8 @@ def template_spec() -> ClusterSpec:
 
 
 def elastic_template_spec() -> ClusterSpec:
-    """The spec of the checked-in elastic template: the head node and 0 to 16 compute nodes."""
-    return spec_from_dict({**template_spec().model_dump(mode="json", exclude_none=True),
-                           "nodes": {"min": 0, "max": 16}})
+    """The spec of the checked-in elastic template (cloudformation.elastic_of the Windows template's)."""
+    return cfn.elastic_of(template_spec())
 
 
 def _parameters(spec: ClusterSpec) -> dict[str, Any]:
