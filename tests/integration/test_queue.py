@@ -119,9 +119,15 @@ def test_killed_wrapper_of_an_mpi_job_keeps_its_slots_until_every_rank_is_gone(l
     behind = local_cluster.submit(["true"], cores=4)  # needs every slot: may start only once the ranks are gone
     os.kill(int(json.loads(_state_file(local_cluster, job).read_text())["pid"]), signal.SIGKILL)
     deadline = time.monotonic() + 60
-    while not (info := job.info()).done:
+    while True:
+        # `behind` first: the runner records the job's end before it starts `behind`, so a `behind` seen started
+        # with the job still not done after it would be slots given away while ranks ran (read the other way
+        # round, the job may end between the two reads)
+        waiting = behind.info().state
+        if (info := job.info()).done:
+            break
         assert time.monotonic() < deadline, f"the job never ended: {info}"
-        assert behind.info().state in ("submitted", "queued"), "the slots went to the next job while ranks ran"
+        assert waiting in ("submitted", "queued"), "the slots went to the next job while ranks ran"
         time.sleep(0.05)
     assert info.state == "failed" and "died without recording a result" in (info.reason or ""), info
     assert _count(marker) == 0, "the job was failed while ranks still ran"
