@@ -291,8 +291,10 @@ class SlurmBackend:
         if done:
             rows = [line.split("|") for line in (out or "").splitlines() if line.count("|") == 2]
             self.nodes = [{"name": n, "state": t, "cpus_alloc_idle_other_total": c} for n, t, c in rows]
-        pending = {job_id: (self.jobs or {}).get(state.get("slurm_id") or "", ("", ""))[1]
+        pending = {job_id: state.get("slurm_id") or ""
                    for job_id, state in self.runner.running.items() if state["state"] == "queued"}
+        listed = self.jobs or {}  # a job just submitted has no reason ("") until squeue lists it
+        reasons = {job_id: reason for job_id, sid in pending.items() if (reason := listed.get(sid, ("", ""))[1])}
         return {"scheduler": "slurm", "slurm_nodes": self.nodes, "slurm_answers": self.jobs is not None,
                 "queued": len(self.runner.queue) + len(pending), "running": len(self.runner.running) - len(pending),
-                "pending_reasons": dict(list(pending.items())[:20])}
+                "pending_reasons": dict(list(reasons.items())[:20])}
