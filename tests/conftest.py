@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from mpicloud.api import Cluster
+    from mpicloud.api import Cluster, Job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,14 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
     """Run the real `mpicloud` CLI in a subprocess."""
     return subprocess.run([sys.executable, "-m", "mpicloud.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, input=stdin, cwd=ROOT)
+
+
+def wait_running(job: Job, timeout: float = 120) -> None:
+    """Until the job runs; a clear failure when it ends first or does not start within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while (info := job.info()).state != "running":
+        assert not info.done and time.monotonic() < deadline, info
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

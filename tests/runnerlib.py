@@ -96,6 +96,12 @@ class LocalQueue:
             return {"state": "submitted"}
         return data
 
+    def wait_running(self, job_id: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while (state := self.state(job_id))["state"] != "running":
+            assert state["state"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline, state
+            time.sleep(0.05)
+
     def wait(self, job_id: str, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from pathlib import Path
 from mpicloud.api import Cluster
 from mpicloud.cluster import local, registry
 from mpicloud.cluster.local_nodes import node_pids
-from tests.conftest import cli
+from tests.conftest import cli, wait_running
 from tests.elasticlib import burst, pool_nodes
 
 #: per job: the node it ran on (hostname: each loopback node has its own), its id into its work dir, a pause
@@ -63,20 +63,18 @@ def test_resize_grows_live_and_shrinking_drains_or_cancels_with_force(home: Path
         wide = cluster.submit(["hostname"], cores=3, mpi=True).wait(120)
         assert wide.state == "succeeded"
         assert sorted(cluster.job(wide.id).stdout().split()) == ["node0", "node1", "node2"]  # node2 is new
-        long = cluster.submit(["sh", "-c", "sleep 3; echo finished > out.txt"], cores=3)
-        while long.info().state != "running":
-            time.sleep(0.1)
+        long = cluster.submit(["sh", "-c", "sleep 6; echo finished > out.txt"], cores=3)
+        wait_running(long)
         began = time.monotonic()
         shrunk = cluster.resize(1)
-        assert time.monotonic() - began > 1.5  # it waited for the job on the draining nodes
+        assert time.monotonic() - began > 1.5  # it waited (~6 s) for the job on the draining nodes
         assert long.info().state == "succeeded"
         assert (root / "jobs" / long.id / "work" / "out.txt").read_text() == "finished\n"
         assert shrunk["nodes"] == {"node0": "up", "node1": "stopped", "node2": "stopped"}
         assert not node_pids(cluster.record, "node1") and not node_pids(cluster.record, "node2")
         cluster.resize(2)
         stuck = cluster.submit(["sleep", "300"], cores=2)
-        while stuck.info().state != "running":
-            time.sleep(0.1)
+        wait_running(stuck)
         forced = cli("resize", "sizer", "--nodes", "1", "--force")
         assert forced.returncode == 0, forced.stderr
         info = stuck.info()
@@ -120,6 +118,7 @@ def test_an_up_node_that_stops_answering_is_replaced(home: Path, tmp_path: Path)
         assert after.state == "succeeded", (after.reason, cluster.job(after.id).stderr(), log.read_text()[-3000:])
         assert cluster.job(after.id).stdout() == "node1\n"
         assert int((cluster.record.dir / "node1" / "sshd.pid").read_text()) != sshd
+        deadline = time.monotonic() + 30
         while pool_nodes(root) != {"node1": "up"}:  # status.json is rewritten every second
             assert time.monotonic() < deadline, pool_nodes(root)
             time.sleep(0.2)

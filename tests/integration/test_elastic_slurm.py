@@ -19,7 +19,7 @@ import pytest
 from mpicloud.api import Cluster
 from mpicloud.cluster import registry
 from mpicloud.cluster.local_nodes import node_pids
-from tests.conftest import cli
+from tests.conftest import cli, wait_running
 from tests.elasticlib import burst, pool_nodes
 from tests.slurmlib import ours, processes_with, require_slurm, slurm_record
 
@@ -101,20 +101,18 @@ def test_slurm_resize_drains_without_loss_and_force_cancels_with_the_reason(elas
     root = Path(cluster.record.runner_root)
     refused = cli("resize", "sresize", "--nodes", "3")
     assert refused.returncode == 2 and "--nodes must be between 0 and 2" in refused.stderr, refused.stderr
-    long = cluster.submit(["sh", "-c", "sleep 4; echo finished > out.txt"])
-    while long.info().state != "running":
-        time.sleep(0.1)
+    long = cluster.submit(["sh", "-c", "sleep 7; echo finished > out.txt"])
+    wait_running(long)
     began = time.monotonic()
     shrunk = cluster.resize(0, timeout=120)
-    assert time.monotonic() - began > 1.5  # it waited for the job on the draining node
+    assert time.monotonic() - began > 1.5  # it waited (~7 s) for the job on the draining node
     assert long.info().state == "succeeded"
     assert (root / "jobs" / long.id / "work" / "out.txt").read_text() == "finished\n"
     assert shrunk["nodes"] == {"node1": "stopped", "node2": "stopped"}
     grown = cli("resize", "sresize", "--nodes", "2", timeout=180)
     assert grown.returncode == 0 and "2 up" in grown.stdout, grown.stderr
     stuck = cluster.submit(["sleep", "300"], cores=2)
-    while stuck.info().state != "running":
-        time.sleep(0.1)
+    wait_running(stuck)
     forced = cli("resize", "sresize", "--nodes", "1", "--force", timeout=180)
     assert forced.returncode == 0, forced.stderr
     info = stuck.info()
@@ -208,13 +206,16 @@ def test_a_node_up_before_slurm_asked_joins_idle_is_powered_down_when_idle_and_u
     assert state("node1") == "idle~"  # powered down: nothing asked for it
     booted = cli("node", "start", "sahead", "node1", timeout=120)  # the "VM" boots by itself
     assert booted.returncode == 0, booted.stderr
-    assert state("node1") == "idle"  # registered unasked: powered up, no power-up pending, not down
-    deadline = time.monotonic() + 60  # SuspendTime 6 s, then SuspendProgram stops the node
-    while state("node1") != "idle~" or node_pids(registry.load("sahead"), "node1"):
+    # registered unasked: powered up (being powered down, %, once its SuspendTime of 6 s passed), not down,
+    # no power-up pending
+    assert state("node1") in ("idle", "idle%")
+    log = Path(cluster.record.runner_root) / "slurm" / "power.log"
+    deadline = time.monotonic() + 60  # SuspendProgram stops the node, then logs "done"
+    while state("node1") != "idle~" or node_pids(registry.load("sahead"), "node1") \
+            or "suspend node1: done" not in log.read_text():
         assert time.monotonic() < deadline, state("node1")
         time.sleep(0.2)
-    log = (Path(cluster.record.runner_root) / "slurm" / "power.log").read_text()
-    assert "suspend node1: done" in log and "resume node1" not in log
+    assert "resume node1" not in log.read_text()
     job = cluster.submit(["hostname"], cores=2).wait(120)  # one slot per node: both nodes
     assert job.state == "succeeded", job.reason
     # Slurm powered both up for it (the job may start before slurm_power.py logs each resume as done)

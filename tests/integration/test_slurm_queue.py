@@ -222,19 +222,22 @@ def test_status_shows_slurms_nodes_and_pending_reasons(slurm_cluster: Cluster, c
     blocker = slurm_cluster.submit(["sleep", "30"], cores=4)
     waiting = slurm_cluster.submit(["true"], cores=2)
     env = {"MPICLOUD_HOME": str(cluster_home)}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         data = json.loads(cli("status", "slurmtest", "--json", env=env).stdout)
-        # Slurm's own reason, once squeue lists the job and its scheduler has looked at it ("None" before)
+        # Slurm's own reason, once squeue lists the job and its scheduler has looked at it ("None" before);
+        # its nodes, once the runner's sinfo (every 5 s) answered
         if data.get("pending_reasons", {}).get(waiting.id) in ("Resources", "Priority") \
+                and {n["name"] for n in data["slurm_nodes"]} == {"node0", "node1"} \
                 and blocker.info().state == "running":
             break
-        assert "" not in data.get("pending_reasons", {}).values(), data
+        assert data["scheduler"] == "slurm" and "" not in data.get("pending_reasons", {}).values(), data
         assert time.monotonic() < deadline, data
         time.sleep(0.5)
-    assert data["scheduler"] == "slurm" and {n["name"] for n in data["slurm_nodes"]} == {"node0", "node1"}
-    text = cli("status", "slurmtest", env=env).stdout
-    assert "slurm node node0" in text and f"job {waiting.id} pending in Slurm" in text
+    while f"job {waiting.id} pending in Slurm: " not in (text := cli("status", "slurmtest", env=env).stdout) \
+            or "slurm node node0" not in text:  # one squeue that failed in between empties the reasons
+        assert time.monotonic() < deadline, text
+        time.sleep(0.5)
     for job in (blocker, waiting):
         job.cancel()
     assert [j.wait(60).state for j in (blocker, waiting)] == ["cancelled", "cancelled"]

@@ -119,6 +119,14 @@ def test_large_parallel_download_in_worker_processes(local_cluster: Cluster, tmp
     assert digest(tmp_path / job.id / "huge.bin") == digest(cluster_work(local_cluster, job) / "huge.bin")
 
 
+def _part_bytes(store: Path, sha: str) -> int:
+    """Bytes written to this upload's part file in the store (0 while there is none, or once it was renamed)."""
+    try:
+        return sum(p.stat().st_blocks * 512 for p in store.glob(f".{sha}.*part"))
+    except FileNotFoundError:
+        return 0
+
+
 def test_upload_resumes_after_a_kill(local_cluster: Cluster, cluster_home: Path, tmp_path: Path) -> None:
     data = tmp_path / "input.bin"
     data.write_bytes(os.urandom(200 << 20))
@@ -127,7 +135,8 @@ def test_upload_resumes_after_a_kill(local_cluster: Cluster, cluster_home: Path,
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     store = Path(local_cluster.record.runner_root) / "store"
     deadline = time.monotonic() + 60
-    while not any(p.stat().st_blocks * 512 > (120 << 20) for p in store.glob(".*.part")):
+    sha = digest(data)
+    while _part_bytes(store, sha) <= (120 << 20):
         assert proc.poll() is None and time.monotonic() < deadline, "upload ended before it could be killed"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -136,7 +145,7 @@ def test_upload_resumes_after_a_kill(local_cluster: Cluster, cluster_home: Path,
     job = local_cluster.submit(["sha256sum", "input.bin"], inputs=[data], on_input=lambda n, e: events.append((n, e)))
     assert events == [("input.bin", "resumed")]
     assert job.wait(60).state == "succeeded"
-    assert job.stdout().split()[0] == digest(data)
+    assert job.stdout().split()[0] == sha
 
 
 def test_upload_killed_inside_its_first_range_resumes_there(local_cluster: Cluster, cluster_home: Path,

@@ -53,9 +53,11 @@ def elastic(tmp_path: Path, low: int = 0, high: int = 2, idle_minutes: float = 0
     return q
 
 
-def job(q: LocalQueue, cores: int, seconds: float = 0.3) -> str:
+def job(q: LocalQueue, cores: int, seconds: float = 0.3, gate: Path | None = None) -> str:
+    """A job logging its begin and end; it runs `seconds`, or (`gate`) until that file exists."""
     log = q.root.parent / "actions.log"
-    script = f'echo "begin $MPICLOUD_JOB_ID" >> {log}; sleep {seconds}; echo "end $MPICLOUD_JOB_ID" >> {log}'
+    body = f"while [ ! -e {gate} ]; do sleep 0.05; done" if gate else f"sleep {seconds}"
+    script = f'echo "begin $MPICLOUD_JOB_ID" >> {log}; {body}; echo "end $MPICLOUD_JOB_ID" >> {log}'
     return q.submit(["sh", "-c", script], cores=cores)
 
 
@@ -157,13 +159,16 @@ def test_resize_down_drains_the_running_job_then_stops_the_node(tmp_path: Path) 
     q = elastic(tmp_path, idle_minutes=60)
     q.serve()
     try:
-        long = job(q, 4, seconds=2.0)
+        go = tmp_path / "go"  # the long job runs until the test has seen the drain
+        long = job(q, 4, gate=go)
         wait_for(lambda: q.state(long)["state"] == "running")
         resize(q, 0)
         wait_for(lambda: set(pool_status(q)["nodes"].values()) == {"draining"})
         late = job(q, 1)
+        wait_for(lambda: q.state(late)["state"] != "submitted")
         time.sleep(0.5)
         assert q.state(late)["state"] == "queued"  # no new job on a draining node, none started for it
+        go.touch()
         assert q.wait(long)["state"] == "succeeded"
         wait_for(lambda: all_stopped(q))
         resize(q, None)  # back to the spec's limits: the waiting job gets a node
@@ -239,13 +244,16 @@ def test_node_hours_stop_counting_while_the_runner_is_stopped_on_purpose(tmp_pat
     record = json.loads((q.root / nodepool.POOL_FILE).read_text())
     assert record["paused"] and record["head_since"] is None and record["nodes"]["n1"]["up_since"] is None
     before = pool_status(q)["node_hours"]
-    time.sleep(3.0)  # the cluster is stopped: not counted
+    time.sleep(5.0)  # the cluster is stopped: not counted (head and n1 would add 10 node-seconds)
     q.serve()
+    seen: dict[str, Any] = {}
+
+    def restarted() -> bool:  # one read: the pool's state and its node-hours from the same status.json
+        seen.update(json.loads((q.root / "status.json").read_text()))
+        return bool(seen["pool"]["nodes"] == {"n1": "up", "n2": "stopped"} and seen["heartbeat"] > time.time() - 1)
     try:
-        wait_for(lambda: pool_status(q)["nodes"] == {"n1": "up", "n2": "stopped"}
-                 and float(json.loads((q.root / "status.json").read_text())["heartbeat"]) > time.time() - 1)
-        after = pool_status(q)["node_hours"]
-        assert after - before < 2.5 / 3600  # head and n1 counted only since the restart, not the 3 s stopped
+        wait_for(restarted)
+        assert seen["pool"]["node_hours"] - before < 5 / 3600  # head and n1 counted only since the restart
     finally:
         stop(q)
 

@@ -76,8 +76,7 @@ def test_too_many_cores_fails_with_reason(queue: LocalQueue) -> None:
 def test_cancel_queued_and_running(queue: LocalQueue) -> None:
     running = queue.submit(["sleep", "30"], cores=2)
     queued = queue.submit(["true"])
-    while queue.state(running)["state"] != "running":
-        time.sleep(0.05)
+    queue.wait_running(running)
     (queue.root / "jobs" / queued / "cancel").touch()
     (queue.root / "jobs" / running / "cancel").touch()
     assert queue.wait(queued)["state"] == "cancelled"
@@ -94,9 +93,11 @@ def test_invalid_and_duplicate_submissions(queue: LocalQueue) -> None:
     queue.wait(ok)
     (queue.root / "queue" / ok).mkdir()
     (queue.root / "queue" / ok / "job.json").write_text(json.dumps({"version": 2, "id": ok}))
-    time.sleep(0.5)
-    order = (queue.root / "order.log").read_text().split()
-    assert order.count(ok) == 1 and not (queue.root / "queue" / ok).exists()
+    deadline = time.monotonic() + 30
+    while (queue.root / "queue" / ok).exists():  # the runner removes the duplicate, accepting nothing
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert (queue.root / "order.log").read_text().split().count(ok) == 1
 
 
 def test_runner_killed_and_restarted_readopts_and_finishes(tmp_path: Path) -> None:
@@ -104,8 +105,7 @@ def test_runner_killed_and_restarted_readopts_and_finishes(tmp_path: Path) -> No
     q.serve()
     long = q.submit(["sh", "-c", "sleep 1.5; echo done"])
     after = q.submit(["sh", "-c", "echo next"])
-    while q.state(long)["state"] != "running":
-        time.sleep(0.05)
+    q.wait_running(long)
     q.kill()
     time.sleep(2.0)  # the job finishes while no runner is alive
     q.serve()
@@ -121,8 +121,7 @@ def test_orphan_without_result_is_failed_on_restart(tmp_path: Path) -> None:
     q = LocalQueue(tmp_path / "root", [1])
     q.serve()
     job = q.submit(["sleep", "30"])
-    while q.state(job)["state"] != "running":
-        time.sleep(0.05)
+    q.wait_running(job)
     q.kill()
     state = q.state(job)
     os.killpg(int(state["pid"]), signal.SIGKILL)
@@ -280,11 +279,13 @@ def test_script_runs_on_the_first_node_of_its_allocation(tmp_path: Path) -> None
     q = LocalQueue(tmp_path / "root", [1, 1], rsh=rsh, probe_seconds=0)
     q.serve()
     try:
-        blocker = q.submit(["sleep", "1"])
-        while q.state(blocker)["state"] != "running":
-            time.sleep(0.05)
+        go = tmp_path / "go"  # the blocker holds n0 until the second job has run
+        blocker = q.submit(["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done"])
+        q.wait_running(blocker)
         second = q.submit(["sh", "-c", 'cat "$MPICLOUD_HOSTFILE"; echo "$MPICLOUD_NP"'])
         assert q.wait(second)["state"] == "succeeded"
+        go.touch()
+        assert q.wait(blocker)["state"] == "succeeded"
         assert (q.root / "jobs" / second / "stdout.log").read_text() == "n1 slots=1\n1\n"
         assert log.read_text().split() == ["n1"]
     finally:
