@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,10 +60,14 @@ def slurm_records(cluster: Cluster) -> list[dict[str, str]]:
     return [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in lines]
 
 
-def slurm_record(cluster: Cluster, slurm_id: str) -> dict[str, str]:
-    """One finished Slurm job's record (array tasks: `ARRAYID_TASK`)."""
-    for row in slurm_records(cluster):
-        task = f"{row.get('ArrayJobId')}_{row.get('ArrayTaskId')}"
-        if row["JobId"] == slurm_id or ("ArrayJobId" in row and task == slurm_id):
-            return row
-    raise AssertionError(f"Slurm has no record of job {slurm_id}")
+def slurm_record(cluster: Cluster, slurm_id: str, timeout: float = 20) -> dict[str, str]:
+    """One finished Slurm job's record (array tasks: `ARRAYID_TASK`), waited for: slurmctld writes it as the job
+    ends, which may be a moment after the runner saw the job's end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for row in slurm_records(cluster):
+            task = f"{row.get('ArrayJobId')}_{row.get('ArrayTaskId')}"
+            if row["JobId"] == slurm_id or ("ArrayJobId" in row and task == slurm_id):
+                return row
+        assert time.monotonic() < deadline, f"Slurm has no record of job {slurm_id}"
+        time.sleep(0.2)

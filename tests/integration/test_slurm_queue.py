@@ -33,18 +33,6 @@ def state_of(cluster: Cluster, job_id: str) -> dict[str, str]:
     return data
 
 
-def finished_record(cluster: Cluster, slurm_id: str, timeout: float = 20) -> dict[str, str]:
-    """Slurm's jobcomp record of a job (written as the job ends; waited for)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return slurm_record(cluster, slurm_id)
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def allreduce(slurm_cluster: Cluster) -> Path:
     """examples/mpi/allreduce.c built once on the shared storage."""
@@ -82,7 +70,7 @@ def test_submit_mpi_runs_four_ranks_over_two_nodes_in_one_allocation(slurm_clust
     assert "allreduce sum=10 expected=10" in job.stdout()
     assert ranks_by_node(job.stdout()) == {"node0": 2, "node1": 2}
     assert info.hosts == (("node0", 2), ("node1", 2))
-    record = finished_record(slurm_cluster, state_of(slurm_cluster, job.id)["slurm_id"])
+    record = slurm_record(slurm_cluster, state_of(slurm_cluster, job.id)["slurm_id"])
     assert record["Name"] == f"mpicloud-{job.id}" and record["NodeCnt"] == "2" and record["ProcCnt"] == "4"
 
 
@@ -212,7 +200,7 @@ def test_runner_killed_around_sbatch_submits_and_runs_the_job_once(slurm_cluster
     finally:
         queue.stop()
     assert runs.read_text().split() == [job_id]
-    finished_record(slurm_cluster, queue.state(job_id)["slurm_id"])
+    slurm_record(slurm_cluster, queue.state(job_id)["slurm_id"])
     submitted = [r for r in slurm_records(slurm_cluster)
                  if r["Name"] == f"mpicloud-{job_id}" and r["WorkDir"].startswith(str(queue.root))]
     assert len(submitted) == 1, submitted  # sbatch ran once for it
