@@ -176,3 +176,25 @@ def test_a_node_whose_power_up_failed_or_that_stopped_answering_is_resumed_after
     clock[0] += 60
     pool.step([], {})
     assert runner.commands[-1] == "NodeName=node3 State=RESUME" and len(runner.commands) == 3
+
+
+def test_a_runner_restarted_while_a_failed_node_waits_retries_it_one_delay_after_the_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry timer lives in the runner's memory: a runner killed while it waits starts the delay again (the
+    retry comes at most one delay late, never never), and the new runner resumes the node once."""
+    clock = [1000.0]
+    monkeypatch.setattr(rt, "now", lambda: clock[0])
+    runner, sinfo = FakeRunner(tmp_path / "root"), Sinfo()
+    runner.config["pool"]["retry_failed_seconds"] = 60
+    sinfo.rows = {"node1": ("down~", RESUME_TIMED_OUT)}
+    pool_of(runner, sinfo).step([], {})
+    clock[0] += 50  # killed here, 10 s before its retry
+    restarted = pool_of(runner, sinfo)
+    restarted.step([], {})
+    clock[0] += 59
+    restarted.step([], {})
+    assert runner.commands == []
+    clock[0] += 1
+    restarted.step([], {})
+    restarted.step([], {})
+    assert runner.commands == ["NodeName=node1 State=RESUME"]
