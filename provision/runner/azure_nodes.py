@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import urllib.parse
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the protocol package installed beside this file
+from mpicloud.protocol.atomic import write_text
 from mpicloud.protocol.pool import AZURE_COMPUTE_API as COMPUTE_API
 from mpicloud.protocol.pool import wait_ports
 
@@ -118,12 +118,8 @@ def configure(root: Path, arm: str | None) -> dict[str, Any]:
                          resource_group=meta["resourceGroupName"], cluster=name[:-len(head) - 1])
     pool["max"] = len(config["nodes"]) - 1
     pool["min"] = min(int(pool["min"]), pool["max"])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(config, sort_keys=True, indent=2) + "\n", encoding="utf-8")
-    if hasattr(os, "chown"):  # the runner's user keeps owning its configuration (cloud-init runs this as root)
-        owner = path.stat()
-        os.chown(tmp, owner.st_uid, owner.st_gid)
-    os.replace(tmp, path)
+    # the runner's user keeps owning its configuration (cloud-init runs this as root)
+    write_text(path, json.dumps(config, sort_keys=True, indent=2) + "\n", owner_of=path)
     return dict(pool["azure"])
 
 

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 # directory off sys.path: the protocol package installed beside this file must still be found
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpicloud.protocol import objects
+from mpicloud.protocol.atomic import WINDOWS, write_text
 from mpicloud.protocol.jobs import (
     CANCEL_FILE,
     HEARTBEAT_STALE,
@@ -78,7 +79,6 @@ CRASH_POINTS = ("accept.after_rename", "accept.after_state", "accept.after_order
 #: seconds between TERM and KILL when a job is stopped
 STOP_GRACE = 5.0
 SIGKILL = getattr(signal, "SIGKILL", 9)  # Windows' signal module has none (taskkill /F is used there)
-WINDOWS = os.name == "nt"
 #: the cluster-side object client (S3, Azure Blob) for URL inputs and --output-to, installed beside this file
 BUCKETIO = Path(__file__).with_name("bucketio.py")
 #: what one log stream of a job may take on the shared disk (runner.json `log_limit_bytes`; a job may ask for
@@ -96,31 +96,6 @@ def read_json(path: Path) -> Any:
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write (temporary file + replace)."""
     write_text(path, json.dumps(data, sort_keys=True, indent=1))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic text write (temporary file + replace)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def replace(src: Path, dst: Path, tries: int = 50) -> None:
-    """os.replace; on Windows, where a file another process has open cannot be replaced (PermissionError while a
-    client reads status.json or nodes.json), tried again for up to about 5 s."""
-    for attempt in range(tries):
-        try:
-            os.replace(src, dst)
-            return
-        except PermissionError:
-            if not WINDOWS or attempt == tries - 1:
-                raise
-            time.sleep(0.1)
 
 
 def now() -> float:

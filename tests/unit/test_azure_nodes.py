@@ -6,6 +6,7 @@ role's actions."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -217,9 +218,12 @@ def test_the_rendered_runner_json_drives_the_compact_bundles_script_on_the_wire(
     ready = config["pool"]["azure"].pop("ready_ports")  # node names do not resolve here: wait_ports is tested below
     assert ready == ([22] if os_name == "linux" else [22, 8677])
     runner_json.write_text(json.dumps(config))
+    os.chown(runner_json, 65534, 65534)  # the runner's user owns it; cloud-init runs configure as root
     configure = azure.configure_command(spec, None if os_name == "linux" else settings["arm"])  # Windows: --arm
     done = run(configure)
     assert done.returncode == 0, done.stderr
+    assert (runner_json.stat().st_uid, runner_json.stat().st_gid) == (65534, 65534)
+    assert sorted(p.name for p in runner_json.parent.iterdir() if p.name.endswith(".tmp")) == []
     pool = json.loads(runner_json.read_text())["pool"]
     assert pool["azure"] == {"api_version": COMPUTE_API, "arm": settings["arm"], "subscription": "sub-1",
                              "resource_group": "rg-1", "cluster": "demo", "imds": settings["imds"]}
