@@ -18,7 +18,7 @@ from pathlib import Path
 from mpicloud.assets import install_runner
 from mpicloud.cluster import local_ns, registry
 from mpicloud.cluster.keys import generate_keypair, load_public
-from mpicloud.cluster.processes import MARKER, cluster_processes, stop_cluster_processes
+from mpicloud.cluster.processes import MARKER, alive, cluster_processes, stop_cluster_processes, stop_processes
 from mpicloud.cluster.registry import ClusterRecord, DownReport, Node
 from mpicloud.errors import ClusterError
 from mpicloud.protocol.pool import DRAINING, POOL_FILE, STARTING, UP
@@ -261,9 +261,19 @@ def _wait_ready(record: ClusterRecord, timeout: float = 15.0, nodes: list[Node] 
             time.sleep(0.05)
 
 
+def _processes(record: ClusterRecord) -> list[int]:
+    """Every process of the cluster: those `cluster_processes` finds, and every one inside its node namespaces."""
+    return alive(sorted({*cluster_processes(record.local["cluster_id"], str(record.dir)), *local_ns.members(record)}))
+
+
+def _stop_processes(record: ClusterRecord) -> list[int]:
+    """TERM, then KILL, every process of the cluster; the PIDs still alive."""
+    return stop_processes(lambda: _processes(record))
+
+
 def running(record: ClusterRecord) -> bool:
     """True while any process of the cluster lives (a stopped cluster, or one whose machine rebooted, has none)."""
-    return bool(cluster_processes(record.local["cluster_id"], str(record.dir)))
+    return bool(_processes(record))
 
 
 def job_count(record: ClusterRecord) -> int:
@@ -277,7 +287,7 @@ def stop(record: ClusterRecord, reason: str) -> list[int]:
     runner is asked to stop and waited for first, so it is never killed mid-write. Returns the PIDs that
     would not stop; with none, the record says stopped."""
     _stop_runner(Path(record.runner_root))
-    survivors = stop_cluster_processes(record.local["cluster_id"], str(record.dir))
+    survivors = _stop_processes(record)
     if not survivors:
         local_ns.teardown(record.local["cluster_id"], strict=True)
         _reload_nodes(record)
@@ -314,26 +324,31 @@ def start(record: ClusterRecord) -> ClusterRecord:
     """Start a stopped cluster's sshds again from its kept files (same addresses, port and host keys); the
     caller starts the runner, which picks up the queue. On failure stop what was started, keep every file."""
     require_tools()
-    local_ns.refuse_restart(record)
     cluster_id = record.local["cluster_id"]
     if running(record):
         if record.stopped_at is None:
             raise ClusterError(f"cluster {record.name!r} is already running")
-        stop_cluster_processes(cluster_id, str(record.dir))  # leftovers of an interrupted stop
+        _stop_processes(record)  # leftovers of an interrupted stop
     _reload_nodes(record)
     nodes = _pool_up(record)
-    for node in nodes:
+    namespaced = record.local.get("network") == "namespaces"
+    if namespaced:
+        local_ns.teardown(cluster_id, strict=True)  # leftovers of an interrupted stop or start
+    for node in [] if namespaced else nodes:  # a namespaced node's address is its own netns's
         if not _port_free(node.host, node.port):
             raise ClusterError(f"cannot start cluster {record.name!r}: port {node.port} on {node.host} ({node.name}) "
                                "is taken by another process; stop it and run `mpicloud start "
                                f"{record.name}` again")
     (Path(record.runner_root) / "stop-runner").unlink(missing_ok=True)
     try:
-        for node in nodes:
-            _spawn_sshd(record, node, cluster_id)
+        enters = local_ns.restart_nodes(record, nodes)
+        for node, enter in zip(nodes, enters, strict=True):
+            _spawn_sshd(record, node, cluster_id, enter)
         _wait_ready(record, nodes=nodes)
+        local_ns.restart_scheduler(record, nodes, enters)
     except BaseException:
-        stop_cluster_processes(cluster_id, str(record.dir))
+        _stop_processes(record)
+        local_ns.teardown(cluster_id)
         raise
     record.stopped_at = None
     record.stop_reason = ""
@@ -360,7 +375,7 @@ def _pool_up(record: ClusterRecord) -> list[Node]:
 def down(record: ClusterRecord) -> DownReport | list[int]:
     """Stop every process the cluster started (sshds, sessions, runner, jobs, ranks), then remove its files and
     every job's data; the PIDs that would not stop (nothing removed) when some survive."""
-    survivors = stop_cluster_processes(record.local["cluster_id"], str(record.dir))
+    survivors = _stop_processes(record)
     if survivors:
         return survivors
     local_ns.teardown(record.local["cluster_id"], strict=True)

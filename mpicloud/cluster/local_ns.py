@@ -6,16 +6,19 @@ the bridge and netns of `netns`, one holder per node that sshd and slurmd enter.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from mpicloud.cluster import faults, netns, slurm_local
 from mpicloud.cluster.processes import MARKER
 from mpicloud.cluster.registry import ClusterRecord, Node
 from mpicloud.errors import ClusterError
-from mpicloud.render.runner_config import power_conf, power_wrapper
+from mpicloud.protocol.atomic import write_text
+from mpicloud.render.runner_config import power_conf, power_wrapper, runner_config_json
 from mpicloud.spec.model import ClusterSpec
 
 
@@ -42,13 +45,19 @@ def record_fields(spec: ClusterSpec, record_dir: str, cluster_id: str,
     """What the cluster record keeps about the network and scheduler (read by `down` and the sessions)."""
     fields: dict[str, object] = {"network": spec.local_network, "scheduler": spec.scheduler}
     if network is not None:
-        anchor = subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True,
-                                  env={**os.environ, MARKER: cluster_id})
-        fields.update(tag=network.tag, subnet=network.subnet, anchor=anchor.pid, hosts=list(network.nodes))
+        fields.update(tag=network.tag, subnet=network.subnet, anchor=_start_anchor(cluster_id),
+                      hosts=list(network.nodes))
     if spec.scheduler == "slurm":
         fields["slurm_conf"] = str(slurm_layout(record_dir, cluster_id).conf)
     return fields
+
+
+def _start_anchor(cluster_id: str) -> int:
+    """A process that stays in the host's namespaces while the cluster runs: node0's runner enters it to run
+    `mpicloud` there (`host_prefix`)."""
+    anchor = subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, MARKER: cluster_id})
+    return anchor.pid
 
 
 def run_dir(cluster_id: str) -> Path:
@@ -116,6 +125,14 @@ def node_processes(record: ClusterRecord, node: str) -> list[int]:
     return netns.members(network_of(record, index), index)
 
 
+def members(record: ClusterRecord) -> list[int]:
+    """Every process inside any node namespace of the cluster, also those that carry no marker (a Slurm job's
+    slurmstepd, which slurmd starts with an environment of its own and leaves to init)."""
+    if record.local.get("network") != "namespaces":
+        return []
+    return [pid for index in range(len(record.local["hosts"])) for pid in node_processes(record, f"node{index}")]
+
+
 def remove_node(record: ClusterRecord, node: str) -> None:
     """Delete a stopped compute node's netns and veth and forget its holder."""
     index = node_index(node)
@@ -179,11 +196,46 @@ def wait_node_scheduler(record: ClusterRecord, node: Node) -> None:
         slurm_local.wait_registered(slurm_layout(str(record.dir), record.local["cluster_id"]), node.name)
 
 
-def refuse_restart(record: ClusterRecord) -> None:
-    """`start` of a stopped namespaced cluster is not built yet (its network and Slurm would be rebuilt)."""
-    if record.local.get("network") == "namespaces":
-        raise ClusterError(f"cluster {record.name!r} runs in namespaced mode, which `mpicloud start` cannot restart "
-                           f"yet: `mpicloud down {record.name}` (removes its data) and `mpicloud up` again")
+def restart_nodes(record: ClusterRecord, nodes: list[Node]) -> list[list[str] | None]:
+    """A stopped namespaced cluster's network made again as `up` made it (tag, subnet: every node keeps its
+    address), a new host anchor (runner.json's commands that entered the old one enter it), a netns and holder
+    for each of `nodes`; per node, the argv prefix that runs a command inside it (None: not namespaced)."""
+    if record.local.get("network") != "namespaces":
+        return [None] * len(nodes)
+    netns.create(record.local["tag"], list(record.local["hosts"]), built=0, subnet=record.local["subnet"])
+    old = host_prefix(record)
+    record.local.update(anchor=_start_anchor(record.local["cluster_id"]), holders={})
+    record.save()
+    _rebase_commands(Path(record.runner_root) / "runner.json", old, host_prefix(record))
+    return [start_node(record, node.name) for node in nodes]
+
+
+def _rebase_commands(path: Path, old: list[str], new: list[str]) -> None:
+    """Rewrite runner.json (atomically) so that every command that began with `old` begins with `new`."""
+    def rebased(value: Any) -> Any:
+        if isinstance(value, list) and value[:len(old)] == old:
+            return new + value[len(old):]
+        if isinstance(value, list):
+            return [rebased(v) for v in value]
+        if isinstance(value, dict):
+            return {k: rebased(v) for k, v in value.items()}
+        return value
+    write_text(path, runner_config_json(rebased(json.loads(path.read_text(encoding="utf-8")))), owner_of=path)
+
+
+def restart_scheduler(record: ClusterRecord, nodes: list[Node], enters: list[list[str] | None]) -> None:
+    """Slurm clusters: munged with a new key, slurmctld in node0 from its saved state, a slurmd in each of
+    `nodes` that slurm.conf lists (`slurm_local.start`, restarted)."""
+    if not record.local.get("slurm_conf"):
+        return
+    layout = slurm_layout(str(record.dir), record.local["cluster_id"])
+    slurm_local.new_munge_key(layout)
+    listed = slurm_local.configured_nodes(layout)
+    started = [(n, e) for n, e in zip(nodes, enters, strict=True) if n.name in listed and e is not None]
+    head = enters[0]
+    assert head is not None  # a Slurm cluster is namespaced
+    slurm_local.start(layout, head, [n for n, _ in started], [e for _, e in started],
+                      {MARKER: record.local["cluster_id"]}, restarted=True)
 
 
 def teardown(cluster_id: str, strict: bool = False) -> None:

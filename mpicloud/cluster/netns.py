@@ -104,8 +104,13 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     return used
 
 
+def _lab_networks_in_use() -> list[ipaddress.IPv4Network]:
+    """The host's networks inside the lab range (a default route, /0, is no claim on a subnet)."""
+    return [n for n in _used_networks() if n.overlaps(LAB_RANGE) and n.prefixlen > 0]
+
+
 def _free_subnet(tag: str) -> str:
-    used = [n for n in _used_networks() if n.overlaps(LAB_RANGE) and n.prefixlen > 0]
+    used = _lab_networks_in_use()
     subnets = list(LAB_RANGE.subnets(new_prefix=PREFIX))
     start = int(tag, 16) % len(subnets)
     for subnet in subnets[start:] + subnets[:start]:
@@ -114,16 +119,20 @@ def _free_subnet(tag: str) -> str:
     raise ClusterError(f"no free /{PREFIX} left in {LAB_RANGE} for the cluster's bridge")
 
 
-def create(tag: str, nodes: list[str], built: int | None = None) -> Network:
+def create(tag: str, nodes: list[str], built: int | None = None, subnet: str | None = None) -> Network:
     """Make the bridge (host address .1) and a netns + veth for the first `built` nodes (default: all; an elastic
-    cluster's others are made when they start, `add_node`); holders are started separately."""
+    cluster's others are made when they start, `add_node`); holders are started separately. `subnet`: the one a
+    stopped cluster had (its nodes keep their addresses), when no other network of the host took it meanwhile."""
     if len(nodes) > 2 ** (32 - PREFIX) - 3:
         raise ClusterError(f"local.network: namespaces holds at most {2 ** (32 - PREFIX) - 3} nodes")
     with open(LOCK, "a") as lock:  # parallel `up`s must not pick the same subnet
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (SYS_NET / f"mpc{tag}b").exists():
             raise ClusterError(f"a bridge named mpc{tag}b already exists; run `up` again (new cluster id)")
-        network = Network(tag=tag, subnet=_free_subnet(tag), nodes=tuple(nodes))
+        if subnet is not None and any(ipaddress.IPv4Network(subnet).overlaps(n) for n in _lab_networks_in_use()):
+            raise ClusterError(f"the cluster's subnet {subnet} is now used by another network of this host; "
+                               "remove that network, or `mpicloud down` the cluster (its data goes) and `up` it")
+        network = Network(tag=tag, subnet=subnet or _free_subnet(tag), nodes=tuple(nodes))
         _ip("link", "add", network.bridge, "type", "bridge")
         _ip("addr", "add", f"{network.gateway}/{PREFIX}", "dev", network.bridge)
         _ip("link", "set", network.bridge, "up")

@@ -75,31 +75,51 @@ def write_config(layout: SlurmLayout, cluster: str, controller: Node, nodes: Seq
         for sub in ("spool", "tmp"):
             (layout.run / node.name / sub).mkdir(parents=True, exist_ok=True)
     (layout.root / "state").mkdir(parents=True, exist_ok=True)
-    layout.munge_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-    layout.munge_dir.chmod(0o711)
     prolog = layout.root / "task-prolog.sh"
     shutil.copyfile(provision_dir() / "slurm" / "task-prolog.sh", prolog)
     prolog.chmod(0o755)
     layout.conf.write_text(render_template(
         "local/slurm.conf.j2", cluster=cluster, controller=controller, nodes=list(nodes), cpus=cpus,
         root=layout.root, run=layout.run, munge_socket=layout.munge_socket, task_prolog=prolog, power=power))
+    new_munge_key(layout)
+
+
+def new_munge_key(layout: SlurmLayout) -> None:
+    """munged's directory under /run (mode 711, as munged demands) with a fresh key: made by `up`, and again by
+    `start` (a stopped cluster's /run directory is gone; every daemon starts anew with the new key)."""
+    layout.munge_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    layout.munge_dir.chmod(0o711)
     _run(["mungekey", "--create", "--force", f"--keyfile={layout.munge_dir / 'munge.key'}"], {})
 
 
+def configured_nodes(layout: SlurmLayout) -> set[str]:
+    """The nodes slurm.conf lists (the ones that run jobs: an elastic cluster's head is not one)."""
+    return {line.split()[0].removeprefix("NodeName=") for line in layout.conf.read_text().splitlines()
+            if line.startswith("NodeName=")}
+
+
 def start(layout: SlurmLayout, controller: list[str], nodes: Sequence[Node], enter: Sequence[list[str]],
-          env: dict[str, str], timeout: float = 30.0) -> None:
+          env: dict[str, str], timeout: float = 30.0, restarted: bool = False) -> None:
     """Start munged, slurmctld in the head (`controller` runs a command there), one slurmd per node (`enter[i]`
-    runs a command in node i); return when every node is idle."""
+    runs a command in node i); return when every node is idle. `restarted` (a stopped cluster's `start`):
+    slurmctld resumes its saved state (queued jobs stay queued), the jobs it still counts as running are
+    cancelled (their processes ended with the stop) before any slurmd starts, each slurmd reports a fresh boot
+    and is waited for until registered."""
     munge = layout.munge_dir
     _spawn(["munged", "-F", f"--socket={layout.munge_socket}", f"--key-file={munge / 'munge.key'}",
             f"--log-file={munge / 'munged.log'}", f"--pid-file={munge / 'munged.pid'}",
             f"--seed-file={munge / 'munged.seed'}"], munge / "munged.out", env)
     _until(lambda: layout.munge_socket.exists(), timeout, "munged did not create its socket", munge / "munged.out")
     start_controller(layout, controller, env, timeout)
+    if restarted:  # every job that ran died with the stop: Slurm would count it running for good
+        _run(["scancel", "--state=RUNNING"], layout.client_env())
     for node, prefix in zip(nodes, enter, strict=True):
-        start_slurmd(layout, node.name, prefix, env)
+        start_slurmd(layout, node.name, prefix, env, booted=restarted)
     names = {n.name for n in nodes}
-    if names:
+    if restarted:
+        for name in sorted(names):
+            wait_registered(layout, name, timeout)
+    elif names:
         _until(lambda: _idle(layout) >= names, timeout, "the slurmds did not register as idle",
                layout.root / nodes[-1].name / "slurmd.log")
 

@@ -220,3 +220,30 @@ def test_a_node_up_before_slurm_asked_joins_idle_is_powered_down_when_idle_and_u
     assert job.state == "succeeded", job.reason
     # Slurm powered both up for it (the job may start before slurm_power.py logs each resume as done)
     assert "resume node[1-2]: node1 node2" in (Path(cluster.record.runner_root) / "slurm" / "power.log").read_text()
+
+
+def test_an_elastic_slurm_cluster_stopped_and_started_powers_nodes_up_again_for_its_jobs(elastic: object) -> None:
+    """The whole-cluster stop (idle shutdown's) with nodes up and a job running, then `start`: the nodes the
+    pool had up come back, the job that was running ends with Slurm's reason (it never runs again), and a new
+    job needing both nodes runs; idle nodes are powered down again afterwards."""
+    cluster = _up(elastic("sagain", "nodes: {min: 0, max: 2}\nscheduler: slurm\n"  # type: ignore[operator]
+                                    "scale_down_idle_minutes: 0.1\n"))
+    runs = Path(cluster.record.shared_path) / "runs.txt"
+    busy = cluster.submit(["sh", "-c", f'echo "$MPICLOUD_JOB_ID" >> {runs}; sleep 300'], cores=2)
+    wait_running(busy)
+    assert cli("stop", "sagain").returncode == 0
+    assert not any(node_pids(registry.load("sagain"), f"node{i}") for i in range(3))
+    started = cli("start", "sagain", timeout=180)
+    assert started.returncode == 0, started.stderr
+    cluster = Cluster.get("sagain")
+    ended = cluster.job(busy.id).wait(120)
+    assert ended.state == "failed" and " ended CANCELLED" in (ended.reason or ""), ended.reason
+    job = cluster.submit(["hostname"], cores=2).wait(180)
+    assert job.state == "succeeded", job.reason
+    assert cluster.job(job.id).stdout() == "node1\n"  # the script runs on its allocation's first node
+    assert runs.read_text().split() == [busy.id]  # never ran again
+    root = Path(cluster.record.runner_root)
+    deadline = time.monotonic() + 90
+    while set(pool_nodes(root).values()) != {"stopped"}:
+        assert time.monotonic() < deadline, pool_nodes(root)
+        time.sleep(0.5)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mpicloud.api import Cluster
-from tests.conftest import ROOT, cli
+from tests.conftest import ROOT, cli, wait_running
 from tests.slurmlib import ours, processes_with, require_slurm
 
 LAB = ipaddress.IPv4Network("198.18.0.0/15")
@@ -141,8 +141,65 @@ def test_idle_shutdown_from_node0_stops_the_namespaced_cluster(tmp_path: Path) -
         time.sleep(0.5)
     assert stopped()
     assert ours() <= before  # no namespace, veth or bridge kept while stopped
-    again = cli("start", "idle", env=env)
-    assert again.returncode != 0 and "cannot restart yet" in again.stderr and "Traceback" not in again.stderr
+    subnet = ipaddress.IPv4Network(json.loads(record.read_text())["local"]["subnet"])
+    subprocess.run(["ip", "link", "add", "mpctaken", "type", "bridge"], check=True)  # another network took it
+    try:
+        subprocess.run(["ip", "addr", "add", f"{subnet[1]}/{subnet.prefixlen}", "dev", "mpctaken"], check=True)
+        refused = cli("start", "idle", env=env)
+        assert refused.returncode == 2 and f"subnet {subnet} is now used" in " ".join(refused.stderr.split()), \
+            refused.stderr
+        assert "Traceback" not in refused.stderr and processes_with(str(home)) == []
+    finally:
+        subprocess.run(["ip", "link", "del", "mpctaken"], check=True)
+    assert ours() <= before  # nothing half-made
+    again = cli("start", "idle", env=env)  # the same network again: every node keeps its address and host key
+    assert again.returncode == 0, again.stderr
+    submitted = cli("submit", "idle", "--cores", "2", "--", "hostname", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    waited = cli("wait", "idle", submitted.stdout.split()[-1], "--timeout", "120", env=env, timeout=150)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    deadline = time.monotonic() + 120
+    while not stopped() and time.monotonic() < deadline:  # idle again: node0's runner stops it again,
+        time.sleep(0.5)                                    # through the host anchor the start made anew
+    assert stopped()
+    assert ours() <= before
     down = cli("down", "idle", env=env)
     assert down.returncode == 0, down.stderr
     assert not (home / "clusters" / "idle").exists()
+
+
+def test_a_slurm_cluster_stopped_and_started_keeps_its_queue_and_runs_no_job_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`stop` while one job runs on both nodes and one waits in Slurm: `start` makes the network, munged,
+    slurmctld (from its saved state) and the slurmds again; the waiting job runs once, the one that was running
+    ends (Slurm counts its nodes rebooted) without running again, the finished job's output is kept."""
+    home, spec = spec_file(tmp_path, "name: again\ncloud: local\nnodes: 2\nslots_per_node: 2\nscheduler: slurm\n")
+    monkeypatch.setenv("MPICLOUD_HOME", str(home))
+    before = ours()
+    assert cli("up", str(spec), timeout=180).returncode == 0
+    try:
+        cluster = Cluster.get("again")
+        runs = Path(cluster.record.shared_path) / "runs.txt"
+        script = f'echo "$MPICLOUD_JOB_ID" >> {runs}; '
+        first = cluster.submit(["sh", "-c", script + "echo kept > out.txt"]).wait(120)
+        assert first.state == "succeeded", first.reason
+        busy = cluster.submit(["sh", "-c", script + "sleep 300"], cores=4)
+        waiting = cluster.submit(["sh", "-c", script + "hostname"])
+        wait_running(busy)
+        assert waiting.info().state in ("submitted", "queued")
+        stop = cli("stop", "again")
+        assert stop.returncode == 0, stop.stderr
+        assert ours() <= before and processes_with(str(home)) == []
+        start = cli("start", "again", timeout=180)
+        assert start.returncode == 0, start.stderr
+        cluster = Cluster.get("again")
+        ended = busy.wait(240)
+        assert ended.state == "failed" and " ended CANCELLED" in (ended.reason or ""), ended.reason  # at the start
+        assert waiting.wait(120).state == "succeeded"
+        assert runs.read_text().split() == [first.id, busy.id, waiting.id]  # each ran once
+        assert cluster.job(first.id).stdout() == "" and \
+            (Path(cluster.record.runner_root) / "jobs" / first.id / "work" / "out.txt").read_text() == "kept\n"
+    finally:
+        down = cli("down", "again")
+        assert down.returncode == 0, down.stderr
+    assert ours() <= before and processes_with(str(home)) == []
