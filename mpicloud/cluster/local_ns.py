@@ -70,10 +70,14 @@ def slurm_layout(record_dir: str, cluster_id: str) -> slurm_local.SlurmLayout:
     return slurm_local.SlurmLayout(Path(record_dir) / "slurm", run_dir(cluster_id))
 
 
+#: the argv prefix that runs a command in the namespaces of the anchor process, around its PID
+ENTER_ANCHOR = (["nsenter", "-t"], ["--net", "--uts", "--mount", "--"])
+
+
 def host_prefix(record: ClusterRecord) -> list[str]:
     """Argv prefix that runs a command in the host's namespaces (where `down` can delete the bridge)."""
     anchor = record.local.get("anchor")
-    return ["nsenter", "-t", str(anchor), "--net", "--uts", "--mount", "--"] if anchor else []
+    return [*ENTER_ANCHOR[0], str(anchor), *ENTER_ANCHOR[1]] if anchor else []
 
 
 def session_env(record: ClusterRecord) -> dict[str, str]:
@@ -203,18 +207,23 @@ def restart_nodes(record: ClusterRecord, nodes: list[Node]) -> list[list[str] | 
     if record.local.get("network") != "namespaces":
         return [None] * len(nodes)
     netns.create(record.local["tag"], list(record.local["hosts"]), built=0, subnet=record.local["subnet"])
-    old = host_prefix(record)
+    faults.point("restart.network")
     record.local.update(anchor=_start_anchor(record.local["cluster_id"]), holders={})
     record.save()
-    _rebase_commands(Path(record.runner_root) / "runner.json", old, host_prefix(record))
+    faults.point("restart.anchor")
+    _rebase_commands(Path(record.runner_root) / "runner.json", host_prefix(record))
     return [start_node(record, node.name) for node in nodes]
 
 
-def _rebase_commands(path: Path, old: list[str], new: list[str]) -> None:
-    """Rewrite runner.json (atomically) so that every command that began with `old` begins with `new`."""
+def _rebase_commands(path: Path, new: list[str]) -> None:
+    """Rewrite runner.json (atomically) so that every command that entered an anchor (any PID: an earlier
+    `start` may have died between recording its anchor and this) begins with `new`."""
+    before, after = ENTER_ANCHOR
+    size = len(before) + 1 + len(after)
+
     def rebased(value: Any) -> Any:
-        if isinstance(value, list) and value[:len(old)] == old:
-            return new + value[len(old):]
+        if isinstance(value, list) and value[:len(before)] == before and value[len(before) + 1:size] == after:
+            return new + value[size:]
         if isinstance(value, list):
             return [rebased(v) for v in value]
         if isinstance(value, dict):
@@ -236,6 +245,7 @@ def restart_scheduler(record: ClusterRecord, nodes: list[Node], enters: list[lis
     assert head is not None  # a Slurm cluster is namespaced
     slurm_local.start(layout, head, [n for n, _ in started], [e for _, e in started],
                       {MARKER: record.local["cluster_id"]}, restarted=True)
+    faults.point("restart.slurm")
 
 
 def teardown(cluster_id: str, strict: bool = False) -> None:

@@ -203,3 +203,43 @@ def test_a_slurm_cluster_stopped_and_started_keeps_its_queue_and_runs_no_job_twi
         down = cli("down", "again")
         assert down.returncode == 0, down.stderr
     assert ours() <= before and processes_with(str(home)) == []
+
+
+def _anchors(value: object) -> set[str]:
+    """The PIDs of every `nsenter -t PID` command in a runner.json document."""
+    if isinstance(value, list) and value[:2] == ["nsenter", "-t"]:
+        return {str(value[2])}
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return set().union(*(_anchors(v) for v in items))
+
+
+@pytest.mark.parametrize("point", ["restart.network", "restart.anchor", "restart.slurm"])
+def test_a_failed_or_killed_start_leaves_the_cluster_stopped_and_the_next_start_works(point: str,
+                                                                                     tmp_path: Path) -> None:
+    home, spec = spec_file(tmp_path, "name: restart\ncloud: local\nnodes: 2\nscheduler: slurm\n"
+                                     "idle_shutdown_minutes: 60\n")
+    before = ours()
+    env = {"MPICLOUD_HOME": str(home)}
+    assert cli("up", str(spec), env=env, timeout=180).returncode == 0
+    try:
+        assert cli("stop", "restart", env=env).returncode == 0
+        failed = cli("start", "restart", env={**env, "MPICLOUD_FAIL_AT": point})
+        assert failed.returncode == 2 and f"failing at {point!r}" in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert ours() <= before and processes_with(str(home)) == []  # a failed start removes what it made
+        killed = cli("start", "restart", env={**env, "MPICLOUD_FAIL_AT": f"{point}:kill"})
+        assert killed.returncode == -9  # leaves it half made: the next start clears that first
+        started = cli("start", "restart", env=env, timeout=180)
+        assert started.returncode == 0, started.stderr
+        record = json.loads((home / "clusters" / "restart" / "cluster.json").read_text())
+        config = json.loads((Path(record["shared_path"]) / ".mpicloud" / "runner.json").read_text())
+        assert _anchors(config) == {str(record["local"]["anchor"])}  # idle shutdown enters the live anchor
+        os.kill(int(record["local"]["anchor"]), 0)
+        job = cli("submit", "restart", "--cores", "2", "--", "hostname", env=env)  # both nodes
+        assert job.returncode == 0, job.stderr
+        waited = cli("wait", "restart", job.stdout.split()[-1], "--timeout", "120", env=env, timeout=150)
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+    finally:
+        down = cli("down", "restart", env=env)
+        assert down.returncode == 0, down.stderr
+    assert ours() <= before and processes_with(str(home)) == []
