@@ -139,21 +139,14 @@ def test_resize_force_cancels_the_jobs_with_the_reason_before_powering_down(tmp_
 
 
 
-@pytest.fixture()
-def retrying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], FakeRunner, Sinfo]:
-    """A fake clock (advance clock[0]), a runner whose pool retries failed nodes after 60 s, and its sinfo."""
-    clock = [1000.0]
-    monkeypatch.setattr(rt, "now", lambda: clock[0])
-    runner = FakeRunner(tmp_path / "root")
-    runner.config["pool"]["retry_failed_seconds"] = 60
-    return clock, runner, Sinfo()
-
-
-def test_a_node_whose_power_up_failed_or_that_stopped_answering_is_resumed_after_the_retry_delay(
-        retrying: tuple[list[float], FakeRunner, Sinfo]) -> None:
+def test_a_node_whose_power_up_failed_or_that_stopped_answering_is_resumed_after_the_retry_delay(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed power-up leaves the node DOWN and powered down, which Slurm never powers up again by itself: after
     retry_failed_seconds (fake clock) the pool resumes it once; another reason (an admin's DOWN) is left alone."""
-    clock, runner, sinfo = retrying
+    clock = [1000.0]
+    monkeypatch.setattr(rt, "now", lambda: clock[0])
+    runner, sinfo = FakeRunner(tmp_path / "root"), Sinfo()
+    runner.config["pool"]["retry_failed_seconds"] = 60
     pool = pool_of(runner, sinfo)
     failed = f"{RESUME_FAILED} (exit 1, see /shared/.mpicloud/slurm/power.log)"
     sinfo.rows = {"node1": ("down#", failed), "node2": ("down~", "disk replaced, keep out"),
@@ -186,10 +179,13 @@ def test_a_node_whose_power_up_failed_or_that_stopped_answering_is_resumed_after
 
 
 def test_a_runner_restarted_while_a_failed_node_waits_retries_it_one_delay_after_the_restart(
-        retrying: tuple[list[float], FakeRunner, Sinfo]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The retry timer lives in the runner's memory: a runner killed while it waits starts the delay again (the
-    retry comes at most one delay late, and it does come), and the new runner resumes the node once."""
-    clock, runner, sinfo = retrying
+    retry comes at most one delay late, never never), and the new runner resumes the node once."""
+    clock = [1000.0]
+    monkeypatch.setattr(rt, "now", lambda: clock[0])
+    runner, sinfo = FakeRunner(tmp_path / "root"), Sinfo()
+    runner.config["pool"]["retry_failed_seconds"] = 60
     sinfo.rows = {"node1": ("down~", RESUME_TIMED_OUT)}
     pool_of(runner, sinfo).step([], {})
     clock[0] += 50  # killed here, 10 s before its retry
