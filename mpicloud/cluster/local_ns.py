@@ -126,7 +126,7 @@ def start_node(record: ClusterRecord, node: str) -> list[str]:
 def node_processes(record: ClusterRecord, node: str) -> list[int]:
     """Every process inside a namespaced node (its holder, sshd, slurmd, sessions, jobs)."""
     index = node_index(node)
-    return netns.members(network_of(record, index), [index])
+    return netns.members(network_of(record, index), index)
 
 
 def members(record: ClusterRecord) -> list[int]:
@@ -134,8 +134,7 @@ def members(record: ClusterRecord) -> list[int]:
     slurmstepd, which slurmd starts with an environment of its own and leaves to init)."""
     if record.local.get("network") != "namespaces":
         return []
-    count = len(record.local["hosts"])
-    return netns.members(network_of(record, count - 1), range(count))
+    return [pid for index in range(len(record.local["hosts"])) for pid in node_processes(record, f"node{index}")]
 
 
 def remove_node(record: ClusterRecord, node: str) -> None:

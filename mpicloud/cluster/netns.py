@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,22 +165,18 @@ def remove_node(network: Network, index: int) -> None:
             subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
 
 
-def members(network: Network, indexes: Iterable[int]) -> list[int]:
-    """PIDs of every process in the network namespaces of nodes `indexes` (holders, daemons, sessions, jobs),
-    found in one pass over /proc."""
-    wanted = set()
-    for index in indexes:
-        try:
-            wanted.add(f"net:[{(NETNS_DIR / network.netns(index)).stat().st_ino}]")
-        except OSError:
-            continue
-    if not wanted:
+def members(network: Network, index: int) -> list[int]:
+    """PIDs of every process in node `index`'s network namespace (its holder, daemons, sessions, jobs)."""
+    try:
+        inode = (NETNS_DIR / network.netns(index)).stat().st_ino
+    except OSError:
         return []
+    wanted = f"net:[{inode}]"
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if os.readlink(entry / "ns" / "net") in wanted:
+                if os.readlink(entry / "ns" / "net") == wanted:
                     found.append(int(entry.name))
             except OSError:
                 continue
