@@ -28,8 +28,10 @@ lint: $(VENV)/.dev
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# --maxfail: a cascade (every session cluster test timing out) ends with its tracebacks printed, well inside
+# CI's time limit, instead of being cut off with nothing said
 test: sysdeps $(VENV)/.dev lint
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra --maxfail=10 tests
 
 bench: sysdeps $(VENV)/.dev
 	$(BIN)/python -m benchmarks.run_all
