@@ -85,7 +85,7 @@ def _node_env(record: ClusterRecord, name: str, cluster_id: str, ssh_config: Pat
         "OMPI_MCA_btl_tcp_if_include": interfaces, "OMPI_MCA_oob_tcp_if_include": interfaces,
         "OMPI_MCA_btl_vader_single_copy_mechanism": "none", "OMPI_MCA_rmaps_base_oversubscribe": "0",
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), **local_ns.session_env(record),
-        # bash sources ~/.bashrc for every command sshd runs when SHLVL is unset (Debian builds it so): the
+        # bash sources ~/.bashrc for every command sshd runs, unless SHLVL says it is nested (Debian's build): the
         # user's dotfiles (pyenv, conda) would run in every session, and a session ended mid-way by `stop`
         # could leave their locks behind (pyenv's rehash lock then stalls each later shell 60 s). A node is
         # a clean machine: commands skip ~/.bashrc; an interactive login still reads ~/.profile.

@@ -45,11 +45,14 @@ def _run_as_user(scratch: Path) -> None:
                                                                ".demo-home", "demo-output"))
     subprocess.run(["chmod", "-R", "a+rX", str(scratch)], check=True)
     home = pwd.getpwnam(USER).pw_dir
-    # bash would source ~/.bashrc for every command sshd runs; a node's commands must not run the user's
-    # dotfiles (a stale pyenv rehash lock in them once stalled every session 60 s and failed CI)
-    marker = Path(home) / "bashrc-ran-on-a-node"
-    marker.unlink(missing_ok=True)
-    Path(home, ".bashrc").write_text(f'[ -n "$MPICLOUD_NODE" ] && touch {marker}\n')
+    # bash would source ~/.bashrc, and sshd run ~/.ssh/rc, for every command on a node; a node's commands must
+    # not run the user's dotfiles (a stale pyenv rehash lock in them once stalled every session 60 s, failing CI)
+    markers = {dotfile: Path(home) / f"{dotfile.replace('/', '_')}-ran-on-a-node" for dotfile in (".bashrc", ".ssh/rc")}
+    for dotfile, marker in markers.items():
+        marker.unlink(missing_ok=True)
+        Path(home, dotfile).parent.mkdir(exist_ok=True)
+        Path(home, dotfile).write_text(f'[ -n "$MPICLOUD_NODE" ] && touch {marker}\n')
+    subprocess.run(["chown", "-R", f"{USER}:", f"{home}/.ssh", f"{home}/.bashrc"], check=True)
     setup = as_user(f"cd {home} && rm -rf venv && /usr/bin/python3 -m venv venv && venv/bin/pip install -q {source}")
     assert setup.returncode == 0, setup.stderr[-2000:]
     run = as_user(
@@ -61,6 +64,6 @@ def _run_as_user(scratch: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     rows = sorted(line for line in run.stdout.splitlines() if line.startswith("node"))
     assert rows == [f"node0 {USER}"] * 2 + [f"node1 {USER}"] * 2
-    assert not marker.exists()
+    assert [marker.name for marker in markers.values() if marker.exists()] == []
     ps = subprocess.run(["ps", "-o", "stat=,args=", "-u", USER], capture_output=True, text=True).stdout
     assert [line for line in ps.splitlines() if not line.startswith("Z")] == []  # zombies are reaped by init
