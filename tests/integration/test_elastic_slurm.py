@@ -182,7 +182,9 @@ def test_a_failed_resume_requeues_the_job_and_the_node_is_tried_again_so_the_job
         assert time.monotonic() < deadline, state
         time.sleep(0.5)
     log = (Path(cluster.record.runner_root) / "slurm" / "power.log").read_text()
-    assert "set node2 POWER_DOWN_FORCE: done" in log and "suspend node2: done" in log
+    # on failure, power.log's own timestamped lines (not the commands' output): a failed update shows scontrol's error
+    assert "set node2 POWER_DOWN_FORCE: done" in log and "suspend node2: done" in log, \
+        [line for line in log.splitlines() if line.startswith("20")]
     # Slurm holds a requeued job for about two minutes (its own fixed delay); lift the hold instead of waiting
     subprocess.run(["scontrol", "update", f"JobId={sid}", "StartTime=now"], env=env, check=True, timeout=30)
     done = job.wait(120)
